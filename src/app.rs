@@ -1,0 +1,137 @@
+//! `App`: builds a server from a `Config` (opens the store, recovers, binds) and
+//! runs it until a shutdown future resolves, then shuts down in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::log::{Log, LogSettings};
+use crate::store::Store;
+
+/// Why a server could not start (or stop cleanly); each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("data directory {path} is in use by another gregor process (its RocksDB LOCK is held)")]
+    DataDirLocked { path: PathBuf },
+    #[error("cannot open the store in {path}: {source}")]
+    Store { path: PathBuf, source: crate::error::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+    #[error("flushing the store at shutdown failed: {0}")]
+    Flush(crate::error::Error),
+}
+
+/// A bound, recovered server, ready to run.
+pub struct App {
+    listener: TcpListener,
+    log: Arc<Log>,
+    writer: std::thread::JoinHandle<()>,
+    config: Config,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("listen", &self.listener.local_addr().ok()).finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Opens the store in `config.data_dir` (creating it), recovers every
+    /// partition's offsets, starts the writer and binds `config.listen`.
+    pub async fn build(config: Config) -> Result<App, AppError> {
+        let path = config.data_dir.clone();
+        std::fs::create_dir_all(&path).map_err(|source| AppError::DataDir { path: path.clone(), source })?;
+        let path = std::fs::canonicalize(&path).map_err(|source| AppError::DataDir { path: path.clone(), source })?;
+        let settings = LogSettings {
+            auto_create_topics: config.auto_create_topics,
+            default_partitions: config.default_partitions,
+            write_queue_bytes: config.write_queue_bytes,
+            write_queue_len: config.write_queue_len,
+        };
+        let p = path.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let store = Arc::new(Store::open(&p)?);
+            Log::open(store, settings)
+        })
+        .await
+        .map_err(|e| AppError::Store { path: path.clone(), source: crate::error::Error::Storage(e.to_string()) })?;
+        let (log, writer) = opened.map_err(|source| match &source {
+            crate::error::Error::Storage(msg) if msg.contains("LOCK") || msg.contains("lock file") => {
+                AppError::DataDirLocked { path: path.clone() }
+            }
+            _ => AppError::Store { path: path.clone(), source },
+        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| AppError::Bind { addr: config.listen, source })?;
+        let config = Config { data_dir: path, ..config };
+        Ok(App { listener, log, writer, config })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// The data directory, made absolute.
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Serves until `shutdown` resolves, then: stops accepting connections, wakes
+    /// long-polls, lets in-flight requests finish (up to `shutdown_timeout`),
+    /// stops retention, writes everything still queued, and flushes the store.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+        let App { listener, log, writer, config } = self;
+        let stop_retention = CancellationToken::new();
+        let retention = tokio::spawn(crate::retention::run(
+            log.clone(),
+            config.retention_check_interval,
+            stop_retention.clone(),
+        ));
+
+        let app = router(AppState { log: log.clone() }, config.max_request_bytes);
+        let signalled = log.shutdown_token();
+        let on_signal = {
+            let log = log.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new connections, finishing in-flight requests");
+                log.begin_shutdown();
+            }
+        };
+        let mut server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(on_signal).await });
+        let served = tokio::select! {
+            res = &mut server => res,
+            _ = async { signalled.cancelled().await; tokio::time::sleep(config.shutdown_timeout).await } => {
+                tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
+                server.abort();
+                Ok(Ok(()))
+            }
+        };
+
+        stop_retention.cancel();
+        let _ = retention.await;
+        let closed = log.close().await;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        match served {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(AppError::Serve(e)),
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(AppError::Serve(std::io::Error::other(e.to_string()))),
+        }
+        closed.map_err(AppError::Flush)?;
+        tracing::info!("store flushed; bye");
+        Ok(())
+    }
+}

@@ -1,0 +1,212 @@
+//! Command line, environment and TOML configuration, merged and validated once at start-up.
+//!
+//! Precedence: a flag beats its environment variable, which beats the TOML file
+//! (`--config`), which beats the built-in default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::topic::MAX_PARTITIONS;
+
+#[derive(Debug, Parser)]
+#[command(name = "gregor", version, about = "A Kafka-style commit log over HTTP and WebSocket")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default when no command is given).
+    Serve(ServeArgs),
+    /// Print the OpenAPI document and exit.
+    Openapi,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080 or 0.0.0.0:8080.
+    #[arg(long, env = "GREGOR_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory holding the store; created if missing.
+    #[arg(long, env = "GREGOR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Optional TOML file with any of the settings (see README).
+    #[arg(long, env = "GREGOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Create a topic (with `default_partitions`) on the first produce to it.
+    #[arg(long, env = "GREGOR_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+}
+
+/// The TOML file: every field optional, unknown fields refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<u32>,
+    max_request_bytes: Option<usize>,
+    write_queue_bytes: Option<usize>,
+    write_queue_len: Option<usize>,
+    retention_check_interval_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
+}
+
+/// Validated settings of a gregor server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+    /// Largest accepted request body; larger ones get `413 request_too_large`.
+    pub max_request_bytes: usize,
+    /// Bytes of produce requests allowed to wait for the writer before `503`.
+    pub write_queue_bytes: usize,
+    /// Requests allowed to wait for the writer before `503`.
+    pub write_queue_len: usize,
+    pub retention_check_interval: Duration,
+    /// How long shutdown waits for in-flight requests before closing them.
+    pub shutdown_timeout: Duration,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "gregor-data";
+
+impl Config {
+    /// Defaults for a server on `data_dir`, listening on an ephemeral loopback port.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            auto_create_topics: false,
+            default_partitions: 1,
+            max_request_bytes: 32 * 1024 * 1024,
+            write_queue_bytes: 256 * 1024 * 1024,
+            write_queue_len: 4096,
+            retention_check_interval: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Merges flags/environment (already in `args`), the TOML file and defaults.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut c = Config::for_data_dir(
+            args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        );
+        let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        c.listen = listen.parse().map_err(|_| {
+            ConfigError(format!("listen: '{listen}' is not an address:port such as 127.0.0.1:8080"))
+        })?;
+        c.auto_create_topics = args.auto_create_topics.or(file.auto_create_topics).unwrap_or(false);
+        if let Some(n) = file.default_partitions {
+            c.default_partitions = n;
+        }
+        if let Some(n) = file.max_request_bytes {
+            c.max_request_bytes = n;
+        }
+        if let Some(n) = file.write_queue_bytes {
+            c.write_queue_bytes = n;
+        }
+        if let Some(n) = file.write_queue_len {
+            c.write_queue_len = n;
+        }
+        if let Some(ms) = file.retention_check_interval_ms {
+            c.retention_check_interval = Duration::from_millis(ms);
+        }
+        if let Some(ms) = file.shutdown_timeout_ms {
+            c.shutdown_timeout = Duration::from_millis(ms);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the ranges of every setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.default_partitions == 0 || self.default_partitions > MAX_PARTITIONS {
+            return Err(ConfigError(format!(
+                "default_partitions: must be between 1 and {MAX_PARTITIONS}, not {}",
+                self.default_partitions
+            )));
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.max_request_bytes) {
+            return Err(ConfigError(format!(
+                "max_request_bytes: must be between 1 KiB and 1 GiB, not {}",
+                self.max_request_bytes
+            )));
+        }
+        if self.write_queue_bytes < self.max_request_bytes || self.write_queue_bytes > u32::MAX as usize {
+            return Err(ConfigError(format!(
+                "write_queue_bytes: must be at least max_request_bytes ({}) and below 4 GiB, not {}",
+                self.max_request_bytes, self.write_queue_bytes
+            )));
+        }
+        if self.write_queue_len == 0 {
+            return Err(ConfigError("write_queue_len: must be at least 1".into()));
+        }
+        if self.retention_check_interval.is_zero() {
+            return Err(ConfigError("retention_check_interval_ms: must be at least 1".into()));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError("data_dir: must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigError(format!("config file {}: {}", path.display(), e.message())))
+}
+
+/// A configuration problem, already phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(!c.auto_create_topics);
+    }
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gregor.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\ndata_dir = \"/tmp/x\"\ndefault_partitions = 3\n").unwrap();
+        let args = ServeArgs { listen: Some("127.0.0.1:9001".into()), config: Some(path), ..Default::default() };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.default_partitions, 3);
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let args = ServeArgs { listen: Some("nonsense".into()), ..Default::default() };
+        assert!(Config::load(&args).unwrap_err().0.contains("listen"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+        let args = ServeArgs { config: Some(path), ..Default::default() };
+        assert!(Config::load(&args).unwrap_err().0.contains("no_such_setting"));
+    }
+}

@@ -1,0 +1,26 @@
+//! gregor: a Kafka-style commit log over HTTP and WebSocket, stored in an
+//! embedded RocksDB.
+//!
+//! Module map (see ARCHITECTURE.md for the data flow and invariants):
+//! - [`config`]: command line, environment and TOML settings, validated once.
+//! - [`app`]: [`App::build`] opens the store and binds; [`App::run`] serves until shutdown.
+//! - Domain, no HTTP: [`topic`] (names, configs), [`record`] (records and the batch
+//!   codec), [`partitioner`] (Kafka's murmur2), [`log`] (topics, partitions, produce,
+//!   read, the single writer thread), [`retention`] (the retention timer).
+//! - [`store`]: RocksDB column families and key layout; the only module that knows them.
+//! - [`http`]: axum routes, problem+json errors, the OpenAPI document and Swagger UI.
+//! - [`error`]: the core error enum every layer shares.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod log;
+pub mod partitioner;
+pub mod record;
+pub mod retention;
+pub mod store;
+pub mod topic;
+
+pub use app::{App, AppError};
+pub use config::Config;

@@ -1,0 +1,27 @@
+//! The retention task: on a timer, asks the log to drop batches past each topic's
+//! `retention_ms` / `retention_bytes`. The decisions live in `Log::apply_retention`
+//! (which takes `now`); this file is only the clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{Log, now_ms};
+
+/// Runs until `stop` is cancelled.
+pub async fn run(log: Arc<Log>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match log.apply_retention(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(partitions = n, "retention removed old records"),
+            Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+        }
+    }
+}

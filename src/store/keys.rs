@@ -1,0 +1,103 @@
+//! The RocksDB key layout. Every key is big-endian so that byte order is
+//! numeric order: a partition's batches sort by base offset, its time index by
+//! timestamp, and a topic's keys form one contiguous range.
+
+/// `records` and `batches` column families: topic id, partition, base offset.
+pub fn batch(topic_id: u32, partition: u32, base: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[0..4].copy_from_slice(&topic_id.to_be_bytes());
+    k[4..8].copy_from_slice(&partition.to_be_bytes());
+    k[8..16].copy_from_slice(&base.to_be_bytes());
+    k
+}
+
+/// Decodes the base offset of a `batch` key that belongs to (topic_id, partition).
+pub fn batch_base(key: &[u8], topic_id: u32, partition: u32) -> Option<u64> {
+    if key.len() != 16 || key[0..8] != partition_prefix(topic_id, partition) {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[8..16]);
+    Some(u64::from_be_bytes(b))
+}
+
+/// `timeindex` column family: topic id, partition, running max timestamp, base offset.
+pub fn time(topic_id: u32, partition: u32, timestamp: u64, base: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[0..8].copy_from_slice(&partition_prefix(topic_id, partition));
+    k[8..16].copy_from_slice(&timestamp.to_be_bytes());
+    k[16..24].copy_from_slice(&base.to_be_bytes());
+    k
+}
+
+/// Decodes (timestamp, base offset) of a `time` key that belongs to (topic_id, partition).
+pub fn time_entry(key: &[u8], topic_id: u32, partition: u32) -> Option<(u64, u64)> {
+    if key.len() != 24 || key[0..8] != partition_prefix(topic_id, partition) {
+        return None;
+    }
+    let mut t = [0u8; 8];
+    let mut b = [0u8; 8];
+    t.copy_from_slice(&key[8..16]);
+    b.copy_from_slice(&key[16..24]);
+    Some((u64::from_be_bytes(t), u64::from_be_bytes(b)))
+}
+
+pub fn partition_prefix(topic_id: u32, partition: u32) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[0..4].copy_from_slice(&topic_id.to_be_bytes());
+    k[4..8].copy_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// The half-open key range holding every key of a topic, in any of the data families.
+pub fn topic_range(topic_id: u32) -> ([u8; 4], [u8; 4]) {
+    (topic_id.to_be_bytes(), topic_id.saturating_add(1).to_be_bytes())
+}
+
+/// `meta` column family: a topic's description, by name.
+pub fn topic_meta(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + name.len());
+    k.extend_from_slice(b"t/");
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub const TOPIC_META_PREFIX: &[u8] = b"t/";
+
+/// `meta` column family: the next topic id to hand out (ids are never reused).
+pub const NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
+
+/// `meta` column family: a partition's log start offset, once retention has moved it.
+pub fn log_start(topic_id: u32, partition: u32) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0..2].copy_from_slice(b"s/");
+    k[2..10].copy_from_slice(&partition_prefix(topic_id, partition));
+    k
+}
+
+pub fn log_start_topic_range(topic_id: u32) -> ([u8; 6], [u8; 6]) {
+    let mut lo = [0u8; 6];
+    let mut hi = [0u8; 6];
+    lo[0..2].copy_from_slice(b"s/");
+    hi[0..2].copy_from_slice(b"s/");
+    let (a, b) = topic_range(topic_id);
+    lo[2..6].copy_from_slice(&a);
+    hi[2..6].copy_from_slice(&b);
+    (lo, hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_numerically() {
+        assert!(batch(1, 0, 255) < batch(1, 0, 256));
+        assert!(batch(1, 0, u64::MAX) < batch(1, 1, 0));
+        assert!(batch(1, u32::MAX, u64::MAX) < batch(2, 0, 0));
+        assert!(time(1, 0, 5, 9) < time(1, 0, 6, 0));
+        assert_eq!(batch_base(&batch(3, 4, 77), 3, 4), Some(77));
+        assert_eq!(batch_base(&batch(3, 5, 77), 3, 4), None);
+        assert_eq!(time_entry(&time(3, 4, 10, 20), 3, 4), Some((10, 20)));
+    }
+}

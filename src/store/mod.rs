@@ -1,0 +1,430 @@
+//! The embedded RocksDB store: the only module that knows column families and
+//! the key layout (see `keys`). Every call here blocks on RocksDB; callers on the
+//! async runtime go through the writer thread or `spawn_blocking` (ARCHITECTURE.md).
+//!
+//! Column families:
+//! - `records`: one entry per stored batch, `(topic id, partition, base offset)` → batch bytes.
+//! - `batches`: the same keys → `count:u32 bytes:u32 max_timestamp:u64`, a small
+//!   index that retention-by-size walks without reading record bytes.
+//! - `timeindex`: `(topic id, partition, running max timestamp, base offset)` → empty;
+//!   one entry each time a partition's largest timestamp grows (Kafka's time index).
+//! - `meta`: topic descriptions (JSON), the next topic id, log start offsets.
+
+pub mod keys;
+
+use std::path::Path;
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::record::{self, EncodedBatch};
+use crate::topic::TopicConfig;
+
+const CF_RECORDS: &str = "records";
+const CF_BATCHES: &str = "batches";
+const CF_TIMEINDEX: &str = "timeindex";
+const CF_META: &str = "meta";
+
+/// A topic as persisted in the `meta` family.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopicMeta {
+    /// Internal id used in data keys. Never reused, so a topic deleted and
+    /// created again under the same name can never see the old records.
+    pub id: u32,
+    pub name: String,
+    pub partitions: u32,
+    pub config: TopicConfig,
+    pub created_ms: u64,
+}
+
+/// What start-up recovery found for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionState {
+    /// The earliest offset still readable.
+    pub start: u64,
+    /// The next offset to be assigned.
+    pub end: u64,
+    /// The largest timestamp ever appended (the time index's running max), if any.
+    pub max_timestamp: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Recovered {
+    pub topics: Vec<(TopicMeta, Vec<PartitionState>)>,
+    pub next_topic_id: u32,
+}
+
+/// Where retention cuts a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    /// The new earliest readable offset.
+    pub new_start: u64,
+    /// Batches below this base offset are deleted. It is never above the newest
+    /// batch's base: the newest batch stays so that recovery can always derive
+    /// the end offset from the stored records.
+    pub keep_from_base: u64,
+}
+
+/// The opened database.
+pub struct Store {
+    db: DB,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.db.path()).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        // Group commit already batches writers; RocksDB's own pipelining helps the
+        // WAL write overlap the memtable insert of the previous group.
+        opts.set_enable_pipelined_write(true);
+
+        let mut data = Options::default();
+        data.set_compression_type(DBCompressionType::Lz4);
+        data.set_write_buffer_size(64 * 1024 * 1024);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_size(64 * 1024);
+        data.set_block_based_table_factory(&table);
+
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_RECORDS, data),
+            ColumnFamilyDescriptor::new(CF_BATCHES, Options::default()),
+            ColumnFamilyDescriptor::new(CF_TIMEINDEX, Options::default()),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Store { db })
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| Error::Storage(format!("column family '{name}' is missing")))
+    }
+
+    /// Rebuilds every partition's offsets from what is stored.
+    pub fn recover(&self) -> Result<Recovered> {
+        let meta = self.cf(CF_META)?;
+        let mut topics = Vec::new();
+        let mut max_id = 0;
+        let iter = self.db.iterator_cf(
+            meta,
+            IteratorMode::From(keys::TOPIC_META_PREFIX, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(keys::TOPIC_META_PREFIX) {
+                break;
+            }
+            let topic: TopicMeta = serde_json::from_slice(&v)
+                .map_err(|e| Error::Corrupt(format!("topic metadata: {e}")))?;
+            max_id = max_id.max(topic.id);
+            let mut parts = Vec::with_capacity(topic.partitions as usize);
+            for p in 0..topic.partitions {
+                parts.push(self.recover_partition(topic.id, p)?);
+            }
+            topics.push((topic, parts));
+        }
+        let next_topic_id = match self.db.get_cf(meta, keys::NEXT_TOPIC_ID)? {
+            Some(v) if v.len() == 4 => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            Some(_) => return Err(Error::Corrupt("next topic id".into())),
+            None => max_id + 1,
+        }
+        .max(max_id + 1);
+        Ok(Recovered { topics, next_topic_id })
+    }
+
+    fn recover_partition(&self, tid: u32, p: u32) -> Result<PartitionState> {
+        let records = self.cf(CF_RECORDS)?;
+        let mut it = self.db.raw_iterator_cf(records);
+        it.seek_for_prev(keys::batch(tid, p, u64::MAX));
+        let mut end = 0;
+        if let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let Some(base) = keys::batch_base(k, tid, p) {
+                end = base + record::batch_info(v)?.count as u64;
+            }
+        }
+        it.status()?;
+        it.seek(keys::batch(tid, p, 0));
+        let first = it.key().and_then(|k| keys::batch_base(k, tid, p)).unwrap_or(end);
+        it.status()?;
+        let persisted = match self.db.get_cf(self.cf(CF_META)?, keys::log_start(tid, p))? {
+            Some(v) => Some(decode_u64(&v)?),
+            None => None,
+        };
+        let start = first.max(persisted.unwrap_or(0));
+        let end = end.max(start);
+
+        let index = self.cf(CF_TIMEINDEX)?;
+        let mut it = self.db.raw_iterator_cf(index);
+        it.seek_for_prev(keys::time(tid, p, u64::MAX, u64::MAX));
+        let max_timestamp = it
+            .key()
+            .and_then(|k| keys::time_entry(k, tid, p))
+            .map(|(ts, _)| ts);
+        it.status()?;
+        Ok(PartitionState { start, end, max_timestamp })
+    }
+
+    /// Starts an atomic write.
+    pub fn batch(&self) -> StoreBatch<'_> {
+        StoreBatch { store: self, wb: WriteBatch::default() }
+    }
+
+    /// Applies a write atomically; with `sync` the WAL is fsynced before returning.
+    pub fn write(&self, batch: StoreBatch<'_>, sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch.wb, &wo)?;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable: fsyncs the WAL and flushes memtables.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush_wal(true)?;
+        let cfs = [CF_RECORDS, CF_BATCHES, CF_TIMEINDEX, CF_META]
+            .iter()
+            .map(|n| self.cf(n))
+            .collect::<Result<Vec<_>>>()?;
+        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+
+    /// Reads the stored batches that hold offsets `from..end` of a partition, in
+    /// order, stopping once `max_records` records or `max_bytes` batch bytes are
+    /// covered (the first batch is always returned). Each item is (base offset, bytes).
+    pub fn read(
+        &self,
+        tid: u32,
+        p: u32,
+        from: u64,
+        end: u64,
+        max_records: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if from >= end {
+            return Ok(out);
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::batch(tid, p, end).to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_RECORDS)?, ro);
+        it.seek_for_prev(keys::batch(tid, p, from));
+        if it.key().and_then(|k| keys::batch_base(k, tid, p)).is_none() {
+            it.seek(keys::batch(tid, p, from));
+        }
+        let (mut records, mut bytes) = (0u64, 0usize);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let Some(base) = keys::batch_base(k, tid, p) else { break };
+            let count = record::batch_info(v)?.count as u64;
+            if base + count > from {
+                records += (base + count).min(end) - base.max(from);
+                bytes += v.len();
+                out.push((base, v.to_vec()));
+                if records >= max_records || bytes >= max_bytes {
+                    break;
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Kafka's offsetsForTimes: the first offset in `start..end` whose timestamp
+    /// is ≥ `ts`, with that record's timestamp; `None` if there is none.
+    pub fn offset_for_timestamp(
+        &self,
+        tid: u32,
+        p: u32,
+        start: u64,
+        end: u64,
+        ts: u64,
+    ) -> Result<Option<(u64, u64)>> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_TIMEINDEX)?);
+        it.seek(keys::time(tid, p, ts, 0));
+        let found = it.key().and_then(|k| keys::time_entry(k, tid, p));
+        it.status()?;
+        // The first index entry whose running max reaches `ts` names the first
+        // batch that holds such a record: every earlier batch is entirely older.
+        let Some((_, base)) = found else { return Ok(None) };
+        let mut from = base.max(start);
+        while from < end {
+            let batches = self.read(tid, p, from, end, 10_000, 4 * 1024 * 1024)?;
+            if batches.is_empty() {
+                break;
+            }
+            for (b, bytes) in &batches {
+                for (i, rec) in record::decode(bytes)?.enumerate() {
+                    let offset = b + i as u64;
+                    let rec = rec?;
+                    if offset >= from && offset < end && rec.timestamp >= ts {
+                        return Ok(Some((offset, rec.timestamp)));
+                    }
+                }
+                let count = record::batch_info(bytes)?.count as u64;
+                from = from.max(b + count);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Decides where retention cuts a partition, or `None` when nothing is due.
+    /// `cutoff_ms`: records whose partition-wide running max timestamp is below it
+    /// are expired. `max_bytes`: the newest batches totalling at most this many
+    /// bytes are kept (and always the newest batch).
+    pub fn retention_cut(
+        &self,
+        tid: u32,
+        p: u32,
+        start: u64,
+        end: u64,
+        cutoff_ms: Option<u64>,
+        max_bytes: Option<u64>,
+    ) -> Result<Option<Cut>> {
+        let batches = self.cf(CF_BATCHES)?;
+        let mut it = self.db.raw_iterator_cf(batches);
+        it.seek_for_prev(keys::batch(tid, p, u64::MAX));
+        let Some(last_base) = it.key().and_then(|k| keys::batch_base(k, tid, p)) else {
+            it.status()?;
+            return Ok(None);
+        };
+
+        let mut cut = start;
+        if let Some(cutoff) = cutoff_ms {
+            let mut ti = self.db.raw_iterator_cf(self.cf(CF_TIMEINDEX)?);
+            ti.seek(keys::time(tid, p, cutoff, 0));
+            let kept = ti.key().and_then(|k| keys::time_entry(k, tid, p));
+            ti.status()?;
+            cut = cut.max(kept.map_or(end, |(_, base)| base));
+        }
+        if let Some(limit) = max_bytes {
+            let mut total = 0u64;
+            let mut newer_base = None;
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                let Some(base) = keys::batch_base(k, tid, p) else { break };
+                total += batch_index_bytes(v)?;
+                if total > limit {
+                    if let Some(newer) = newer_base {
+                        cut = cut.max(newer);
+                    }
+                    break;
+                }
+                newer_base = Some(base);
+                it.prev();
+            }
+            it.status()?;
+        }
+        if cut <= start {
+            return Ok(None);
+        }
+        let new_start = cut.min(end);
+        Ok(Some(Cut { new_start, keep_from_base: new_start.min(last_base) }))
+    }
+}
+
+fn decode_u64(v: &[u8]) -> Result<u64> {
+    let a: [u8; 8] = v.try_into().map_err(|_| Error::Corrupt("expected 8 bytes".into()))?;
+    Ok(u64::from_le_bytes(a))
+}
+
+fn batch_index_bytes(v: &[u8]) -> Result<u64> {
+    if v.len() != 16 {
+        return Err(Error::Corrupt("batch index entry".into()));
+    }
+    Ok(u32::from_le_bytes([v[4], v[5], v[6], v[7]]) as u64)
+}
+
+/// An atomic group of changes, applied by [`Store::write`].
+pub struct StoreBatch<'a> {
+    store: &'a Store,
+    wb: WriteBatch,
+}
+
+impl StoreBatch<'_> {
+    /// Stores one batch at `base`. `index_timestamp` is set when the batch raises
+    /// the partition's running max timestamp, which adds a time-index entry.
+    pub fn append(
+        &mut self,
+        tid: u32,
+        p: u32,
+        base: u64,
+        batch: &EncodedBatch,
+        index_timestamp: Option<u64>,
+    ) -> Result<()> {
+        let key = keys::batch(tid, p, base);
+        self.wb.put_cf(self.store.cf(CF_RECORDS)?, key, &batch.bytes);
+        let mut idx = [0u8; 16];
+        idx[0..4].copy_from_slice(&batch.count.to_le_bytes());
+        idx[4..8].copy_from_slice(&(batch.bytes.len() as u32).to_le_bytes());
+        idx[8..16].copy_from_slice(&batch.max_timestamp.to_le_bytes());
+        self.wb.put_cf(self.store.cf(CF_BATCHES)?, key, idx);
+        if let Some(ts) = index_timestamp {
+            self.wb.put_cf(self.store.cf(CF_TIMEINDEX)?, keys::time(tid, p, ts, base), []);
+        }
+        Ok(())
+    }
+
+    pub fn put_topic(&mut self, meta: &TopicMeta) -> Result<()> {
+        let json = serde_json::to_vec(meta).map_err(|e| Error::Storage(e.to_string()))?;
+        self.wb.put_cf(self.store.cf(CF_META)?, keys::topic_meta(&meta.name), json);
+        Ok(())
+    }
+
+    pub fn put_next_topic_id(&mut self, id: u32) -> Result<()> {
+        self.wb.put_cf(self.store.cf(CF_META)?, keys::NEXT_TOPIC_ID, id.to_le_bytes());
+        Ok(())
+    }
+
+    /// Removes a topic's description and every record, index entry and start offset.
+    pub fn delete_topic(&mut self, tid: u32, name: &str) -> Result<()> {
+        let (lo, hi) = keys::topic_range(tid);
+        for cf in [CF_RECORDS, CF_BATCHES, CF_TIMEINDEX] {
+            self.wb.delete_range_cf(self.store.cf(cf)?, lo, hi);
+        }
+        let meta = self.store.cf(CF_META)?;
+        self.wb.delete_cf(meta, keys::topic_meta(name));
+        let (lo, hi) = keys::log_start_topic_range(tid);
+        self.wb.delete_range_cf(meta, lo, hi);
+        Ok(())
+    }
+
+    /// Applies a retention cut: deletes whole batches below `cut.keep_from_base`
+    /// and their time-index entries, and records the new log start offset.
+    pub fn truncate(&mut self, tid: u32, p: u32, cut: Cut) -> Result<()> {
+        let lo = keys::batch(tid, p, 0);
+        let hi = keys::batch(tid, p, cut.keep_from_base);
+        self.wb.delete_range_cf(self.store.cf(CF_RECORDS)?, lo, hi);
+        self.wb.delete_range_cf(self.store.cf(CF_BATCHES)?, lo, hi);
+        // Index entries are ordered by timestamp and by base alike (both grow), so
+        // the entries of deleted batches are a prefix of the partition's index.
+        let index = self.store.cf(CF_TIMEINDEX)?;
+        let mut it = self.store.db.raw_iterator_cf(index);
+        it.seek(keys::time(tid, p, 0, 0));
+        let mut upper = keys::time(tid, p, u64::MAX, u64::MAX);
+        while let Some((ts, base)) = it.key().and_then(|k| keys::time_entry(k, tid, p)) {
+            if base >= cut.keep_from_base {
+                upper = keys::time(tid, p, ts, base);
+                break;
+            }
+            it.next();
+        }
+        it.status()?;
+        self.wb.delete_range_cf(index, keys::time(tid, p, 0, 0), upper);
+        self.wb.put_cf(self.store.cf(CF_META)?, keys::log_start(tid, p), cut.new_start.to_le_bytes());
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! `spawn_app()`: a gregor server in-process on port 0 with a fresh store.
+
+use std::time::Duration;
+
+use gregor::{App, AppError, Config};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub dir: TempDir,
+    config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), AppError>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_data_dir(dir.path());
+    tune(&mut config);
+    start(dir, config).await
+}
+
+async fn start(dir: TempDir, config: Config) -> TestApp {
+    let app = App::build(config.clone()).await.expect("server starts");
+    let base = format!("http://{}", app.local_addr());
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    TestApp { base, client: reqwest::Client::new(), dir, config, stop: Some(tx), handle: Some(handle) }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Graceful shutdown; returns the data directory for a restart.
+    pub async fn stop(mut self) -> (TempDir, Config) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().expect("clean shutdown");
+        }
+        (self.dir, self.config)
+    }
+
+    /// Stops the server and starts a new one on the same data directory.
+    pub async fn restart(self) -> TestApp {
+        let (dir, config) = self.stop().await;
+        start(dir, config).await
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: u32) {
+        self.create_topic_with(name, partitions, json!({})).await;
+    }
+
+    pub async fn create_topic_with(&self, name: &str, partitions: u32, config: Value) {
+        let res = self
+            .client
+            .post(self.url("/v1/topics"))
+            .json(&json!({"name": name, "partitions": partitions, "config": config}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "create {name}: {}", res.text().await.unwrap());
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let res = self.client.post(self.url(path)).json(&body).send().await.unwrap();
+        status_json(res).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let res = self.client.post(self.url(path)).body(body).send().await.unwrap();
+        status_json(res).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self.client.get(self.url(path)).send().await.unwrap();
+        status_json(res).await
+    }
+
+    /// Produces `records` to `topic` and returns the `offsets` array (asserting 200).
+    pub async fn produce(&self, topic: &str, records: Value) -> Vec<Value> {
+        let (status, body) = self.post(&format!("/v1/topics/{topic}/records"), json!({"records": records})).await;
+        assert_eq!(status, 200, "produce: {body}");
+        body["offsets"].as_array().unwrap().clone()
+    }
+
+    /// Reads a partition from `offset` (up to 10000 records), asserting 200.
+    pub async fn read_all(&self, topic: &str, partition: u32, offset: u64) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut next = offset;
+        loop {
+            let (status, body) =
+                self.get(&format!("/v1/topics/{topic}/partitions/{partition}/records?offset={next}&limit=10000")).await;
+            assert_eq!(status, 200, "read: {body}");
+            let recs = body["records"].as_array().unwrap();
+            if recs.is_empty() {
+                return out;
+            }
+            next = body["next_offset"].as_u64().unwrap();
+            out.extend(recs.iter().cloned());
+        }
+    }
+
+    pub async fn partition(&self, topic: &str, partition: u32) -> Value {
+        let (status, body) = self.get(&format!("/v1/topics/{topic}/partitions/{partition}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+pub async fn status_json(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let ct = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let text = res.text().await.unwrap();
+    if status >= 400 {
+        assert!(ct.starts_with("application/problem+json"), "error {status} without problem+json ({ct}): {text}");
+    }
+    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    (status, body)
+}
+
+/// Polls `f` until it returns true, at most `within`.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

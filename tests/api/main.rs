@@ -1,0 +1,15 @@
+//! Integration tests: a real gregor on an ephemeral port, a real RocksDB in a
+//! temporary directory, real HTTP clients. One test binary, one module per area.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod crash;
+mod errors;
+mod openapi;
+mod produce;
+mod read;
+mod restart;
+mod retention;
+mod topics;
