@@ -71,9 +71,8 @@ impl App {
             }
             _ => AppError::Store { path: path.clone(), source },
         })?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| AppError::Bind { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| AppError::Bind { addr: config.listen, source })?;
         let config = Config { data_dir: path, ..config };
         Ok(App { listener, log, writer, config })
     }
@@ -94,11 +93,8 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
         let App { listener, log, writer, config } = self;
         let stop_retention = CancellationToken::new();
-        let retention = tokio::spawn(crate::retention::run(
-            log.clone(),
-            config.retention_check_interval,
-            stop_retention.clone(),
-        ));
+        let retention =
+            tokio::spawn(crate::retention::run(log.clone(), config.retention_check_interval, stop_retention.clone()));
 
         let app = router(AppState { log: log.clone() }, config.max_request_bytes);
         let signalled = log.shutdown_token();
@@ -110,7 +106,8 @@ impl App {
                 log.begin_shutdown();
             }
         };
-        let mut server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(on_signal).await });
+        let mut server =
+            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(on_signal).await });
         let served = tokio::select! {
             res = &mut server => res,
             _ = async { signalled.cancelled().await; tokio::time::sleep(config.shutdown_timeout).await } => {

@@ -105,9 +105,9 @@ impl Config {
             args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
         );
         let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        c.listen = listen.parse().map_err(|_| {
-            ConfigError(format!("listen: '{listen}' is not an address:port such as 127.0.0.1:8080"))
-        })?;
+        c.listen = listen
+            .parse()
+            .map_err(|_| ConfigError(format!("listen: '{listen}' is not an address:port such as 127.0.0.1:8080")))?;
         c.auto_create_topics = args.auto_create_topics.or(file.auto_create_topics).unwrap_or(false);
         if let Some(n) = file.default_partitions {
             c.default_partitions = n;
@@ -165,8 +165,8 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| ConfigError(format!("config file {}: {}", path.display(), e.message())))
 }
 

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gregor::config::{Cli, Command, Config, ServeArgs};
 use gregor::App;
+use gregor::config::{Cli, Command, Config, ServeArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -79,9 +79,7 @@ impl NewRecord<'_> {
     /// The size `max_message_bytes` is checked against: key, value, header names and values.
     pub fn size(&self) -> usize {
         let blob = |b: &Option<Blob<'_>>| b.as_ref().map_or(0, |b| b.bytes.len());
-        blob(&self.key)
-            + blob(&self.value)
-            + self.headers.iter().map(|h| h.name.len() + blob(&h.value)).sum::<usize>()
+        blob(&self.key) + blob(&self.value) + self.headers.iter().map(|h| h.name.len() + blob(&h.value)).sum::<usize>()
     }
 }
 
@@ -227,11 +225,9 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(Error::Corrupt(format!(
-                "batch truncated: wanted {n} bytes at {} of {}",
-                self.pos,
-                self.data.len()
-            ))),
+            None => {
+                Err(Error::Corrupt(format!("batch truncated: wanted {n} bytes at {} of {}", self.pos, self.data.len())))
+            }
         }
     }
     fn u8(&mut self) -> Result<u8, Error> {
@@ -270,8 +266,8 @@ impl<'a> Reader<'a> {
         let mut headers = Vec::with_capacity(n);
         for _ in 0..n {
             let len = self.u16()? as usize;
-            let name = std::str::from_utf8(self.take(len)?)
-                .map_err(|_| Error::Corrupt("header name is not UTF-8".into()))?;
+            let name =
+                std::str::from_utf8(self.take(len)?).map_err(|_| Error::Corrupt("header name is not UTF-8".into()))?;
             headers.push(Header { name: Cow::Borrowed(name), value: self.blob()? });
         }
         Ok(StoredRecord { timestamp, key, value, headers })
@@ -284,7 +280,7 @@ mod tests {
 
     fn sample(i: u8) -> NewRecord<'static> {
         NewRecord {
-            key: (i % 2 == 0).then(|| Blob::new(Format::Binary, vec![0, 255, i])),
+            key: i.is_multiple_of(2).then(|| Blob::new(Format::Binary, vec![0, 255, i])),
             value: Some(Blob::new(Format::Json, br#"{"n": 1}"#.to_vec())),
             headers: vec![
                 Header { name: "trace".into(), value: Some(Blob::new(Format::Text, b"abc".to_vec())) },

@@ -38,10 +38,7 @@ impl TopicName {
         if name == "." || name == ".." {
             return Err(Error::InvalidTopicName(format!("'{name}' is not allowed as a topic name")));
         }
-        if let Some(c) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
+        if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
             return Err(Error::InvalidTopicName(format!(
                 "'{c}' is not allowed; a topic name uses only a-z, A-Z, 0-9, '.', '_' and '-'"
             )));
@@ -164,18 +161,12 @@ mod tests {
     #[test]
     fn config_patch_validates_each_field() {
         let base = TopicConfig::default();
-        let patched = base
-            .apply(&TopicConfigPatch { retention_ms: Some(-1), ..Default::default() })
-            .unwrap();
+        let patched = base.apply(&TopicConfigPatch { retention_ms: Some(-1), ..Default::default() }).unwrap();
         assert_eq!(patched.retention_ms, -1);
         assert_eq!(patched.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
-        let err = base
-            .apply(&TopicConfigPatch { retention_bytes: Some(-5), ..Default::default() })
-            .unwrap_err();
+        let err = base.apply(&TopicConfigPatch { retention_bytes: Some(-5), ..Default::default() }).unwrap_err();
         assert_eq!(err.field, "retention_bytes");
-        let err = base
-            .apply(&TopicConfigPatch { max_message_bytes: Some(0), ..Default::default() })
-            .unwrap_err();
+        let err = base.apply(&TopicConfigPatch { max_message_bytes: Some(0), ..Default::default() }).unwrap_err();
         assert_eq!(err.field, "max_message_bytes");
     }
 

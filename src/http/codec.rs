@@ -65,9 +65,7 @@ impl<'a> RecordIn<'a> {
             .headers
             .unwrap_or_default()
             .into_iter()
-            .map(|h| {
-                Ok(Header { name: h.name, value: blob(index, "headers", h.value, h.value_base64)? })
-            })
+            .map(|h| Ok(Header { name: h.name, value: blob(index, "headers", h.value, h.value_base64)? }))
             .collect::<Result<_, Error>>()?;
         Ok(NewRecord { key, value, headers, timestamp: self.timestamp, partition: self.partition })
     }
@@ -130,7 +128,14 @@ pub enum Encoding {
 }
 
 /// Appends one record as a JSON object to `out`.
-pub fn write_record(out: &mut Vec<u8>, topic: &str, partition: u32, offset: u64, rec: &StoredRecord<'_>, enc: Encoding) {
+pub fn write_record(
+    out: &mut Vec<u8>,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    rec: &StoredRecord<'_>,
+    enc: Encoding,
+) {
     out.extend_from_slice(b"{\"topic\":");
     write_str(out, topic);
     out.extend_from_slice(b",\"partition\":");

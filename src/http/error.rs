@@ -109,7 +109,9 @@ impl ApiError {
 
     pub fn problem(&self) -> Problem {
         let (status, code, title) = self.classify();
-        let detail = if status.is_server_error() && !matches!(self, ApiError::Core(Error::WriteQueueFull | Error::ShuttingDown)) {
+        let detail = if status.is_server_error()
+            && !matches!(self, ApiError::Core(Error::WriteQueueFull | Error::ShuttingDown))
+        {
             "the server failed to complete the request; details are in its log".to_owned()
         } else {
             self.to_string()
@@ -166,8 +168,7 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut res = (status, body).into_response();
-        res.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -19,9 +19,7 @@ use crate::error::Error;
 use crate::log::{Acks, Produced, ReadRequest};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(produce))
-        .routes(routes!(produce_to_partition, read))
+    OpenApiRouter::new().routes(routes!(produce)).routes(routes!(produce_to_partition, read))
 }
 
 /// Kafka's `acks`; `0`, `1` and `-1` are accepted as aliases.
@@ -181,12 +179,8 @@ async fn produce_records(
     if parsed.records.is_empty() {
         return Err(ApiError::InvalidRequest("records: give at least one record".into()));
     }
-    let records = parsed
-        .records
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| r.into_record(i))
-        .collect::<Result<Vec<_>, Error>>()?;
+    let records =
+        parsed.records.into_iter().enumerate().map(|(i, r)| r.into_record(i)).collect::<Result<Vec<_>, Error>>()?;
     let acks = match params.acks.unwrap_or_default() {
         AcksParam::None => Acks::None,
         AcksParam::Leader => Acks::Leader,

@@ -159,7 +159,10 @@ async fn create_topic(State(state): State<AppState>, Body(body): Body) -> Result
         (status = 200, description = "The topic", body = TopicDescription),
         (status = 404, description = "Unknown topic", body = Problem, content_type = "application/problem+json"),
     ))]
-async fn describe_topic(State(state): State<AppState>, Path(topic): Path<String>) -> Result<Json<TopicDescription>, ApiError> {
+async fn describe_topic(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Json<TopicDescription>, ApiError> {
     Ok(Json(describe(&state.log.topic(&topic)?)))
 }
 
@@ -201,7 +204,10 @@ async fn delete_topic(State(state): State<AppState>, Path(topic): Path<String>) 
         (status = 200, description = "Partitions", body = PartitionList),
         (status = 404, description = "Unknown topic", body = Problem, content_type = "application/problem+json"),
     ))]
-async fn list_partitions(State(state): State<AppState>, Path(topic): Path<String>) -> Result<Json<PartitionList>, ApiError> {
+async fn list_partitions(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Json<PartitionList>, ApiError> {
     let topic = state.log.topic(&topic)?;
     let partitions = topic.partitions().iter().map(|p| partition_info(&topic, p)).collect();
     Ok(Json(PartitionList { partitions }))

@@ -244,7 +244,12 @@ impl Log {
     }
 
     /// Changes a topic's configuration and/or grows its partition count.
-    pub async fn update_topic(&self, name: &str, partitions: Option<u32>, patch: &TopicConfigPatch) -> Result<Arc<Topic>> {
+    pub async fn update_topic(
+        &self,
+        name: &str,
+        partitions: Option<u32>,
+        patch: &TopicConfigPatch,
+    ) -> Result<Arc<Topic>> {
         let topic = self.topic(name)?;
         if let Some(n) = partitions {
             validate_partition_count(n)?;
@@ -444,9 +449,8 @@ impl Log {
         let store = self.store.clone();
         let (tid, from) = (topic.id, req.offset);
         let (max_records, max_bytes) = (req.max_records.max(1), req.max_bytes.max(1));
-        let batches = self
-            .blocking(move || store.read(tid, partition, from, end, max_records as u64, max_bytes))
-            .await?;
+        let batches =
+            self.blocking(move || store.read(tid, partition, from, end, max_records as u64, max_bytes)).await?;
         Ok(ReadResult { batches, from, max_records, max_bytes, beginning_offset: start, end_offset: end })
     }
 
@@ -457,9 +461,7 @@ impl Log {
         let (start, end) = (part.start(), part.end());
         let store = self.store.clone();
         let tid = topic.id;
-        let found = self
-            .blocking(move || store.offset_for_timestamp(tid, partition, start, end, timestamp))
-            .await?;
+        let found = self.blocking(move || store.offset_for_timestamp(tid, partition, start, end, timestamp)).await?;
         Ok(match found {
             Some((offset, ts)) => TimestampOffset { offset, timestamp: Some(ts) },
             None => TimestampOffset { offset: end, timestamp: None },
@@ -492,9 +494,7 @@ impl Log {
     }
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| Error::Storage(format!("store task failed: {e}")))?
+        tokio::task::spawn_blocking(f).await.map_err(|e| Error::Storage(format!("store task failed: {e}")))?
     }
 }
 

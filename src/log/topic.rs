@@ -5,8 +5,8 @@
 //! instructions, never across an `.await`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
@@ -94,11 +94,7 @@ pub struct Topic {
 impl Topic {
     pub(crate) fn new(meta: &TopicMeta, states: &[PartitionState]) -> Result<Self> {
         let name = TopicName::parse(&meta.name)?;
-        let partitions = states
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Arc::new(Partition::new(i as u32, *s)))
-            .collect();
+        let partitions = states.iter().enumerate().map(|(i, s)| Arc::new(Partition::new(i as u32, *s))).collect();
         Ok(Topic {
             id: meta.id,
             name,
@@ -119,10 +115,10 @@ impl Topic {
     }
 
     pub fn partition(&self, index: u32) -> Result<Arc<Partition>> {
-        self.partitions().get(index as usize).cloned().ok_or_else(|| Error::UnknownPartition {
-            topic: self.name.to_string(),
-            partition: index,
-        })
+        self.partitions()
+            .get(index as usize)
+            .cloned()
+            .ok_or_else(|| Error::UnknownPartition { topic: self.name.to_string(), partition: index })
     }
 
     pub fn is_deleted(&self) -> bool {

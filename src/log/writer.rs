@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::log::topic::{Registry, Topic};
+use crate::log::topic::{Partition, Registry, Topic};
 use crate::record::EncodedBatch;
 use crate::store::{Cut, PartitionState, Store, TopicMeta};
 use crate::topic::TopicConfig;
@@ -29,6 +29,17 @@ const MAX_GROUP: usize = 1024;
 const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
 
 pub type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A partition's offsets as the write being built will leave them; published
+/// to the partition only once the write has succeeded.
+struct Staged {
+    partition: Arc<Partition>,
+    end: u64,
+    max_timestamp: Option<u64>,
+}
+
+/// Partitions touched by the write being built, by (topic id, partition).
+type Touched = HashMap<(u32, u32), Staged>;
 
 /// One produce request, encoded, waiting for its offsets.
 #[derive(Debug)]
@@ -47,12 +58,33 @@ pub struct AppendJob {
 #[derive(Debug)]
 pub enum Command {
     Append(AppendJob),
-    CreateTopic { name: String, partitions: u32, config: TopicConfig, created_ms: u64, reply: Reply<Arc<Topic>> },
-    UpdateTopic { topic: Arc<Topic>, partitions: Option<u32>, config: Option<TopicConfig>, reply: Reply<()> },
-    DeleteTopic { name: String, reply: Reply<()> },
-    Truncate { topic: Arc<Topic>, partition: u32, cut: Cut, reply: Reply<()> },
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        config: TopicConfig,
+        created_ms: u64,
+        reply: Reply<Arc<Topic>>,
+    },
+    UpdateTopic {
+        topic: Arc<Topic>,
+        partitions: Option<u32>,
+        config: Option<TopicConfig>,
+        reply: Reply<()>,
+    },
+    DeleteTopic {
+        name: String,
+        reply: Reply<()>,
+    },
+    Truncate {
+        topic: Arc<Topic>,
+        partition: u32,
+        cut: Cut,
+        reply: Reply<()>,
+    },
     /// Writes everything queued before it, flushes the store and stops the thread.
-    Shutdown { reply: Reply<()> },
+    Shutdown {
+        reply: Reply<()>,
+    },
 }
 
 pub struct Writer {
@@ -95,10 +127,10 @@ impl Writer {
             if !group.is_empty() {
                 self.append(group);
             }
-            if let Some(cmd) = other {
-                if self.command(cmd) {
-                    return;
-                }
+            if let Some(cmd) = other
+                && self.command(cmd)
+            {
+                return;
             }
         }
         // Every sender is gone without a Shutdown command: still leave the store flushed.
@@ -131,8 +163,7 @@ impl Writer {
         }
         let mut batch = self.store.batch();
         let mut sync = false;
-        // (topic id, partition) → (partition, tentative end, tentative max timestamp)
-        let mut touched: HashMap<(u32, u32), (Arc<crate::log::Partition>, u64, Option<u64>)> = HashMap::new();
+        let mut touched = Touched::new();
         let mut outcomes: Vec<Result<Vec<u64>>> = Vec::with_capacity(group.len());
         for job in &group {
             outcomes.push(self.stage(job, &mut batch, &mut touched));
@@ -141,8 +172,8 @@ impl Writer {
         let written = if outcomes.iter().any(|o| o.is_ok()) { self.write(batch, sync) } else { Ok(()) };
         match written {
             Ok(()) => {
-                for (part, end, ts) in touched.into_values() {
-                    part.publish_end(end, ts);
+                for s in touched.into_values() {
+                    s.partition.publish_end(s.end, s.max_timestamp);
                 }
                 for (job, outcome) in group.into_iter().zip(outcomes) {
                     reply(job.reply, outcome);
@@ -161,7 +192,7 @@ impl Writer {
         &self,
         job: &AppendJob,
         batch: &mut crate::store::StoreBatch<'_>,
-        touched: &mut HashMap<(u32, u32), (Arc<crate::log::Partition>, u64, Option<u64>)>,
+        touched: &mut Touched,
     ) -> Result<Vec<u64>> {
         if job.topic.is_deleted() {
             return Err(Error::UnknownTopic(job.topic.name.to_string()));
@@ -175,15 +206,17 @@ impl Writer {
         let mut bases = Vec::with_capacity(job.batches.len());
         for (p, enc) in &job.batches {
             let part = &partitions[*p as usize];
-            let entry = touched
-                .entry((job.topic.id, *p))
-                .or_insert_with(|| (part.clone(), part.end(), part.max_timestamp()));
-            let base = entry.1;
-            let raises = entry.2.is_none_or(|m| enc.max_timestamp > m);
+            let staged = touched.entry((job.topic.id, *p)).or_insert_with(|| Staged {
+                partition: part.clone(),
+                end: part.end(),
+                max_timestamp: part.max_timestamp(),
+            });
+            let base = staged.end;
+            let raises = staged.max_timestamp.is_none_or(|m| enc.max_timestamp > m);
             batch.append(job.topic.id, *p, base, enc, raises.then_some(enc.max_timestamp))?;
-            entry.1 = base + enc.count as u64;
+            staged.end = base + enc.count as u64;
             if raises {
-                entry.2 = Some(enc.max_timestamp);
+                staged.max_timestamp = Some(enc.max_timestamp);
             }
             bases.push(base);
         }
@@ -225,7 +258,13 @@ impl Writer {
         false
     }
 
-    fn create_topic(&mut self, name: String, partitions: u32, config: TopicConfig, created_ms: u64) -> Result<Arc<Topic>> {
+    fn create_topic(
+        &mut self,
+        name: String,
+        partitions: u32,
+        config: TopicConfig,
+        created_ms: u64,
+    ) -> Result<Arc<Topic>> {
         if self.registry.get(&name).is_some() {
             return Err(Error::TopicExists(name));
         }

@@ -15,8 +15,8 @@ pub mod keys;
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
-    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -110,9 +110,7 @@ impl Store {
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily> {
-        self.db
-            .cf_handle(name)
-            .ok_or_else(|| Error::Storage(format!("column family '{name}' is missing")))
+        self.db.cf_handle(name).ok_or_else(|| Error::Storage(format!("column family '{name}' is missing")))
     }
 
     /// Rebuilds every partition's offsets from what is stored.
@@ -120,17 +118,14 @@ impl Store {
         let meta = self.cf(CF_META)?;
         let mut topics = Vec::new();
         let mut max_id = 0;
-        let iter = self.db.iterator_cf(
-            meta,
-            IteratorMode::From(keys::TOPIC_META_PREFIX, Direction::Forward),
-        );
+        let iter = self.db.iterator_cf(meta, IteratorMode::From(keys::TOPIC_META_PREFIX, Direction::Forward));
         for item in iter {
             let (k, v) = item?;
             if !k.starts_with(keys::TOPIC_META_PREFIX) {
                 break;
             }
-            let topic: TopicMeta = serde_json::from_slice(&v)
-                .map_err(|e| Error::Corrupt(format!("topic metadata: {e}")))?;
+            let topic: TopicMeta =
+                serde_json::from_slice(&v).map_err(|e| Error::Corrupt(format!("topic metadata: {e}")))?;
             max_id = max_id.max(topic.id);
             let mut parts = Vec::with_capacity(topic.partitions as usize);
             for p in 0..topic.partitions {
@@ -152,10 +147,10 @@ impl Store {
         let mut it = self.db.raw_iterator_cf(records);
         it.seek_for_prev(keys::batch(tid, p, u64::MAX));
         let mut end = 0;
-        if let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if let Some(base) = keys::batch_base(k, tid, p) {
-                end = base + record::batch_info(v)?.count as u64;
-            }
+        if let (Some(k), Some(v)) = (it.key(), it.value())
+            && let Some(base) = keys::batch_base(k, tid, p)
+        {
+            end = base + record::batch_info(v)?.count as u64;
         }
         it.status()?;
         it.seek(keys::batch(tid, p, 0));
@@ -171,10 +166,7 @@ impl Store {
         let index = self.cf(CF_TIMEINDEX)?;
         let mut it = self.db.raw_iterator_cf(index);
         it.seek_for_prev(keys::time(tid, p, u64::MAX, u64::MAX));
-        let max_timestamp = it
-            .key()
-            .and_then(|k| keys::time_entry(k, tid, p))
-            .map(|(ts, _)| ts);
+        let max_timestamp = it.key().and_then(|k| keys::time_entry(k, tid, p)).map(|(ts, _)| ts);
         it.status()?;
         Ok(PartitionState { start, end, max_timestamp })
     }
@@ -195,10 +187,8 @@ impl Store {
     /// Makes everything written so far durable: fsyncs the WAL and flushes memtables.
     pub fn flush(&self) -> Result<()> {
         self.db.flush_wal(true)?;
-        let cfs = [CF_RECORDS, CF_BATCHES, CF_TIMEINDEX, CF_META]
-            .iter()
-            .map(|n| self.cf(n))
-            .collect::<Result<Vec<_>>>()?;
+        let cfs =
+            [CF_RECORDS, CF_BATCHES, CF_TIMEINDEX, CF_META].iter().map(|n| self.cf(n)).collect::<Result<Vec<_>>>()?;
         self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         Ok(())
     }
@@ -246,14 +236,7 @@ impl Store {
 
     /// Kafka's offsetsForTimes: the first offset in `start..end` whose timestamp
     /// is ≥ `ts`, with that record's timestamp; `None` if there is none.
-    pub fn offset_for_timestamp(
-        &self,
-        tid: u32,
-        p: u32,
-        start: u64,
-        end: u64,
-        ts: u64,
-    ) -> Result<Option<(u64, u64)>> {
+    pub fn offset_for_timestamp(&self, tid: u32, p: u32, start: u64, end: u64, ts: u64) -> Result<Option<(u64, u64)>> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_TIMEINDEX)?);
         it.seek(keys::time(tid, p, ts, 0));
         let found = it.key().and_then(|k| keys::time_entry(k, tid, p));

@@ -40,7 +40,8 @@ async fn acknowledged_records_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = start_process(dir.path()).await;
     let client = reqwest::Client::new();
-    let res = client.post(format!("{base}/v1/topics")).json(&json!({"name": "crash", "partitions": 3})).send().await.unwrap();
+    let res =
+        client.post(format!("{base}/v1/topics")).json(&json!({"name": "crash", "partitions": 3})).send().await.unwrap();
     assert_eq!(res.status(), 201);
 
     let mut producers = Vec::new();
@@ -51,14 +52,18 @@ async fn acknowledged_records_survive_sigkill() {
         producers.push(tokio::spawn(async move {
             let mut acked: Vec<((u64, u64), String)> = Vec::new();
             for n in 0..100_000u64 {
-                let records: Vec<Value> = (0..10).map(|i| json!({"key": format!("{w}-{n}-{i}"), "value": format!("{w}-{n}-{i}")})).collect();
+                let records: Vec<Value> =
+                    (0..10).map(|i| json!({"key": format!("{w}-{n}-{i}"), "value": format!("{w}-{n}-{i}")})).collect();
                 let res = match client.post(&url).json(&json!({"records": records})).send().await {
                     Ok(r) if r.status() == 200 => r,
                     _ => break,
                 };
                 let Ok(body) = res.json::<Value>().await else { break };
                 for (i, o) in body["offsets"].as_array().unwrap().iter().enumerate() {
-                    acked.push(((o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap()), format!("{w}-{n}-{i}")));
+                    acked.push((
+                        (o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap()),
+                        format!("{w}-{n}-{i}"),
+                    ));
                 }
             }
             acked
@@ -102,7 +107,12 @@ async fn acknowledged_records_survive_sigkill() {
         assert_eq!(stored.get(pos), Some(v), "acknowledged record at {pos:?} survives");
     }
     // And new writes continue after the recovered end offsets.
-    let res = client.post(format!("{base}/v1/topics/crash/records")).json(&json!({"records": [{"value": "after", "partition": 0}]})).send().await.unwrap();
+    let res = client
+        .post(format!("{base}/v1/topics/crash/records"))
+        .json(&json!({"records": [{"value": "after", "partition": 0}]}))
+        .send()
+        .await
+        .unwrap();
     let body: Value = res.json().await.unwrap();
     let max0 = stored.keys().filter(|(p, _)| *p == 0).map(|(_, o)| *o).max().map_or(0, |m| m + 1);
     assert_eq!(body["offsets"][0]["offset"].as_u64().unwrap(), max0);

@@ -10,35 +10,135 @@ async fn bad_input_gets_stable_codes_and_changes_nothing() {
     app.produce("t", json!([{"value": "keep", "partition": 0}, {"value": "me", "partition": 1}])).await;
     let before = (app.read_all("t", 0, 0).await, app.read_all("t", 1, 0).await);
 
-    let cases: Vec<(&str, Box<dyn Fn() -> reqwest::RequestBuilder>, u16, &str)> = vec![
-        ("malformed JSON", Box::new(|| app.client.post(app.url("/v1/topics/t/records")).body("{not json")), 400, "invalid_json"),
-        ("truncated JSON", Box::new(|| app.client.post(app.url("/v1/topics/t/records")).body("{\"records\":[")), 400, "invalid_json"),
-        ("wrong shape", Box::new(|| app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": {"value": 1}}))), 400, "invalid_request"),
-        ("unknown field", Box::new(|| app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": [{"valu": 1}]}))), 400, "invalid_request"),
-        ("no records", Box::new(|| app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": []}))), 400, "invalid_request"),
-        ("bad base64 after a good record", Box::new(|| app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": [{"value": "ok"}, {"value_base64": "@@@"}]}))), 422, "invalid_record"),
-        ("both value forms", Box::new(|| app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": [{"value": 1, "value_base64": "AA=="}]}))), 422, "invalid_record"),
-        ("negative timestamp", Box::new(|| app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": [{"value": 1, "timestamp": -5}]}))), 400, "invalid_request"),
-        ("unknown topic", Box::new(|| app.client.post(app.url("/v1/topics/nope/records")).json(&json!({"records": [{"value": 1}]}))), 404, "unknown_topic"),
-        ("unknown partition in a batch", Box::new(|| app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": [{"value": 1, "partition": 0}, {"value": 2, "partition": 9}]}))), 404, "unknown_partition"),
-        ("oversize record", Box::new(|| app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": [{"value": "ok"}, {"value": "x".repeat(2000)}]}))), 413, "record_too_large"),
-        ("oversize body", Box::new(|| app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": [{"value": "x".repeat(100 * 1024)}]}))), 413, "request_too_large"),
-        ("negative offset", Box::new(|| app.client.get(app.url("/v1/topics/t/partitions/0/records?offset=-1"))), 400, "invalid_parameter"),
-        ("offset beyond u64", Box::new(|| app.client.get(app.url("/v1/topics/t/partitions/0/records?offset=99999999999999999999999"))), 400, "invalid_parameter"),
-        ("huge offset", Box::new(|| app.client.get(app.url("/v1/topics/t/partitions/0/records?offset=18446744073709551615"))), 416, "offset_out_of_range"),
-        ("partition not a number", Box::new(|| app.client.get(app.url("/v1/topics/t/partitions/abc/records"))), 400, "invalid_parameter"),
-        ("negative partition", Box::new(|| app.client.get(app.url("/v1/topics/t/partitions/-1/records"))), 400, "invalid_parameter"),
-        ("unknown partition read", Box::new(|| app.client.get(app.url("/v1/topics/t/partitions/2/records"))), 404, "unknown_partition"),
-        ("unknown topic read", Box::new(|| app.client.get(app.url("/v1/topics/nope/partitions/0/records"))), 404, "unknown_topic"),
-        ("limit zero", Box::new(|| app.client.get(app.url("/v1/topics/t/partitions/0/records?limit=0"))), 400, "invalid_parameter"),
-        ("wait too long", Box::new(|| app.client.get(app.url("/v1/topics/t/partitions/0/records?wait_ms=600000"))), 400, "invalid_parameter"),
-        ("bad encoding", Box::new(|| app.client.get(app.url("/v1/topics/t/partitions/0/records?encoding=hex"))), 400, "invalid_parameter"),
-        ("no such route", Box::new(|| app.client.get(app.url("/v1/nothing"))), 404, "not_found"),
-        ("wrong method", Box::new(|| app.client.put(app.url("/v1/topics"))), 405, "method_not_allowed"),
-        ("create with bad JSON", Box::new(|| app.client.post(app.url("/v1/topics")).body("[")), 400, "invalid_json"),
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("malformed JSON", app.client.post(app.url("/v1/topics/t/records")).body("{not json"), 400, "invalid_json"),
+        (
+            "truncated JSON",
+            app.client.post(app.url("/v1/topics/t/records")).body("{\"records\":["),
+            400,
+            "invalid_json",
+        ),
+        (
+            "wrong shape",
+            app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": {"value": 1}})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "unknown field",
+            app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": [{"valu": 1}]})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "no records",
+            app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": []})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "bad base64 after a good record",
+            app.client
+                .post(app.url("/v1/topics/t/records"))
+                .json(&json!({"records": [{"value": "ok"}, {"value_base64": "@@@"}]})),
+            422,
+            "invalid_record",
+        ),
+        (
+            "both value forms",
+            app.client
+                .post(app.url("/v1/topics/t/records"))
+                .json(&json!({"records": [{"value": 1, "value_base64": "AA=="}]})),
+            422,
+            "invalid_record",
+        ),
+        (
+            "negative timestamp",
+            app.client.post(app.url("/v1/topics/t/records")).json(&json!({"records": [{"value": 1, "timestamp": -5}]})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "unknown topic",
+            app.client.post(app.url("/v1/topics/nope/records")).json(&json!({"records": [{"value": 1}]})),
+            404,
+            "unknown_topic",
+        ),
+        (
+            "unknown partition in a batch",
+            app.client
+                .post(app.url("/v1/topics/t/records"))
+                .json(&json!({"records": [{"value": 1, "partition": 0}, {"value": 2, "partition": 9}]})),
+            404,
+            "unknown_partition",
+        ),
+        (
+            "oversize record",
+            app.client
+                .post(app.url("/v1/topics/t/records"))
+                .json(&json!({"records": [{"value": "ok"}, {"value": "x".repeat(2000)}]})),
+            413,
+            "record_too_large",
+        ),
+        (
+            "oversize body",
+            app.client
+                .post(app.url("/v1/topics/t/records"))
+                .json(&json!({"records": [{"value": "x".repeat(100 * 1024)}]})),
+            413,
+            "request_too_large",
+        ),
+        (
+            "negative offset",
+            app.client.get(app.url("/v1/topics/t/partitions/0/records?offset=-1")),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "offset beyond u64",
+            app.client.get(app.url("/v1/topics/t/partitions/0/records?offset=99999999999999999999999")),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "huge offset",
+            app.client.get(app.url("/v1/topics/t/partitions/0/records?offset=18446744073709551615")),
+            416,
+            "offset_out_of_range",
+        ),
+        (
+            "partition not a number",
+            app.client.get(app.url("/v1/topics/t/partitions/abc/records")),
+            400,
+            "invalid_parameter",
+        ),
+        ("negative partition", app.client.get(app.url("/v1/topics/t/partitions/-1/records")), 400, "invalid_parameter"),
+        (
+            "unknown partition read",
+            app.client.get(app.url("/v1/topics/t/partitions/2/records")),
+            404,
+            "unknown_partition",
+        ),
+        ("unknown topic read", app.client.get(app.url("/v1/topics/nope/partitions/0/records")), 404, "unknown_topic"),
+        ("limit zero", app.client.get(app.url("/v1/topics/t/partitions/0/records?limit=0")), 400, "invalid_parameter"),
+        (
+            "wait too long",
+            app.client.get(app.url("/v1/topics/t/partitions/0/records?wait_ms=600000")),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "bad encoding",
+            app.client.get(app.url("/v1/topics/t/partitions/0/records?encoding=hex")),
+            400,
+            "invalid_parameter",
+        ),
+        ("no such route", app.client.get(app.url("/v1/nothing")), 404, "not_found"),
+        ("wrong method", app.client.put(app.url("/v1/topics")), 405, "method_not_allowed"),
+        ("create with bad JSON", app.client.post(app.url("/v1/topics")).body("["), 400, "invalid_json"),
     ];
     for (name, req, status, code) in cases {
-        let res = req().send().await.unwrap();
+        let res = req.send().await.unwrap();
         let got_status = res.status().as_u16();
         let ct = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
         let body: Value = res.json().await.unwrap_or(Value::Null);
@@ -50,7 +150,8 @@ async fn bad_input_gets_stable_codes_and_changes_nothing() {
         assert!(!body["detail"].as_str().unwrap().is_empty(), "{name}");
     }
 
-    let (_, body) = app.post("/v1/topics/t/records", json!({"records": [{"value": "ok"}, {"value_base64": "@@@"}]})).await;
+    let (_, body) =
+        app.post("/v1/topics/t/records", json!({"records": [{"value": "ok"}, {"value_base64": "@@@"}]})).await;
     assert_eq!(body["index"], 1, "the record at fault is named");
     assert_eq!(body["field"], "value");
 

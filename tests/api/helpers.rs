@@ -80,11 +80,6 @@ impl TestApp {
         status_json(res).await
     }
 
-    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let res = self.client.post(self.url(path)).body(body).send().await.unwrap();
-        status_json(res).await
-    }
-
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let res = self.client.get(self.url(path)).send().await.unwrap();
         status_json(res).await

@@ -30,7 +30,10 @@ async fn binary_text_and_json_round_trip() {
     assert_eq!(got.len(), 6);
     assert_eq!(got[0]["key_base64"], "AP8BAg==");
     assert_eq!(got[0]["value_base64"], "3q2+7w==");
-    assert_eq!(got[0]["headers"], json!([{"name": "bin", "value_base64": "AAE="}, {"name": "txt", "value": "hé"}, {"name": "txt", "value": null}]));
+    assert_eq!(
+        got[0]["headers"],
+        json!([{"name": "bin", "value_base64": "AAE="}, {"name": "txt", "value": "hé"}, {"name": "txt", "value": null}])
+    );
     assert_eq!(got[1]["key"], "user-1");
     assert_eq!(got[1]["value"], records[1]["value"]);
     assert_eq!(got[2]["key"], json!({"composite": 1}));
@@ -59,7 +62,8 @@ async fn binary_text_and_json_round_trip() {
 async fn keyed_records_follow_kafkas_murmur2_partitioner() {
     let app = spawn_app().await;
     app.create_topic("keys", 10).await;
-    let offs = app.produce("keys", json!([{"key": "foobar", "value": 1}, {"key": "abc", "value": 2}, {"key": "21"}])).await;
+    let offs =
+        app.produce("keys", json!([{"key": "foobar", "value": 1}, {"key": "abc", "value": 2}, {"key": "21"}])).await;
     assert_eq!(offs[0]["partition"], 6);
     assert_eq!(offs[1]["partition"], 7);
     // (murmur2("21") & 0x7fffffff) % 10 = (-973932308 & 0x7fffffff) % 10 = 1173551340 % 10
@@ -73,15 +77,26 @@ async fn keyed_records_follow_kafkas_murmur2_partitioner() {
 async fn explicit_partitions_and_the_partition_route() {
     let app = spawn_app().await;
     app.create_topic("ex", 3).await;
-    let offs = app.produce("ex", json!([{"value": "a", "partition": 2}, {"value": "b", "partition": 0}, {"value": "c", "partition": 2}])).await;
-    assert_eq!(offs.iter().map(|o| (o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap())).collect::<Vec<_>>(), vec![(2, 0), (0, 0), (2, 1)]);
+    let offs = app
+        .produce(
+            "ex",
+            json!([{"value": "a", "partition": 2}, {"value": "b", "partition": 0}, {"value": "c", "partition": 2}]),
+        )
+        .await;
+    assert_eq!(
+        offs.iter().map(|o| (o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap())).collect::<Vec<_>>(),
+        vec![(2, 0), (0, 0), (2, 1)]
+    );
 
-    let (status, body) = app.post("/v1/topics/ex/partitions/1/records", json!({"records": [{"value": "x", "key": "k"}, {"value": "y"}]})).await;
+    let (status, body) = app
+        .post("/v1/topics/ex/partitions/1/records", json!({"records": [{"value": "x", "key": "k"}, {"value": "y"}]}))
+        .await;
     assert_eq!(status, 200, "{body}");
     for o in body["offsets"].as_array().unwrap() {
         assert_eq!(o["partition"], 1);
     }
-    let (status, body) = app.post("/v1/topics/ex/partitions/1/records", json!({"records": [{"value": "x", "partition": 2}]})).await;
+    let (status, body) =
+        app.post("/v1/topics/ex/partitions/1/records", json!({"records": [{"value": "x", "partition": 2}]})).await;
     assert_eq!(status, 422);
     assert_eq!(body["code"], "invalid_record");
     let (status, body) = app.post("/v1/topics/ex/partitions/3/records", json!({"records": [{"value": "x"}]})).await;
@@ -109,13 +124,18 @@ async fn acks_modes() {
     let app = spawn_app().await;
     app.create_topic("acks", 1).await;
     for acks in ["leader", "all", "1", "-1"] {
-        let (status, body) = app.post(&format!("/v1/topics/acks/records?acks={acks}"), json!({"records": [{"value": acks}]})).await;
+        let (status, body) =
+            app.post(&format!("/v1/topics/acks/records?acks={acks}"), json!({"records": [{"value": acks}]})).await;
         assert_eq!(status, 200, "{acks}: {body}");
     }
-    let (status, body) = app.post("/v1/topics/acks/records?acks=none", json!({"records": [{"value": "fire"}, {"value": "forget"}]})).await;
+    let (status, body) = app
+        .post("/v1/topics/acks/records?acks=none", json!({"records": [{"value": "fire"}, {"value": "forget"}]}))
+        .await;
     assert_eq!(status, 202);
     assert_eq!(body["accepted"], 2);
-    assert!(eventually(std::time::Duration::from_secs(5), || async { app.read_all("acks", 0, 0).await.len() == 6 }).await);
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async { app.read_all("acks", 0, 0).await.len() == 6 }).await
+    );
     let (status, body) = app.post("/v1/topics/acks/records?acks=2", json!({"records": [{"value": 1}]})).await;
     assert_eq!(status, 400);
     assert_eq!(body["code"], "invalid_parameter");
@@ -161,7 +181,11 @@ async fn concurrent_producers_get_dense_unique_offsets() {
         for (i, r) in records.iter().enumerate() {
             assert_eq!(r["offset"].as_u64().unwrap(), i as u64, "partition {p} offsets are dense");
             let v = &r["value"];
-            let id = (v["t"].as_u64().unwrap() as usize, v["r"].as_u64().unwrap() as usize, v["i"].as_u64().unwrap() as usize);
+            let id = (
+                v["t"].as_u64().unwrap() as usize,
+                v["r"].as_u64().unwrap() as usize,
+                v["i"].as_u64().unwrap() as usize,
+            );
             assert!(by_position.insert((p, i as u64), id).is_none());
         }
         total += records.len();

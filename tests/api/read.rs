@@ -11,7 +11,8 @@ async fn long_poll_returns_when_a_record_is_appended() {
     let client = app.client.clone();
     let url = app.url("/v1/topics/lp/partitions/0/records?offset=0&wait_ms=30000");
     let started = Instant::now();
-    let poll = tokio::spawn(async move { client.get(&url).send().await.unwrap().json::<serde_json::Value>().await.unwrap() });
+    let poll =
+        tokio::spawn(async move { client.get(&url).send().await.unwrap().json::<serde_json::Value>().await.unwrap() });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!poll.is_finished(), "the long-poll waits while the log is empty");
     app.produce("lp", json!([{"value": "wake"}])).await;
@@ -79,8 +80,16 @@ async fn limits_and_paging() {
 async fn offset_for_timestamp() {
     let app = spawn_app().await;
     app.create_topic("ts", 2).await;
-    app.produce("ts", json!([{"value": 0, "timestamp": 1000, "partition": 1}, {"value": 1, "timestamp": 2000, "partition": 1}])).await;
-    app.produce("ts", json!([{"value": 2, "timestamp": 1500, "partition": 1}, {"value": 3, "timestamp": 3000, "partition": 1}])).await;
+    app.produce(
+        "ts",
+        json!([{"value": 0, "timestamp": 1000, "partition": 1}, {"value": 1, "timestamp": 2000, "partition": 1}]),
+    )
+    .await;
+    app.produce(
+        "ts",
+        json!([{"value": 2, "timestamp": 1500, "partition": 1}, {"value": 3, "timestamp": 3000, "partition": 1}]),
+    )
+    .await;
     let q = |ts: u64| format!("/v1/topics/ts/partitions/1/offsets?timestamp={ts}");
     let (status, body) = app.get(&q(0)).await;
     assert_eq!(status, 200);

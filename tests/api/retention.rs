@@ -42,7 +42,9 @@ async fn retention_expiring_everything_keeps_offsets() {
     let app = spawn_app_with(|c| c.retention_check_interval = Duration::from_millis(50)).await;
     app.create_topic_with("gone", 1, json!({"retention_ms": 1000})).await;
     app.produce("gone", json!([{"value": 1, "timestamp": 10}, {"value": 2, "timestamp": 20}])).await;
-    assert!(eventually(Duration::from_secs(10), || async { app.partition("gone", 0).await["beginning_offset"] == 2 }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async { app.partition("gone", 0).await["beginning_offset"] == 2 }).await
+    );
     assert!(app.read_all("gone", 0, 2).await.is_empty());
     let app = app.restart().await;
     let p = app.partition("gone", 0).await;

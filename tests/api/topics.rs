@@ -5,13 +5,8 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn topic_lifecycle() {
     let app = spawn_app().await;
-    let res = app
-        .client
-        .post(app.url("/v1/topics"))
-        .json(&json!({"name": "orders", "partitions": 3}))
-        .send()
-        .await
-        .unwrap();
+    let res =
+        app.client.post(app.url("/v1/topics")).json(&json!({"name": "orders", "partitions": 3})).send().await.unwrap();
     assert_eq!(res.status(), 201);
     assert_eq!(res.headers()["location"], "/v1/topics/orders");
     let body: serde_json::Value = res.json().await.unwrap();
