@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::group::Groups;
 use crate::http::{AppState, router};
 use crate::log::{Log, LogSettings};
 use crate::store::Store;
@@ -35,6 +36,7 @@ pub enum AppError {
 pub struct App {
     listener: TcpListener,
     log: Arc<Log>,
+    groups: Arc<Groups>,
     writer: std::thread::JoinHandle<()>,
     config: Config,
 }
@@ -71,10 +73,18 @@ impl App {
             }
             _ => AppError::Store { path: path.clone(), source },
         })?;
+        let mut group_settings = config.groups;
+        // The default session timeout must lie within the configured bounds.
+        group_settings.default_session_timeout_ms = group_settings
+            .default_session_timeout_ms
+            .clamp(group_settings.min_session_timeout_ms, group_settings.max_session_timeout_ms);
+        let groups = Groups::open(log.clone(), group_settings)
+            .await
+            .map_err(|source| AppError::Store { path: path.clone(), source })?;
         let listener =
             TcpListener::bind(config.listen).await.map_err(|source| AppError::Bind { addr: config.listen, source })?;
         let config = Config { data_dir: path, ..config };
-        Ok(App { listener, log, writer, config })
+        Ok(App { listener, log, groups, writer, config })
     }
 
     /// The address actually bound (useful with port 0).
@@ -89,14 +99,16 @@ impl App {
 
     /// Serves until `shutdown` resolves, then: stops accepting connections, wakes
     /// long-polls, lets in-flight requests finish (up to `shutdown_timeout`),
-    /// stops retention, writes everything still queued, and flushes the store.
+    /// stops the retention and session timers, writes everything still queued,
+    /// and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
-        let App { listener, log, writer, config } = self;
-        let stop_retention = CancellationToken::new();
+        let App { listener, log, groups, writer, config } = self;
+        let stop_timers = CancellationToken::new();
         let retention =
-            tokio::spawn(crate::retention::run(log.clone(), config.retention_check_interval, stop_retention.clone()));
+            tokio::spawn(crate::retention::run(log.clone(), config.retention_check_interval, stop_timers.clone()));
+        let sessions = tokio::spawn(groups.clone().run_expiry(config.session_check_interval, stop_timers.clone()));
 
-        let app = router(AppState { log: log.clone() }, config.max_request_bytes);
+        let app = router(AppState { log: log.clone(), groups }, config.max_request_bytes);
         let signalled = log.shutdown_token();
         let on_signal = {
             let log = log.clone();
@@ -117,8 +129,9 @@ impl App {
             }
         };
 
-        stop_retention.cancel();
+        stop_timers.cancel();
         let _ = retention.await;
+        let _ = sessions.await;
         let closed = log.close().await;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         match served {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::group::GroupSettings;
 use crate::topic::MAX_PARTITIONS;
 
 #[derive(Debug, Parser)]
@@ -56,6 +57,8 @@ struct FileConfig {
     write_queue_len: Option<usize>,
     retention_check_interval_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
+    min_session_timeout_ms: Option<u64>,
+    max_session_timeout_ms: Option<u64>,
 }
 
 /// Validated settings of a gregor server.
@@ -74,6 +77,10 @@ pub struct Config {
     pub retention_check_interval: Duration,
     /// How long shutdown waits for in-flight requests before closing them.
     pub shutdown_timeout: Duration,
+    /// Bounds and default of consumer group members' session timeouts.
+    pub groups: GroupSettings,
+    /// How often expired group sessions are looked for.
+    pub session_check_interval: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -92,6 +99,8 @@ impl Config {
             write_queue_len: 4096,
             retention_check_interval: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
+            groups: GroupSettings::default(),
+            session_check_interval: Duration::from_millis(100),
         }
     }
 
@@ -127,6 +136,12 @@ impl Config {
         if let Some(ms) = file.shutdown_timeout_ms {
             c.shutdown_timeout = Duration::from_millis(ms);
         }
+        if let Some(ms) = file.min_session_timeout_ms {
+            c.groups.min_session_timeout_ms = ms;
+        }
+        if let Some(ms) = file.max_session_timeout_ms {
+            c.groups.max_session_timeout_ms = ms;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -156,6 +171,13 @@ impl Config {
         }
         if self.retention_check_interval.is_zero() {
             return Err(ConfigError("retention_check_interval_ms: must be at least 1".into()));
+        }
+        let g = &self.groups;
+        if g.min_session_timeout_ms == 0 || g.min_session_timeout_ms > g.max_session_timeout_ms {
+            return Err(ConfigError(format!(
+                "min_session_timeout_ms ({}) must be at least 1 and at most max_session_timeout_ms ({})",
+                g.min_session_timeout_ms, g.max_session_timeout_ms
+            )));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError("data_dir: must not be empty".into()));

@@ -35,6 +35,30 @@ pub enum Error {
     #[error("offset {offset} is outside the partition's range [{beginning}, {end}]")]
     OffsetOutOfRange { offset: u64, beginning: u64, end: u64 },
 
+    #[error("invalid group id: {0}")]
+    InvalidGroupId(String),
+
+    #[error("group '{0}' does not exist")]
+    UnknownGroup(String),
+
+    #[error("member '{member}' is not in group '{group}' (it left, its session expired, or it never joined)")]
+    UnknownMember { group: String, member: String },
+
+    #[error("generation {given} is not the member's current generation {current} in group '{group}'; poll to learn it")]
+    IllegalGeneration { group: String, current: u64, given: u64 },
+
+    #[error("the member does not own partition {partition} of topic '{topic}'")]
+    NotOwner { topic: String, partition: u32 },
+
+    #[error("group '{0}' has active members; it can be deleted only when empty")]
+    GroupNotEmpty(String),
+
+    #[error("group '{group}' uses the {current} assignor; a member cannot join with {requested}")]
+    InconsistentAssignor { group: String, current: &'static str, requested: &'static str },
+
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+
     #[error("the write queue is full; retry shortly")]
     WriteQueueFull,
 

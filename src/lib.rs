@@ -6,7 +6,8 @@
 //! - [`app`]: [`App::build`] opens the store and binds; [`App::run`] serves until shutdown.
 //! - Domain, no HTTP: [`topic`] (names, configs), [`record`] (records and the batch
 //!   codec), [`partitioner`] (Kafka's murmur2), [`log`] (topics, partitions, produce,
-//!   read, the single writer thread), [`retention`] (the retention timer).
+//!   read, the single writer thread), [`retention`] (the retention timer), [`group`]
+//!   (consumer groups: assignors, the coordinator state machine, polls and commits).
 //! - [`store`]: RocksDB column families and key layout; the only module that knows them.
 //! - [`http`]: axum routes, problem+json errors, the OpenAPI document and Swagger UI.
 //! - [`error`]: the core error enum every layer shares.
@@ -14,6 +15,7 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod http;
 pub mod log;
 pub mod partitioner;

@@ -24,25 +24,27 @@ pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TopicName(String);
 
+/// Kafka's rule for topic names, also used for group ids (which then stay
+/// URL-safe): 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("a {kind} cannot be empty"));
+    }
+    if name.len() > 249 {
+        return Err(format!("a {kind} has at most 249 characters, this one has {}", name.len()));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("'{name}' is not allowed as a {kind}"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("'{c}' is not allowed; a {kind} uses only a-z, A-Z, 0-9, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
 impl TopicName {
     pub fn parse(name: &str) -> Result<Self, Error> {
-        if name.is_empty() {
-            return Err(Error::InvalidTopicName("a topic name cannot be empty".into()));
-        }
-        if name.len() > 249 {
-            return Err(Error::InvalidTopicName(format!(
-                "a topic name has at most 249 characters, this one has {}",
-                name.len()
-            )));
-        }
-        if name == "." || name == ".." {
-            return Err(Error::InvalidTopicName(format!("'{name}' is not allowed as a topic name")));
-        }
-        if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-            return Err(Error::InvalidTopicName(format!(
-                "'{c}' is not allowed; a topic name uses only a-z, A-Z, 0-9, '.', '_' and '-'"
-            )));
-        }
+        check_name("topic name", name).map_err(Error::InvalidTopicName)?;
         Ok(TopicName(name.to_owned()))
     }
 

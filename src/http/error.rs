@@ -49,6 +49,9 @@ pub struct Problem {
     /// A size limit that was exceeded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// The member's current generation, when a commit named another.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 /// Everything a handler can fail with.
@@ -93,6 +96,16 @@ impl ApiError {
                 Error::OffsetOutOfRange { .. } => {
                     (S::RANGE_NOT_SATISFIABLE, "offset_out_of_range", "Offset out of range")
                 }
+                Error::InvalidGroupId(_) => (S::BAD_REQUEST, "invalid_group_id", "Invalid group id"),
+                Error::UnknownGroup(_) => (S::NOT_FOUND, "unknown_group", "Unknown group"),
+                Error::UnknownMember { .. } => (S::NOT_FOUND, "unknown_member", "Unknown member"),
+                Error::IllegalGeneration { .. } => (S::CONFLICT, "illegal_generation", "Illegal generation"),
+                Error::NotOwner { .. } => (S::CONFLICT, "not_owner", "Partition not owned by the member"),
+                Error::GroupNotEmpty(_) => (S::CONFLICT, "group_not_empty", "Group not empty"),
+                Error::InconsistentAssignor { .. } => {
+                    (S::CONFLICT, "inconsistent_assignor", "Assignor differs from the group's")
+                }
+                Error::InvalidArgument { .. } => (S::BAD_REQUEST, "invalid_request", "Invalid request body"),
                 Error::WriteQueueFull => (S::SERVICE_UNAVAILABLE, "write_queue_full", "Write queue full"),
                 Error::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down", "Shutting down"),
                 Error::Storage(_) => (S::INTERNAL_SERVER_ERROR, "storage_error", "Storage failure"),
@@ -129,6 +142,7 @@ impl ApiError {
             beginning_offset: None,
             end_offset: None,
             limit: None,
+            generation: None,
         };
         match self {
             ApiError::Core(Error::UnknownTopic(t) | Error::TopicExists(t)) => p.topic = Some(t.clone()),
@@ -151,6 +165,13 @@ impl ApiError {
                 p.beginning_offset = Some(*beginning);
                 p.end_offset = Some(*end);
             }
+            ApiError::Core(Error::NotOwner { topic, partition }) => {
+                p.topic = Some(topic.clone());
+                p.partition = Some(*partition);
+            }
+            ApiError::Core(Error::IllegalGeneration { current, .. }) => p.generation = Some(*current),
+            ApiError::Core(Error::InvalidArgument { field, .. }) => p.field = Some((*field).to_owned()),
+            ApiError::Core(Error::InvalidGroupId(_)) => p.field = Some("group".into()),
             ApiError::InvalidParameter { name, .. } => p.field = name.clone(),
             ApiError::RequestTooLarge { limit } => p.limit = Some(*limit),
             _ => {}

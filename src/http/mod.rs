@@ -5,6 +5,7 @@
 mod codec;
 pub mod error;
 mod extract;
+mod groups;
 mod health;
 mod records;
 mod topics;
@@ -20,6 +21,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::group::Groups;
 use crate::log::Log;
 use error::ApiError;
 use extract::BodyLimit;
@@ -28,6 +30,7 @@ use extract::BodyLimit;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub log: Arc<Log>,
+    pub groups: Arc<Groups>,
 }
 
 #[derive(OpenApi)]
@@ -41,6 +44,7 @@ pub struct AppState {
     tags(
         (name = "topics", description = "Topics, partitions and their offsets"),
         (name = "records", description = "Produce and read records"),
+        (name = "groups", description = "Consumer groups: members, polls, committed offsets"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -50,6 +54,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(topics::router())
         .merge(records::router())
+        .merge(groups::router())
         .merge(health::router())
 }
 

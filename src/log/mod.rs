@@ -493,6 +493,24 @@ impl Log {
         Ok(moved)
     }
 
+    /// Durably stores committed offsets `(topic id, partition, offset)` for a group.
+    pub async fn commit_offsets(&self, group: &str, offsets: Vec<(u32, u32, u64)>) -> Result<()> {
+        let group = group.to_owned();
+        self.command(|reply| Command::CommitOffsets { group, offsets, reply }).await
+    }
+
+    /// Removes a group's committed offsets.
+    pub async fn delete_group_offsets(&self, group: &str) -> Result<()> {
+        let group = group.to_owned();
+        self.command(|reply| Command::DeleteGroup { group, reply }).await
+    }
+
+    /// Every committed offset in the store: (group, topic id, partition, offset).
+    pub async fn load_offsets(&self) -> Result<Vec<(String, u32, u32, u64)>> {
+        let store = self.store.clone();
+        self.blocking(move || store.load_offsets()).await
+    }
+
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
         tokio::task::spawn_blocking(f).await.map_err(|e| Error::Storage(format!("store task failed: {e}")))?
     }

@@ -81,6 +81,17 @@ pub enum Command {
         cut: Cut,
         reply: Reply<()>,
     },
+    /// Stores committed offsets `(topic id, partition, offset)` of a group, synced.
+    CommitOffsets {
+        group: String,
+        offsets: Vec<(u32, u32, u64)>,
+        reply: Reply<()>,
+    },
+    /// Removes a group's committed offsets, synced.
+    DeleteGroup {
+        group: String,
+        reply: Reply<()>,
+    },
     /// Writes everything queued before it, flushes the store and stops the thread.
     Shutdown {
         reply: Reply<()>,
@@ -234,7 +245,9 @@ impl Writer {
                 Command::CreateTopic { reply: r, .. } => reply(Some(r), Err(e)),
                 Command::UpdateTopic { reply: r, .. }
                 | Command::DeleteTopic { reply: r, .. }
-                | Command::Truncate { reply: r, .. } => reply(Some(r), Err(e)),
+                | Command::Truncate { reply: r, .. }
+                | Command::CommitOffsets { reply: r, .. }
+                | Command::DeleteGroup { reply: r, .. } => reply(Some(r), Err(e)),
                 Command::Append(job) => reply(job.reply, Err(e)),
                 Command::Shutdown { .. } => {}
             }
@@ -252,6 +265,10 @@ impl Writer {
             Command::Truncate { topic, partition, cut, reply: r } => {
                 reply(Some(r), self.truncate(&topic, partition, cut));
             }
+            Command::CommitOffsets { group, offsets, reply: r } => {
+                reply(Some(r), self.commit_offsets(&group, &offsets));
+            }
+            Command::DeleteGroup { group, reply: r } => reply(Some(r), self.delete_group(&group)),
             Command::Append(job) => self.append(vec![job]),
             Command::Shutdown { .. } => {}
         }
@@ -331,6 +348,22 @@ impl Writer {
         self.write(batch, false)?;
         part.set_start(cut.new_start);
         Ok(())
+    }
+}
+
+impl Writer {
+    fn commit_offsets(&self, group: &str, offsets: &[(u32, u32, u64)]) -> Result<()> {
+        let mut batch = self.store.batch();
+        for (tid, p, offset) in offsets {
+            batch.put_offset(group, *tid, *p, *offset)?;
+        }
+        self.write(batch, true)
+    }
+
+    fn delete_group(&self, group: &str) -> Result<()> {
+        let mut batch = self.store.batch();
+        batch.delete_group(group)?;
+        self.write(batch, true)
     }
 }
 

@@ -86,6 +86,38 @@ pub fn log_start_topic_range(topic_id: u32) -> ([u8; 6], [u8; 6]) {
     (lo, hi)
 }
 
+/// `meta` column family: prefix of a group's committed offsets. Group ids never
+/// contain a NUL byte, so the NUL ends the id unambiguously.
+pub fn group_prefix(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + group.len());
+    k.extend_from_slice(b"o/");
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `meta` column family: a group's committed offset for (topic id, partition).
+pub fn committed(group: &str, topic_id: u32, partition: u32) -> Vec<u8> {
+    let mut k = group_prefix(group);
+    k.extend_from_slice(&partition_prefix(topic_id, partition));
+    k
+}
+
+pub const COMMITTED_PREFIX: &[u8] = b"o/";
+
+/// Decodes a `committed` key into (group, topic id, partition).
+pub fn committed_entry(key: &[u8]) -> Option<(String, u32, u32)> {
+    let rest = key.strip_prefix(COMMITTED_PREFIX)?;
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let (group, ids) = (&rest[..nul], &rest[nul + 1..]);
+    if ids.len() != 8 {
+        return None;
+    }
+    let topic_id = u32::from_be_bytes([ids[0], ids[1], ids[2], ids[3]]);
+    let partition = u32::from_be_bytes([ids[4], ids[5], ids[6], ids[7]]);
+    Some((String::from_utf8(group.to_vec()).ok()?, topic_id, partition))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +131,7 @@ mod tests {
         assert_eq!(batch_base(&batch(3, 4, 77), 3, 4), Some(77));
         assert_eq!(batch_base(&batch(3, 5, 77), 3, 4), None);
         assert_eq!(time_entry(&time(3, 4, 10, 20), 3, 4), Some((10, 20)));
+        assert_eq!(committed_entry(&committed("g.1", 7, 2)), Some(("g.1".to_string(), 7, 2)));
+        assert!(committed("g", 1, 0) < group_prefix("g-"), "one group's keys never interleave with another's");
     }
 }

@@ -319,6 +319,25 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Every committed offset: (group, topic id, partition, offset).
+    pub fn load_offsets(&self) -> Result<Vec<(String, u32, u32, u64)>> {
+        let meta = self.cf(CF_META)?;
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(meta, IteratorMode::From(keys::COMMITTED_PREFIX, Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(keys::COMMITTED_PREFIX) {
+                break;
+            }
+            let (group, tid, p) =
+                keys::committed_entry(&k).ok_or_else(|| Error::Corrupt("committed offset key".into()))?;
+            out.push((group, tid, p, decode_u64(&v)?));
+        }
+        Ok(out)
+    }
+}
+
 fn decode_u64(v: &[u8]) -> Result<u64> {
     let a: [u8; 8] = v.try_into().map_err(|_| Error::Corrupt("expected 8 bytes".into()))?;
     Ok(u64::from_le_bytes(a))
@@ -382,6 +401,23 @@ impl StoreBatch<'_> {
         self.wb.delete_cf(meta, keys::topic_meta(name));
         let (lo, hi) = keys::log_start_topic_range(tid);
         self.wb.delete_range_cf(meta, lo, hi);
+        Ok(())
+    }
+
+    /// Stores a group's committed offset for a partition.
+    pub fn put_offset(&mut self, group: &str, tid: u32, p: u32, offset: u64) -> Result<()> {
+        self.wb.put_cf(self.store.cf(CF_META)?, keys::committed(group, tid, p), offset.to_le_bytes());
+        Ok(())
+    }
+
+    /// Removes every committed offset of a group.
+    pub fn delete_group(&mut self, group: &str) -> Result<()> {
+        let lo = keys::group_prefix(group);
+        let mut hi = lo.clone();
+        if let Some(last) = hi.last_mut() {
+            *last = 1;
+        }
+        self.wb.delete_range_cf(self.store.cf(CF_META)?, lo, hi);
         Ok(())
     }
 

@@ -1,0 +1,584 @@
+//! Consumer groups at the edge: the coordinator state machines (`coordinator`),
+//! their committed offsets, the session-expiry timer, and polls that read the
+//! log for a member. Knows nothing of HTTP.
+//!
+//! Each group sits behind its own async mutex. A commit holds it across the
+//! durable write, so fencing decided under the lock still holds when the offsets
+//! land; polls hold it only to decide and to record deliveries, never across reads.
+
+pub mod assignor;
+pub mod coordinator;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use assignor::{Assignor, TopicPartition};
+use coordinator::{Group, JoinRequest};
+pub use coordinator::{GroupState, OffsetReset, View};
+
+use crate::error::{Error, Result};
+use crate::log::{Log, ReadRequest, ReadResult};
+use crate::topic::check_name;
+
+/// Session timeout bounds and default (Kafka's `group.min/max.session.timeout.ms`
+/// and the consumer's `session.timeout.ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSettings {
+    pub min_session_timeout_ms: u64,
+    pub max_session_timeout_ms: u64,
+    pub default_session_timeout_ms: u64,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        GroupSettings {
+            min_session_timeout_ms: 1_000,
+            max_session_timeout_ms: 1_800_000,
+            default_session_timeout_ms: 45_000,
+        }
+    }
+}
+
+/// What a member asks for when it joins.
+#[derive(Debug, Clone, Default)]
+pub struct JoinParams {
+    pub topics: Vec<String>,
+    pub auto_offset_reset: Option<OffsetReset>,
+    pub session_timeout_ms: Option<u64>,
+    pub assignor: Option<Assignor>,
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub member_id: String,
+    pub view: View,
+    pub session_timeout_ms: u64,
+}
+
+/// A poll's answer: what the member owns, and the records read for it.
+#[derive(Debug)]
+pub struct Polled {
+    pub view: View,
+    /// Records per partition; each `ReadResult` yields exactly the delivered records.
+    pub records: Vec<(TopicPartition, ReadResult)>,
+    /// Partitions that could not be read, with a stable code.
+    pub errors: Vec<(TopicPartition, &'static str)>,
+}
+
+/// Where an offset reset moves a group's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    Timestamp(u64),
+    Offset(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct CommittedInfo {
+    pub tp: TopicPartition,
+    pub committed: Option<u64>,
+    pub end_offset: u64,
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub topics: BTreeSet<String>,
+    pub assignment: BTreeSet<TopicPartition>,
+    pub revoking: BTreeSet<TopicPartition>,
+    pub session_timeout_ms: u64,
+    pub last_seen_ms_ago: u64,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupInfo {
+    pub group: String,
+    pub state: GroupState,
+    pub generation: u64,
+    pub assignor: Assignor,
+    pub members: Vec<MemberInfo>,
+    pub offsets: Vec<CommittedInfo>,
+}
+
+struct GroupCell {
+    state: tokio::sync::Mutex<GroupData>,
+    /// Bumped after any change members should hear about quickly.
+    changed: watch::Sender<u64>,
+}
+
+struct GroupData {
+    group: Group,
+    /// Committed offsets, with the id of the topic they were committed for: a
+    /// topic deleted and created again under the same name does not inherit them.
+    committed: BTreeMap<TopicPartition, (u32, u64)>,
+}
+
+impl GroupCell {
+    fn new(id: &str) -> Self {
+        GroupCell {
+            state: tokio::sync::Mutex::new(GroupData { group: Group::new(id), committed: BTreeMap::new() }),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
+
+/// All consumer groups.
+pub struct Groups {
+    log: Arc<Log>,
+    groups: parking_lot::Mutex<BTreeMap<String, Arc<GroupCell>>>,
+    clock: tokio::time::Instant,
+    settings: GroupSettings,
+}
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Groups").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// The most records one poll returns.
+pub const MAX_POLL_RECORDS: u32 = 10_000;
+
+impl Groups {
+    /// Loads committed offsets from the store.
+    pub async fn open(log: Arc<Log>, settings: GroupSettings) -> Result<Arc<Groups>> {
+        let groups = Groups {
+            log: log.clone(),
+            groups: parking_lot::Mutex::new(BTreeMap::new()),
+            clock: tokio::time::Instant::now(),
+            settings,
+        };
+        let topics: BTreeMap<u32, String> = log.topics().iter().map(|t| (t.id, t.name.to_string())).collect();
+        for (group, tid, p, offset) in log.load_offsets().await? {
+            let Some(topic) = topics.get(&tid) else { continue };
+            let cell = groups.cell(&group);
+            cell.state.lock().await.committed.insert(TopicPartition::new(topic.clone(), p), (tid, offset));
+        }
+        Ok(Arc::new(groups))
+    }
+
+    /// Milliseconds on a monotonic clock (tokio's, so tests can pause it).
+    fn now(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    fn cell(&self, id: &str) -> Arc<GroupCell> {
+        self.groups.lock().entry(id.to_owned()).or_insert_with(|| Arc::new(GroupCell::new(id))).clone()
+    }
+
+    fn existing(&self, id: &str) -> Result<Arc<GroupCell>> {
+        self.groups.lock().get(id).cloned().ok_or_else(|| Error::UnknownGroup(id.to_owned()))
+    }
+
+    /// Partition counts of the given topics that exist.
+    fn partition_counts<'a>(&self, topics: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, u32> {
+        topics
+            .into_iter()
+            .filter_map(|t| self.log.topic(t).ok().map(|topic| (t.clone(), topic.partitions().len() as u32)))
+            .collect()
+    }
+
+    fn counts_for(&self, group: &Group, extra: &[String]) -> BTreeMap<String, u32> {
+        let mut topics = group.subscribed_topics();
+        topics.extend(extra.iter().cloned());
+        self.partition_counts(&topics)
+    }
+
+    /// Adds a member to a group (creating the group if needed).
+    pub async fn join(&self, group: &str, params: JoinParams) -> Result<Joined> {
+        check_name("group id", group).map_err(Error::InvalidGroupId)?;
+        if params.topics.is_empty() {
+            return Err(Error::InvalidArgument { field: "topics", reason: "subscribe to at least one topic".into() });
+        }
+        for t in &params.topics {
+            check_name("topic name", t).map_err(|reason| Error::InvalidArgument { field: "topics", reason })?;
+        }
+        let s = self.settings;
+        let session = params.session_timeout_ms.unwrap_or(s.default_session_timeout_ms);
+        if !(s.min_session_timeout_ms..=s.max_session_timeout_ms).contains(&session) {
+            return Err(Error::InvalidArgument {
+                field: "session_timeout_ms",
+                reason: format!(
+                    "must be between {} and {} ms, not {session}",
+                    s.min_session_timeout_ms, s.max_session_timeout_ms
+                ),
+            });
+        }
+        if let Some(iid) = &params.instance_id {
+            check_name("instance id", iid).map_err(|reason| Error::InvalidArgument { field: "instance_id", reason })?;
+        }
+        let member_id = format!("{}-{}", params.instance_id.as_deref().unwrap_or("member"), random_suffix());
+        let cell = self.cell(group);
+        let mut data = cell.state.lock().await;
+        let counts = self.counts_for(&data.group, &params.topics);
+        let view = data.group.join(
+            JoinRequest {
+                member_id: member_id.clone(),
+                instance_id: params.instance_id,
+                topics: params.topics.into_iter().collect(),
+                session_timeout_ms: session,
+                auto_offset_reset: params.auto_offset_reset.unwrap_or_default(),
+                assignor: params.assignor,
+            },
+            self.now(),
+            &counts,
+        )?;
+        drop(data);
+        cell.notify();
+        Ok(Joined { member_id, view, session_timeout_ms: session })
+    }
+
+    /// A heartbeat: keeps the session, releases what the previous answer revoked.
+    pub async fn heartbeat(&self, group: &str, member: &str) -> Result<View> {
+        let cell = self.existing(group)?;
+        let mut data = cell.state.lock().await;
+        let counts = self.counts_for(&data.group, &[]);
+        let before = data.group.generation;
+        let view = data.group.heartbeat(member, self.now(), &counts)?;
+        let moved = data.group.state() != GroupState::Stable || data.group.generation != before;
+        drop(data);
+        if moved {
+            cell.notify();
+        }
+        Ok(view)
+    }
+
+    /// The member leaves; its partitions move at once.
+    pub async fn leave(&self, group: &str, member: &str) -> Result<()> {
+        let cell = self.existing(group)?;
+        let mut data = cell.state.lock().await;
+        let counts = self.counts_for(&data.group, &[]);
+        data.group.leave(member, &counts)?;
+        drop(data);
+        cell.notify();
+        Ok(())
+    }
+
+    /// Polls records for a member: a heartbeat, then up to `max_records` records
+    /// from the partitions it may consume, long-polling up to `wait` when there are none.
+    pub async fn poll(&self, group: &str, member: &str, max_records: u32, wait: Duration) -> Result<Polled> {
+        let cell = self.existing(group)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changed = cell.changed.subscribe();
+        let mut first_assignment = None;
+        let shutdown = self.log.shutdown_token();
+        loop {
+            let view = self.heartbeat(group, member).await?;
+            changed.borrow_and_update();
+            let assignment_changed =
+                first_assignment.get_or_insert_with(|| view.assignment.clone()) != &view.assignment;
+            let (records, errors, session) = self.read_for(&cell, member, max_records).await?;
+            let now = tokio::time::Instant::now();
+            if !records.is_empty()
+                || !view.revoked.is_empty()
+                || assignment_changed
+                || now >= deadline
+                || shutdown.is_cancelled()
+            {
+                return Ok(Polled { view, records, errors });
+            }
+            // Wait for an append to an owned partition or a change in the group, but
+            // wake within a third of the session timeout to heartbeat again.
+            let slice = deadline.min(now + Duration::from_millis((session / 3).max(10)));
+            let mut ends: Vec<_> = view
+                .assignment
+                .iter()
+                .filter_map(|tp| self.log.topic(&tp.topic).ok()?.partition(tp.partition).ok())
+                .map(|p| p.subscribe())
+                .collect();
+            let appends = futures_util::future::select_all(
+                ends.iter_mut().map(|rx| rx.changed().boxed()).chain(std::iter::once(std::future::pending().boxed())),
+            );
+            tokio::select! {
+                _ = appends => {}
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep_until(slice) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Reads from the member's partitions and records the deliveries.
+    #[allow(clippy::type_complexity)]
+    async fn read_for(
+        &self,
+        cell: &GroupCell,
+        member: &str,
+        max_records: u32,
+    ) -> Result<(Vec<(TopicPartition, ReadResult)>, Vec<(TopicPartition, &'static str)>, u64)> {
+        let (fetches, reset, session) = {
+            let mut data = cell.state.lock().await;
+            let m = data
+                .group
+                .member(member)
+                .ok_or_else(|| Error::UnknownMember { group: data.group.id.clone(), member: member.to_owned() })?;
+            let (reset, session) = (m.auto_offset_reset, m.session_timeout_ms);
+            let mut fetches = data.group.fetches(member)?;
+            // Partitions new to the member start at the committed offset, or where
+            // the reset policy says when there is none (or it is out of range).
+            for f in fetches.iter_mut().filter(|f| f.position.is_none()) {
+                let Ok(topic) = self.log.topic(&f.tp.topic) else { continue };
+                let Ok(part) = topic.partition(f.tp.partition) else { continue };
+                let (start, end) = (part.start(), part.end());
+                let committed = data
+                    .committed
+                    .get(&f.tp)
+                    .filter(|(tid, o)| *tid == topic.id && (start..=end).contains(o))
+                    .map(|(_, o)| *o);
+                let pos = committed.or(match reset {
+                    OffsetReset::Earliest => Some(start),
+                    OffsetReset::Latest => Some(end),
+                    OffsetReset::None => None,
+                });
+                if let Some(pos) = pos {
+                    data.group.init_position(member, &f.tp, f.epoch, pos);
+                    f.position = Some(pos);
+                }
+            }
+            (fetches, reset, session)
+        };
+
+        let mut records = Vec::new();
+        let mut errors = Vec::new();
+        let mut budget = max_records;
+        // Start at a different partition each poll so that none starves.
+        let offset = (self.now() as usize) % fetches.len().max(1);
+        for f in fetches.iter().cycle().skip(offset).take(fetches.len()) {
+            let Some(position) = f.position else {
+                errors.push((f.tp.clone(), "no_committed_offset"));
+                continue;
+            };
+            if budget == 0 {
+                break;
+            }
+            let req =
+                ReadRequest { offset: position, max_records: budget, max_bytes: 1024 * 1024, wait: Duration::ZERO };
+            match self.log.read(&f.tp.topic, f.tp.partition, req).await {
+                Ok(read) => {
+                    let n = read.records()?.len() as u32;
+                    if n > 0 {
+                        budget -= n;
+                        records.push((f.tp.clone(), read, f.epoch, position, n));
+                    }
+                }
+                Err(Error::OffsetOutOfRange { beginning, end, .. }) => {
+                    let to = match reset {
+                        OffsetReset::Earliest => beginning,
+                        OffsetReset::Latest => end,
+                        OffsetReset::None => {
+                            errors.push((f.tp.clone(), "offset_out_of_range"));
+                            continue;
+                        }
+                    };
+                    cell.state.lock().await.group.advance(member, &f.tp, f.epoch, position, to);
+                }
+                Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Deliver only what is still this member's to deliver from that position.
+        let mut data = cell.state.lock().await;
+        let delivered = records
+            .into_iter()
+            .filter(|(tp, _, epoch, from, n)| data.group.advance(member, tp, *epoch, *from, from + *n as u64))
+            .map(|(tp, read, ..)| (tp, read))
+            .collect();
+        Ok((delivered, errors, session))
+    }
+
+    /// Commits offsets for a member, fenced by membership, generation and ownership.
+    pub async fn commit(
+        &self,
+        group: &str,
+        member: &str,
+        generation: u64,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<()> {
+        let cell = self.existing(group)?;
+        let tps: Vec<TopicPartition> = offsets.iter().map(|(t, p, _)| TopicPartition::new(t.clone(), *p)).collect();
+        let mut data = cell.state.lock().await;
+        data.group.check_commit(member, generation, tps.iter())?;
+        let mut entries = Vec::with_capacity(offsets.len());
+        for (topic, p, offset) in offsets {
+            let t = self.log.topic(topic)?;
+            t.partition(*p)?;
+            entries.push((t.id, *p, *offset));
+        }
+        // The lock is held across the write: a rebalance cannot move these
+        // partitions between the fencing check and the offsets landing.
+        self.log.commit_offsets(group, entries.clone()).await?;
+        for (tp, (tid, _, offset)) in tps.into_iter().zip(entries) {
+            data.committed.insert(tp, (tid, offset));
+        }
+        drop(data);
+        cell.notify();
+        Ok(())
+    }
+
+    /// Moves a group's committed offsets (and, for an active group, its owners'
+    /// positions) for `topic` (all the group's topics if `None`) and `partitions`
+    /// (all if `None`). Returns the new offsets.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: Option<&str>,
+        partitions: Option<&[u32]>,
+        to: ResetTo,
+    ) -> Result<Vec<(TopicPartition, u64)>> {
+        let cell = self.existing(group)?;
+        let mut data = cell.state.lock().await;
+        let topics: BTreeSet<String> = match topic {
+            Some(t) => BTreeSet::from([t.to_owned()]),
+            None => {
+                let mut all = data.group.subscribed_topics();
+                all.extend(data.committed.keys().map(|tp| tp.topic.clone()));
+                all
+            }
+        };
+        let mut targets = BTreeMap::new();
+        let mut entries = Vec::new();
+        for name in &topics {
+            let t = match self.log.topic(name) {
+                Ok(t) => t,
+                Err(e) if topic.is_some() => return Err(e),
+                Err(_) => continue,
+            };
+            let parts = t.partitions();
+            let chosen: Vec<u32> = match partitions {
+                Some(ps) => ps.to_vec(),
+                None => (0..parts.len() as u32).collect(),
+            };
+            for p in chosen {
+                let part = t.partition(p)?;
+                let (start, end) = (part.start(), part.end());
+                let offset = match to {
+                    ResetTo::Earliest => start,
+                    ResetTo::Latest => end,
+                    ResetTo::Timestamp(ts) => self.log.offset_for_timestamp(name, p, ts).await?.offset,
+                    ResetTo::Offset(o) if (start..=end).contains(&o) => o,
+                    ResetTo::Offset(o) => return Err(Error::OffsetOutOfRange { offset: o, beginning: start, end }),
+                };
+                targets.insert(TopicPartition::new(name.clone(), p), offset);
+                entries.push((t.id, p, offset));
+            }
+        }
+        self.log.commit_offsets(group, entries.clone()).await?;
+        for ((tp, offset), (tid, ..)) in targets.iter().zip(&entries) {
+            data.committed.insert(tp.clone(), (*tid, *offset));
+        }
+        data.group.reset_positions(&targets);
+        drop(data);
+        cell.notify();
+        Ok(targets.into_iter().collect())
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        self.groups.lock().keys().cloned().collect()
+    }
+
+    pub async fn describe(&self, group: &str) -> Result<GroupInfo> {
+        let cell = self.existing(group)?;
+        let data = cell.state.lock().await;
+        let g = &data.group;
+        let now = self.now();
+        let members = g
+            .members()
+            .map(|m| MemberInfo {
+                member_id: m.id.clone(),
+                instance_id: m.instance_id.clone(),
+                topics: m.topics.clone(),
+                assignment: m.active().cloned().collect(),
+                revoking: m.revoking.clone(),
+                session_timeout_ms: m.session_timeout_ms,
+                last_seen_ms_ago: now.saturating_sub(m.last_seen_ms),
+                generation: m.generation,
+            })
+            .collect();
+        let mut topics = g.subscribed_topics();
+        topics.extend(data.committed.keys().map(|tp| tp.topic.clone()));
+        let mut offsets = Vec::new();
+        for name in &topics {
+            let Ok(t) = self.log.topic(name) else { continue };
+            for part in t.partitions().iter() {
+                let tp = TopicPartition::new(name.clone(), part.index);
+                let committed = data.committed.get(&tp).filter(|(tid, _)| *tid == t.id).map(|(_, o)| *o);
+                let owner = g.owner(&tp).map(str::to_owned);
+                offsets.push(CommittedInfo { tp, committed, end_offset: part.end(), owner });
+            }
+        }
+        Ok(GroupInfo {
+            group: g.id.clone(),
+            state: g.state(),
+            generation: g.generation,
+            assignor: g.assignor,
+            members,
+            offsets,
+        })
+    }
+
+    /// Deletes an empty group and its committed offsets.
+    pub async fn delete(&self, group: &str) -> Result<()> {
+        let cell = self.existing(group)?;
+        let data = cell.state.lock().await;
+        if !data.group.is_empty() {
+            return Err(Error::GroupNotEmpty(group.to_owned()));
+        }
+        self.log.delete_group_offsets(group).await?;
+        self.groups.lock().remove(group);
+        Ok(())
+    }
+
+    /// Expires members whose session ran out, in every group. Returns how many.
+    pub async fn expire_sessions(&self) -> usize {
+        let cells: Vec<Arc<GroupCell>> = self.groups.lock().values().cloned().collect();
+        let mut expired = 0;
+        for cell in cells {
+            let mut data = cell.state.lock().await;
+            let counts = self.counts_for(&data.group, &[]);
+            let gone = data.group.expire(self.now(), &counts);
+            drop(data);
+            if !gone.is_empty() {
+                tracing::info!(members = ?gone, "session expired");
+                expired += gone.len();
+                cell.notify();
+            }
+        }
+        expired
+    }
+
+    /// The session timer: runs until `stop` is cancelled.
+    pub async fn run_expiry(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => { self.expire_sessions().await; }
+            }
+        }
+    }
+}
+
+/// A random hex suffix for member ids, from the std hasher's per-process random keys.
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    format!("{:016x}", h.finish())
+}
