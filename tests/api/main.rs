@@ -7,6 +7,7 @@ mod helpers;
 
 mod crash;
 mod errors;
+mod groups;
 mod openapi;
 mod produce;
 mod read;
