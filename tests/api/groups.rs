@@ -310,6 +310,8 @@ async fn online_offset_reset_moves_a_polling_member() {
     assert_eq!(records[0]["offset"], 10);
 }
 
+type Holding = (String, u64, Vec<Option<Instant>>);
+
 /// Producers run while members join, leave and die at random. Afterwards every
 /// produced record was processed (delivered, then committed) at least once, and no
 /// partition was ever held by two members at the same time.
@@ -337,8 +339,8 @@ async fn randomized_membership_churn_keeps_the_guarantees() {
         })
     };
 
-    // (member, partition) → response times at which the member held it.
-    let holdings: Arc<Mutex<Vec<(String, u64, Vec<Option<Instant>>)>>> = Arc::new(Mutex::new(Vec::new()));
+    // (member, partition, per response: its time if the member held the partition).
+    let holdings: Arc<Mutex<Vec<Holding>>> = Arc::new(Mutex::new(Vec::new()));
     let processed: Arc<Mutex<BTreeSet<(u64, u64)>>> = Arc::new(Mutex::new(BTreeSet::new()));
     let mut slots = Vec::new();
     for slot in 0..3u64 {
