@@ -109,6 +109,8 @@ pub struct Group {
     snapshot: BTreeMap<String, u32>,
     /// Bumped per partition by an offset reset, so in-flight polls can tell.
     epochs: BTreeMap<TopicPartition, u64>,
+    /// Bumped whenever ownership changes, so the edge knows to wake waiting members.
+    version: u64,
 }
 
 impl Group {
@@ -122,7 +124,13 @@ impl Group {
             owners: BTreeMap::new(),
             snapshot: BTreeMap::new(),
             epochs: BTreeMap::new(),
+            version: 0,
         }
+    }
+
+    /// Changes whenever any member's ownership changes.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn members(&self) -> impl Iterator<Item = &Member> {
@@ -229,6 +237,9 @@ impl Group {
         for tp in &released {
             self.owners.remove(tp);
         }
+        if !released.is_empty() {
+            self.version += 1;
+        }
         let subscribed = self.subscribed_topics();
         let current: BTreeMap<String, u32> =
             topics.iter().filter(|(t, _)| subscribed.contains(*t)).map(|(t, n)| (t.clone(), *n)).collect();
@@ -285,6 +296,7 @@ impl Group {
 
     fn rebalance(&mut self, topics: &BTreeMap<String, u32>) {
         self.generation += 1;
+        self.version += 1;
         let subscribed = self.subscribed_topics();
         self.snapshot = topics.iter().filter(|(t, _)| subscribed.contains(*t)).map(|(t, n)| (t.clone(), *n)).collect();
         let specs: BTreeMap<String, MemberSpec> = self
@@ -305,6 +317,7 @@ impl Group {
             if let Some(m) = self.members.get_mut(id) {
                 m.owned.insert(tp.clone());
                 self.owners.insert(tp.clone(), id.clone());
+                self.version += 1;
             }
         }
     }

@@ -247,10 +247,11 @@ impl Groups {
         let cell = self.existing(group)?;
         let mut data = cell.state.lock().await;
         let counts = self.counts_for(&data.group, &[]);
-        let before = data.group.generation;
+        let before = data.group.version();
         let view = data.group.heartbeat(member, self.now(), &counts)?;
-        let moved = data.group.state() != GroupState::Stable || data.group.generation != before;
+        let moved = data.group.version() != before;
         drop(data);
+        // Wake members waiting in a poll: a release may have handed them partitions.
         if moved {
             cell.notify();
         }
@@ -277,10 +278,18 @@ impl Groups {
         let mut first_assignment = None;
         let shutdown = self.log.shutdown_token();
         loop {
-            let view = self.heartbeat(group, member).await?;
+            // Mark changes seen before looking, so that none between the look and the wait is lost.
             changed.borrow_and_update();
+            let view = self.heartbeat(group, member).await?;
             let assignment_changed =
                 first_assignment.get_or_insert_with(|| view.assignment.clone()) != &view.assignment;
+            // Subscribe to appends before reading, so that none after the read is missed.
+            let mut ends: Vec<_> = view
+                .assignment
+                .iter()
+                .filter_map(|tp| self.log.topic(&tp.topic).ok()?.partition(tp.partition).ok())
+                .map(|p| p.subscribe())
+                .collect();
             let (records, errors, session) = self.read_for(&cell, member, max_records).await?;
             let now = tokio::time::Instant::now();
             if !records.is_empty()
@@ -294,12 +303,6 @@ impl Groups {
             // Wait for an append to an owned partition or a change in the group, but
             // wake within a third of the session timeout to heartbeat again.
             let slice = deadline.min(now + Duration::from_millis((session / 3).max(10)));
-            let mut ends: Vec<_> = view
-                .assignment
-                .iter()
-                .filter_map(|tp| self.log.topic(&tp.topic).ok()?.partition(tp.partition).ok())
-                .map(|p| p.subscribe())
-                .collect();
             let appends = futures_util::future::select_all(
                 ends.iter_mut().map(|rx| rx.changed().boxed()).chain(std::iter::once(std::future::pending().boxed())),
             );
@@ -424,8 +427,6 @@ impl Groups {
         for (tp, (tid, _, offset)) in tps.into_iter().zip(entries) {
             data.committed.insert(tp, (tid, offset));
         }
-        drop(data);
-        cell.notify();
         Ok(())
     }
 

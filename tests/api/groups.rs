@@ -447,3 +447,40 @@ async fn randomized_membership_churn_keeps_the_guarantees() {
     assert!(produced.len() > 100);
     assert!(runs.values().map(Vec::len).sum::<usize>() > 5, "the run exercised several ownership changes");
 }
+
+/// Members waiting in long polls hear about a rebalance at once: the old owner
+/// gets its revocation, and after it confirms (its next poll) the newcomer's
+/// waiting poll returns with the partitions. No timer is involved.
+#[tokio::test]
+async fn waiting_polls_are_woken_by_rebalances() {
+    let app = Arc::new(group_app().await);
+    app.create_topic("wake", 2).await;
+    let body = json!({"topics": ["wake"], "auto_offset_reset": "earliest", "session_timeout_ms": 60000});
+    let mut a = join(&app, "wg", body.clone()).await;
+    assert_eq!(a.assignment.len(), 2);
+    let started = Instant::now();
+    let a_task = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            // Waits (nothing to read) until the rebalance revokes a partition.
+            let (_, revoked) = poll(&app, "wg", &mut a, 30_000).await;
+            assert_eq!(revoked.len(), 1);
+            // Confirms the revocation with its next poll.
+            poll(&app, "wg", &mut a, 0).await;
+            a
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut b = join(&app, "wg", body).await;
+    assert!(b.assignment.is_empty());
+    let joined = Instant::now();
+    poll(&app, "wg", &mut b, 30_000).await;
+    let latency = joined.elapsed();
+    let a = a_task.await.unwrap();
+    assert_eq!(b.assignment.len(), 1, "the newcomer's waiting poll returned with its partition");
+    assert_eq!(a.assignment.len(), 1);
+    assert!(a.assignment.is_disjoint(&b.assignment));
+    // A timer-driven wake-up would take a third of the 60 s session.
+    assert!(started.elapsed() < Duration::from_secs(15));
+    eprintln!("rebalance latency (join → newcomer has its partitions, both long-polling): {latency:?}");
+}
