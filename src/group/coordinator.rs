@@ -60,6 +60,8 @@ pub struct Member {
     pub revoking: BTreeSet<TopicPartition>,
     /// Next offset to deliver, per owned partition, once known.
     pub positions: BTreeMap<TopicPartition, u64>,
+    /// The assignment the member was last told.
+    pub told: BTreeSet<TopicPartition>,
 }
 
 impl Member {
@@ -78,6 +80,8 @@ pub struct View {
     /// Partitions the member must give up: commit them now; the next poll or
     /// heartbeat releases them.
     pub revoked: BTreeSet<TopicPartition>,
+    /// Whether `assignment` differs from what the member was told last time.
+    pub changed: bool,
 }
 
 /// A partition the member may read, with where to read from.
@@ -201,6 +205,7 @@ impl Group {
             owned: BTreeSet::new(),
             revoking: BTreeSet::new(),
             positions: BTreeMap::new(),
+            told: BTreeSet::new(),
         };
         let mut needs_rebalance = true;
         if let Some(old_id) = previous.and_then(|id| self.members.remove(&id)) {
@@ -255,7 +260,10 @@ impl Group {
             m.owned.iter().filter(|tp| target.get(*tp) != Some(&m.id)).cloned().collect();
         m.revoking.extend(revoked.iter().cloned());
         m.generation = generation;
-        Ok(View { generation, assignment: m.active().cloned().collect(), revoked })
+        let assignment: BTreeSet<TopicPartition> = m.active().cloned().collect();
+        let changed = assignment != m.told;
+        m.told.clone_from(&assignment);
+        Ok(View { generation, assignment, revoked, changed })
     }
 
     /// The member leaves: its partitions are released at once.

@@ -275,14 +275,11 @@ impl Groups {
         let cell = self.existing(group)?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut changed = cell.changed.subscribe();
-        let mut first_assignment = None;
         let shutdown = self.log.shutdown_token();
         loop {
             // Mark changes seen before looking, so that none between the look and the wait is lost.
             changed.borrow_and_update();
             let view = self.heartbeat(group, member).await?;
-            let assignment_changed =
-                first_assignment.get_or_insert_with(|| view.assignment.clone()) != &view.assignment;
             // Subscribe to appends before reading, so that none after the read is missed.
             let mut ends: Vec<_> = view
                 .assignment
@@ -294,7 +291,7 @@ impl Groups {
             let now = tokio::time::Instant::now();
             if !records.is_empty()
                 || !view.revoked.is_empty()
-                || assignment_changed
+                || view.changed
                 || now >= deadline
                 || shutdown.is_cancelled()
             {
@@ -582,4 +579,58 @@ fn random_suffix() -> String {
     h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     format!("{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogSettings;
+    use crate::store::Store;
+
+    /// The session timer at the edge, on tokio's paused clock: no sleeps.
+    #[tokio::test(start_paused = true)]
+    async fn the_session_timer_expires_silent_members() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let settings = LogSettings {
+            auto_create_topics: false,
+            default_partitions: 1,
+            write_queue_bytes: 1 << 20,
+            write_queue_len: 16,
+        };
+        let (log, _writer) = Log::open(store, settings).unwrap();
+        log.create_topic("t", 2, &Default::default()).await.unwrap();
+        let groups = Groups::open(
+            log.clone(),
+            GroupSettings {
+                min_session_timeout_ms: 100,
+                max_session_timeout_ms: 10_000,
+                default_session_timeout_ms: 1000,
+            },
+        )
+        .await
+        .unwrap();
+        let join = || JoinParams { topics: vec!["t".into()], session_timeout_ms: Some(1000), ..Default::default() };
+        let a = groups.join("g", join()).await.unwrap();
+        let b = groups.join("g", join()).await.unwrap();
+
+        let stop = CancellationToken::new();
+        let timer = tokio::spawn(groups.clone().run_expiry(Duration::from_millis(100), stop.clone()));
+        // a heartbeats every 400 ms; b never does.
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            groups.heartbeat("g", &a.member_id).await.unwrap();
+        }
+        assert_eq!(groups.describe("g").await.unwrap().members.len(), 2, "800 ms < the 1000 ms session");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        groups.heartbeat("g", &a.member_id).await.unwrap();
+        let info = groups.describe("g").await.unwrap();
+        assert_eq!(info.members.len(), 1, "b expired after 1000 ms of silence");
+        assert_eq!(info.members[0].member_id, a.member_id);
+        assert!(matches!(groups.heartbeat("g", &b.member_id).await, Err(Error::UnknownMember { .. })));
+        let view = groups.heartbeat("g", &a.member_id).await.unwrap();
+        assert_eq!(view.assignment.len(), 2, "b's partitions moved to a");
+        stop.cancel();
+        timer.await.unwrap();
+    }
 }

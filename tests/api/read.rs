@@ -79,7 +79,8 @@ async fn limits_and_paging() {
 #[tokio::test]
 async fn offset_for_timestamp() {
     let app = spawn_app().await;
-    app.create_topic("ts", 2).await;
+    // These timestamps are from 1970: keep them from the default 7-day retention.
+    app.create_topic_with("ts", 2, json!({"retention_ms": -1})).await;
     app.produce(
         "ts",
         json!([{"value": 0, "timestamp": 1000, "partition": 1}, {"value": 1, "timestamp": 2000, "partition": 1}]),
