@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
 
 use crate::config::Config;
 use crate::group::Groups;
@@ -108,7 +111,15 @@ impl App {
             tokio::spawn(crate::retention::run(log.clone(), config.retention_check_interval, stop_timers.clone()));
         let sessions = tokio::spawn(groups.clone().run_expiry(config.session_check_interval, stop_timers.clone()));
 
-        let app = router(AppState { log: log.clone(), groups }, config.max_request_bytes);
+        let connections = TaskTracker::new();
+        let state = AppState {
+            log: log.clone(),
+            groups,
+            metrics: Arc::new(Metrics::new()),
+            connections: connections.clone(),
+            ws_ping_interval: config.ws_ping_interval,
+        };
+        let app = router(state, config.max_request_bytes);
         let signalled = log.shutdown_token();
         let on_signal = {
             let log = log.clone();
@@ -129,6 +140,11 @@ impl App {
             }
         };
 
+        // WebSockets saw the shutdown token: they send close frames and end.
+        connections.close();
+        if tokio::time::timeout(config.shutdown_timeout, connections.wait()).await.is_err() {
+            tracing::warn!("some WebSocket connections did not close within the shutdown timeout");
+        }
         stop_timers.cancel();
         let _ = retention.await;
         let _ = sessions.await;

@@ -59,6 +59,7 @@ struct FileConfig {
     shutdown_timeout_ms: Option<u64>,
     min_session_timeout_ms: Option<u64>,
     max_session_timeout_ms: Option<u64>,
+    ws_ping_interval_ms: Option<u64>,
 }
 
 /// Validated settings of a gregor server.
@@ -81,6 +82,9 @@ pub struct Config {
     pub groups: GroupSettings,
     /// How often expired group sessions are looked for.
     pub session_check_interval: Duration,
+    /// How often WebSocket connections are pinged; a client silent for two
+    /// intervals (or not reading for two) is disconnected.
+    pub ws_ping_interval: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -101,6 +105,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(10),
             groups: GroupSettings::default(),
             session_check_interval: Duration::from_millis(100),
+            ws_ping_interval: Duration::from_secs(15),
         }
     }
 
@@ -142,6 +147,9 @@ impl Config {
         if let Some(ms) = file.max_session_timeout_ms {
             c.groups.max_session_timeout_ms = ms;
         }
+        if let Some(ms) = file.ws_ping_interval_ms {
+            c.ws_ping_interval = Duration::from_millis(ms);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -168,6 +176,9 @@ impl Config {
         }
         if self.write_queue_len == 0 {
             return Err(ConfigError("write_queue_len: must be at least 1".into()));
+        }
+        if self.ws_ping_interval < Duration::from_millis(10) {
+            return Err(ConfigError("ws_ping_interval_ms: must be at least 10".into()));
         }
         if self.retention_check_interval.is_zero() {
             return Err(ConfigError("retention_check_interval_ms: must be at least 1".into()));

@@ -10,6 +10,8 @@
 //!   (consumer groups: assignors, the coordinator state machine, polls and commits).
 //! - [`store`]: RocksDB column families and key layout; the only module that knows them.
 //! - [`http`]: axum routes, problem+json errors, the OpenAPI document and Swagger UI.
+//! - [`ws`]: the WebSocket streams (topic streams and group members), frames, flow control.
+//! - [`metrics`]: the Prometheus registry each `App` owns.
 //! - [`error`]: the core error enum every layer shares.
 
 pub mod app;
@@ -18,11 +20,13 @@ pub mod error;
 pub mod group;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod partitioner;
 pub mod record;
 pub mod retention;
 pub mod store;
 pub mod topic;
+pub mod ws;
 
 pub use app::{App, AppError};
 pub use config::Config;

@@ -266,6 +266,28 @@ impl Group {
         Ok(View { generation, assignment, revoked, changed })
     }
 
+    /// Keeps a member's session alive without releasing or announcing anything
+    /// (a WebSocket member, between the steps of its revocation handshake).
+    pub fn touch(&mut self, member: &str, now: u64) -> Result<(), Error> {
+        let m = self
+            .members
+            .get_mut(member)
+            .ok_or_else(|| Error::UnknownMember { group: self.id.clone(), member: member.to_owned() })?;
+        m.last_seen_ms = now;
+        Ok(())
+    }
+
+    /// Whether a heartbeat would change what the member owns or was told.
+    pub fn has_news(&self, member: &str) -> Result<bool, Error> {
+        let m = self.members.get(member).ok_or_else(|| self.unknown(member))?;
+        let active: BTreeSet<&TopicPartition> = m.active().collect();
+        Ok(!m.revoking.is_empty()
+            || m.owned.iter().any(|tp| self.target.get(tp) != Some(&m.id))
+            || active.len() != m.told.len()
+            || m.told.iter().any(|tp| !active.contains(tp))
+            || m.generation != self.generation)
+    }
+
     /// The member leaves: its partitions are released at once.
     pub fn leave(&mut self, member: &str, topics: &BTreeMap<String, u32>) -> Result<(), Error> {
         let m = self.members.remove(member).ok_or_else(|| self.unknown(member))?;

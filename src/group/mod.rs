@@ -312,6 +312,68 @@ impl Groups {
         }
     }
 
+    /// Keeps a member's session alive without a heartbeat's release step.
+    pub async fn touch(&self, group: &str, member: &str) -> Result<()> {
+        let cell = self.existing(group)?;
+        let mut data = cell.state.lock().await;
+        let now = self.now();
+        data.group.touch(member, now)
+    }
+
+    /// Reads up to `max_records` from the member's partitions without waiting,
+    /// recording the deliveries (a WebSocket member's fetch).
+    pub async fn read(&self, group: &str, member: &str, max_records: u32) -> Result<Polled> {
+        let cell = self.existing(group)?;
+        let (records, errors, _) = self.read_for(&cell, member, max_records).await?;
+        let data = cell.state.lock().await;
+        let m = data
+            .group
+            .member(member)
+            .ok_or_else(|| Error::UnknownMember { group: group.to_owned(), member: member.to_owned() })?;
+        let view = View {
+            generation: m.generation,
+            assignment: m.active().cloned().collect(),
+            revoked: BTreeSet::new(),
+            changed: false,
+        };
+        Ok(Polled { view, records, errors })
+    }
+
+    /// Whether every partition the member is giving up has its delivered records
+    /// committed (so releasing it loses nothing).
+    pub async fn revocation_settled(&self, group: &str, member: &str) -> Result<bool> {
+        let cell = self.existing(group)?;
+        let data = cell.state.lock().await;
+        let m = data
+            .group
+            .member(member)
+            .ok_or_else(|| Error::UnknownMember { group: group.to_owned(), member: member.to_owned() })?;
+        Ok(m.revoking.iter().all(|tp| match m.positions.get(tp) {
+            None => true,
+            Some(pos) => data.committed.get(tp).is_some_and(|(_, c)| c >= pos),
+        }))
+    }
+
+    /// The member's readable partitions and their positions (`None` until known).
+    pub async fn positions(&self, group: &str, member: &str) -> Result<Vec<(TopicPartition, Option<u64>)>> {
+        let cell = self.existing(group)?;
+        let data = cell.state.lock().await;
+        Ok(data.group.fetches(member)?.into_iter().map(|f| (f.tp, f.position)).collect())
+    }
+
+    /// Whether a heartbeat would tell the member something: a revocation to
+    /// announce or release, or an assignment different from what it was told.
+    pub async fn has_news(&self, group: &str, member: &str) -> Result<bool> {
+        let cell = self.existing(group)?;
+        let data = cell.state.lock().await;
+        data.group.has_news(member)
+    }
+
+    /// A receiver that changes whenever the group changes in a way members should hear about.
+    pub fn subscribe(&self, group: &str) -> Result<watch::Receiver<u64>> {
+        Ok(self.existing(group)?.changed.subscribe())
+    }
+
     /// Reads from the member's partitions and records the deliveries.
     #[allow(clippy::type_complexity)]
     async fn read_for(

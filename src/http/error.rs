@@ -73,6 +73,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
+    /// A stream route was requested without a WebSocket upgrade.
+    #[error("this route speaks WebSocket: {0}")]
+    UpgradeRequired(String),
 }
 
 impl ApiError {
@@ -117,6 +120,7 @@ impl ApiError {
             ApiError::RequestTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "request_too_large", "Request too large"),
             ApiError::NotFound(_) => (S::NOT_FOUND, "not_found", "Not found"),
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed"),
+            ApiError::UpgradeRequired(_) => (S::UPGRADE_REQUIRED, "websocket_required", "WebSocket upgrade required"),
         }
     }
 

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -35,4 +35,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "shutting_down_or_failed" }))
     }
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String)))]
+async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }

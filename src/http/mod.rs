@@ -2,9 +2,9 @@
 //! document generated from the same registrations (utoipa-axum), Swagger UI at
 //! `/docs` and the console at `/`.
 
-mod codec;
+pub(crate) mod codec;
 pub mod error;
-mod extract;
+pub(crate) mod extract;
 mod groups;
 mod health;
 mod records;
@@ -23,14 +23,21 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::group::Groups;
 use crate::log::Log;
+use crate::metrics::Metrics;
 use error::ApiError;
 use extract::BodyLimit;
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub log: Arc<Log>,
     pub groups: Arc<Groups>,
+    pub metrics: Arc<Metrics>,
+    /// Open WebSocket connections, so that shutdown can wait for them to close.
+    pub connections: TaskTracker,
+    pub ws_ping_interval: Duration,
 }
 
 #[derive(OpenApi)]
@@ -45,6 +52,7 @@ pub struct AppState {
         (name = "topics", description = "Topics, partitions and their offsets"),
         (name = "records", description = "Produce and read records"),
         (name = "groups", description = "Consumer groups: members, polls, committed offsets"),
+        (name = "streams", description = "WebSocket streams of a topic or of a group member"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -55,6 +63,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(topics::router())
         .merge(records::router())
         .merge(groups::router())
+        .merge(crate::ws::router())
         .merge(health::router())
 }
 

@@ -14,3 +14,4 @@ mod read;
 mod restart;
 mod retention;
 mod topics;
+mod ws;

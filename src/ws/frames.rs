@@ -1,0 +1,361 @@
+//! The WebSocket frame protocol: JSON text frames tagged by `type`.
+//!
+//! Client → server: `commit`, `ack`, `credit`, `produce`.
+//! Server → client: `records`, `assignment`, `committed`, `produced`, `error`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::group::{TopicPartition, View};
+use crate::http::codec::{self, Encoding};
+use crate::record::StoredRecord;
+
+/// A frame from the client. Produce frames keep their records unparsed until
+/// the produce task handles them.
+#[derive(Debug)]
+pub enum ClientFrame<'a> {
+    /// Commit explicit offsets (next offset to read, per partition).
+    Commit { offsets: Vec<OffsetEntry> },
+    /// Acknowledge records; the server commits, per partition, the contiguous
+    /// acknowledged prefix. Either one record (`topic`, `partition`, `offset`)
+    /// or a list in `records`.
+    Ack { topic: Option<String>, partition: Option<u32>, offset: Option<u64>, records: Vec<OffsetEntry> },
+    /// Allow the server to send this many more records.
+    Credit { records: u64 },
+    /// Produce records, answered by `produced` (or `error`) with the same `id`.
+    Produce {
+        id: serde_json::Value,
+        topic: Option<String>,
+        partition: Option<u32>,
+        acks: Option<String>,
+        records: &'a RawValue,
+    },
+}
+
+/// Why a client frame was refused.
+#[derive(Debug)]
+pub enum FrameError {
+    /// Not JSON.
+    Json(serde_json::Error),
+    /// JSON, but not a known frame.
+    Frame(String),
+}
+
+#[derive(Deserialize)]
+struct Tag<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitFrame {
+    #[serde(rename = "type")]
+    _kind: String,
+    offsets: Vec<OffsetEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckFrame {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    partition: Option<u32>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    records: Vec<OffsetEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditFrame {
+    #[serde(rename = "type")]
+    _kind: String,
+    records: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProduceFrame<'a> {
+    #[serde(rename = "type")]
+    _kind: String,
+    id: serde_json::Value,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    partition: Option<u32>,
+    #[serde(default)]
+    acks: Option<String>,
+    #[serde(borrow)]
+    records: &'a RawValue,
+}
+
+impl<'a> ClientFrame<'a> {
+    /// Parses a text frame: first its `type`, then the fields that type takes.
+    pub fn parse(text: &'a str) -> Result<Self, FrameError> {
+        let tag: Tag<'_> = serde_json::from_str(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => FrameError::Frame(e.to_string()),
+            _ => FrameError::Json(e),
+        })?;
+        let shape = |e: serde_json::Error| FrameError::Frame(e.to_string());
+        match tag.kind.as_deref() {
+            Some("commit") => {
+                let f: CommitFrame = serde_json::from_str(text).map_err(shape)?;
+                Ok(ClientFrame::Commit { offsets: f.offsets })
+            }
+            Some("ack") => {
+                let f: AckFrame = serde_json::from_str(text).map_err(shape)?;
+                Ok(ClientFrame::Ack { topic: f.topic, partition: f.partition, offset: f.offset, records: f.records })
+            }
+            Some("credit") => {
+                let f: CreditFrame = serde_json::from_str(text).map_err(shape)?;
+                Ok(ClientFrame::Credit { records: f.records })
+            }
+            Some("produce") => {
+                let f: ProduceFrame<'a> = serde_json::from_str(text).map_err(shape)?;
+                Ok(ClientFrame::Produce {
+                    id: f.id,
+                    topic: f.topic,
+                    partition: f.partition,
+                    acks: f.acks,
+                    records: f.records,
+                })
+            }
+            Some(other) => {
+                Err(FrameError::Frame(format!("unknown frame type '{other}'; expected commit, ack, credit or produce")))
+            }
+            None => Err(FrameError::Frame("a frame needs a \"type\"".into())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OffsetEntry {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// A `records` frame being built.
+#[derive(Debug)]
+pub struct RecordsFrame {
+    buf: Vec<u8>,
+    count: usize,
+    encoding: Encoding,
+}
+
+impl RecordsFrame {
+    pub fn new(encoding: Encoding) -> Self {
+        let mut buf = Vec::with_capacity(4096);
+        buf.extend_from_slice(b"{\"type\":\"records\",\"records\":[");
+        RecordsFrame { buf, count: 0, encoding }
+    }
+
+    pub fn push(&mut self, topic: &str, partition: u32, offset: u64, rec: &StoredRecord<'_>) {
+        if self.count > 0 {
+            self.buf.push(b',');
+        }
+        codec::write_record(&mut self.buf, topic, partition, offset, rec, self.encoding);
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn finish(mut self) -> String {
+        self.buf.extend_from_slice(b"]}");
+        // Built only from JSON text written by serde and valid stored JSON.
+        String::from_utf8(self.buf).unwrap_or_default()
+    }
+}
+
+#[derive(Serialize)]
+struct TopicParts<'a> {
+    topic: &'a str,
+    partitions: Vec<u32>,
+}
+
+fn by_topic(tps: &BTreeSet<TopicPartition>) -> Vec<TopicParts<'_>> {
+    let mut map: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for tp in tps {
+        map.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    map.into_iter().map(|(topic, partitions)| TopicParts { topic, partitions }).collect()
+}
+
+pub fn assignment(member_id: &str, view: &View) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        r#type: &'static str,
+        member_id: &'a str,
+        generation: u64,
+        assignment: Vec<TopicParts<'a>>,
+        revoked: Vec<TopicParts<'a>>,
+    }
+    to_json(&Frame {
+        r#type: "assignment",
+        member_id,
+        generation: view.generation,
+        assignment: by_topic(&view.assignment),
+        revoked: by_topic(&view.revoked),
+    })
+}
+
+pub fn committed(offsets: &[OffsetEntry]) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        r#type: &'static str,
+        offsets: &'a [OffsetEntry],
+    }
+    to_json(&Frame { r#type: "committed", offsets })
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProducedOffset {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp: u64,
+}
+
+pub fn produced(id: &serde_json::Value, offsets: Option<&[ProducedOffset]>, accepted: usize) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        r#type: &'static str,
+        id: &'a serde_json::Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offsets: Option<&'a [ProducedOffset]>,
+        accepted: usize,
+    }
+    to_json(&Frame { r#type: "produced", id, offsets, accepted })
+}
+
+pub fn error(code: &str, message: &str, id: Option<&serde_json::Value>) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        r#type: &'static str,
+        code: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a serde_json::Value>,
+    }
+    to_json(&Frame { r#type: "error", code, message, id })
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Per-record acknowledgements → the offsets that can be committed.
+///
+/// For each partition it tracks the first offset not yet acknowledged (`next`)
+/// and the acknowledged offsets beyond it; acknowledging `next` advances it over
+/// every contiguous acknowledged offset, and that new `next` is what gets committed.
+#[derive(Debug, Default)]
+pub struct AckTracker {
+    parts: BTreeMap<TopicPartition, PartAcks>,
+}
+
+#[derive(Debug)]
+struct PartAcks {
+    next: u64,
+    delivered_end: u64,
+    acked: BTreeSet<u64>,
+}
+
+/// Why an acknowledgement was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckError {
+    /// The offset was never delivered on this connection (or belongs to a partition it lost).
+    NotDelivered,
+}
+
+impl AckTracker {
+    /// Records `from..to` of a partition as delivered. A delivery that does not
+    /// continue the previous one (an offset reset moved the position) starts over.
+    pub fn delivered(&mut self, tp: &TopicPartition, from: u64, to: u64) {
+        let e = self.parts.entry(tp.clone()).or_insert(PartAcks {
+            next: from,
+            delivered_end: from,
+            acked: BTreeSet::new(),
+        });
+        if e.delivered_end != from {
+            *e = PartAcks { next: from, delivered_end: from, acked: BTreeSet::new() };
+        }
+        e.delivered_end = to;
+    }
+
+    /// Acknowledges one record; returns the new commit offset when it moved.
+    pub fn ack(&mut self, tp: &TopicPartition, offset: u64) -> Result<Option<u64>, AckError> {
+        let e = self.parts.get_mut(tp).ok_or(AckError::NotDelivered)?;
+        if offset >= e.delivered_end {
+            return Err(AckError::NotDelivered);
+        }
+        if offset < e.next {
+            return Ok(None);
+        }
+        e.acked.insert(offset);
+        let before = e.next;
+        while e.acked.remove(&e.next) {
+            e.next += 1;
+        }
+        Ok((e.next > before).then_some(e.next))
+    }
+
+    /// Forgets a partition the connection no longer owns.
+    pub fn forget(&mut self, tp: &TopicPartition) {
+        self.parts.remove(tp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_contiguous_prefix_commits() {
+        let tp = TopicPartition::new("t", 0);
+        let mut a = AckTracker::default();
+        a.delivered(&tp, 10, 15);
+        assert_eq!(a.ack(&tp, 12), Ok(None));
+        assert_eq!(a.ack(&tp, 11), Ok(None));
+        assert_eq!(a.ack(&tp, 10), Ok(Some(13)));
+        assert_eq!(a.ack(&tp, 14), Ok(None));
+        assert_eq!(a.ack(&tp, 13), Ok(Some(15)));
+        assert_eq!(a.ack(&tp, 15), Err(AckError::NotDelivered));
+        assert_eq!(a.ack(&tp, 10), Ok(None), "acking again is harmless");
+        a.delivered(&tp, 15, 20);
+        assert_eq!(a.ack(&tp, 15), Ok(Some(16)));
+        // A reset moved the position: tracking starts over.
+        a.delivered(&tp, 3, 5);
+        assert_eq!(a.ack(&tp, 4), Ok(None));
+        assert_eq!(a.ack(&tp, 3), Ok(Some(5)));
+        assert_eq!(a.ack(&TopicPartition::new("t", 1), 0), Err(AckError::NotDelivered));
+    }
+
+    #[test]
+    fn client_frames_parse_with_their_fields() {
+        let f = ClientFrame::parse(r#"{"type":"credit","records":5}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Credit { records: 5 }));
+        let f = ClientFrame::parse(r#"{"type":"produce","id":7,"records":[{"value":1}]}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Produce { records, .. } if records.get() == r#"[{"value":1}]"#));
+        assert!(matches!(ClientFrame::parse(r#"{"type":"nope"}"#), Err(FrameError::Frame(_))));
+        assert!(matches!(ClientFrame::parse(r#"{"type":"credit","records":-1}"#), Err(FrameError::Frame(_))));
+        assert!(matches!(ClientFrame::parse("nope"), Err(FrameError::Json(_))));
+    }
+}

@@ -1,0 +1,247 @@
+//! The WebSocket transport: `GET /v1/topics/{topic}/stream` and
+//! `GET /v1/groups/{group}/stream`. Handlers validate and resolve positions
+//! before the upgrade (so bad requests get problem+json answers), then hand the
+//! socket to `conn::run`.
+
+pub mod conn;
+pub mod frames;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::response::Response;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::Error;
+use crate::group::{Assignor, JoinParams, OffsetReset};
+use crate::http::AppState;
+use crate::http::codec::Encoding;
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{Path, Query};
+use conn::{Ctx, Options, Source};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(topic_stream)).routes(routes!(group_stream))
+}
+
+/// Largest client frame accepted (a produce frame); larger ones close the socket.
+const MAX_CLIENT_FRAME: usize = 16 * 1024 * 1024;
+
+/// Batching and flow control, common to both stream routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamParams {
+    /// Most records per `records` frame (1–10000, default 500).
+    max_records: Option<usize>,
+    /// Most record bytes per frame (default 1 MiB, at most 16 MiB); one record is always sent.
+    max_bytes: Option<usize>,
+    /// Once records are available, wait up to this long (ms, at most 1000) for
+    /// more to fill the frame. Default 0: send at once.
+    linger_ms: Option<u64>,
+    /// Initial credit: the server sends at most this many records until the client
+    /// grants more with `credit` frames. Default: no credit counting (the socket's
+    /// own backpressure still stops the server reading for a client that does not read).
+    credit: Option<u64>,
+    /// `auto` (default) or `base64`, as for reads.
+    encoding: Option<Encoding>,
+}
+
+impl StreamParams {
+    fn options(&self, state: &AppState) -> Result<Options, ApiError> {
+        let max_records = self.max_records.unwrap_or(500);
+        if max_records == 0 || max_records > 10_000 {
+            return Err(ApiError::parameter("max_records", "max_records must be between 1 and 10000"));
+        }
+        let max_bytes = self.max_bytes.unwrap_or(1024 * 1024);
+        if max_bytes == 0 || max_bytes > 16 * 1024 * 1024 {
+            return Err(ApiError::parameter("max_bytes", "max_bytes must be between 1 and 16777216"));
+        }
+        let linger = self.linger_ms.unwrap_or(0);
+        if linger > 1000 {
+            return Err(ApiError::parameter("linger_ms", "linger_ms is at most 1000"));
+        }
+        Ok(Options {
+            max_records,
+            max_bytes,
+            linger: Duration::from_millis(linger),
+            credit: self.credit,
+            encoding: self.encoding.unwrap_or_default(),
+            ping_interval: state.ws_ping_interval,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TopicStreamParams {
+    /// `earliest`, `latest` (default), an offset (applied to every partition), or `ts:MS`
+    /// (the first offset at or after that time, per partition).
+    from: Option<String>,
+    /// Comma-separated partitions, e.g. `0,2`; default: all (and partitions added later).
+    partitions: Option<String>,
+}
+
+fn upgrade(ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Result<WebSocketUpgrade, ApiError> {
+    ws.map(|ws| ws.max_message_size(MAX_CLIENT_FRAME)).map_err(|e| ApiError::UpgradeRequired(e.body_text()))
+}
+
+/// Stream a topic over WebSocket: records are pushed as they are appended.
+///
+/// Server → client frames: `{"type":"records","records":[{topic,partition,offset,timestamp,key,value,headers},…]}`,
+/// `{"type":"produced","id":…,"offsets":[…]}`, `{"type":"error","code":…,"message":…}`.
+/// Client → server: `{"type":"credit","records":N}`, `{"type":"produce","id":…,"records":[…],"acks":"all"}`.
+/// Close codes: 1001 server shutting down, 4404 topic deleted, 4408 client unresponsive, 1011 server error.
+#[utoipa::path(get, path = "/v1/topics/{topic}/stream", tag = "streams",
+    params(("topic" = String, Path, description = "Topic name"), TopicStreamParams, StreamParams),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol; frames as described above"),
+        (status = 400, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown topic or partition", body = Problem, content_type = "application/problem+json"),
+        (status = 416, description = "`from` offset outside a partition's range", body = Problem, content_type = "application/problem+json"),
+        (status = 426, description = "Not a WebSocket upgrade request", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn topic_stream(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    Query(params): Query<TopicStreamParams>,
+    Query(stream): Query<StreamParams>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let opts = stream.options(&state)?;
+    let t = state.log.topic(&topic)?;
+    let count = t.partitions().len() as u32;
+    let chosen: Vec<u32> = match params.partitions.as_deref() {
+        None | Some("") => (0..count).collect(),
+        Some(list) => {
+            let mut out = BTreeSet::new();
+            for item in list.split(',') {
+                let p: u32 = item
+                    .trim()
+                    .parse()
+                    .map_err(|_| ApiError::parameter("partitions", format!("'{item}' is not a partition number")))?;
+                t.partition(p)?;
+                out.insert(p);
+            }
+            out.into_iter().collect()
+        }
+    };
+    let from = params.from.as_deref().unwrap_or("latest");
+    let mut positions = BTreeMap::new();
+    for p in &chosen {
+        let part = t.partition(*p)?;
+        let (start, end) = (part.start(), part.end());
+        let pos = match from {
+            "earliest" => start,
+            "latest" => end,
+            other => match other.strip_prefix("ts:") {
+                Some(ms) => {
+                    let ms: u64 = ms.parse().map_err(|_| ApiError::parameter("from", "ts: takes milliseconds"))?;
+                    state.log.offset_for_timestamp(&topic, *p, ms).await?.offset
+                }
+                None => {
+                    let o: u64 = other
+                        .parse()
+                        .map_err(|_| ApiError::parameter("from", "from is earliest, latest, an offset, or ts:MS"))?;
+                    if o < start || o > end {
+                        return Err(Error::OffsetOutOfRange { offset: o, beginning: start, end }.into());
+                    }
+                    o
+                }
+            },
+        };
+        positions.insert(*p, pos);
+    }
+    let ws = upgrade(ws)?;
+    let source = Source::Topic { topic: t, positions, follow_new_partitions: params.partitions.is_none() };
+    let ctx = Ctx { log: state.log.clone(), groups: state.groups.clone(), metrics: state.metrics.clone() };
+    let token = state.connections.token();
+    Ok(ws.on_upgrade(move |socket| async move {
+        let (sink, stream) = socket.split();
+        conn::run(sink, stream, ctx, source, opts).await;
+        drop(token);
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GroupStreamParams {
+    /// Comma-separated topics to consume.
+    topics: String,
+    /// `earliest`, `latest` (default) or `none`, for partitions without a committed offset.
+    auto_offset_reset: Option<OffsetReset>,
+    /// Default 45000. The socket keeps the session alive while it is open.
+    session_timeout_ms: Option<u64>,
+    /// `cooperative-sticky` (default), `range` or `roundrobin`.
+    assignor: Option<Assignor>,
+    /// Static membership (KIP-345).
+    instance_id: Option<String>,
+}
+
+/// Join a consumer group over WebSocket: the socket is a member for as long as it is open.
+///
+/// Server → client: `{"type":"assignment","member_id":…,"generation":N,"assignment":[{topic,partitions}],"revoked":[…]}`
+/// first and after every rebalance; `records`; `committed` (answering `commit` and `ack`); `produced`; `error`.
+/// Client → server: `{"type":"commit","offsets":[{topic,partition,offset}]}`, `{"type":"ack","topic":…,"partition":…,"offset":…}`
+/// (the server commits the contiguous acknowledged prefix), `credit`, `produce` (naming its `topic`).
+/// On a revocation the server stops sending the revoked partitions at once, and releases them once the
+/// client has committed what it received from them (or after half the session timeout).
+/// Close codes: 1001 shutting down, 4409 member fenced (reconnect), 4408 unresponsive, 1011 server error.
+#[utoipa::path(get, path = "/v1/groups/{group}/stream", tag = "streams",
+    params(("group" = String, Path, description = "Group id"), GroupStreamParams, StreamParams),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol; frames as described above"),
+        (status = 400, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Assignor differs from the group's", body = Problem, content_type = "application/problem+json"),
+        (status = 426, description = "Not a WebSocket upgrade request", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn group_stream(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    Query(params): Query<GroupStreamParams>,
+    Query(stream): Query<StreamParams>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let opts = stream.options(&state)?;
+    let ws = upgrade(ws)?;
+    let topics: Vec<String> = params.topics.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
+    let joined = state
+        .groups
+        .join(
+            &group,
+            JoinParams {
+                topics,
+                auto_offset_reset: params.auto_offset_reset,
+                session_timeout_ms: params.session_timeout_ms,
+                assignor: params.assignor,
+                instance_id: params.instance_id,
+            },
+        )
+        .await?;
+    let source = Source::Group {
+        group: group.clone(),
+        member: joined.member_id.clone(),
+        view: joined.view,
+        session_ms: joined.session_timeout_ms,
+    };
+    let ctx = Ctx { log: state.log.clone(), groups: state.groups.clone(), metrics: state.metrics.clone() };
+    let token = state.connections.token();
+    let (groups, member) = (state.groups.clone(), joined.member_id);
+    Ok(ws
+        .on_failed_upgrade(move |_| {
+            // The member joined but never got its socket: let it go now, not at session expiry.
+            tokio::spawn(async move {
+                let _ = groups.leave(&group, &member).await;
+            });
+        })
+        .on_upgrade(move |socket| async move {
+            let (sink, stream) = socket.split();
+            conn::run(sink, stream, ctx, source, opts).await;
+            drop(token);
+        }))
+}

@@ -1,0 +1,358 @@
+//! WebSocket streams with a real tokio-tungstenite client.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn connect(app: &TestApp, path: &str) -> Ws {
+    let url = format!("{}{}", app.base.replace("http://", "ws://"), path);
+    connect_async(&url).await.unwrap_or_else(|e| panic!("connect {url}: {e}")).0
+}
+
+/// The next JSON text frame (pings are skipped), or None if none arrives within `within`.
+async fn next_frame(ws: &mut Ws, within: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??.ok()?;
+        match msg {
+            Message::Text(t) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+            Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
+async fn frame(ws: &mut Ws) -> Value {
+    next_frame(ws, Duration::from_secs(10)).await.expect("a frame within 10 s")
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Collects records frames until `n` records arrived.
+async fn records(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let f = frame(ws).await;
+        if f["type"] == "records" {
+            out.extend(f["records"].as_array().unwrap().iter().cloned());
+        }
+    }
+    out
+}
+
+fn offsets(recs: &[Value]) -> Vec<(u64, u64)> {
+    recs.iter().map(|r| (r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap())).collect()
+}
+
+#[tokio::test]
+async fn topic_streams_from_each_kind_of_position() {
+    let app = spawn_app().await;
+    app.create_topic_with("s", 2, json!({"retention_ms": -1})).await;
+    app.produce("s", json!([{"value": 0, "partition": 0, "timestamp": 1000}, {"value": 1, "partition": 0, "timestamp": 2000}, {"value": 2, "partition": 1, "timestamp": 3000}])).await;
+
+    let mut earliest = connect(&app, "/v1/topics/s/stream?from=earliest").await;
+    let got = records(&mut earliest, 3).await;
+    let mut sorted = offsets(&got);
+    sorted.sort();
+    assert_eq!(sorted, vec![(0, 0), (0, 1), (1, 0)]);
+    assert_eq!(got.iter().find(|r| r["partition"] == 1).unwrap()["value"], 2);
+    assert!(got.iter().all(|r| r["topic"] == "s" && r["timestamp"].is_u64() && r["headers"].is_array()));
+
+    let mut latest = connect(&app, "/v1/topics/s/stream").await;
+    let mut from_offset = connect(&app, "/v1/topics/s/stream?from=1&partitions=0").await;
+    let mut from_time = connect(&app, "/v1/topics/s/stream?from=ts:1500").await;
+    assert_eq!(offsets(&records(&mut from_offset, 1).await), vec![(0, 1)]);
+    let mut by_time = offsets(&records(&mut from_time, 2).await);
+    by_time.sort();
+    assert_eq!(by_time, vec![(0, 1), (1, 0)]);
+
+    // Appends are pushed to every stream, in offset order per partition.
+    for i in 0..20 {
+        app.produce("s", json!([{"value": i, "partition": i % 2}])).await;
+    }
+    for (ws, n) in [(&mut latest, 20), (&mut earliest, 20), (&mut from_time, 20)] {
+        let got = records(ws, n).await;
+        let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+        for (p, o) in offsets(&got) {
+            if let Some(prev) = last.insert(p, o) {
+                assert_eq!(o, prev + 1, "offsets in order per partition");
+            }
+        }
+    }
+    let only0 = records(&mut from_offset, 10).await;
+    assert!(only0.iter().all(|r| r["partition"] == 0), "the partition filter holds");
+
+    // Bad requests are answered before the upgrade.
+    let (status, body) = app.get("/v1/topics/nope/stream").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("unknown_topic")));
+    let (status, body) = app.get("/v1/topics/s/stream?from=99").await;
+    assert_eq!((status, body["code"].as_str()), (416, Some("offset_out_of_range")));
+    let (status, body) = app.get("/v1/topics/s/stream?from=soon").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_parameter")));
+    let (status, body) = app.get("/v1/topics/s/stream").await;
+    assert_eq!((status, body["code"].as_str()), (426, Some("websocket_required")));
+}
+
+#[tokio::test]
+async fn produce_frames_round_trip_and_bad_frames_get_errors() {
+    let app = spawn_app().await;
+    app.create_topic("p", 1).await;
+    let mut ws = connect(&app, "/v1/topics/p/stream?from=earliest").await;
+    send(
+        &mut ws,
+        json!({"type": "produce", "id": "a1", "records": [{"key": "k", "value": {"x": 1}}, {"value_base64": "AAE="}]}),
+    )
+    .await;
+    let mut produced = None;
+    let mut seen = Vec::new();
+    while produced.is_none() || seen.len() < 2 {
+        let f = frame(&mut ws).await;
+        match f["type"].as_str().unwrap() {
+            "produced" => produced = Some(f),
+            "records" => seen.extend(f["records"].as_array().unwrap().iter().cloned()),
+            other => panic!("unexpected {other}: {f}"),
+        }
+    }
+    let produced = produced.unwrap();
+    assert_eq!(produced["id"], "a1");
+    assert_eq!(produced["offsets"][0]["offset"], 0);
+    assert_eq!(produced["offsets"][1]["offset"], 1);
+    assert_eq!(seen[0]["value"], json!({"x": 1}));
+    assert_eq!(seen[1]["value_base64"], "AAE=");
+
+    // Bad frames: each gets an error frame, and the socket keeps working.
+    let bad = [
+        ("not json", "invalid_json"),
+        (r#"{"type":"dance"}"#, "invalid_frame"),
+        (r#"{"type":"credit","records":-4}"#, "invalid_frame"),
+        (r#"{"type":"commit","offsets":[]}"#, "not_a_group_stream"),
+    ];
+    for (text, code) in bad {
+        ws.send(Message::Text(text.into())).await.unwrap();
+        let f = frame(&mut ws).await;
+        assert_eq!((f["type"].as_str(), f["code"].as_str()), (Some("error"), Some(code)), "{text}");
+    }
+    send(&mut ws, json!({"type": "produce", "id": 2, "topic": "missing", "records": [{"value": 1}]})).await;
+    let f = frame(&mut ws).await;
+    assert_eq!(
+        (f["type"].as_str(), f["code"].as_str(), f["id"].as_u64()),
+        (Some("error"), Some("unknown_topic"), Some(2))
+    );
+    send(&mut ws, json!({"type": "produce", "id": 3, "records": [{"value_base64": "%%"}]})).await;
+    let f = frame(&mut ws).await;
+    assert_eq!((f["code"].as_str(), f["id"].as_u64()), (Some("invalid_record"), Some(3)));
+    ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert_eq!(frame(&mut ws).await["code"], "binary_frames_unsupported");
+    send(&mut ws, json!({"type": "produce", "id": 4, "acks": "leader", "records": [{"value": "still here"}]})).await;
+    let mut ok = false;
+    for _ in 0..3 {
+        let f = frame(&mut ws).await;
+        if f["type"] == "produced" {
+            assert_eq!(f["offsets"][0]["offset"], 2);
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "the socket is still usable after bad frames");
+}
+
+#[tokio::test]
+async fn credit_bounds_what_a_client_receives() {
+    let app = spawn_app().await;
+    app.create_topic("c", 1).await;
+    let mut ws = connect(&app, "/v1/topics/c/stream?from=earliest&credit=100&max_records=30").await;
+    for _ in 0..10 {
+        let batch: Vec<Value> = (0..100).map(|i| json!({"value": i})).collect();
+        app.produce("c", json!(batch)).await;
+    }
+    let got = records(&mut ws, 100).await;
+    assert_eq!(got.len(), 100, "exactly the window");
+    assert!(next_frame(&mut ws, Duration::from_millis(300)).await.is_none(), "nothing beyond the credit");
+    send(&mut ws, json!({"type": "credit", "records": 50})).await;
+    let more = records(&mut ws, 50).await;
+    assert_eq!(more.len(), 50);
+    assert_eq!(more[0]["offset"], 100);
+    assert!(next_frame(&mut ws, Duration::from_millis(300)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_keeps_server_memory_bounded() {
+    let app = spawn_app().await;
+    app.create_topic("flood", 1).await;
+    // Small frames; a client that never reads.
+    let _silent = connect(&app, "/v1/topics/flood/stream?from=earliest&max_bytes=65536").await;
+    let value = "v".repeat(1000);
+    for _ in 0..100 {
+        let batch: Vec<Value> = (0..100).map(|_| json!({"value": value})).collect();
+        app.produce("flood", json!(batch)).await; // 10 MB in all
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let gauge = |name: &str| -> i64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    let peak = gauge("gregor_ws_buffered_bytes_peak");
+    let sent = gauge("gregor_ws_records_sent_total");
+    assert!(peak > 0, "frames were sent");
+    // One frame in flight at most: 64 KiB of records plus JSON framing.
+    assert!(peak < 200_000, "buffered bytes stay bounded: {peak}");
+    assert!(sent < 10_000, "the server stopped reading the log for the client: {sent} of 10000 sent");
+    assert_eq!(gauge("gregor_ws_connections"), 1);
+}
+
+/// Three group sockets split a topic; one closes; the others get new assignments
+/// and together receive every record at least once, resuming at committed offsets.
+#[tokio::test]
+async fn group_sockets_split_rebalance_and_resume_at_committed_offsets() {
+    let app = spawn_app_with(|c| {
+        c.groups.min_session_timeout_ms = 100;
+        c.session_check_interval = Duration::from_millis(20);
+    })
+    .await;
+    app.create_topic("gs", 6).await;
+    for p in 0..6 {
+        let batch: Vec<Value> = (0..5).map(|i| json!({"value": format!("{p}-{i}"), "partition": p})).collect();
+        app.produce("gs", json!(batch)).await;
+    }
+    let path = "/v1/groups/wsg/stream?topics=gs&auto_offset_reset=earliest&session_timeout_ms=3000";
+    let mut socks = Vec::new();
+    for _ in 0..3 {
+        let mut ws = connect(&app, path).await;
+        let f = frame(&mut ws).await;
+        assert_eq!(f["type"], "assignment");
+        socks.push(ws);
+    }
+    // Each socket consumes and commits what it gets until the group is balanced and all 30 are seen.
+    let mut seen: BTreeSet<(u64, u64)> = BTreeSet::new();
+    let mut owned: Vec<BTreeSet<u64>> = vec![BTreeSet::new(); 3];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline && (seen.len() < 30 || owned.iter().any(|o| o.len() != 2)) {
+        for (i, ws) in socks.iter_mut().enumerate() {
+            let Some(f) = next_frame(ws, Duration::from_millis(100)).await else { continue };
+            match f["type"].as_str().unwrap() {
+                "assignment" => {
+                    owned[i] = f["assignment"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|t| t["partitions"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()))
+                        .collect();
+                }
+                "records" => {
+                    let recs = f["records"].as_array().unwrap();
+                    let mut next: BTreeMap<u64, u64> = BTreeMap::new();
+                    for r in recs {
+                        let (p, o) = (r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap());
+                        seen.insert((p, o));
+                        next.insert(p, o + 1);
+                    }
+                    let offsets: Vec<Value> =
+                        next.iter().map(|(p, o)| json!({"topic": "gs", "partition": p, "offset": o})).collect();
+                    send(ws, json!({"type": "commit", "offsets": offsets})).await;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(seen.len(), 30, "every record delivered");
+    assert!(owned.iter().all(|o| o.len() == 2), "balanced: {owned:?}");
+    let all: BTreeSet<u64> = owned.iter().flatten().copied().collect();
+    assert_eq!(all.len(), 6, "no partition owned twice");
+
+    // Socket 2 closes. Its partitions move to the others; new records there arrive
+    // (and nothing before the committed offsets is redelivered).
+    let gone = owned[2].clone();
+    let mut closing = socks.pop().unwrap();
+    closing.close(None).await.unwrap();
+    for p in &gone {
+        app.produce("gs", json!([{"value": "after", "partition": p}])).await;
+    }
+    let mut after: Vec<(u64, u64)> = Vec::new();
+    let mut reassigned = [false, false];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline && (after.len() < gone.len() || !reassigned.iter().all(|r| *r)) {
+        for (i, ws) in socks.iter_mut().enumerate() {
+            let Some(f) = next_frame(ws, Duration::from_millis(100)).await else { continue };
+            match f["type"].as_str().unwrap() {
+                "assignment" => reassigned[i] = true,
+                "records" => {
+                    for r in f["records"].as_array().unwrap() {
+                        let (p, o) = (r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap());
+                        if gone.contains(&p) {
+                            after.push((p, o));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(reassigned.iter().all(|r| *r), "both remaining sockets got a new assignment frame");
+    after.sort();
+    let want: Vec<(u64, u64)> = gone.iter().map(|p| (*p, 5)).collect();
+    assert_eq!(after, want, "the moved partitions resume at the committed offset 5");
+}
+
+#[tokio::test]
+async fn acks_commit_only_the_contiguous_prefix() {
+    let app = spawn_app().await;
+    app.create_topic("ak", 1).await;
+    let batch: Vec<Value> = (0..5).map(|i| json!({"value": i})).collect();
+    app.produce("ak", json!(batch)).await;
+    let mut ws = connect(&app, "/v1/groups/akg/stream?topics=ak&auto_offset_reset=earliest").await;
+    assert_eq!(frame(&mut ws).await["type"], "assignment");
+    let recs = records(&mut ws, 5).await;
+    assert_eq!(recs.len(), 5);
+    let ack = |o: u64| json!({"type": "ack", "topic": "ak", "partition": 0, "offset": o});
+    // Out of order: 1, 3, 2 commit nothing (0 is missing)...
+    for o in [1, 3, 2] {
+        send(&mut ws, ack(o)).await;
+    }
+    assert!(next_frame(&mut ws, Duration::from_millis(300)).await.is_none(), "no commit without offset 0");
+    let (_, g) = app.get("/v1/groups/akg").await;
+    assert!(g["offsets"][0]["committed_offset"].is_null());
+    // ...then 0 commits the prefix 0..=3, i.e. offset 4.
+    send(&mut ws, ack(0)).await;
+    let f = frame(&mut ws).await;
+    assert_eq!(f["type"], "committed");
+    assert_eq!(f["offsets"][0]["offset"], 4);
+    let (_, g) = app.get("/v1/groups/akg").await;
+    assert_eq!(g["offsets"][0]["committed_offset"], 4);
+    send(&mut ws, ack(9)).await;
+    assert_eq!(frame(&mut ws).await["code"], "ack_not_delivered");
+    send(&mut ws, json!({"type": "ack", "records": [{"topic": "ak", "partition": 0, "offset": 4}]})).await;
+    assert_eq!(frame(&mut ws).await["offsets"][0]["offset"], 5);
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_a_close_frame() {
+    let app = spawn_app().await;
+    app.create_topic("bye", 1).await;
+    let mut ws = connect(&app, "/v1/topics/bye/stream").await;
+    let stopping = tokio::spawn(app.stop());
+    let mut code = None;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        if let Message::Close(Some(f)) = msg {
+            code = Some(u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(1001), "going away");
+    stopping.await.unwrap();
+}
