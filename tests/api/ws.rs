@@ -356,3 +356,64 @@ async fn shutdown_closes_sockets_with_a_close_frame() {
     assert_eq!(code, Some(1001), "going away");
     stopping.await.unwrap();
 }
+
+/// A client that stops answering pings is disconnected, and its group membership ends with it.
+#[tokio::test]
+async fn unresponsive_clients_are_detected_and_cleaned_up() {
+    let app = spawn_app_with(|c| c.ws_ping_interval = Duration::from_millis(100)).await;
+    app.create_topic("dead", 2).await;
+    // Never read: tungstenite answers pings only while reading.
+    let _mute = connect(&app, "/v1/groups/deadg/stream?topics=dead&session_timeout_ms=60000").await;
+    let (_, g) = app.get("/v1/groups/deadg").await;
+    assert_eq!(g["members"].as_array().unwrap().len(), 1);
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(10), || async {
+            app.get("/v1/groups/deadg").await.1["members"].as_array().is_some_and(|m| m.is_empty())
+        })
+        .await,
+        "the member left with its dead socket, long before its 60 s session expired"
+    );
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "gregor_ws_connections 0"), "{metrics}");
+}
+
+/// Not a test: measures produce → frame latency at a modest rate and prints it.
+/// Run with `cargo test --release --test api ws::latency -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn latency_report() {
+    let app = spawn_app().await;
+    app.create_topic("lat", 1).await;
+    let mut ws = connect(&app, "/v1/topics/lat/stream").await;
+    let n = 2000u64;
+    let client = app.client.clone();
+    let url = app.url("/v1/topics/lat/records?acks=leader");
+    let sent: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>> = Default::default();
+    let s2 = sent.clone();
+    let producer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(1000));
+        for i in 0..n {
+            tick.tick().await;
+            s2.lock().unwrap().push(std::time::Instant::now());
+            client.post(&url).json(&json!({"records": [{"value": i}]})).send().await.unwrap();
+        }
+    });
+    let mut lat = Vec::new();
+    while (lat.len() as u64) < n {
+        let f = frame(&mut ws).await;
+        let now = std::time::Instant::now();
+        for r in f["records"].as_array().unwrap() {
+            let i = r["value"].as_u64().unwrap() as usize;
+            lat.push(now - sent.lock().unwrap()[i]);
+        }
+    }
+    producer.await.unwrap();
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    eprintln!(
+        "produce (HTTP, acks=leader) → WebSocket frame, {n} records at ~1000/s: p50 {:?} p99 {:?} max {:?}",
+        p(0.5),
+        p(0.99),
+        lat[lat.len() - 1]
+    );
+}
