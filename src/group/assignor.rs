@@ -23,6 +23,18 @@ impl TopicPartition {
     }
 }
 
+/// Groups partitions by topic, partitions in order: how assignments are shown.
+pub fn by_topic<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> BTreeMap<&'a str, Vec<u32>> {
+    let mut map: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for tp in tps {
+        map.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    for parts in map.values_mut() {
+        parts.sort_unstable();
+    }
+    map
+}
+
 /// Which assignor a group uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub enum Assignor {

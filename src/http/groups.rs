@@ -1,7 +1,7 @@
 //! Consumer group routes: `/v1/groups`, members (join, poll, heartbeat, leave),
 //! committed offsets and offset resets.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::Json;
@@ -40,11 +40,10 @@ pub struct TopicPartitions {
 }
 
 pub fn by_topic<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<TopicPartitions> {
-    let mut map: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for tp in tps {
-        map.entry(&tp.topic).or_default().push(tp.partition);
-    }
-    map.into_iter().map(|(topic, partitions)| TopicPartitions { topic: topic.to_owned(), partitions }).collect()
+    crate::group::assignor::by_topic(tps)
+        .into_iter()
+        .map(|(topic, partitions)| TopicPartitions { topic: topic.to_owned(), partitions })
+        .collect()
 }
 
 /// Join a group.

@@ -192,11 +192,10 @@ struct TopicParts<'a> {
 }
 
 fn by_topic(tps: &BTreeSet<TopicPartition>) -> Vec<TopicParts<'_>> {
-    let mut map: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for tp in tps {
-        map.entry(&tp.topic).or_default().push(tp.partition);
-    }
-    map.into_iter().map(|(topic, partitions)| TopicParts { topic, partitions }).collect()
+    crate::group::assignor::by_topic(tps)
+        .into_iter()
+        .map(|(topic, partitions)| TopicParts { topic, partitions })
+        .collect()
 }
 
 pub fn assignment(member_id: &str, view: &View) -> String {

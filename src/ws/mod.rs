@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::ws::{OnFailedUpgrade, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::response::Response;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -159,13 +159,18 @@ async fn topic_stream(
     }
     let ws = upgrade(ws)?;
     let source = Source::Topic { topic: t, positions, follow_new_partitions: params.partitions.is_none() };
+    Ok(serve(ws, &state, source, opts))
+}
+
+/// Runs the connection once upgraded, tracked so that shutdown can wait for it.
+fn serve<F: OnFailedUpgrade>(ws: WebSocketUpgrade<F>, state: &AppState, source: Source, opts: Options) -> Response {
     let ctx = Ctx { log: state.log.clone(), groups: state.groups.clone(), metrics: state.metrics.clone() };
     let token = state.connections.token();
-    Ok(ws.on_upgrade(move |socket| async move {
+    ws.on_upgrade(move |socket| async move {
         let (sink, stream) = socket.split();
         conn::run(sink, stream, ctx, source, opts).await;
         drop(token);
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -229,19 +234,12 @@ async fn group_stream(
         view: joined.view,
         session_ms: joined.session_timeout_ms,
     };
-    let ctx = Ctx { log: state.log.clone(), groups: state.groups.clone(), metrics: state.metrics.clone() };
-    let token = state.connections.token();
     let (groups, member) = (state.groups.clone(), joined.member_id);
-    Ok(ws
-        .on_failed_upgrade(move |_| {
-            // The member joined but never got its socket: let it go now, not at session expiry.
-            tokio::spawn(async move {
-                let _ = groups.leave(&group, &member).await;
-            });
-        })
-        .on_upgrade(move |socket| async move {
-            let (sink, stream) = socket.split();
-            conn::run(sink, stream, ctx, source, opts).await;
-            drop(token);
-        }))
+    let ws = ws.on_failed_upgrade(move |_| {
+        // The member joined but never got its socket: let it go now, not at session expiry.
+        tokio::spawn(async move {
+            let _ = groups.leave(&group, &member).await;
+        });
+    });
+    Ok(serve(ws, &state, source, opts))
 }
