@@ -85,6 +85,8 @@ pub fn router(state: AppState, max_request_bytes: usize) -> Router {
     api_router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         .route("/", get(console))
+        .route("/console.js", get(console_js))
+        .route("/console.css", get(console_css))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_request_bytes))
@@ -92,8 +94,23 @@ pub fn router(state: AppState, max_request_bytes: usize) -> Router {
         .with_state(state)
 }
 
+// The console is compiled into the binary, so the server needs no files beside it.
 async fn console() -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-cache")], Html(include_str!("../../static/index.html")))
+}
+
+async fn console_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        include_str!("../../static/console.js"),
+    )
+}
+
+async fn console_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        include_str!("../../static/console.css"),
+    )
 }
 
 async fn not_found(uri: Uri) -> ApiError {

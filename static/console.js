@@ -1,0 +1,288 @@
+// The gregor console: topics, produce, a live WebSocket view, consumer groups.
+// Plain ES module, no dependencies; everything it talks to is this server's API.
+
+const $ = (sel) => document.querySelector(sel);
+const MAX_LIVE_ROWS = 500;
+
+/** Shows an API problem (RFC 9457) or any error in the banner. */
+function showError(err) {
+  const box = $("#error");
+  if (!err) { box.hidden = true; box.textContent = ""; return; }
+  box.hidden = false;
+  box.textContent = err.problem
+    ? `${err.problem.title}: ${err.problem.detail} (${err.problem.code}, HTTP ${err.problem.status})`
+    : String(err.message || err);
+}
+
+/** fetch + JSON; throws { problem } for problem+json answers. */
+async function api(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: body === undefined ? {} : { "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!res.ok) {
+    const err = new Error(data && data.detail ? data.detail : `HTTP ${res.status}`);
+    err.problem = data && data.code ? data : { title: `HTTP ${res.status}`, detail: text, code: "http_error", status: res.status };
+    throw err;
+  }
+  return data;
+}
+
+function cell(row, text, cls) {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+function show(value) {
+  if (value === undefined) return "";
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+// ---- topics ---------------------------------------------------------------
+
+let topicNames = [];
+
+async function refreshTopics() {
+  try {
+    const { topics } = await api("GET", "/v1/topics");
+    const details = await Promise.all(topics.map((t) => api("GET", `/v1/topics/${encodeURIComponent(t.name)}`)));
+    const body = $("#topics tbody");
+    body.replaceChildren();
+    for (const t of details) {
+      const row = body.insertRow();
+      row.className = "clickable";
+      row.dataset.topic = t.name;
+      cell(row, t.name);
+      cell(row, t.partition_count);
+      cell(row, t.partitions.reduce((n, p) => n + (p.end_offset - p.beginning_offset), 0));
+      const del = document.createElement("button");
+      del.className = "small";
+      del.textContent = "delete";
+      del.onclick = async (e) => {
+        e.stopPropagation();
+        if (!confirm(`Delete topic ${t.name} and all its records?`)) return;
+        try { await api("DELETE", `/v1/topics/${encodeURIComponent(t.name)}`); showError(null); refreshTopics(); }
+        catch (err) { showError(err); }
+      };
+      row.insertCell().append(del);
+      row.onclick = () => showTopic(t);
+    }
+    const names = details.map((t) => t.name);
+    if (names.join() !== topicNames.join()) {
+      topicNames = names;
+      for (const sel of document.querySelectorAll(".topic-select")) {
+        const keep = sel.value;
+        sel.replaceChildren(...names.map((n) => new Option(n, n)));
+        if (names.includes(keep)) sel.value = keep;
+      }
+    }
+  } catch (err) { showError(err); }
+}
+
+function showTopic(t) {
+  const box = $("#topic-detail");
+  box.replaceChildren();
+  const h = document.createElement("h3");
+  h.textContent = `${t.name}: retention ${t.config.retention_ms < 0 ? "forever" : t.config.retention_ms + " ms"}, max record ${t.config.max_message_bytes} bytes`;
+  const table = document.createElement("table");
+  table.createTHead().innerHTML = "<tr><th>Partition</th><th>Beginning offset</th><th>End offset</th></tr>";
+  const body = table.createTBody();
+  for (const p of t.partitions) {
+    const row = body.insertRow();
+    cell(row, p.partition); cell(row, p.beginning_offset); cell(row, p.end_offset);
+  }
+  box.append(h, table);
+}
+
+$("#create-topic").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const f = e.target;
+  try {
+    await api("POST", "/v1/topics", { name: f.name.value.trim(), partitions: Number(f.partitions.value || 1) });
+    showError(null);
+    f.name.value = "";
+    await refreshTopics();
+  } catch (err) { showError(err); }
+});
+$("#topics-refresh").onclick = refreshTopics;
+
+// ---- produce --------------------------------------------------------------
+
+$("#produce").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const f = e.target;
+  const out = $("#produce-result");
+  out.textContent = "";
+  try {
+    const record = {};
+    if (f.key.value !== "") record.key = f.key.value;
+    const raw = f.value.value;
+    if (f.form.value === "json") {
+      try { record.value = JSON.parse(raw); }
+      catch { throw new Error("the value is not valid JSON (choose 'text' to send it as text)"); }
+    } else if (f.form.value === "text") {
+      record.value = raw;
+    } else {
+      record.value_base64 = raw.trim();
+    }
+    const headers = f.headers.value.split("\n").map((l) => l.trim()).filter(Boolean).map((l) => {
+      const i = l.indexOf(":");
+      return i < 0 ? { name: l, value: "" } : { name: l.slice(0, i).trim(), value: l.slice(i + 1).trim() };
+    });
+    if (headers.length) record.headers = headers;
+    if (f.partition.value !== "") record.partition = Number(f.partition.value);
+    const res = await api("POST", `/v1/topics/${encodeURIComponent(f.topic.value)}/records`, { records: [record] });
+    const o = res.offsets[0];
+    out.textContent = `stored at partition ${o.partition}, offset ${o.offset}`;
+    showError(null);
+    refreshTopics();
+  } catch (err) {
+    showError(err);
+  }
+});
+
+// ---- live view ------------------------------------------------------------
+
+let socket = null;
+let paused = false;
+const pending = [];
+
+function setLiveStatus(text) { $("#live-status").textContent = text; }
+
+function addRecord(r) {
+  const body = $("#live-records");
+  const row = body.insertRow(0);
+  row.dataset.partition = r.partition;
+  row.dataset.offset = r.offset;
+  cell(row, r.partition);
+  cell(row, r.offset);
+  cell(row, new Date(r.timestamp).toLocaleTimeString());
+  cell(row, r.key_base64 !== undefined ? `base64:${r.key_base64}` : show(r.key), "value");
+  cell(row, r.value_base64 !== undefined ? `base64:${r.value_base64}` : show(r.value), "value");
+  cell(row, (r.headers || []).map((h) => `${h.name}=${h.value_base64 !== undefined ? "base64:" + h.value_base64 : show(h.value)}`).join(", "), "value");
+  while (body.rows.length > MAX_LIVE_ROWS) body.deleteRow(-1);
+}
+
+function stopLive() {
+  if (socket) { socket.onclose = null; socket.close(1000); socket = null; }
+  $("#live-start").textContent = "Start";
+  $("#live-pause").disabled = true;
+  setLiveStatus("stopped");
+}
+
+$("#live-start").onclick = () => {
+  if (socket) { stopLive(); return; }
+  const topic = $("#live-topic").value;
+  if (!topic) { showError(new Error("create a topic first")); return; }
+  const from = $("#live-from").value;
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${proto}://${location.host}/v1/topics/${encodeURIComponent(topic)}/stream?from=${from}`);
+  paused = false;
+  $("#live-pause").textContent = "Pause";
+  setLiveStatus("connecting…");
+  socket.onopen = () => {
+    setLiveStatus(`live: ${topic} from ${from}`);
+    $("#live-start").textContent = "Stop";
+    $("#live-pause").disabled = false;
+  };
+  socket.onmessage = (e) => {
+    const frame = JSON.parse(e.data);
+    if (frame.type === "records") {
+      for (const r of frame.records) (paused ? pending.push(r) : addRecord(r));
+      if (paused) setLiveStatus(`paused: ${pending.length} records waiting`);
+    } else if (frame.type === "error") {
+      showError({ problem: { title: "Stream error", detail: frame.message, code: frame.code, status: "-" } });
+    }
+  };
+  socket.onclose = (e) => {
+    socket = null;
+    stopLive();
+    if (e.code !== 1000) setLiveStatus(`closed (${e.code}${e.reason ? ": " + e.reason : ""})`);
+  };
+};
+
+$("#live-pause").onclick = () => {
+  paused = !paused;
+  $("#live-pause").textContent = paused ? "Resume" : "Pause";
+  if (!paused) {
+    for (const r of pending.splice(0)) addRecord(r);
+    setLiveStatus("live");
+  } else {
+    setLiveStatus("paused");
+  }
+};
+
+$("#live-clear").onclick = () => { $("#live-records").replaceChildren(); pending.length = 0; };
+
+// ---- groups ---------------------------------------------------------------
+
+let openGroup = null;
+
+async function refreshGroups() {
+  try {
+    const { groups } = await api("GET", "/v1/groups");
+    const details = await Promise.all(groups.map((g) => api("GET", `/v1/groups/${encodeURIComponent(g.group)}`).catch(() => null)));
+    const body = $("#groups tbody");
+    body.replaceChildren();
+    for (const g of details.filter(Boolean)) {
+      const row = body.insertRow();
+      row.className = "clickable";
+      cell(row, g.group); cell(row, g.state); cell(row, g.generation); cell(row, g.members.length);
+      cell(row, g.offsets.reduce((n, o) => n + (o.lag ?? 0), 0));
+      row.onclick = () => { openGroup = g.group; showGroup(g); };
+      if (g.group === openGroup) showGroup(g);
+    }
+    if (openGroup && !details.some((g) => g && g.group === openGroup)) { openGroup = null; $("#group-detail").replaceChildren(); }
+  } catch (err) { showError(err); }
+}
+
+function showGroup(g) {
+  const box = $("#group-detail");
+  box.replaceChildren();
+  const h = document.createElement("h3");
+  h.textContent = `${g.group}: ${g.state}, generation ${g.generation}, assignor ${g.assignor}`;
+  const members = document.createElement("table");
+  members.createTHead().innerHTML = "<tr><th>Member</th><th>Assignment</th><th>Revoking</th><th>Last heartbeat</th></tr>";
+  const mb = members.createTBody();
+  const fmt = (list) => list.map((t) => `${t.topic}[${t.partitions.join(",")}]`).join(" ") || "—";
+  for (const m of g.members) {
+    const row = mb.insertRow();
+    cell(row, m.instance_id ? `${m.member_id} (${m.instance_id})` : m.member_id);
+    cell(row, fmt(m.assignment)); cell(row, fmt(m.revoking)); cell(row, `${m.last_heartbeat_ms_ago} ms ago`);
+  }
+  const offsets = document.createElement("table");
+  offsets.createTHead().innerHTML = "<tr><th>Topic</th><th>Partition</th><th>Committed</th><th>End</th><th>Lag</th><th>Owner</th></tr>";
+  const ob = offsets.createTBody();
+  for (const o of g.offsets) {
+    const row = ob.insertRow();
+    cell(row, o.topic); cell(row, o.partition); cell(row, o.committed_offset ?? "—");
+    cell(row, o.end_offset); cell(row, o.lag ?? "—"); cell(row, o.owner ?? "—");
+  }
+  box.append(h, members, offsets);
+}
+
+// ---- health ---------------------------------------------------------------
+
+async function refreshHealth() {
+  const pill = $("#health");
+  try {
+    const res = await fetch("/readyz");
+    pill.textContent = res.ok ? "ready" : "not ready";
+    pill.classList.toggle("bad", !res.ok);
+  } catch {
+    pill.textContent = "unreachable";
+    pill.classList.add("bad");
+  }
+}
+
+refreshTopics();
+refreshGroups();
+refreshHealth();
+setInterval(refreshGroups, 2000);
+setInterval(refreshHealth, 5000);
+setInterval(refreshTopics, 5000);
