@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod browser;
 mod crash;
 mod errors;
 mod groups;
