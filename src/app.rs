@@ -40,7 +40,6 @@ pub struct App {
     listener: TcpListener,
     log: Arc<Log>,
     groups: Arc<Groups>,
-    writer: std::thread::JoinHandle<()>,
     config: Config,
 }
 
@@ -70,7 +69,7 @@ impl App {
         })
         .await
         .map_err(|e| AppError::Store { path: path.clone(), source: crate::error::Error::Storage(e.to_string()) })?;
-        let (log, writer) = opened.map_err(|source| match &source {
+        let log = opened.map_err(|source| match &source {
             crate::error::Error::Storage(msg) if msg.contains("LOCK") || msg.contains("lock file") => {
                 AppError::DataDirLocked { path: path.clone() }
             }
@@ -87,7 +86,7 @@ impl App {
         let listener =
             TcpListener::bind(config.listen).await.map_err(|source| AppError::Bind { addr: config.listen, source })?;
         let config = Config { data_dir: path, ..config };
-        Ok(App { listener, log, groups, writer, config })
+        Ok(App { listener, log, groups, config })
     }
 
     /// The address actually bound (useful with port 0).
@@ -105,7 +104,7 @@ impl App {
     /// stops the retention and session timers, writes everything still queued,
     /// and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
-        let App { listener, log, groups, writer, config } = self;
+        let App { listener, log, groups, config } = self;
         let stop_timers = CancellationToken::new();
         let retention =
             tokio::spawn(crate::retention::run(log.clone(), config.retention_check_interval, stop_timers.clone()));
@@ -149,7 +148,6 @@ impl App {
         let _ = retention.await;
         let _ = sessions.await;
         let closed = log.close().await;
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         match served {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(AppError::Serve(e)),

@@ -287,7 +287,9 @@ impl Groups {
                 .filter_map(|tp| self.log.topic(&tp.topic).ok()?.partition(tp.partition).ok())
                 .map(|p| p.subscribe())
                 .collect();
-            let (records, errors, session) = self.read_for(&cell, member, max_records).await?;
+            // Read only what this answer will list as the assignment: a partition handed
+            // over since the heartbeat is announced (and read) in the next answer.
+            let (records, errors, session) = self.read_for(&cell, member, max_records, Some(&view.assignment)).await?;
             let now = tokio::time::Instant::now();
             if !records.is_empty()
                 || !view.revoked.is_empty()
@@ -322,9 +324,16 @@ impl Groups {
 
     /// Reads up to `max_records` from the member's partitions without waiting,
     /// recording the deliveries (a WebSocket member's fetch).
-    pub async fn read(&self, group: &str, member: &str, max_records: u32) -> Result<Polled> {
+    /// Only partitions in `only` (what the member was last told it owns) are read.
+    pub async fn read(
+        &self,
+        group: &str,
+        member: &str,
+        max_records: u32,
+        only: &BTreeSet<TopicPartition>,
+    ) -> Result<Polled> {
         let cell = self.existing(group)?;
-        let (records, errors, _) = self.read_for(&cell, member, max_records).await?;
+        let (records, errors, _) = self.read_for(&cell, member, max_records, Some(only)).await?;
         let data = cell.state.lock().await;
         let m = data
             .group
@@ -381,6 +390,7 @@ impl Groups {
         cell: &GroupCell,
         member: &str,
         max_records: u32,
+        only: Option<&BTreeSet<TopicPartition>>,
     ) -> Result<(Vec<(TopicPartition, ReadResult)>, Vec<(TopicPartition, &'static str)>, u64)> {
         let (fetches, reset, session) = {
             let mut data = cell.state.lock().await;
@@ -390,6 +400,9 @@ impl Groups {
                 .ok_or_else(|| Error::UnknownMember { group: data.group.id.clone(), member: member.to_owned() })?;
             let (reset, session) = (m.auto_offset_reset, m.session_timeout_ms);
             let mut fetches = data.group.fetches(member)?;
+            if let Some(only) = only {
+                fetches.retain(|f| only.contains(&f.tp));
+            }
             // Partitions new to the member start at the committed offset, or where
             // the reset policy says when there is none (or it is out of range).
             for f in fetches.iter_mut().filter(|f| f.position.is_none()) {
@@ -660,7 +673,7 @@ mod tests {
             write_queue_bytes: 1 << 20,
             write_queue_len: 16,
         };
-        let (log, _writer) = Log::open(store, settings).unwrap();
+        let log = Log::open(store, settings).unwrap();
         log.create_topic("t", 2, &Default::default()).await.unwrap();
         let groups = Groups::open(
             log.clone(),

@@ -135,6 +135,9 @@ pub struct Log {
     registry: Arc<Registry>,
     store: Arc<Store>,
     tx: mpsc::Sender<Command>,
+    /// The writer thread, joined by `close` or, failing that, on drop: the store
+    /// must be closed before the process exits, or RocksDB's static teardown races it.
+    writer: parking_lot::Mutex<Option<JoinHandle<()>>>,
     budget: Arc<Semaphore>,
     budget_total: usize,
     settings: LogSettings,
@@ -155,7 +158,7 @@ pub fn now_ms() -> u64 {
 impl Log {
     /// Recovers the registry from the store and starts the writer thread.
     /// Blocking: call before serving (or from `spawn_blocking`).
-    pub fn open(store: Arc<Store>, settings: LogSettings) -> Result<(Arc<Log>, JoinHandle<()>)> {
+    pub fn open(store: Arc<Store>, settings: LogSettings) -> Result<Arc<Log>> {
         let recovered = store.recover()?;
         let registry = Arc::new(Registry::default());
         for (meta, states) in &recovered.topics {
@@ -173,13 +176,14 @@ impl Log {
             registry,
             store,
             tx,
+            writer: parking_lot::Mutex::new(Some(handle)),
             budget: Arc::new(Semaphore::new(budget_total)),
             budget_total,
             settings,
             shutdown: CancellationToken::new(),
             failed,
         };
-        Ok((Arc::new(log), handle))
+        Ok(Arc::new(log))
     }
 
     /// True while the log accepts writes (not shutting down, store not failed).
@@ -206,10 +210,16 @@ impl Log {
     pub async fn close(&self) -> Result<()> {
         self.begin_shutdown();
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Shutdown { reply }).await.is_err() {
-            return Ok(());
+        let flushed = if self.tx.send(Command::Shutdown { reply }).await.is_err() {
+            Ok(())
+        } else {
+            rx.await.unwrap_or(Ok(()))
+        };
+        let handle = self.writer.lock().take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
-        rx.await.unwrap_or(Ok(()))
+        flushed
     }
 
     async fn command<T>(&self, make: impl FnOnce(writer::Reply<T>) -> Command) -> Result<T> {
@@ -513,6 +523,18 @@ impl Log {
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
         tokio::task::spawn_blocking(f).await.map_err(|e| Error::Storage(format!("store task failed: {e}")))?
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // Not closed (e.g. a test that never shut its server down): close the queue so
+        // that the writer drains it, flushes and ends, and wait for it.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(handle) = self.writer.get_mut().take() {
+            let _ = handle.join();
+        }
     }
 }
 

@@ -239,10 +239,11 @@ where
                 .iter()
                 .filter_map(|(p, pos)| topic.partition(*p).ok().map(|part| (*pos, part.subscribe())))
                 .collect(),
-            Source::Group { group, member, .. } => {
+            Source::Group { group, member, view, .. } => {
                 let positions = self.ctx.groups.positions(group, member).await.unwrap_or_default();
                 positions
                     .into_iter()
+                    .filter(|(tp, _)| view.assignment.contains(tp))
                     .filter_map(|(tp, pos)| {
                         let part = self.ctx.log.topic(&tp.topic).ok()?.partition(tp.partition).ok()?;
                         Some((pos.unwrap_or(u64::MAX), part.subscribe()))
@@ -300,8 +301,8 @@ where
                     }
                 }
             }
-            Source::Group { group, member, .. } => {
-                let polled = match self.ctx.groups.read(group, member, budget as u32).await {
+            Source::Group { group, member, view, .. } => {
+                let polled = match self.ctx.groups.read(group, member, budget as u32, &view.assignment).await {
                     Ok(p) => p,
                     Err(Error::UnknownMember { .. }) => {
                         return Err(End::Close(close::FENCED, "the member's session expired; reconnect".into()));
