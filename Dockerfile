@@ -1,13 +1,20 @@
 # syntax=docker/dockerfile:1
-# Build stage: the same packages and cargo command that scripts/setup and .ci/run use.
+# gregor: a Kafka-style commit log over HTTP and WebSocket.
+# The build stage runs the same steps as scripts/setup and .ci/run: the same
+# system packages for RocksDB's C++ build, and `cargo build --release --locked`.
+
 FROM rust:1.95-bookworm AS build
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libclang-dev g++ make \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Dependencies first, in their own layer: RocksDB's C++ build is cached until Cargo.lock changes.
+# Dependencies first, in their own cached layer: RocksDB's C++ build (the slow
+# part) is redone only when Cargo.toml or Cargo.lock change.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir src \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
  && cargo build --release --locked \
  && rm -rf src
 COPY src src
@@ -16,12 +23,21 @@ COPY openapi openapi
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --home-dir /var/lib/gregor gregor \
- && mkdir -p /var/lib/gregor/data && chown -R gregor /var/lib/gregor
+# curl serves the HEALTHCHECK only.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends curl ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/gregor gregor \
+ && mkdir -p /var/lib/gregor/data \
+ && chown -R 10001 /var/lib/gregor
 COPY --from=build /src/target/release/gregor /usr/local/bin/gregor
-USER gregor
-ENV GREGOR_LISTEN=0.0.0.0:8080 GREGOR_DATA_DIR=/var/lib/gregor/data
-VOLUME /var/lib/gregor/data
+USER 10001
+ENV GREGOR_LISTEN=0.0.0.0:8080 \
+    GREGOR_DATA_DIR=/var/lib/gregor/data
+VOLUME ["/var/lib/gregor/data"]
 EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["curl", "-fsS", "http://127.0.0.1:8080/healthz"]
 ENTRYPOINT ["/usr/local/bin/gregor"]
 CMD ["serve"]

@@ -52,6 +52,7 @@ pub fn by_topic<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<To
 #[schema(example = json!({"topics": ["orders"], "auto_offset_reset": "earliest", "session_timeout_ms": 10000}))]
 pub struct JoinBody {
     /// Topics to consume.
+    #[schema(min_items = 1)]
     topics: Vec<String>,
     /// Where to start on partitions without a committed offset: `earliest`, `latest` (default) or `none`.
     #[serde(default)]
@@ -141,8 +142,10 @@ async fn join(
 #[into_params(parameter_in = Query)]
 pub struct PollParams {
     /// Most records to return (1–10000, default 500).
+    #[param(minimum = 1, maximum = 10000)]
     max_records: Option<u32>,
     /// Wait up to this long (ms, at most 60000) when there is nothing to return. Default 0.
+    #[param(maximum = 60000)]
     wait_ms: Option<u64>,
     /// `auto` (default) or `base64`, as for partition reads.
     encoding: Option<Encoding>,

@@ -54,6 +54,7 @@ pub struct ProduceParams {
 #[allow(dead_code)]
 pub struct ProduceRequest {
     /// Records, stored in this order; each partition's share is one atomic batch.
+    #[schema(min_items = 1)]
     records: Vec<ProduceRecord>,
 }
 
@@ -78,6 +79,7 @@ pub struct ProduceRecord {
     /// records of one request all go to one partition, chosen round-robin per request.
     partition: Option<u32>,
     /// Timestamp in ms since the epoch; default: the broker's clock at append.
+    #[schema(maximum = 9223372036854775807i64)]
     timestamp: Option<u64>,
 }
 
@@ -213,12 +215,15 @@ pub struct ReadParams {
     /// First offset to read; default: the partition's beginning offset.
     offset: Option<u64>,
     /// Most records to return (1–10000, default 100).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
     /// Most record bytes to return (default 1 MiB, at most 64 MiB); at least one
     /// record is returned when one is available, whatever its size.
+    #[param(minimum = 1, maximum = 67108864)]
     max_bytes: Option<usize>,
     /// When `offset` is the end of the log, wait up to this long (ms, at most
     /// 60000) for a record to arrive. Default 0.
+    #[param(maximum = 60000)]
     wait_ms: Option<u64>,
     /// `auto` (default): bytes in the form they were produced in; `base64`: all as base64.
     encoding: Option<Encoding>,

@@ -72,9 +72,11 @@ pub struct PartitionList {
 #[schema(example = json!({"name": "orders", "partitions": 3, "config": {"retention_ms": 86400000}}))]
 pub struct CreateTopic {
     /// 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+    #[schema(pattern = r"^(?!\.\.?$)[a-zA-Z0-9._-]{1,249}$")]
     name: String,
     /// Number of partitions (1–4096). Default 1.
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 4096)]
     partitions: u32,
     #[serde(default)]
     config: TopicConfigPatch,
@@ -91,6 +93,7 @@ fn one() -> u32 {
 pub struct UpdateTopic {
     /// New partition count; partitions can be added, never removed.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 4096)]
     partitions: Option<u32>,
     #[serde(default)]
     config: TopicConfigPatch,
@@ -218,6 +221,7 @@ async fn list_partitions(
     params(("topic" = String, Path, description = "Topic name"), ("partition" = u32, Path, description = "Partition")),
     responses(
         (status = 200, description = "The partition", body = PartitionInfo),
+        (status = 400, description = "The partition is not a number", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown topic or partition", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn describe_partition(

@@ -210,11 +210,8 @@ impl Log {
     pub async fn close(&self) -> Result<()> {
         self.begin_shutdown();
         let (reply, rx) = oneshot::channel();
-        let flushed = if self.tx.send(Command::Shutdown { reply }).await.is_err() {
-            Ok(())
-        } else {
-            rx.await.unwrap_or(Ok(()))
-        };
+        let flushed =
+            if self.tx.send(Command::Shutdown { reply }).await.is_err() { Ok(()) } else { rx.await.unwrap_or(Ok(())) };
         let handle = self.writer.lock().take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;

@@ -84,10 +84,7 @@ async fn console_shows_records_live() {
     let c = &b.client;
     c.goto(&app.url("/")).await.unwrap();
     wait_text(c, "#topics tbody", "browser-topic").await;
-    c.wait()
-        .for_element(Locator::Css("#live-topic option[value='browser-topic']"))
-        .await
-        .unwrap();
+    c.wait().for_element(Locator::Css("#live-topic option[value='browser-topic']")).await.unwrap();
     c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("browser-topic").await.unwrap();
     c.find(Locator::Css("#live-from")).await.unwrap().select_by_value("latest").await.unwrap();
     c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
