@@ -1,10 +1,39 @@
 //! Prometheus metrics, in a registry owned by each `App` (so several servers in
 //! one process, as in the tests, never share figures). Rendered at `/metrics`.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupTopicLabels {
+    pub group: String,
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    /// The route template (`/v1/topics/{topic}`), never the raw path.
+    pub route: String,
+    pub status: u16,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~26 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
 
 /// The figures gregor keeps.
 #[derive(Debug)]
@@ -20,6 +49,18 @@ pub struct Metrics {
     pub ws_buffered_bytes_peak: Gauge,
     /// Records sent over WebSockets.
     pub ws_records_sent: Counter,
+    /// Records accepted by produce requests (REST and WebSocket), per topic.
+    pub records_in: Family<TopicLabels, Counter>,
+    /// Records handed to consumers (reads, polls, streams), per topic.
+    pub records_out: Family<TopicLabels, Counter>,
+    /// HTTP request latency by method, route and status.
+    pub http_requests: HistogramFamily,
+    /// Committed-offset lag per group and topic (set at each scrape).
+    pub consumer_lag: Family<GroupTopicLabels, Gauge>,
+    /// Bytes of produce requests waiting for the writer (set at each scrape).
+    pub write_queue_bytes: Gauge,
+    /// Bytes of SST files and memtables in the store (set at each scrape).
+    pub store_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -37,6 +78,12 @@ impl Metrics {
             ws_buffered_bytes: Gauge::default(),
             ws_buffered_bytes_peak: Gauge::default(),
             ws_records_sent: Counter::default(),
+            records_in: Family::default(),
+            records_out: Family::default(),
+            http_requests: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            consumer_lag: Family::default(),
+            write_queue_bytes: Gauge::default(),
+            store_bytes: Gauge::default(),
         };
         registry.register("ws_connections", "Open WebSocket connections", m.ws_connections.clone());
         registry.register(
@@ -46,6 +93,20 @@ impl Metrics {
         );
         registry.register("ws_buffered_bytes_peak", "Highest ws_buffered_bytes seen", m.ws_buffered_bytes_peak.clone());
         registry.register("ws_records_sent", "Records sent over WebSockets", m.ws_records_sent.clone());
+        registry.register("records_in", "Records produced, per topic", m.records_in.clone());
+        registry.register("records_out", "Records delivered to consumers, per topic", m.records_out.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by method, route and status",
+            m.http_requests.clone(),
+        );
+        registry.register("consumer_lag", "Committed-offset lag per group and topic", m.consumer_lag.clone());
+        registry.register(
+            "write_queue_bytes",
+            "Bytes of produce requests waiting for the writer",
+            m.write_queue_bytes.clone(),
+        );
+        registry.register("store_bytes", "Bytes of SST files and memtables in the store", m.store_bytes.clone());
         Metrics { registry, ..m }
     }
 
@@ -56,6 +117,16 @@ impl Metrics {
             self.ws_buffered_bytes_peak.set(now);
         }
         BufferedGuard { metrics: self, bytes: bytes as i64 }
+    }
+
+    pub fn records_in(&self, topic: &str, n: usize) {
+        self.records_in.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc_by(n as u64);
+    }
+
+    pub fn records_out(&self, topic: &str, n: usize) {
+        if n > 0 {
+            self.records_out.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc_by(n as u64);
+        }
     }
 
     /// The Prometheus text exposition.

@@ -215,7 +215,9 @@ async fn poll(
     let encoding = params.encoding.unwrap_or_default();
     let mut first = true;
     for (tp, read) in &polled.records {
-        for (offset, rec) in read.records()? {
+        let records = read.records()?;
+        state.metrics.records_out(&tp.topic, records.len());
+        for (offset, rec) in records {
             if !first {
                 out.push(b',');
             }

@@ -9,6 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use crate::metrics::{GroupTopicLabels, RouteLabels};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
@@ -41,5 +42,40 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String)))]
 async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+    let m = &state.metrics;
+    m.write_queue_bytes.set(state.log.queued_bytes() as i64);
+    match state.log.store_size().await {
+        Ok(bytes) => {
+            m.store_bytes.set(bytes as i64);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the store size"),
+    }
+    // Lag is a snapshot: rebuilt from the groups at every scrape.
+    m.consumer_lag.clear();
+    for group in state.groups.list() {
+        let Ok(info) = state.groups.describe(&group).await else { continue };
+        for o in info.offsets {
+            if let Some(c) = o.committed {
+                let labels = GroupTopicLabels { group: group.clone(), topic: o.tp.topic.clone() };
+                m.consumer_lag.get_or_create(&labels).inc_by(o.end_offset.saturating_sub(c) as i64);
+            }
+        }
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render())
+}
+
+/// Records each request's latency by method, route template and status.
+pub async fn track_latency(
+    State(state): State<AppState>,
+    matched: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
+    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let res = next.run(req).await;
+    let labels = RouteLabels { method, route, status: res.status().as_u16() };
+    state.metrics.http_requests.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    res
 }

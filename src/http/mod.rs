@@ -6,7 +6,7 @@ pub(crate) mod codec;
 pub mod error;
 pub(crate) mod extract;
 mod groups;
-mod health;
+pub(crate) mod health;
 mod records;
 mod topics;
 
@@ -90,6 +90,7 @@ pub fn router(state: AppState, max_request_bytes: usize) -> Router {
         .route("/console.css", get(console_css))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), health::track_latency))
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .layer(axum::Extension(BodyLimit(max_request_bytes as u64)))
         .with_state(state)

@@ -188,7 +188,9 @@ async fn produce_records(
         AcksParam::Leader => Acks::Leader,
         AcksParam::All => Acks::All,
     };
-    Ok(match state.log.produce(topic, &records, partition, acks).await? {
+    let produced = state.log.produce(topic, &records, partition, acks).await?;
+    state.metrics.records_in(topic, records.len());
+    Ok(match produced {
         Produced::Accepted { records } => {
             (StatusCode::ACCEPTED, axum::Json(ProduceAccepted { accepted: records })).into_response()
         }
@@ -298,6 +300,7 @@ async fn read(
     let req = ReadRequest { offset, max_records: limit, max_bytes, wait: Duration::from_millis(wait_ms) };
     let result = state.log.read(&topic, partition, req).await?;
     let records = result.records()?;
+    state.metrics.records_out(&topic, records.len());
     let encoding = params.encoding.unwrap_or_default();
     let mut out = Vec::with_capacity(64 + records.len() * 160);
     out.extend_from_slice(b"{\"records\":[");

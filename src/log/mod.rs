@@ -512,6 +512,12 @@ impl Log {
         self.command(|reply| Command::DeleteGroup { group, reply }).await
     }
 
+    /// Bytes held by the store (SST files and memtables).
+    pub async fn store_size(&self) -> Result<u64> {
+        let store = self.store.clone();
+        self.blocking(move || store.size_bytes()).await
+    }
+
     /// Every committed offset in the store: (group, topic id, partition, offset).
     pub async fn load_offsets(&self) -> Result<Vec<(String, u32, u32, u64)>> {
         let store = self.store.clone();

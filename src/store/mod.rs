@@ -320,6 +320,18 @@ impl Store {
 }
 
 impl Store {
+    /// Bytes held by the store: SST files and memtables of every column family.
+    pub fn size_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for name in [CF_RECORDS, CF_BATCHES, CF_TIMEINDEX, CF_META] {
+            let cf = self.cf(name)?;
+            for prop in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
+                total += self.db.property_int_value_cf(cf, prop)?.unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
     /// Every committed offset: (group, topic id, partition, offset).
     pub fn load_offsets(&self) -> Result<Vec<(String, u32, u32, u64)>> {
         let meta = self.cf(CF_META)?;

@@ -286,7 +286,9 @@ where
                     };
                     match self.ctx.log.read(topic.name.as_str(), *p, req).await {
                         Ok(read) => {
-                            for (offset, rec) in read.records().map_err(fatal)? {
+                            let records = read.records().map_err(fatal)?;
+                            self.ctx.metrics.records_out(topic.name.as_str(), records.len());
+                            for (offset, rec) in records {
                                 frame.push(topic.name.as_str(), *p, offset, &rec);
                                 *pos = offset + 1;
                             }
@@ -317,6 +319,7 @@ where
                 }
                 for (tp, read) in &polled.records {
                     let records = read.records().map_err(fatal)?;
+                    self.ctx.metrics.records_out(&tp.topic, records.len());
                     if let (Some((first, _)), Some((last, _))) = (records.first(), records.last()) {
                         self.acks.delivered(tp, *first, last + 1);
                     }
@@ -417,8 +420,9 @@ where
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else { return Ok(()) };
                 let (log, out, records) = (self.ctx.log.clone(), out.clone(), records.get().to_owned());
+                let metrics = self.ctx.metrics.clone();
                 tokio::spawn(async move {
-                    let frame = produce(&log, &topic, partition, acks, &records, &id).await;
+                    let frame = produce(&log, &metrics, &topic, partition, acks, &records, &id).await;
                     let _ = out.send(frame).await;
                     drop(permit);
                 });
@@ -515,6 +519,7 @@ fn member_error(e: Error) -> End {
 /// Handles one produce frame; returns the `produced` or `error` frame.
 async fn produce(
     log: &Log,
+    metrics: &Metrics,
     topic: &str,
     partition: Option<u32>,
     acks: Acks,
@@ -529,7 +534,13 @@ async fn produce(
     };
     let converted: Result<Vec<_>, Error> = parsed.into_iter().enumerate().map(|(i, r)| r.into_record(i)).collect();
     let result = match converted {
-        Ok(recs) => log.produce(topic, &recs, partition, acks).await,
+        Ok(recs) => {
+            let res = log.produce(topic, &recs, partition, acks).await;
+            if res.is_ok() {
+                metrics.records_in(topic, recs.len());
+            }
+            res
+        }
         Err(e) => Err(e),
     };
     match result {

@@ -9,6 +9,7 @@ mod browser;
 mod crash;
 mod errors;
 mod groups;
+mod metrics;
 mod openapi;
 mod produce;
 mod read;
