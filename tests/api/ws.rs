@@ -193,9 +193,10 @@ async fn a_client_that_stops_reading_keeps_server_memory_bounded() {
     // Small frames; a client that never reads.
     let _silent = connect(&app, "/v1/topics/flood/stream?from=earliest&max_bytes=65536").await;
     let value = "v".repeat(1000);
-    for _ in 0..100 {
+    // 30 MB in all: well beyond what loopback socket buffers can hold (about 10 MB at most).
+    for _ in 0..300 {
         let batch: Vec<Value> = (0..100).map(|_| json!({"value": value})).collect();
-        app.produce("flood", json!(batch)).await; // 10 MB in all
+        app.produce("flood", json!(batch)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -212,7 +213,7 @@ async fn a_client_that_stops_reading_keeps_server_memory_bounded() {
     assert!(peak > 0, "frames were sent");
     // One frame in flight at most: 64 KiB of records plus JSON framing.
     assert!(peak < 200_000, "buffered bytes stay bounded: {peak}");
-    assert!(sent < 10_000, "the server stopped reading the log for the client: {sent} of 10000 sent");
+    assert!(sent < 20_000, "the server stopped reading the log for the client: {sent} of 30000 sent");
     assert_eq!(gauge("gregor_ws_connections"), 1);
 }
 
