@@ -1,0 +1,443 @@
+//! gregor-bench: measures gregor on this machine and prints a table (and JSON).
+//!
+//! Each scenario starts a fresh `gregor` server *process* on a temporary data
+//! directory (so its peak RSS is its own), warms up, then measures for a fixed
+//! time. Scenarios:
+//! - `produce`: HTTP produce, 100-byte values, 100 records per request, `acks=leader` and
+//!   `acks=all`, 1, 8 and 64 connections: records/s, MB/s, request latency p50/p99.
+//! - `produce-one`: one record per request, `acks=leader`, 64 connections: requests/s.
+//! - `ws-delivery`: one WebSocket subscriber reading a pre-filled topic: records/s.
+//! - `latency`: produce → WebSocket frame at a fixed offered rate (10,000 records/s),
+//!   timed from each record's *intended* send time, so a stalled server cannot hide
+//!   its queueing (no coordinated omission): p50, p99, p99.9.
+//! - `store`: the store alone, without HTTP: append and read records/s.
+//!
+//! Usage: `cargo bench --bench gregor-bench -- [--smoke] [--only NAME] [--json PATH]`.
+//! Figures are reported, never judged: the tool fails only if a scenario cannot run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Settings {
+    smoke: bool,
+    only: Option<String>,
+    json: std::path::PathBuf,
+}
+
+impl Settings {
+    fn warmup(&self) -> Duration {
+        if self.smoke { Duration::from_millis(200) } else { Duration::from_secs(2) }
+    }
+    fn measure(&self) -> Duration {
+        if self.smoke { Duration::from_millis(500) } else { Duration::from_secs(10) }
+    }
+    fn wants(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| name.starts_with(o))
+    }
+}
+
+/// One row of the report.
+#[derive(Default, Clone)]
+struct Row {
+    scenario: String,
+    records_per_s: Option<f64>,
+    requests_per_s: Option<f64>,
+    mb_per_s: Option<f64>,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    p999_us: Option<f64>,
+    peak_rss_mb: Option<f64>,
+    note: String,
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gregor"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("GREGOR_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start gregor");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut base = String::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                base = rest.trim().to_owned();
+                break;
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server { child, base, _dir: dir }
+    }
+
+    /// Peak resident set size of the server process so far, in MB.
+    fn peak_rss_mb(&self) -> Option<f64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+
+    async fn topic(&self, client: &reqwest::Client, name: &str, partitions: u32) {
+        let res = client
+            .post(format!("{}/v1/topics", self.base))
+            .json(&json!({"name": name, "partitions": partitions, "config": {"retention_ms": -1}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+}
+
+fn percentile(sorted: &[u64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    Some(sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)] as f64)
+}
+
+fn progress(msg: &str) {
+    eprint!("\r\x1b[2K{msg}");
+    let _ = std::io::stderr().flush();
+}
+
+fn batch_body(records: usize) -> String {
+    let value = "x".repeat(100);
+    json!({"records": (0..records).map(|_| json!({"value": value})).collect::<Vec<_>>()}).to_string()
+}
+
+/// Closed-loop HTTP produce: `conns` clients each send the next request as soon as the last is answered.
+async fn produce(s: &Settings, acks: &str, conns: usize, per_request: usize) -> Row {
+    let server = Server::start().await;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(conns).build().unwrap();
+    server.topic(&client, "bench", 4).await;
+    let body = Arc::new(batch_body(per_request));
+    let url = Arc::new(format!("{}/v1/topics/bench/records?acks={acks}", server.base));
+    let start = Instant::now();
+    let measure_from = start + s.warmup();
+    let stop = measure_from + s.measure();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (client, body, url) = (client.clone(), body.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let sent = Instant::now();
+                if sent >= stop {
+                    return lat;
+                }
+                let res = client
+                    .post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(body.as_str().to_owned())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(res.status().is_success(), "produce failed: {}", res.status());
+                let _ = res.bytes().await;
+                if sent >= measure_from {
+                    lat.push(sent.elapsed().as_micros() as u64);
+                }
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    lat.sort_unstable();
+    let secs = s.measure().as_secs_f64();
+    let requests = lat.len() as f64 / secs;
+    let records = requests * per_request as f64;
+    Row {
+        scenario: format!("produce {per_request}x100B acks={acks} conns={conns}"),
+        records_per_s: Some(records),
+        requests_per_s: Some(requests),
+        mb_per_s: Some(records * 100.0 / 1e6),
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        p999_us: percentile(&lat, 0.999),
+        peak_rss_mb: server.peak_rss_mb(),
+        note: String::new(),
+    }
+}
+
+async fn ws_connect(
+    base: &str,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let url = format!("{}{}", base.replace("http://", "ws://"), path);
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+/// One subscriber reads a pre-filled topic from the beginning.
+async fn ws_delivery(s: &Settings) -> Row {
+    let server = Server::start().await;
+    let client = reqwest::Client::new();
+    server.topic(&client, "fill", 1).await;
+    let total: usize = if s.smoke { 20_000 } else { 2_000_000 };
+    let body = batch_body(1000);
+    let url = format!("{}/v1/topics/fill/records?acks=leader", server.base);
+    for i in 0..total / 1000 {
+        client.post(&url).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+        if i % 100 == 0 {
+            progress(&format!("ws-delivery: filling {}/{total}", i * 1000));
+        }
+    }
+    let mut ws = ws_connect(&server.base, "/v1/topics/fill/stream?from=earliest&max_records=5000").await;
+    let started = Instant::now();
+    let mut got = 0usize;
+    while got < total {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                got += v["records"].as_array().map_or(0, Vec::len);
+            }
+            _ => continue,
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Row {
+        scenario: "ws delivery, 1 subscriber, pre-filled".into(),
+        records_per_s: Some(total as f64 / secs),
+        mb_per_s: Some(total as f64 * 100.0 / secs / 1e6),
+        peak_rss_mb: server.peak_rss_mb(),
+        note: format!("{total} records (client parses every frame)"),
+        ..Default::default()
+    }
+}
+
+/// Open-loop produce at a fixed rate, one record per request; latency to the WebSocket frame.
+async fn latency(s: &Settings) -> Row {
+    let server = Server::start().await;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    server.topic(&client, "lat", 1).await;
+    let mut ws = ws_connect(&server.base, "/v1/topics/lat/stream").await;
+    let rate = 10_000u64;
+    let count = if s.smoke { 2_000 } else { rate * 10 } as usize;
+    let warm = if s.smoke { 200 } else { rate as usize };
+    let t0 = Instant::now() + Duration::from_millis(100);
+    let url = Arc::new(format!("{}/v1/topics/lat/records?acks=leader", server.base));
+    let sender = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 0..count {
+                // Each record has an intended send time; late sends are still timed from it.
+                let intended = t0 + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
+                tokio::time::sleep_until(intended.into()).await;
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let body = format!("{{\"records\":[{{\"value\":{i}}}]}}");
+                    let _ =
+                        client.post(url.as_str()).header("content-type", "application/json").body(body).send().await;
+                });
+            }
+        })
+    };
+    let mut lat = Vec::with_capacity(count);
+    let mut seen = 0;
+    while seen < count {
+        let Some(Ok(Message::Text(t))) = ws.next().await else { continue };
+        let now = Instant::now();
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        for r in v["records"].as_array().into_iter().flatten() {
+            let i = r["value"].as_u64().unwrap();
+            seen += 1;
+            if i as usize >= warm {
+                let intended = t0 + Duration::from_nanos(i * 1_000_000_000 / rate);
+                lat.push(now.saturating_duration_since(intended).as_micros() as u64);
+            }
+        }
+    }
+    sender.await.unwrap();
+    let _ = ws.close(None).await;
+    lat.sort_unstable();
+    Row {
+        scenario: "produce → ws latency @10k rec/s".into(),
+        records_per_s: Some(rate as f64),
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        p999_us: percentile(&lat, 0.999),
+        peak_rss_mb: server.peak_rss_mb(),
+        note: "HTTP produce (1 record/request) to WebSocket frame, from intended send time".into(),
+        ..Default::default()
+    }
+}
+
+/// The log and store without HTTP: append 100-record batches, then read them back.
+async fn store(s: &Settings) -> Vec<Row> {
+    use gregor::log::{Acks, Log, LogSettings, ReadRequest};
+    use gregor::record::{Blob, Format, NewRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let st = Arc::new(gregor::store::Store::open(dir.path()).unwrap());
+    let log = Log::open(
+        st,
+        LogSettings {
+            auto_create_topics: false,
+            default_partitions: 1,
+            write_queue_bytes: 256 << 20,
+            write_queue_len: 4096,
+        },
+    )
+    .unwrap();
+    log.create_topic("s", 1, &Default::default()).await.unwrap();
+    let value = vec![b'x'; 100];
+    let records: Vec<NewRecord<'_>> = (0..100)
+        .map(|_| NewRecord {
+            key: None,
+            value: Some(Blob::new(Format::Binary, value.as_slice())),
+            headers: vec![],
+            timestamp: None,
+            partition: None,
+        })
+        .collect();
+    let stop = Instant::now() + s.measure();
+    let started = Instant::now();
+    let mut appended = 0u64;
+    // 8 concurrent appenders, like concurrent requests, so group commit can work.
+    while Instant::now() < stop {
+        let futs = (0..8).map(|_| log.produce("s", &records, Some(0), Acks::Leader));
+        for r in futures_util::future::join_all(futs).await {
+            r.unwrap();
+            appended += 100;
+        }
+    }
+    let append_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut offset = 0;
+    let mut read = 0u64;
+    while offset < appended {
+        let req = ReadRequest { offset, max_records: 10_000, max_bytes: 64 << 20, wait: Duration::ZERO };
+        let res = log.read("s", 0, req).await.unwrap();
+        let n = res.records().unwrap().len() as u64;
+        read += n;
+        offset += n;
+    }
+    let read_secs = started.elapsed().as_secs_f64();
+    log.close().await.unwrap();
+    vec![
+        Row {
+            scenario: "store append (no HTTP), acks=leader".into(),
+            records_per_s: Some(appended as f64 / append_secs),
+            mb_per_s: Some(appended as f64 * 100.0 / append_secs / 1e6),
+            note: "8 concurrent 100-record batches".into(),
+            ..Default::default()
+        },
+        Row {
+            scenario: "store read (no HTTP)".into(),
+            records_per_s: Some(read as f64 / read_secs),
+            mb_per_s: Some(read as f64 * 100.0 / read_secs / 1e6),
+            note: format!("{read} records, decoded"),
+            ..Default::default()
+        },
+    ]
+}
+
+fn fmt(v: Option<f64>, unit: &str) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if x >= 1e6 => format!("{:.2}M{unit}", x / 1e6),
+        Some(x) if x >= 1e4 => format!("{:.1}k{unit}", x / 1e3),
+        Some(x) => format!("{x:.1}{unit}"),
+    }
+}
+
+fn us(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if x >= 1000.0 => format!("{:.2}ms", x / 1000.0),
+        Some(x) => format!("{x:.0}µs"),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let settings = Settings {
+        smoke: args.iter().any(|a| a == "--smoke"),
+        only: arg("--only"),
+        json: arg("--json").map(Into::into).unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench").join("results.json")
+        }),
+    };
+    let mut rows = Vec::new();
+    if settings.wants("produce") {
+        for acks in ["leader", "all"] {
+            for conns in [1, 8, 64] {
+                progress(&format!("produce acks={acks} conns={conns}…"));
+                rows.push(produce(&settings, acks, conns, 100).await);
+            }
+        }
+    }
+    if settings.wants("produce-one") || settings.wants("produce") {
+        progress("produce one record per request…");
+        let mut row = produce(&settings, "leader", 64, 1).await;
+        row.scenario = "produce 1x100B acks=leader conns=64".into();
+        rows.push(row);
+    }
+    if settings.wants("ws-delivery") {
+        progress("ws delivery…");
+        rows.push(ws_delivery(&settings).await);
+    }
+    if settings.wants("latency") {
+        progress("latency at 10k records/s…");
+        rows.push(latency(&settings).await);
+    }
+    if settings.wants("store") {
+        progress("store alone…");
+        rows.extend(store(&settings).await);
+    }
+    progress("");
+    eprintln!();
+    println!(
+        "{:<44} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "scenario", "records/s", "req/s", "MB/s", "p50", "p99", "p99.9", "peakRSS"
+    );
+    for r in &rows {
+        println!(
+            "{:<44} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}  {}",
+            r.scenario,
+            fmt(r.records_per_s, ""),
+            fmt(r.requests_per_s, ""),
+            r.mb_per_s.map_or("-".into(), |m| format!("{m:.1}")),
+            us(r.p50_us),
+            us(r.p99_us),
+            us(r.p999_us),
+            r.peak_rss_mb.map_or("-".into(), |m| format!("{m:.0}MB")),
+            r.note
+        );
+    }
+    let json: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"scenario": r.scenario, "records_per_s": r.records_per_s, "requests_per_s": r.requests_per_s,
+                   "mb_per_s": r.mb_per_s, "p50_us": r.p50_us, "p99_us": r.p99_us, "p999_us": r.p999_us,
+                   "peak_rss_mb": r.peak_rss_mb, "note": r.note, "smoke": settings.smoke})
+        })
+        .collect();
+    if let Some(parent) = settings.json.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&settings.json, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    println!("figures written to {}", settings.json.display());
+}
