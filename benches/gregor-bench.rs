@@ -377,7 +377,8 @@ async fn main() {
         smoke: args.iter().any(|a| a == "--smoke"),
         only: arg("--only"),
         json: arg("--json").map(Into::into).unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench").join("results.json")
+            // Cargo runs benches from the package root.
+            std::path::Path::new("target").join("bench").join("results.json")
         }),
     };
     let mut rows = Vec::new();
