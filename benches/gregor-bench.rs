@@ -12,7 +12,8 @@
 //!   its queueing (no coordinated omission): p50, p99, p99.9.
 //! - `store`: the store alone, without HTTP: append and read records/s.
 //!
-//! Usage: `cargo bench --bench gregor-bench -- [--smoke] [--only NAME] [--json PATH]`.
+//! Usage: `cargo bench --bench gregor-bench -- [--smoke] [--only NAME] [--json PATH] [--rate N]`
+//! (`--rate`: the latency scenario's offered records/s, default 10000).
 //! Figures are reported, never judged: the tool fails only if a scenario cannot run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -30,6 +31,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 struct Settings {
     smoke: bool,
+    /// Offered rate of the latency scenario (records/s).
+    rate: u64,
     only: Option<String>,
     json: std::path::PathBuf,
 }
@@ -232,7 +235,7 @@ async fn latency(s: &Settings) -> Row {
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
     server.topic(&client, "lat", 1).await;
     let mut ws = ws_connect(&server.base, "/v1/topics/lat/stream").await;
-    let rate = 10_000u64;
+    let rate = s.rate.max(1);
     let count = if s.smoke { 2_000 } else { rate * 10 } as usize;
     let warm = if s.smoke { 200 } else { rate as usize };
     let t0 = Instant::now() + Duration::from_millis(100);
@@ -272,7 +275,7 @@ async fn latency(s: &Settings) -> Row {
     let _ = ws.close(None).await;
     lat.sort_unstable();
     Row {
-        scenario: "produce → ws latency @10k rec/s".into(),
+        scenario: format!("produce → ws latency @{rate} rec/s"),
         records_per_s: Some(rate as f64),
         p50_us: percentile(&lat, 0.5),
         p99_us: percentile(&lat, 0.99),
@@ -375,6 +378,7 @@ async fn main() {
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let settings = Settings {
         smoke: args.iter().any(|a| a == "--smoke"),
+        rate: arg("--rate").and_then(|r| r.parse().ok()).unwrap_or(10_000),
         only: arg("--only"),
         json: arg("--json").map(Into::into).unwrap_or_else(|| {
             // Cargo runs benches from the package root.
