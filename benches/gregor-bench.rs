@@ -11,6 +11,7 @@
 //!   timed from each record's *intended* send time, so a stalled server cannot hide
 //!   its queueing (no coordinated omission): p50, p99, p99.9.
 //! - `store`: the store alone, without HTTP: append and read records/s.
+//! - `restart`: a server start on a store holding 10 M records (time until ready).
 //!
 //! Usage: `cargo bench --bench gregor-bench -- [--smoke] [--only NAME] [--json PATH] [--rate N]`
 //! (`--rate`: the latency scenario's offered records/s, default 10000).
@@ -355,6 +356,62 @@ async fn store(s: &Settings) -> Vec<Row> {
     ]
 }
 
+/// Fills a store with records, closes it, and times a server start on it (open,
+/// recovery of every partition's offsets, bind): "ready" is when `App::build` returns.
+async fn restart(s: &Settings) -> Row {
+    use gregor::log::{Acks, Log, LogSettings};
+    use gregor::record::{Blob, Format, NewRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let total: u64 = if s.smoke { 100_000 } else { 10_000_000 };
+    {
+        let st = Arc::new(gregor::store::Store::open(dir.path()).unwrap());
+        let log = Log::open(
+            st,
+            LogSettings {
+                auto_create_topics: false,
+                default_partitions: 1,
+                write_queue_bytes: 256 << 20,
+                write_queue_len: 4096,
+            },
+        )
+        .unwrap();
+        log.create_topic("r", 4, &Default::default()).await.unwrap();
+        let value = vec![b'x'; 100];
+        let records: Vec<NewRecord<'_>> = (0..1000)
+            .map(|_| NewRecord {
+                key: None,
+                value: Some(Blob::new(Format::Binary, value.as_slice())),
+                headers: vec![],
+                timestamp: None,
+                partition: None,
+            })
+            .collect();
+        let mut written = 0;
+        while written < total {
+            let futs = (0..4).map(|p| log.produce("r", &records, Some(p), Acks::Leader));
+            for r in futures_util::future::join_all(futs).await {
+                r.unwrap();
+            }
+            written += 4000;
+            if written % 1_000_000 == 0 {
+                progress(&format!("restart: filled {written}/{total}"));
+            }
+        }
+        log.close().await.unwrap();
+    }
+    let config = gregor::Config::for_data_dir(dir.path());
+    let started = Instant::now();
+    let app = gregor::App::build(config).await.unwrap();
+    let ready = started.elapsed();
+    drop(app);
+    Row {
+        scenario: format!("restart with {}M stored records", total as f64 / 1e6),
+        note: format!("ready in {:.0} ms (open + recovery + bind)", ready.as_secs_f64() * 1000.0),
+        p50_us: Some(ready.as_micros() as f64),
+        ..Default::default()
+    }
+}
+
 fn fmt(v: Option<f64>, unit: &str) -> String {
     match v {
         None => "-".into(),
@@ -411,6 +468,10 @@ async fn main() {
     if settings.wants("store") {
         progress("store alone…");
         rows.extend(store(&settings).await);
+    }
+    if settings.wants("restart") {
+        progress("restart…");
+        rows.push(restart(&settings).await);
     }
     progress("");
     eprintln!();
