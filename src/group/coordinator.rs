@@ -141,8 +141,9 @@ impl Group {
         self.members.values()
     }
 
-    pub fn member(&self, id: &str) -> Option<&Member> {
-        self.members.get(id)
+    /// A member, or `UnknownMember` (it left, expired, or never joined).
+    pub fn member(&self, id: &str) -> Result<&Member, Error> {
+        self.members.get(id).ok_or_else(|| self.unknown(id))
     }
 
     pub fn owner(&self, tp: &TopicPartition) -> Option<&str> {
@@ -269,17 +270,14 @@ impl Group {
     /// Keeps a member's session alive without releasing or announcing anything
     /// (a WebSocket member, between the steps of its revocation handshake).
     pub fn touch(&mut self, member: &str, now: u64) -> Result<(), Error> {
-        let m = self
-            .members
-            .get_mut(member)
-            .ok_or_else(|| Error::UnknownMember { group: self.id.clone(), member: member.to_owned() })?;
+        let Some(m) = self.members.get_mut(member) else { return Err(self.unknown(member)) };
         m.last_seen_ms = now;
         Ok(())
     }
 
     /// Whether a heartbeat would change what the member owns or was told.
     pub fn has_news(&self, member: &str) -> Result<bool, Error> {
-        let m = self.members.get(member).ok_or_else(|| self.unknown(member))?;
+        let m = self.member(member)?;
         let active: BTreeSet<&TopicPartition> = m.active().collect();
         Ok(!m.revoking.is_empty()
             || m.owned.iter().any(|tp| self.target.get(tp) != Some(&m.id))
@@ -360,7 +358,7 @@ impl Group {
         generation: u64,
         tps: impl IntoIterator<Item = &'a TopicPartition>,
     ) -> Result<(), Error> {
-        let m = self.members.get(member).ok_or_else(|| self.unknown(member))?;
+        let m = self.member(member)?;
         if generation != m.generation {
             return Err(Error::IllegalGeneration { group: self.id.clone(), current: m.generation, given: generation });
         }
@@ -374,7 +372,7 @@ impl Group {
 
     /// The partitions a member may read now, with positions and reset epochs.
     pub fn fetches(&self, member: &str) -> Result<Vec<Fetch>, Error> {
-        let m = self.members.get(member).ok_or_else(|| self.unknown(member))?;
+        let m = self.member(member)?;
         Ok(m.active()
             .map(|tp| Fetch {
                 tp: tp.clone(),

@@ -335,10 +335,7 @@ impl Groups {
         let cell = self.existing(group)?;
         let (records, errors, _) = self.read_for(&cell, member, max_records, Some(only)).await?;
         let data = cell.state.lock().await;
-        let m = data
-            .group
-            .member(member)
-            .ok_or_else(|| Error::UnknownMember { group: group.to_owned(), member: member.to_owned() })?;
+        let m = data.group.member(member)?;
         let view = View {
             generation: m.generation,
             assignment: m.active().cloned().collect(),
@@ -353,10 +350,7 @@ impl Groups {
     pub async fn revocation_settled(&self, group: &str, member: &str) -> Result<bool> {
         let cell = self.existing(group)?;
         let data = cell.state.lock().await;
-        let m = data
-            .group
-            .member(member)
-            .ok_or_else(|| Error::UnknownMember { group: group.to_owned(), member: member.to_owned() })?;
+        let m = data.group.member(member)?;
         Ok(m.revoking.iter().all(|tp| match m.positions.get(tp) {
             None => true,
             Some(pos) => data.committed.get(tp).is_some_and(|(_, c)| c >= pos),
@@ -394,10 +388,7 @@ impl Groups {
     ) -> Result<(Vec<(TopicPartition, ReadResult)>, Vec<(TopicPartition, &'static str)>, u64)> {
         let (fetches, reset, session) = {
             let mut data = cell.state.lock().await;
-            let m = data
-                .group
-                .member(member)
-                .ok_or_else(|| Error::UnknownMember { group: data.group.id.clone(), member: member.to_owned() })?;
+            let m = data.group.member(member)?;
             let (reset, session) = (m.auto_offset_reset, m.session_timeout_ms);
             let mut fetches = data.group.fetches(member)?;
             if let Some(only) = only {
