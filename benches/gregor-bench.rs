@@ -287,33 +287,40 @@ async fn latency(s: &Settings) -> Row {
     }
 }
 
-/// The log and store without HTTP: append 100-record batches, then read them back.
-async fn store(s: &Settings) -> Vec<Row> {
-    use gregor::log::{Acks, Log, LogSettings, ReadRequest};
+/// A log on a fresh store in `dir`, without HTTP.
+fn open_log(dir: &std::path::Path) -> Arc<gregor::log::Log> {
+    let store = Arc::new(gregor::store::Store::open(dir).unwrap());
+    let settings = gregor::log::LogSettings {
+        auto_create_topics: false,
+        default_partitions: 1,
+        write_queue_bytes: 256 << 20,
+        write_queue_len: 4096,
+    };
+    gregor::log::Log::open(store, settings).unwrap()
+}
+
+/// `n` unkeyed records, each with `value` as its binary value.
+fn binary_records(n: usize, value: &[u8]) -> Vec<gregor::record::NewRecord<'_>> {
     use gregor::record::{Blob, Format, NewRecord};
-    let dir = tempfile::tempdir().unwrap();
-    let st = Arc::new(gregor::store::Store::open(dir.path()).unwrap());
-    let log = Log::open(
-        st,
-        LogSettings {
-            auto_create_topics: false,
-            default_partitions: 1,
-            write_queue_bytes: 256 << 20,
-            write_queue_len: 4096,
-        },
-    )
-    .unwrap();
-    log.create_topic("s", 1, &Default::default()).await.unwrap();
-    let value = vec![b'x'; 100];
-    let records: Vec<NewRecord<'_>> = (0..100)
+    (0..n)
         .map(|_| NewRecord {
             key: None,
-            value: Some(Blob::new(Format::Binary, value.as_slice())),
+            value: Some(Blob::new(Format::Binary, value)),
             headers: vec![],
             timestamp: None,
             partition: None,
         })
-        .collect();
+        .collect()
+}
+
+/// The log and store without HTTP: append 100-record batches, then read them back.
+async fn store(s: &Settings) -> Vec<Row> {
+    use gregor::log::{Acks, ReadRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    log.create_topic("s", 1, &Default::default()).await.unwrap();
+    let value = vec![b'x'; 100];
+    let records = binary_records(100, &value);
     let stop = Instant::now() + s.measure();
     let started = Instant::now();
     let mut appended = 0u64;
@@ -359,33 +366,14 @@ async fn store(s: &Settings) -> Vec<Row> {
 /// Fills a store with records, closes it, and times a server start on it (open,
 /// recovery of every partition's offsets, bind): "ready" is when `App::build` returns.
 async fn restart(s: &Settings) -> Row {
-    use gregor::log::{Acks, Log, LogSettings};
-    use gregor::record::{Blob, Format, NewRecord};
+    use gregor::log::Acks;
     let dir = tempfile::tempdir().unwrap();
     let total: u64 = if s.smoke { 100_000 } else { 10_000_000 };
     {
-        let st = Arc::new(gregor::store::Store::open(dir.path()).unwrap());
-        let log = Log::open(
-            st,
-            LogSettings {
-                auto_create_topics: false,
-                default_partitions: 1,
-                write_queue_bytes: 256 << 20,
-                write_queue_len: 4096,
-            },
-        )
-        .unwrap();
+        let log = open_log(dir.path());
         log.create_topic("r", 4, &Default::default()).await.unwrap();
         let value = vec![b'x'; 100];
-        let records: Vec<NewRecord<'_>> = (0..1000)
-            .map(|_| NewRecord {
-                key: None,
-                value: Some(Blob::new(Format::Binary, value.as_slice())),
-                headers: vec![],
-                timestamp: None,
-                partition: None,
-            })
-            .collect();
+        let records = binary_records(1000, &value);
         let mut written = 0;
         while written < total {
             let futs = (0..4).map(|p| log.produce("r", &records, Some(p), Acks::Leader));
