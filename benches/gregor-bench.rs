@@ -241,18 +241,40 @@ async fn latency(s: &Settings) -> Row {
     let warm = if s.smoke { 200 } else { rate as usize };
     let t0 = Instant::now() + Duration::from_millis(100);
     let url = Arc::new(format!("{}/v1/topics/lat/records?acks=leader", server.base));
+    let acked = Arc::new(parking_lot::Mutex::new(Vec::with_capacity(count)));
+    let lag = Arc::new(parking_lot::Mutex::new(Vec::with_capacity(count)));
+    // Each record has an intended send time; late sends are still timed from it.
+    let intended = move |i: usize| t0 + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
+    // tokio's timer wheel has 1 ms granularity, too coarse for 100 µs gaps: a
+    // plain thread sleeps until each intended time and hands the index over.
+    let (tick_tx, mut tick_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    std::thread::spawn(move || {
+        for i in 0..count {
+            let wait = intended(i).saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+            if tick_tx.send(i).is_err() {
+                return;
+            }
+        }
+    });
     let sender = {
-        let client = client.clone();
+        let (client, acked, lag) = (client.clone(), acked.clone(), lag.clone());
         tokio::spawn(async move {
-            for i in 0..count {
-                // Each record has an intended send time; late sends are still timed from it.
-                let intended = t0 + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
-                tokio::time::sleep_until(intended.into()).await;
-                let (client, url) = (client.clone(), url.clone());
+            while let Some(i) = tick_rx.recv().await {
+                let intended = intended(i);
+                let (client, url, acked) = (client.clone(), url.clone(), acked.clone());
+                if i >= warm {
+                    lag.lock().push(intended.elapsed().as_micros() as u64);
+                }
                 tokio::spawn(async move {
                     let body = format!("{{\"records\":[{{\"value\":{i}}}]}}");
                     let _ =
                         client.post(url.as_str()).header("content-type", "application/json").body(body).send().await;
+                    if i >= warm {
+                        acked.lock().push(intended.elapsed().as_micros() as u64);
+                    }
                 });
             }
         })
@@ -267,14 +289,26 @@ async fn latency(s: &Settings) -> Row {
             let i = r["value"].as_u64().unwrap();
             seen += 1;
             if i as usize >= warm {
-                let intended = t0 + Duration::from_nanos(i * 1_000_000_000 / rate);
-                lat.push(now.saturating_duration_since(intended).as_micros() as u64);
+                lat.push(now.saturating_duration_since(intended(i as usize)).as_micros() as u64);
             }
         }
     }
     sender.await.unwrap();
     let _ = ws.close(None).await;
     lat.sort_unstable();
+    let mut acked = std::mem::take(&mut *acked.lock());
+    let mut lag = std::mem::take(&mut *lag.lock());
+    acked.sort_unstable();
+    lag.sort_unstable();
+    eprintln!(
+        "\nlatency detail: send lag p50 {} p99 {} p99.9 {}; HTTP answer p50 {} p99 {} p99.9 {} (from intended time)",
+        us(percentile(&lag, 0.5)),
+        us(percentile(&lag, 0.99)),
+        us(percentile(&lag, 0.999)),
+        us(percentile(&acked, 0.5)),
+        us(percentile(&acked, 0.99)),
+        us(percentile(&acked, 0.999)),
+    );
     Row {
         scenario: format!("produce → ws latency @{rate} rec/s"),
         records_per_s: Some(rate as f64),

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -128,6 +129,13 @@ impl App {
                 log.begin_shutdown();
             }
         };
+        // Small frames and answers go out at once: without TCP_NODELAY, Nagle's
+        // algorithm holds a WebSocket frame back until the previous one is acknowledged.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let mut server =
             tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(on_signal).await });
         let served = tokio::select! {
