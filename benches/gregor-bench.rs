@@ -129,19 +129,34 @@ fn batch_body(records: usize) -> String {
     json!({"records": (0..records).map(|_| json!({"value": value})).collect::<Vec<_>>()}).to_string()
 }
 
-/// Closed-loop HTTP produce: `conns` clients each send the next request as soon as the last is answered.
+/// One HTTP/1.1 keep-alive connection (plain hyper: the load generator shares
+/// the server's two cores, so it should cost as little per request as it can).
+async fn h1_connection(base: &str) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let addr = base.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Closed-loop HTTP produce: `conns` clients, each on its own connection, send
+/// the next request as soon as the last is answered.
 async fn produce(s: &Settings, acks: &str, conns: usize, per_request: usize) -> Row {
+    use http_body_util::BodyExt;
     let server = Server::start().await;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(conns).build().unwrap();
+    let client = reqwest::Client::new();
     server.topic(&client, "bench", 4).await;
-    let body = Arc::new(batch_body(per_request));
-    let url = Arc::new(format!("{}/v1/topics/bench/records?acks={acks}", server.base));
+    let body = bytes::Bytes::from(batch_body(per_request));
+    let path: Arc<str> = format!("/v1/topics/bench/records?acks={acks}").into();
+    let host: Arc<str> = server.base.trim_start_matches("http://").into();
     let start = Instant::now();
     let measure_from = start + s.warmup();
     let stop = measure_from + s.measure();
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let (client, body, url) = (client.clone(), body.clone(), url.clone());
+        let mut sender = h1_connection(&server.base).await;
+        let (body, path, host) = (body.clone(), path.clone(), host.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -149,15 +164,15 @@ async fn produce(s: &Settings, acks: &str, conns: usize, per_request: usize) -> 
                 if sent >= stop {
                     return lat;
                 }
-                let res = client
-                    .post(url.as_str())
+                let req = hyper::Request::post(&*path)
+                    .header("host", &*host)
                     .header("content-type", "application/json")
-                    .body(body.as_str().to_owned())
-                    .send()
-                    .await
+                    .body(http_body_util::Full::new(body.clone()))
                     .unwrap();
+                sender.ready().await.unwrap();
+                let res = sender.send_request(req).await.unwrap();
                 assert!(res.status().is_success(), "produce failed: {}", res.status());
-                let _ = res.bytes().await;
+                let _ = res.into_body().collect().await.unwrap();
                 if sent >= measure_from {
                     lat.push(sent.elapsed().as_micros() as u64);
                 }
