@@ -10,6 +10,8 @@
 //! - `latency`: produce → WebSocket frame at a fixed offered rate (10,000 records/s),
 //!   timed from each record's *intended* send time, so a stalled server cannot hide
 //!   its queueing (no coordinated omission): p50, p99, p99.9.
+//! - `fanout`: 1,000 WebSocket subscribers of one topic, half of them not reading, while
+//!   records are produced: delivery latency to the readers, HTTP probe latency, server RSS.
 //! - `store`: the store alone, without HTTP: append and read records/s.
 //! - `restart`: a server start on a store holding 10 M records (time until ready).
 //!
@@ -336,6 +338,172 @@ async fn latency(s: &Settings) -> Row {
     }
 }
 
+/// The server's current resident set size, in MB.
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// A gauge's value from the server's `/metrics`.
+async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
+    let text = client.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Many WebSocket subscribers to one topic while records are produced at a fixed
+/// rate; half of them never read (their sockets have a 4 KiB receive buffer, so
+/// the server meets their backpressure within seconds, not after megabytes of
+/// kernel buffering). Reports the delivery latency to the readers, the latency
+/// of an HTTP probe meanwhile (is the server responsive?), and the server's RSS
+/// over time (is its memory bounded?).
+async fn fanout(s: &Settings) -> Vec<Row> {
+    let subscribers: usize = if s.smoke { 40 } else { 1000 };
+    let server = Server::start().await;
+    let pid = server.child.id().unwrap();
+    let client = reqwest::Client::new();
+    server.topic(&client, "fan", 1).await;
+    let rss_idle = rss_mb(pid);
+    let url = format!("{}/v1/topics/fan/stream?from=latest", server.base.replace("http://", "ws://"));
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let t0 = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    let mut stalled = Vec::new();
+    for i in 0..subscribers {
+        if i % 100 == 0 {
+            progress(&format!("fanout: connecting {i}/{subscribers}"));
+        }
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if i % 2 == 1 {
+            socket.set_recv_buffer_size(4096).unwrap();
+        }
+        let tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await.unwrap();
+        if i % 2 == 1 {
+            // Never polled again: reads nothing, answers no ping.
+            stalled.push(ws);
+            continue;
+        }
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut records = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let msg = tokio::time::timeout(Duration::from_millis(200), ws.next()).await;
+                let Ok(Some(Ok(Message::Text(t)))) = msg else { continue };
+                let now = t0.elapsed().as_micros() as u64;
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                for r in v["records"].as_array().into_iter().flatten() {
+                    records += 1;
+                    if let Some(sent) = r["value"].as_u64() {
+                        lat.push(now.saturating_sub(sent));
+                    }
+                }
+            }
+            (records, lat)
+        }));
+    }
+    let rss_connected = rss_mb(pid);
+    // The producer: 10 records per request every 10 ms (1,000 records/s), each
+    // record's value its send time in µs since t0; the probe: one GET every 10 ms.
+    let producer = {
+        let (client, base, stop) = (client.clone(), server.base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let sent = t0.elapsed().as_micros() as u64;
+                let body = json!({"records": (0..10).map(|_| json!({"value": sent})).collect::<Vec<_>>()});
+                let res =
+                    client.post(format!("{base}/v1/topics/fan/records?acks=leader")).json(&body).send().await.unwrap();
+                assert!(res.status().is_success());
+            }
+        })
+    };
+    let probe = {
+        let (client, base, stop) = (client.clone(), server.base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let sent = Instant::now();
+                let res = client.get(format!("{base}/v1/topics/fan")).send().await.unwrap();
+                assert!(res.status().is_success());
+                let _ = res.bytes().await;
+                lat.push(sent.elapsed().as_micros() as u64);
+            }
+            lat
+        })
+    };
+    let measure = s.warmup() + s.measure();
+    let started = Instant::now();
+    let mut rss_samples = Vec::new();
+    while started.elapsed() < measure {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss_samples.push(rss_mb(pid).unwrap_or(0.0));
+        progress(&format!(
+            "fanout: {:.0} s, server RSS {:.0} MB",
+            started.elapsed().as_secs_f64(),
+            rss_samples[rss_samples.len() - 1]
+        ));
+    }
+    let buffered_peak = metric(&client, &server.base, "gregor_ws_buffered_bytes_peak").await;
+    let connections = metric(&client, &server.base, "gregor_ws_connections").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer.await.unwrap();
+    let mut probe_lat = probe.await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let mut delivered = 0u64;
+    let mut lat = Vec::new();
+    for r in readers {
+        let (n, l) = r.await.unwrap();
+        delivered += n;
+        lat.extend(l);
+    }
+    drop(stalled);
+    lat.sort_unstable();
+    probe_lat.sort_unstable();
+    let half = rss_samples.len() / 2;
+    let rss_mid = rss_samples.get(half).copied();
+    let rss_end = rss_samples.last().copied();
+    let mb = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} MB"));
+    let note = format!(
+        "RSS idle {}, after connecting {}, mid-run {}, end {}; frames held for stalled clients peak {:.0} kB; {} connections open",
+        mb(rss_idle),
+        mb(rss_connected),
+        mb(rss_mid),
+        mb(rss_end),
+        buffered_peak.unwrap_or(0.0) / 1e3,
+        connections.unwrap_or(0.0)
+    );
+    let peak = server.peak_rss_mb();
+    vec![
+        Row {
+            scenario: format!("{subscribers} ws subscribers, half stalled: delivery"),
+            records_per_s: Some(delivered as f64 / secs),
+            p50_us: percentile(&lat, 0.5),
+            p99_us: percentile(&lat, 0.99),
+            p999_us: percentile(&lat, 0.999),
+            peak_rss_mb: peak,
+            note: format!("1,000 records/s produced, delivered to {} readers; {note}", subscribers / 2),
+            ..Default::default()
+        },
+        Row {
+            scenario: format!("{subscribers} ws subscribers, half stalled: GET probe"),
+            requests_per_s: Some(probe_lat.len() as f64 / secs),
+            p50_us: percentile(&probe_lat, 0.5),
+            p99_us: percentile(&probe_lat, 0.99),
+            p999_us: percentile(&probe_lat, 0.999),
+            peak_rss_mb: peak,
+            note: "GET /v1/topics/fan every 10 ms during the run".into(),
+            ..Default::default()
+        },
+    ]
+}
+
 /// A log on a fresh store in `dir`, without HTTP.
 fn open_log(dir: &std::path::Path) -> Arc<gregor::log::Log> {
     let store = Arc::new(gregor::store::Store::open(dir).unwrap());
@@ -501,6 +669,10 @@ async fn main() {
     if settings.wants("latency") {
         progress("latency at 10k records/s…");
         rows.push(latency(&settings).await);
+    }
+    if settings.wants("fanout") {
+        progress("fanout…");
+        rows.extend(fanout(&settings).await);
     }
     if settings.wants("store") {
         progress("store alone…");

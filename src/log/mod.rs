@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use topic::{Partition, Registry, Topic};
+pub use topic::{BatchBytes, Partition, Registry, TAIL_CACHE_BYTES, Topic};
 use writer::{AppendJob, Command, Writer};
 
 use crate::error::{Error, Result};
@@ -78,7 +78,7 @@ pub struct ReadRequest {
 /// Stored batches covering a read, and the window of offsets to return from them.
 #[derive(Debug)]
 pub struct ReadResult {
-    batches: Vec<(u64, Vec<u8>)>,
+    batches: Vec<(u64, BatchBytes)>,
     from: u64,
     max_records: u32,
     max_bytes: usize,
@@ -453,11 +453,17 @@ impl Log {
         if req.offset < start {
             return Err(Error::OffsetOutOfRange { offset: req.offset, beginning: start, end });
         }
-        let store = self.store.clone();
         let (tid, from) = (topic.id, req.offset);
         let (max_records, max_bytes) = (req.max_records.max(1), req.max_bytes.max(1));
-        let batches =
-            self.blocking(move || store.read(tid, partition, from, end, max_records as u64, max_bytes)).await?;
+        // Readers at the end of the log are served from the tail cache; others read the store.
+        let batches = match part.cached(from, end, max_records as u64, max_bytes) {
+            Some(batches) => batches,
+            None => {
+                let store = self.store.clone();
+                let read = move || store.read(tid, partition, from, end, max_records as u64, max_bytes);
+                self.blocking(read).await?.into_iter().map(|(base, bytes)| (base, Arc::new(bytes))).collect()
+            }
+        };
         Ok(ReadResult { batches, from, max_records, max_bytes, beginning_offset: start, end_offset: end })
     }
 

@@ -4,11 +4,11 @@
 //! topic registry; everyone else reads them. Locks here are held for a few
 //! instructions, never across an `.await`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use tokio::sync::watch;
 
@@ -17,6 +17,24 @@ use crate::store::{PartitionState, TopicMeta};
 use crate::topic::{TopicConfig, TopicName};
 
 const NO_TIMESTAMP: u64 = u64::MAX;
+
+/// Most bytes of recent batches a partition keeps in memory for its followers.
+pub const TAIL_CACHE_BYTES: usize = 512 * 1024;
+
+/// A stored batch's bytes, shared between the tail cache and the reads using it.
+pub type BatchBytes = Arc<Vec<u8>>;
+
+/// The partition's most recent batches, exactly as stored, so that readers at
+/// the end of the log (streams, long-polls) are served from memory instead of a
+/// RocksDB read on the blocking pool. Contiguous: the writer either appends
+/// every new batch or empties the cache (when nobody is waiting on the
+/// partition), so a cached range never has holes.
+#[derive(Debug, Default)]
+struct TailCache {
+    /// (base offset, record count, bytes), in offset order.
+    batches: VecDeque<(u64, u32, BatchBytes)>,
+    bytes: usize,
+}
 
 /// One partition's offsets. `end` is a watch channel so that long-polls and
 /// streams are woken the moment an append commits.
@@ -27,6 +45,7 @@ pub struct Partition {
     start: AtomicU64,
     /// Running max timestamp, `NO_TIMESTAMP` until the first append. Writer-only.
     max_timestamp: AtomicU64,
+    tail: Mutex<TailCache>,
 }
 
 impl Partition {
@@ -36,7 +55,62 @@ impl Partition {
             end: watch::Sender::new(state.end),
             start: AtomicU64::new(state.start),
             max_timestamp: AtomicU64::new(state.max_timestamp.unwrap_or(NO_TIMESTAMP)),
+            tail: Mutex::new(TailCache::default()),
         }
+    }
+
+    /// Called by the writer for every batch it stored, in offset order, before
+    /// the new end is published. Keeps the batch only while someone waits on the
+    /// partition (a stream or long-poll subscribed to its end): otherwise the
+    /// cache is emptied, so idle partitions hold no memory.
+    pub(crate) fn cache_batch(&self, base: u64, count: u32, bytes: Vec<u8>) {
+        let mut tail = self.tail.lock();
+        if self.end.receiver_count() == 0 || bytes.len() > TAIL_CACHE_BYTES {
+            tail.batches.clear();
+            tail.bytes = 0;
+            return;
+        }
+        tail.bytes += bytes.len();
+        tail.batches.push_back((base, count, Arc::new(bytes)));
+        while tail.bytes > TAIL_CACHE_BYTES {
+            match tail.batches.pop_front() {
+                Some((_, _, b)) => tail.bytes -= b.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The cached batches covering `from..end` within the limits (as the store's
+    /// read would return them), or `None` when the cache does not reach back to `from`.
+    pub(crate) fn cached(
+        &self,
+        from: u64,
+        end: u64,
+        max_records: u64,
+        max_bytes: usize,
+    ) -> Option<Vec<(u64, BatchBytes)>> {
+        let tail = self.tail.lock();
+        let &(first, _, _) = tail.batches.front()?;
+        if from < first {
+            return None;
+        }
+        let mut out = Vec::new();
+        let (mut records, mut bytes) = (0u64, 0usize);
+        for (base, count, data) in &tail.batches {
+            let (base, count) = (*base, u64::from(*count));
+            if base >= end {
+                break;
+            }
+            if base + count > from {
+                records += (base + count).min(end) - base.max(from);
+                bytes += data.len();
+                out.push((base, data.clone()));
+                if records >= max_records || bytes >= max_bytes {
+                    break;
+                }
+            }
+        }
+        Some(out)
     }
 
     /// The next offset to be assigned (Kafka's log end offset / high watermark).
@@ -182,5 +256,68 @@ impl Registry {
 
     pub(crate) fn remove(&self, name: &str) -> Option<Arc<Topic>> {
         self.topics.write().remove(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition() -> Partition {
+        Partition::new(0, PartitionState { start: 0, end: 0, max_timestamp: None })
+    }
+
+    fn bases(v: &[(u64, BatchBytes)]) -> Vec<u64> {
+        v.iter().map(|(b, _)| *b).collect()
+    }
+
+    #[test]
+    fn tail_cache_keeps_batches_only_while_someone_waits() {
+        let p = partition();
+        p.cache_batch(0, 10, vec![1; 100]);
+        assert!(p.cached(0, 10, 100, 1 << 20).is_none(), "nobody subscribed: nothing cached");
+        let _rx = p.subscribe();
+        p.cache_batch(10, 10, vec![1; 100]);
+        p.cache_batch(20, 5, vec![1; 100]);
+        assert_eq!(bases(&p.cached(10, 25, 100, 1 << 20).unwrap_or_default()), vec![10, 20]);
+        // Inside a batch: that batch is the first returned.
+        assert_eq!(bases(&p.cached(15, 25, 100, 1 << 20).unwrap_or_default()), vec![10, 20]);
+        // Before the cached range: the store must answer.
+        assert!(p.cached(5, 25, 100, 1 << 20).is_none());
+        // Limits stop after the batch that reaches them; `end` hides later batches.
+        assert_eq!(bases(&p.cached(10, 25, 3, 1 << 20).unwrap_or_default()), vec![10]);
+        assert_eq!(bases(&p.cached(10, 20, 100, 1 << 20).unwrap_or_default()), vec![10]);
+        assert_eq!(bases(&p.cached(25, 25, 100, 1 << 20).unwrap_or_default()), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn tail_cache_empties_when_the_last_waiter_leaves_and_stays_contiguous() {
+        let p = partition();
+        let rx = p.subscribe();
+        p.cache_batch(0, 1, vec![0; 10]);
+        drop(rx);
+        p.cache_batch(1, 1, vec![0; 10]);
+        let _rx = p.subscribe();
+        p.cache_batch(2, 1, vec![0; 10]);
+        // Offsets 0 and 1 are gone together: the cache starts at 2, without a hole.
+        assert!(p.cached(0, 3, 100, 1 << 20).is_none());
+        assert!(p.cached(1, 3, 100, 1 << 20).is_none());
+        assert_eq!(bases(&p.cached(2, 3, 100, 1 << 20).unwrap_or_default()), vec![2]);
+    }
+
+    #[test]
+    fn tail_cache_is_bounded_in_bytes() {
+        let p = partition();
+        let _rx = p.subscribe();
+        let size = TAIL_CACHE_BYTES / 4;
+        for i in 0..10u64 {
+            p.cache_batch(i, 1, vec![0; size]);
+        }
+        let held = p.cached(6, 10, 100, usize::MAX).unwrap_or_default();
+        assert_eq!(bases(&held), vec![6, 7, 8, 9]);
+        assert!(p.cached(5, 10, 100, usize::MAX).is_none());
+        // A batch larger than the whole cache is not kept (and clears the rest).
+        p.cache_batch(10, 1, vec![0; TAIL_CACHE_BYTES + 1]);
+        assert!(p.cached(10, 11, 100, usize::MAX).is_none());
     }
 }

@@ -183,11 +183,24 @@ impl Writer {
         let written = if outcomes.iter().any(|o| o.is_ok()) { self.write(batch, sync) } else { Ok(()) };
         match written {
             Ok(()) => {
+                // Cache first, then publish: a woken reader must find its batches.
+                let mut replies = Vec::with_capacity(group.len());
+                for (job, outcome) in group.into_iter().zip(outcomes) {
+                    if let Ok(bases) = &outcome {
+                        let partitions = job.topic.partitions();
+                        for ((p, enc), base) in job.batches.into_iter().zip(bases) {
+                            if let Some(part) = partitions.get(p as usize) {
+                                part.cache_batch(*base, enc.count, enc.bytes);
+                            }
+                        }
+                    }
+                    replies.push((job.reply, outcome));
+                }
                 for s in touched.into_values() {
                     s.partition.publish_end(s.end, s.max_timestamp);
                 }
-                for (job, outcome) in group.into_iter().zip(outcomes) {
-                    reply(job.reply, outcome);
+                for (r, outcome) in replies {
+                    reply(r, outcome);
                 }
             }
             Err(e) => {
