@@ -96,7 +96,9 @@ impl Partition {
         }
         let mut out = Vec::new();
         let (mut records, mut bytes) = (0u64, 0usize);
-        for (base, count, data) in &tail.batches {
+        // Batches are in offset order: skip those that end before `from` by bisection.
+        let skip = tail.batches.partition_point(|(base, count, _)| base + u64::from(*count) <= from);
+        for (base, count, data) in tail.batches.range(skip..) {
             let (base, count) = (*base, u64::from(*count));
             if base >= end {
                 break;

@@ -91,11 +91,28 @@ enum End {
     Close(u16, String),
 }
 
-pub async fn run<S, R>(sink: S, mut stream: R, ctx: Ctx, mut source: Source, opts: Options)
+pub async fn run<S, R>(sink: S, stream: R, ctx: Ctx, mut source: Source, opts: Options)
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin + Send + 'static,
 {
+    // The socket's receive half is read by its own task. Polled from the loop's
+    // `select!`, tungstenite would reserve and zero its read buffer on every
+    // wake-up of every connection, although clients rarely send anything.
+    // The channel holds one frame: a client that floods frames waits for the
+    // loop, as it did when the loop read the socket itself.
+    let (in_tx, mut incoming) = mpsc::channel::<Option<Result<Message, axum::Error>>>(1);
+    let reader = tokio::spawn(async move {
+        let mut stream = stream;
+        loop {
+            let msg = stream.next().await;
+            let last = msg.is_none();
+            if in_tx.send(msg).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let _reader = AbortOnDrop(reader);
     ctx.metrics.ws_connections.inc();
     let shutdown = ctx.log.shutdown_token();
     let mut conn = Conn {
@@ -161,9 +178,9 @@ where
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break End::Close(close::GOING_AWAY, "server shutting down".into()),
-            msg = stream.next(), if produce_slots.available_permits() > 0 => {
+            msg = incoming.recv(), if produce_slots.available_permits() > 0 => {
                 conn.last_heard = Instant::now();
-                match msg {
+                match msg.flatten() {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break End::ClientGone,
                     Some(Ok(Message::Text(text))) => {
                         if let Err(end) = conn.client_frame(&mut source, text, &out_tx, &produce_slots).await {
@@ -499,6 +516,15 @@ where
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.close()).await;
         self.ctx.metrics.ws_connections.dec();
+    }
+}
+
+/// Aborts the task when dropped (the connection's reader ends with its loop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
