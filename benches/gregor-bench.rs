@@ -13,7 +13,8 @@
 //! - `fanout`: 1,000 WebSocket subscribers of one topic, half of them not reading, while
 //!   records are produced: delivery latency to the readers, HTTP probe latency, server RSS.
 //! - `store`: the store alone, without HTTP: append and read records/s.
-//! - `restart`: a server start on a store holding 10 M records (time until ready).
+//! - `restart`: a server process started on a store holding 10 M records, after a
+//!   clean stop and after SIGKILL (WAL replay): time from spawn until `/readyz` is 200.
 //!
 //! Usage: `cargo bench --bench gregor-bench -- [--smoke] [--only NAME] [--json PATH] [--rate N]`
 //! (`--rate`: the latency scenario's offered records/s, default 10000).
@@ -75,9 +76,15 @@ struct Server {
 impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let (child, base) = Server::spawn(dir.path()).await;
+        Server { child, base, _dir: dir }
+    }
+
+    /// Starts a server process on `data_dir`; returns once it listens.
+    async fn spawn(data_dir: &std::path::Path) -> (Child, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gregor"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
+            .arg(data_dir)
             .env("GREGOR_LOG", "warn")
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -92,7 +99,7 @@ impl Server {
             }
         }
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Server { child, base, _dir: dir }
+        (child, base)
     }
 
     /// Peak resident set size of the server process so far, in MB.
@@ -598,41 +605,86 @@ async fn store(s: &Settings) -> Vec<Row> {
     ]
 }
 
-/// Fills a store with records, closes it, and times a server start on it (open,
-/// recovery of every partition's offsets, bind): "ready" is when `App::build` returns.
-async fn restart(s: &Settings) -> Row {
-    use gregor::log::Acks;
-    let dir = tempfile::tempdir().unwrap();
+/// Fills a server with records over HTTP, stops it (gracefully, or with SIGKILL
+/// so that RocksDB replays its WAL), and times a new server process on the same
+/// data directory: from spawn until `/readyz` answers 200. Checks that the
+/// restarted server has every acknowledged record.
+async fn restart(s: &Settings) -> Vec<Row> {
     let total: u64 = if s.smoke { 100_000 } else { 10_000_000 };
-    {
-        let log = open_log(dir.path());
-        log.create_topic("r", 4, &Default::default()).await.unwrap();
-        let value = vec![b'x'; 100];
-        let records = binary_records(1000, &value);
-        let mut written = 0;
-        while written < total {
-            let futs = (0..4).map(|p| log.produce("r", &records, Some(p), Acks::Leader));
-            for r in futures_util::future::join_all(futs).await {
-                r.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let (mut child, base) = Server::spawn(dir.path()).await;
+    client
+        .post(format!("{base}/v1/topics"))
+        .json(&json!({"name": "r", "partitions": 4, "config": {"retention_ms": -1}}))
+        .send()
+        .await
+        .unwrap();
+    let body = bytes::Bytes::from(batch_body(1000));
+    let host: Arc<str> = base.trim_start_matches("http://").into();
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        let mut conn = h1_connection(&base).await;
+        let (body, host, written) = (body.clone(), host.clone(), written.clone());
+        fillers.push(tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            while written.fetch_add(1000, std::sync::atomic::Ordering::Relaxed) < total {
+                let req = hyper::Request::post("/v1/topics/r/records?acks=leader")
+                    .header("host", &*host)
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(body.clone()))
+                    .unwrap();
+                conn.ready().await.unwrap();
+                let res = conn.send_request(req).await.unwrap();
+                assert!(res.status().is_success());
+                let _ = res.into_body().collect().await;
             }
-            written += 4000;
-            if written % 1_000_000 == 0 {
-                progress(&format!("restart: filled {written}/{total}"));
-            }
+        }));
+    }
+    while !fillers.iter().all(|f| f.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = written.load(std::sync::atomic::Ordering::Relaxed).min(total);
+        progress(&format!("restart: filled {n}/{total}"));
+    }
+    for f in fillers {
+        f.await.unwrap();
+    }
+    let mut rows = Vec::new();
+    for crash in [true, false] {
+        if crash {
+            child.kill().await.unwrap();
+        } else {
+            let pid = child.id().unwrap().to_string();
+            let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            assert!(status.success());
+            child.wait().await.unwrap();
         }
-        log.close().await.unwrap();
+        let started = Instant::now();
+        let (next, base) = Server::spawn(dir.path()).await;
+        loop {
+            let ready = client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200);
+            if ready {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let ready = started.elapsed();
+        let topic: Value = client.get(format!("{base}/v1/topics/r")).send().await.unwrap().json().await.unwrap();
+        let stored: u64 =
+            topic["partitions"].as_array().unwrap().iter().map(|p| p["end_offset"].as_u64().unwrap()).sum();
+        assert_eq!(stored, total, "the restarted server has every acknowledged record");
+        let how = if crash { "after SIGKILL (WAL replay)" } else { "after a clean stop" };
+        rows.push(Row {
+            scenario: format!("restart, {}M records, {}", total as f64 / 1e6, if crash { "crash" } else { "clean" }),
+            p50_us: Some(ready.as_micros() as f64),
+            note: format!("process spawn to /readyz 200 in {:.0} ms, {how}", ready.as_secs_f64() * 1000.0),
+            ..Default::default()
+        });
+        child = next;
     }
-    let config = gregor::Config::for_data_dir(dir.path());
-    let started = Instant::now();
-    let app = gregor::App::build(config).await.unwrap();
-    let ready = started.elapsed();
-    drop(app);
-    Row {
-        scenario: format!("restart with {}M stored records", total as f64 / 1e6),
-        note: format!("ready in {:.0} ms (open + recovery + bind)", ready.as_secs_f64() * 1000.0),
-        p50_us: Some(ready.as_micros() as f64),
-        ..Default::default()
-    }
+    let _ = child.kill().await;
+    rows
 }
 
 fn fmt(v: Option<f64>, unit: &str) -> String {
@@ -698,7 +750,7 @@ async fn main() {
     }
     if settings.wants("restart") {
         progress("restart…");
-        rows.push(restart(&settings).await);
+        rows.extend(restart(&settings).await);
     }
     progress("");
     eprintln!();

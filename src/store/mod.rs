@@ -80,6 +80,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Bound on the WAL, and so on what a restart after a crash replays.
+const MAX_WAL_BYTES: u64 = 128 * 1024 * 1024;
+
 impl Store {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<Store> {
@@ -91,6 +94,13 @@ impl Store {
         // Group commit already batches writers; RocksDB's own pipelining helps the
         // WAL write overlap the memtable insert of the previous group.
         opts.set_enable_pipelined_write(true);
+        // A WAL file is kept until every column family with data in it has been
+        // flushed, and the small index families fill their memtables slowly: left
+        // at its default (4 × all write buffers, ~2 GiB here) the WAL grows with
+        // everything written, and a crash replays all of it. Past this size
+        // RocksDB flushes the families holding the oldest WAL, so a crash restart
+        // replays at most this much.
+        opts.set_max_total_wal_size(MAX_WAL_BYTES);
 
         let mut data = Options::default();
         data.set_compression_type(DBCompressionType::Lz4);
