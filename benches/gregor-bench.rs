@@ -386,6 +386,16 @@ fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Memory the kernel holds in TCP buffers, machine-wide (`/proc/net/sockstat`, in pages), in MB.
+fn tcp_kernel_mb() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mem")?;
+    let pages: f64 = words.next()?.parse().ok()?;
+    Some(pages * 4096.0 / 1e6)
+}
+
 /// A gauge's value from the server's `/metrics`.
 async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
     let text = client.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
@@ -492,6 +502,7 @@ async fn fanout(s: &Settings) -> Vec<Row> {
         ));
     }
     let buffered_peak = metric(&client, &server.base, "gregor_ws_buffered_bytes_peak").await;
+    let kernel_tcp_mb = tcp_kernel_mb();
     let connections = metric(&client, &server.base, "gregor_ws_connections").await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     producer.await.unwrap();
@@ -512,13 +523,14 @@ async fn fanout(s: &Settings) -> Vec<Row> {
     let rss_end = rss_samples.last().copied();
     let mb = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} MB"));
     let note = format!(
-        "RSS idle {}, after connecting {}, mid-run {}, end {}; frames held for stalled clients peak {:.0} kB; {} connections open",
+        "RSS idle {}, after connecting {}, mid-run {}, end {}; frames held for stalled clients peak {:.0} kB; {} connections open; kernel TCP buffers (machine-wide) {}",
         mb(rss_idle),
         mb(rss_connected),
         mb(rss_mid),
         mb(rss_end),
         buffered_peak.unwrap_or(0.0) / 1e3,
-        connections.unwrap_or(0.0)
+        connections.unwrap_or(0.0),
+        mb(kernel_tcp_mb)
     );
     let peak = server.peak_rss_mb();
     vec![
