@@ -409,6 +409,15 @@ async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Option<f64>
 /// of an HTTP probe meanwhile (is the server responsive?), and the server's RSS
 /// over time (is its memory bounded?).
 async fn fanout(s: &Settings) -> Vec<Row> {
+    /// A `records` frame whose values are send times.
+    #[derive(serde::Deserialize)]
+    struct SentFrame {
+        records: Vec<Sent>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Sent {
+        value: u64,
+    }
     let subscribers: usize = if s.smoke { 40 } else { 1000 };
     let server = Server::start().await;
     let pid = server.child.id().unwrap();
@@ -430,7 +439,9 @@ async fn fanout(s: &Settings) -> Vec<Row> {
             socket.set_recv_buffer_size(4096).unwrap();
         }
         let tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
-        let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await.unwrap();
+        // tungstenite zeroes its whole read buffer (128 KiB by default) on every read: keep it small.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024);
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config)).await.unwrap();
         if i % 2 == 1 {
             // Never polled again: reads nothing, answers no ping.
             stalled.push(ws);
@@ -444,12 +455,10 @@ async fn fanout(s: &Settings) -> Vec<Row> {
                 let msg = tokio::time::timeout(Duration::from_millis(200), ws.next()).await;
                 let Ok(Some(Ok(Message::Text(t)))) = msg else { continue };
                 let now = t0.elapsed().as_micros() as u64;
-                let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                for r in v["records"].as_array().into_iter().flatten() {
+                let frame: SentFrame = serde_json::from_str(t.as_str()).unwrap();
+                for r in frame.records {
                     records += 1;
-                    if let Some(sent) = r["value"].as_u64() {
-                        lat.push(now.saturating_sub(sent));
-                    }
+                    lat.push(now.saturating_sub(r.value));
                 }
             }
             (records, lat)
