@@ -61,6 +61,8 @@ pub struct Metrics {
     pub write_queue_bytes: Gauge,
     /// Bytes of SST files and memtables in the store (set at each scrape).
     pub store_bytes: Gauge,
+    /// Bytes held by the partitions' tail caches (set at each scrape).
+    pub tail_cache_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -84,6 +86,7 @@ impl Metrics {
             consumer_lag: Family::default(),
             write_queue_bytes: Gauge::default(),
             store_bytes: Gauge::default(),
+            tail_cache_bytes: Gauge::default(),
         };
         registry.register("ws_connections", "Open WebSocket connections", m.ws_connections.clone());
         registry.register(
@@ -107,6 +110,11 @@ impl Metrics {
             m.write_queue_bytes.clone(),
         );
         registry.register("store_bytes", "Bytes of SST files and memtables in the store", m.store_bytes.clone());
+        registry.register(
+            "tail_cache_bytes",
+            "Bytes of recent batches kept in memory for readers at the end of partitions",
+            m.tail_cache_bytes.clone(),
+        );
         Metrics { registry, ..m }
     }
 

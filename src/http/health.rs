@@ -44,6 +44,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
 async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     let m = &state.metrics;
     m.write_queue_bytes.set(state.log.queued_bytes() as i64);
+    m.tail_cache_bytes.set(state.log.tail_cache_bytes() as i64);
     match state.log.store_size().await {
         Ok(bytes) => {
             m.store_bytes.set(bytes as i64);

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use topic::{BatchBytes, Partition, Registry, TAIL_CACHE_BYTES, Topic};
+pub use topic::{BatchBytes, Partition, Registry, TAIL_CACHE_BYTES, TAIL_CACHE_TOTAL_BYTES, Topic};
 use writer::{AppendJob, Command, Writer};
 
 use crate::error::{Error, Result};
@@ -162,7 +162,7 @@ impl Log {
         let recovered = store.recover()?;
         let registry = Arc::new(Registry::default());
         for (meta, states) in &recovered.topics {
-            registry.insert(Arc::new(Topic::new(meta, states)?));
+            registry.insert(Arc::new(Topic::new(meta, states, registry.tail_budget())?));
         }
         let failed = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(settings.write_queue_len.max(1));
@@ -189,6 +189,11 @@ impl Log {
     /// True while the log accepts writes (not shutting down, store not failed).
     pub fn is_ready(&self) -> bool {
         !self.shutdown.is_cancelled() && !self.failed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Bytes the partitions' tail caches hold.
+    pub fn tail_cache_bytes(&self) -> usize {
+        self.registry.tail_cache_bytes()
     }
 
     /// Bytes of produce requests waiting for the writer.

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -21,6 +21,13 @@ const NO_TIMESTAMP: u64 = u64::MAX;
 /// Most bytes of recent batches a partition keeps in memory for its followers.
 pub const TAIL_CACHE_BYTES: usize = 512 * 1024;
 
+/// Most bytes all partitions' tail caches hold together: a stream following every
+/// partition of a wide topic must not pin 512 KiB for each of thousands of them.
+pub const TAIL_CACHE_TOTAL_BYTES: usize = 64 * 1024 * 1024;
+
+/// The bytes held by every tail cache of one log, against `TAIL_CACHE_TOTAL_BYTES`.
+pub type TailBudget = Arc<AtomicUsize>;
+
 /// A stored batch's bytes, shared between the tail cache and the reads using it.
 pub type BatchBytes = Arc<Vec<u8>>;
 
@@ -29,11 +36,26 @@ pub type BatchBytes = Arc<Vec<u8>>;
 /// RocksDB read on the blocking pool. Contiguous: the writer either appends
 /// every new batch or empties the cache (when nobody is waiting on the
 /// partition), so a cached range never has holes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TailCache {
     /// (base offset, record count, bytes), in offset order.
     batches: VecDeque<(u64, u32, BatchBytes)>,
     bytes: usize,
+    budget: TailBudget,
+}
+
+impl TailCache {
+    fn clear(&mut self) {
+        self.batches.clear();
+        self.budget.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.bytes = 0;
+    }
+}
+
+impl Drop for TailCache {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// One partition's offsets. `end` is a watch channel so that long-polls and
@@ -49,32 +71,42 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub(crate) fn new(index: u32, state: PartitionState) -> Self {
+    pub(crate) fn new(index: u32, state: PartitionState, budget: TailBudget) -> Self {
         Partition {
             index,
             end: watch::Sender::new(state.end),
             start: AtomicU64::new(state.start),
             max_timestamp: AtomicU64::new(state.max_timestamp.unwrap_or(NO_TIMESTAMP)),
-            tail: Mutex::new(TailCache::default()),
+            tail: Mutex::new(TailCache { batches: VecDeque::new(), bytes: 0, budget }),
         }
     }
 
     /// Called by the writer for every batch it stored, in offset order, before
     /// the new end is published. Keeps the batch only while someone waits on the
     /// partition (a stream or long-poll subscribed to its end): otherwise the
-    /// cache is emptied, so idle partitions hold no memory.
+    /// cache is emptied, so idle partitions hold no memory. When every cache
+    /// together would exceed `TAIL_CACHE_TOTAL_BYTES`, this one is emptied too
+    /// (its followers read from the store until it fills again).
     pub(crate) fn cache_batch(&self, base: u64, count: u32, bytes: Vec<u8>) {
         let mut tail = self.tail.lock();
-        if self.end.receiver_count() == 0 || bytes.len() > TAIL_CACHE_BYTES {
-            tail.batches.clear();
-            tail.bytes = 0;
+        let len = bytes.len();
+        if self.end.receiver_count() == 0 || len > TAIL_CACHE_BYTES {
+            tail.clear();
             return;
         }
-        tail.bytes += bytes.len();
+        if tail.budget.fetch_add(len, Ordering::AcqRel) + len > TAIL_CACHE_TOTAL_BYTES {
+            tail.budget.fetch_sub(len, Ordering::AcqRel);
+            tail.clear();
+            return;
+        }
+        tail.bytes += len;
         tail.batches.push_back((base, count, Arc::new(bytes)));
         while tail.bytes > TAIL_CACHE_BYTES {
             match tail.batches.pop_front() {
-                Some((_, _, b)) => tail.bytes -= b.len(),
+                Some((_, _, b)) => {
+                    tail.bytes -= b.len();
+                    tail.budget.fetch_sub(b.len(), Ordering::AcqRel);
+                }
                 None => break,
             }
         }
@@ -165,12 +197,17 @@ pub struct Topic {
     /// Round-robin counter for the partition of unkeyed records.
     sticky: AtomicU32,
     deleted: AtomicBool,
+    tail_budget: TailBudget,
 }
 
 impl Topic {
-    pub(crate) fn new(meta: &TopicMeta, states: &[PartitionState]) -> Result<Self> {
+    pub(crate) fn new(meta: &TopicMeta, states: &[PartitionState], tail_budget: &TailBudget) -> Result<Self> {
         let name = TopicName::parse(&meta.name)?;
-        let partitions = states.iter().enumerate().map(|(i, s)| Arc::new(Partition::new(i as u32, *s))).collect();
+        let partitions = states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Arc::new(Partition::new(i as u32, *s, tail_budget.clone())))
+            .collect();
         Ok(Topic {
             id: meta.id,
             name,
@@ -179,6 +216,7 @@ impl Topic {
             partitions: RwLock::new(Arc::new(partitions)),
             sticky: AtomicU32::new(0),
             deleted: AtomicBool::new(false),
+            tail_budget: tail_budget.clone(),
         })
     }
 
@@ -224,7 +262,7 @@ impl Topic {
         let mut next: Vec<_> = guard.iter().cloned().collect();
         let empty = PartitionState { start: 0, end: 0, max_timestamp: None };
         while (next.len() as u32) < count {
-            next.push(Arc::new(Partition::new(next.len() as u32, empty)));
+            next.push(Arc::new(Partition::new(next.len() as u32, empty, self.tail_budget.clone())));
         }
         *guard = Arc::new(next);
     }
@@ -241,9 +279,20 @@ impl Topic {
 #[derive(Debug, Default)]
 pub struct Registry {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    tail_budget: TailBudget,
 }
 
 impl Registry {
+    /// The byte count shared by the tail caches of every partition of this log.
+    pub(crate) fn tail_budget(&self) -> &TailBudget {
+        &self.tail_budget
+    }
+
+    /// Bytes the tail caches hold now.
+    pub fn tail_cache_bytes(&self) -> usize {
+        self.tail_budget.load(Ordering::Acquire)
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
         self.topics.read().get(name).cloned()
     }
@@ -266,7 +315,11 @@ mod tests {
     use super::*;
 
     fn partition() -> Partition {
-        Partition::new(0, PartitionState { start: 0, end: 0, max_timestamp: None })
+        partition_in(&TailBudget::default())
+    }
+
+    fn partition_in(budget: &TailBudget) -> Partition {
+        Partition::new(0, PartitionState { start: 0, end: 0, max_timestamp: None }, budget.clone())
     }
 
     fn bases(v: &[(u64, BatchBytes)]) -> Vec<u64> {
@@ -321,5 +374,25 @@ mod tests {
         // A batch larger than the whole cache is not kept (and clears the rest).
         p.cache_batch(10, 1, vec![0; TAIL_CACHE_BYTES + 1]);
         assert!(p.cached(10, 11, 100, usize::MAX).is_none());
+    }
+
+    #[test]
+    fn all_tail_caches_together_stay_within_the_total_budget() {
+        let budget = TailBudget::default();
+        let parts: Vec<Partition> =
+            (0..(TAIL_CACHE_TOTAL_BYTES / TAIL_CACHE_BYTES + 8)).map(|_| partition_in(&budget)).collect();
+        let _subscribers: Vec<_> = parts.iter().map(Partition::subscribe).collect();
+        for round in 0..4u64 {
+            for p in &parts {
+                p.cache_batch(round, 1, vec![0; TAIL_CACHE_BYTES / 4]);
+                assert!(budget.load(Ordering::Acquire) <= TAIL_CACHE_TOTAL_BYTES);
+            }
+        }
+        let full = parts.iter().filter(|p| p.cached(0, 4, 100, usize::MAX).is_some()).count();
+        assert!(full > 0 && full < parts.len(), "some partitions cache, the budget stops the rest ({full})");
+        // Dropping partitions (a deleted topic) gives their bytes back.
+        drop(_subscribers);
+        drop(parts);
+        assert_eq!(budget.load(Ordering::Acquire), 0);
     }
 }

@@ -305,7 +305,7 @@ impl Writer {
         self.write(batch, true)?;
         self.next_topic_id += 1;
         let empty = PartitionState { start: 0, end: 0, max_timestamp: None };
-        let topic = Arc::new(Topic::new(&meta, &vec![empty; partitions as usize])?);
+        let topic = Arc::new(Topic::new(&meta, &vec![empty; partitions as usize], self.registry.tail_budget())?);
         self.registry.insert(topic.clone());
         Ok(topic)
     }
