@@ -131,9 +131,16 @@ impl App {
         };
         // Small frames and answers go out at once: without TCP_NODELAY, Nagle's
         // algorithm holds a WebSocket frame back until the previous one is acknowledged.
-        let listener = listener.tap_io(|tcp| {
+        // A bounded send buffer caps the kernel memory of a client that stops reading.
+        let send_buffer = config.socket_send_buffer_bytes;
+        let listener = listener.tap_io(move |tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            if send_buffer > 0
+                && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
+            {
+                tracing::debug!(error = %e, "cannot set SO_SNDBUF");
             }
         });
         let mut server =

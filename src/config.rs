@@ -60,6 +60,7 @@ struct FileConfig {
     min_session_timeout_ms: Option<u64>,
     max_session_timeout_ms: Option<u64>,
     ws_ping_interval_ms: Option<u64>,
+    socket_send_buffer_bytes: Option<usize>,
 }
 
 /// Validated settings of a gregor server.
@@ -85,10 +86,17 @@ pub struct Config {
     /// How often WebSocket connections are pinged; a client silent for two
     /// intervals (or not reading for two) is disconnected.
     pub ws_ping_interval: Duration,
+    /// `SO_SNDBUF` of every accepted socket (Kafka's `socket.send.buffer.bytes`);
+    /// 0 leaves it to the OS's autotuning. Bounds the kernel memory a client that
+    /// stops reading (a stalled WebSocket subscriber) can pin until it is dropped.
+    pub socket_send_buffer_bytes: usize,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "gregor-data";
+/// 256 KiB: ample for loopback and LAN; over a long fat link a connection's
+/// throughput is at most this much per round trip (0 restores autotuning).
+pub const DEFAULT_SOCKET_SEND_BUFFER: usize = 256 * 1024;
 
 impl Config {
     /// Defaults for a server on `data_dir`, listening on an ephemeral loopback port.
@@ -106,6 +114,7 @@ impl Config {
             groups: GroupSettings::default(),
             session_check_interval: Duration::from_millis(100),
             ws_ping_interval: Duration::from_secs(15),
+            socket_send_buffer_bytes: DEFAULT_SOCKET_SEND_BUFFER,
         }
     }
 
@@ -150,6 +159,9 @@ impl Config {
         if let Some(ms) = file.ws_ping_interval_ms {
             c.ws_ping_interval = Duration::from_millis(ms);
         }
+        if let Some(n) = file.socket_send_buffer_bytes {
+            c.socket_send_buffer_bytes = n;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -179,6 +191,12 @@ impl Config {
         }
         if self.ws_ping_interval < Duration::from_millis(10) {
             return Err(ConfigError("ws_ping_interval_ms: must be at least 10".into()));
+        }
+        if self.socket_send_buffer_bytes != 0 && !(4096..=64 * 1024 * 1024).contains(&self.socket_send_buffer_bytes) {
+            return Err(ConfigError(format!(
+                "socket_send_buffer_bytes: must be 0 (the OS decides) or between 4 KiB and 64 MiB, not {}",
+                self.socket_send_buffer_bytes
+            )));
         }
         if self.retention_check_interval.is_zero() {
             return Err(ConfigError("retention_check_interval_ms: must be at least 1".into()));
@@ -241,5 +259,11 @@ mod tests {
         std::fs::write(&path, "no_such_setting = 1\n").unwrap();
         let args = ServeArgs { config: Some(path), ..Default::default() };
         assert!(Config::load(&args).unwrap_err().0.contains("no_such_setting"));
+        let path = dir.path().join("sndbuf.toml");
+        std::fs::write(&path, "socket_send_buffer_bytes = 100\n").unwrap();
+        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        assert!(Config::load(&args).unwrap_err().0.contains("socket_send_buffer_bytes"));
+        std::fs::write(&path, "socket_send_buffer_bytes = 0\n").unwrap();
+        assert_eq!(Config::load(&args).unwrap().socket_send_buffer_bytes, 0, "0 hands the size to the OS");
     }
 }
