@@ -16,8 +16,9 @@
 //! - `restart`: a server process started on a store holding 10 M records, after a
 //!   clean stop and after SIGKILL (WAL replay): time from spawn until `/readyz` is 200.
 //!
-//! Usage: `cargo bench --bench gregor-bench -- [--smoke] [--only NAME] [--json PATH] [--rate N]`
-//! (`--rate`: the latency scenario's offered records/s, default 10000).
+//! Usage: `cargo bench --bench gregor-bench -- [--smoke] [--only NAME] [--json PATH] [--rate N] [--server-config FILE]`
+//! (`--rate`: the latency scenario's offered records/s, default 10000; `--server-config`:
+//! a TOML file every server is started with, to measure non-default settings).
 //! Figures are reported, never judged: the tool fails only if a scenario cannot run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -32,6 +33,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
+
+/// `--server-config`: the TOML file every server process is started with.
+static SERVER_CONFIG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
 struct Settings {
     smoke: bool,
@@ -82,9 +86,12 @@ impl Server {
 
     /// Starts a server process on `data_dir`; returns once it listens.
     async fn spawn(data_dir: &std::path::Path) -> (Child, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gregor"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gregor"));
+        command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        if let Some(config) = SERVER_CONFIG.get() {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .env("GREGOR_LOG", "warn")
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -754,6 +761,10 @@ async fn main() {
             std::path::Path::new("target").join("bench").join("results.json")
         }),
     };
+    if let Some(config) = arg("--server-config") {
+        let path = std::fs::canonicalize(&config).expect("--server-config: no such file");
+        SERVER_CONFIG.set(path).unwrap();
+    }
     let mut rows = Vec::new();
     if settings.wants("produce") {
         for acks in ["leader", "all"] {
