@@ -91,12 +91,8 @@ impl Server {
         if let Some(config) = SERVER_CONFIG.get() {
             command.arg("--config").arg(config);
         }
-        let mut child = command
-            .env("GREGOR_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start gregor");
+        let mut child =
+            command.env("GREGOR_LOG", "warn").stdout(Stdio::piped()).kill_on_drop(true).spawn().expect("start gregor");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut base = String::new();
         while let Some(line) = lines.next_line().await.unwrap() {
