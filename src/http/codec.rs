@@ -94,6 +94,14 @@ fn blob<'a>(
         }
         (Some(raw), None) => {
             let text = raw.get();
+            // serde_json has already checked the raw string (UTF-8, no control
+            // characters, valid escapes): without a backslash, what lies between
+            // the quotes is the value itself, borrowed, with no second parse.
+            if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
+                && !inner.contains('\\')
+            {
+                return Ok(Some(Blob::new(Format::Text, inner.as_bytes())));
+            }
             if text.starts_with('"') {
                 let s: Cow<'a, str> = serde_json::from_str(text).map_err(|e| Error::InvalidRecord {
                     index,
@@ -226,6 +234,22 @@ mod tests {
         assert_eq!(r.value.unwrap(), Blob::new(Format::Json, br#"{"a": [1, 2]}"#.to_vec()));
         let r = parse(r#"{"value":"caf\u00e9 \"q\""}"#).unwrap();
         assert_eq!(r.value.unwrap().bytes.as_ref(), "café \"q\"".as_bytes());
+    }
+
+    proptest::proptest! {
+        /// Whichever path a JSON string takes (borrowed as is, or unescaped), the
+        /// stored bytes are the string the client meant.
+        #[test]
+        fn string_values_store_exactly_their_text(text in ".*", escape_all in proptest::bool::ANY) {
+            let mut encoded = serde_json::to_string(&text).unwrap();
+            if escape_all {
+                // The same string with every character as a \u escape.
+                encoded = format!("\"{}\"", text.encode_utf16().map(|u| format!("\\u{u:04x}")).collect::<String>());
+            }
+            let body = format!("{{\"value\":{encoded}}}");
+            let value = parse(&body).unwrap().value.unwrap();
+            proptest::prop_assert_eq!(value.bytes.as_ref(), text.as_bytes());
+        }
     }
 
     #[test]
