@@ -112,7 +112,7 @@ where
             }
         }
     });
-    let _reader = AbortOnDrop(reader);
+    let _reader = tokio_util::task::AbortOnDropHandle::new(reader);
     ctx.metrics.ws_connections.inc();
     let shutdown = ctx.log.shutdown_token();
     let mut conn = Conn {
@@ -516,15 +516,6 @@ where
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.close()).await;
         self.ctx.metrics.ws_connections.dec();
-    }
-}
-
-/// Aborts the task when dropped (the connection's reader ends with its loop).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
