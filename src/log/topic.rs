@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::store::{PartitionState, TopicMeta};
+use crate::store::{PartitionState, ReadWindow, TopicMeta};
 use crate::topic::{TopicConfig, TopicName};
 
 const NO_TIMESTAMP: u64 = u64::MAX;
@@ -127,19 +127,17 @@ impl Partition {
             return None;
         }
         let mut out = Vec::new();
-        let (mut records, mut bytes) = (0u64, 0usize);
+        let mut window = ReadWindow::new(from, end, max_records, max_bytes);
         // Batches are in offset order: skip those that end before `from` by bisection.
         let skip = tail.batches.partition_point(|(base, count, _)| base + u64::from(*count) <= from);
         for (base, count, data) in tail.batches.range(skip..) {
-            let (base, count) = (*base, u64::from(*count));
-            if base >= end {
+            // The store's iterator stops at `end` by its upper bound; here the loop does.
+            if *base >= end {
                 break;
             }
-            if base + count > from {
-                records += (base + count).min(end) - base.max(from);
-                bytes += data.len();
-                out.push((base, data.clone()));
-                if records >= max_records || bytes >= max_bytes {
+            if window.take(*base, u64::from(*count), data.len()) {
+                out.push((*base, data.clone()));
+                if window.is_full() {
                     break;
                 }
             }

@@ -83,6 +83,41 @@ impl std::fmt::Debug for Store {
 /// Bound on the WAL, and so on what a restart after a crash replays.
 const MAX_WAL_BYTES: u64 = 128 * 1024 * 1024;
 
+/// Which batches a read of offsets `from..end` takes, within its limits. The
+/// store and the partitions' tail caches both choose with it, so a read gets the
+/// same batches from either.
+#[derive(Debug)]
+pub struct ReadWindow {
+    from: u64,
+    end: u64,
+    max_records: u64,
+    max_bytes: usize,
+    records: u64,
+    bytes: usize,
+}
+
+impl ReadWindow {
+    pub fn new(from: u64, end: u64, max_records: u64, max_bytes: usize) -> Self {
+        ReadWindow { from, end, max_records, max_bytes, records: 0, bytes: 0 }
+    }
+
+    /// Offers the next batch in offset order (base offset, record count, stored
+    /// size); true when the read takes it, false when it ends before `from`.
+    pub fn take(&mut self, base: u64, count: u64, len: usize) -> bool {
+        if base + count <= self.from {
+            return false;
+        }
+        self.records += (base + count).min(self.end) - base.max(self.from);
+        self.bytes += len;
+        true
+    }
+
+    /// True once the batches taken cover `max_records` records or `max_bytes` bytes.
+    pub fn is_full(&self) -> bool {
+        self.records >= self.max_records || self.bytes >= self.max_bytes
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<Store> {
@@ -226,15 +261,13 @@ impl Store {
         if it.key().and_then(|k| keys::batch_base(k, tid, p)).is_none() {
             it.seek(keys::batch(tid, p, from));
         }
-        let (mut records, mut bytes) = (0u64, 0usize);
+        let mut window = ReadWindow::new(from, end, max_records, max_bytes);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let Some(base) = keys::batch_base(k, tid, p) else { break };
             let count = record::batch_info(v)?.count as u64;
-            if base + count > from {
-                records += (base + count).min(end) - base.max(from);
-                bytes += v.len();
+            if window.take(base, count, v.len()) {
                 out.push((base, v.to_vec()));
-                if records >= max_records || bytes >= max_bytes {
+                if window.is_full() {
                     break;
                 }
             }
