@@ -107,10 +107,7 @@ impl Server {
 
     /// Peak resident set size of the server process so far, in MB.
     fn peak_rss_mb(&self) -> Option<f64> {
-        let pid = self.child.id()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb / 1024.0)
+        proc_status_mb(self.child.id()?, "VmHWM:")
     }
 
     async fn topic(&self, client: &reqwest::Client, name: &str, partitions: u32) {
@@ -152,6 +149,15 @@ async fn h1_connection(base: &str) -> hyper::client::conn::http1::SendRequest<ht
     sender
 }
 
+/// A JSON `POST` of `body` to `path` on `host`, for an `h1_connection`.
+fn post_json(path: &str, host: &str, body: bytes::Bytes) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+    hyper::Request::post(path)
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(body))
+        .unwrap()
+}
+
 /// Closed-loop HTTP produce: `conns` clients, each on its own connection, send
 /// the next request as soon as the last is answered.
 async fn produce(s: &Settings, acks: &str, conns: usize, per_request: usize) -> Row {
@@ -176,11 +182,7 @@ async fn produce(s: &Settings, acks: &str, conns: usize, per_request: usize) -> 
                 if sent >= stop {
                     return lat;
                 }
-                let req = hyper::Request::post(&*path)
-                    .header("host", &*host)
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(body.clone()))
-                    .unwrap();
+                let req = post_json(&path, &host, body.clone());
                 sender.ready().await.unwrap();
                 let res = sender.send_request(req).await.unwrap();
                 assert!(res.status().is_success(), "produce failed: {}", res.status());
@@ -322,11 +324,7 @@ async fn latency(s: &Settings) -> Row {
                 let (url, host, acked, idle_tx) = (url.clone(), host.clone(), acked.clone(), idle_tx.clone());
                 tokio::spawn(async move {
                     let body = format!("{{\"records\":[{{\"value\":{i}}}]}}");
-                    let req = hyper::Request::post(url.as_str())
-                        .header("host", &*host)
-                        .header("content-type", "application/json")
-                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                        .unwrap();
+                    let req = post_json(&url, &host, bytes::Bytes::from(body));
                     if conn.ready().await.is_ok()
                         && let Ok(res) = conn.send_request(req).await
                     {
@@ -384,8 +382,13 @@ async fn latency(s: &Settings) -> Row {
 
 /// The server's current resident set size, in MB.
 fn rss_mb(pid: u32) -> Option<f64> {
+    proc_status_mb(pid, "VmRSS:")
+}
+
+/// A kB field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in MB.
+fn proc_status_mb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
 
@@ -670,11 +673,7 @@ async fn restart(s: &Settings) -> Vec<Row> {
         fillers.push(tokio::spawn(async move {
             use http_body_util::BodyExt;
             while written.fetch_add(1000, std::sync::atomic::Ordering::Relaxed) < total {
-                let req = hyper::Request::post("/v1/topics/r/records?acks=leader")
-                    .header("host", &*host)
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(body.clone()))
-                    .unwrap();
+                let req = post_json("/v1/topics/r/records?acks=leader", &host, body.clone());
                 conn.ready().await.unwrap();
                 let res = conn.send_request(req).await.unwrap();
                 assert!(res.status().is_success());
