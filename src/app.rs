@@ -6,17 +6,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::Metrics;
-
 use crate::config::Config;
+use crate::faults::Faults;
 use crate::group::Groups;
+use crate::http::guard::BrowserGuard;
+use crate::http::serve::{self, Limits};
 use crate::http::{AppState, router};
 use crate::log::{Log, LogSettings};
+use crate::metrics::Metrics;
+use crate::service::Service;
 use crate::store::Store;
 
 /// Why a server could not start (or stop cleanly); each says what to do.
@@ -84,8 +86,7 @@ impl App {
         let groups = Groups::open(log.clone(), group_settings)
             .await
             .map_err(|source| AppError::Store { path: path.clone(), source })?;
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| AppError::Bind { addr: config.listen, source })?;
+        let listener = serve::bind(config.listen).map_err(|source| AppError::Bind { addr: config.listen, source })?;
         let config = Config { data_dir: path, ..config };
         Ok(App { listener, log, groups, config })
     }
@@ -100,6 +101,11 @@ impl App {
         &self.config.data_dir
     }
 
+    /// Fault injection switches (off unless a test turns them on; see [`crate::faults`]).
+    pub fn faults(&self) -> Arc<Faults> {
+        self.log.faults().clone()
+    }
+
     /// Serves until `shutdown` resolves, then: stops accepting connections, wakes
     /// long-polls, lets in-flight requests finish (up to `shutdown_timeout`),
     /// stops the retention and session timers, writes everything still queued,
@@ -112,45 +118,35 @@ impl App {
         let sessions = tokio::spawn(groups.clone().run_expiry(config.session_check_interval, stop_timers.clone()));
 
         let connections = TaskTracker::new();
-        let state = AppState {
-            log: log.clone(),
-            groups,
-            metrics: Arc::new(Metrics::new()),
-            connections: connections.clone(),
-            ws_ping_interval: config.ws_ping_interval,
+        let metrics = Arc::new(Metrics::new());
+        let service = Service::embedded(log.clone(), groups, metrics.clone());
+        let state = AppState { service, connections: connections.clone(), ws_ping_interval: config.ws_ping_interval };
+        let bound = listener.local_addr().unwrap_or(config.listen);
+        let guard = BrowserGuard::new(&config.http.allowed_origins, &config.http.allowed_hosts, bound);
+        let app = router(state, config.max_request_bytes, guard);
+        let limits = Limits {
+            header_read_timeout: config.http.header_read_timeout,
+            max_connections: config.http.max_connections,
+            send_buffer: config.socket_send_buffer_bytes,
         };
-        let app = router(state, config.max_request_bytes);
         let signalled = log.shutdown_token();
-        let on_signal = {
-            let log = log.clone();
-            async move {
+        let stop_serving = CancellationToken::new();
+        {
+            let (log, stop_serving) = (log.clone(), stop_serving.clone());
+            tokio::spawn(async move {
                 shutdown.await;
                 tracing::info!("shutting down: no new connections, finishing in-flight requests");
                 log.begin_shutdown();
-            }
-        };
-        // Small frames and answers go out at once: without TCP_NODELAY, Nagle's
-        // algorithm holds a WebSocket frame back until the previous one is acknowledged.
-        // A bounded send buffer caps the kernel memory of a client that stops reading.
-        let send_buffer = config.socket_send_buffer_bytes;
-        let listener = listener.tap_io(move |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-            if send_buffer > 0
-                && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
-            {
-                tracing::debug!(error = %e, "cannot set SO_SNDBUF");
-            }
-        });
-        let mut server =
-            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(on_signal).await });
+                stop_serving.cancel();
+            });
+        }
+        let mut server = tokio::spawn(serve::serve(listener, app, limits, metrics, stop_serving));
         let served = tokio::select! {
             res = &mut server => res,
             _ = async { signalled.cancelled().await; tokio::time::sleep(config.shutdown_timeout).await } => {
                 tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
                 server.abort();
-                Ok(Ok(()))
+                Ok(())
             }
         };
 
@@ -160,12 +156,14 @@ impl App {
             tracing::warn!("some WebSocket connections did not close within the shutdown timeout");
         }
         stop_timers.cancel();
-        let _ = retention.await;
-        let _ = sessions.await;
+        for (name, task) in [("retention", retention), ("session", sessions)] {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the {name} timer task failed");
+            }
+        }
         let closed = log.close().await;
         match served {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(AppError::Serve(e)),
+            Ok(()) => {}
             Err(e) if e.is_cancelled() => {}
             Err(e) => return Err(AppError::Serve(std::io::Error::other(e.to_string()))),
         }

@@ -61,6 +61,43 @@ struct FileConfig {
     max_session_timeout_ms: Option<u64>,
     ws_ping_interval_ms: Option<u64>,
     socket_send_buffer_bytes: Option<usize>,
+    http: Option<FileHttp>,
+}
+
+/// `[http]`: serving limits and browser safety.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    header_read_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    allowed_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
+}
+
+/// Serving limits and browser safety (`[http]`).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// How long a connection may take to deliver a request's headers, counted from
+    /// when it starts waiting for one (so it also bounds keep-alive idle time).
+    pub header_read_timeout: Duration,
+    /// Most connections open at once (WebSockets included); more are refused with 503.
+    pub max_connections: usize,
+    /// Origins (`http://host:port`) whose pages may call the API (CORS); others
+    /// get `403 origin_not_allowed` on state-changing requests and WebSocket upgrades.
+    pub allowed_origins: Vec<String>,
+    /// Host names besides localhost, 127.0.0.1 and [::1] accepted on a loopback address.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
 }
 
 /// Validated settings of a gregor server.
@@ -90,6 +127,8 @@ pub struct Config {
     /// 0 leaves it to the OS's autotuning. Bounds the kernel memory a client that
     /// stops reading (a stalled WebSocket subscriber) can pin until it is dropped.
     pub socket_send_buffer_bytes: usize,
+    /// Serving limits and browser safety.
+    pub http: HttpSettings,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -115,6 +154,7 @@ impl Config {
             session_check_interval: Duration::from_millis(100),
             ws_ping_interval: Duration::from_secs(15),
             socket_send_buffer_bytes: DEFAULT_SOCKET_SEND_BUFFER,
+            http: HttpSettings::default(),
         }
     }
 
@@ -162,6 +202,19 @@ impl Config {
         if let Some(n) = file.socket_send_buffer_bytes {
             c.socket_send_buffer_bytes = n;
         }
+        let http = file.http.unwrap_or_default();
+        if let Some(ms) = http.header_read_timeout_ms {
+            c.http.header_read_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = http.max_connections {
+            c.http.max_connections = n;
+        }
+        if let Some(origins) = http.allowed_origins {
+            c.http.allowed_origins = origins;
+        }
+        if let Some(hosts) = http.allowed_hosts {
+            c.http.allowed_hosts = hosts;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -207,6 +260,30 @@ impl Config {
                 "min_session_timeout_ms ({}) must be at least 1 and at most max_session_timeout_ms ({})",
                 g.min_session_timeout_ms, g.max_session_timeout_ms
             )));
+        }
+        let h = &self.http;
+        if !(100..=3_600_000).contains(&h.header_read_timeout.as_millis()) {
+            return Err(ConfigError(format!(
+                "http.header_read_timeout_ms: must be between 100 and 3600000, not {}",
+                h.header_read_timeout.as_millis()
+            )));
+        }
+        if h.max_connections == 0 || h.max_connections > 1_000_000 {
+            return Err(ConfigError(format!(
+                "http.max_connections: must be between 1 and 1000000, not {}",
+                h.max_connections
+            )));
+        }
+        for origin in &h.allowed_origins {
+            crate::http::guard::normalize_origin(origin)
+                .map_err(|e| ConfigError(format!("http.allowed_origins: {e}")))?;
+        }
+        for host in &h.allowed_hosts {
+            if host.is_empty() || host.contains([':', '/', ' ']) {
+                return Err(ConfigError(format!(
+                    "http.allowed_hosts: '{host}' is not a host name (give names without ports)"
+                )));
+            }
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError("data_dir: must not be empty".into()));
@@ -265,5 +342,36 @@ mod tests {
         assert!(Config::load(&args).unwrap_err().0.contains("socket_send_buffer_bytes"));
         std::fs::write(&path, "socket_send_buffer_bytes = 0\n").unwrap();
         assert_eq!(Config::load(&args).unwrap().socket_send_buffer_bytes, 0, "0 hands the size to the OS");
+    }
+
+    #[test]
+    fn the_http_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("http.toml");
+        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let c = Config::load(&args);
+        assert!(c.is_err(), "no file");
+        std::fs::write(
+            &path,
+            "[http]\nheader_read_timeout_ms = 2500\nmax_connections = 50\nallowed_origins = [\"http://localhost:3000\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.http.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(c.http.max_connections, 50);
+        assert_eq!(c.http.allowed_origins, vec!["http://localhost:3000".to_owned()]);
+        let defaults = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(defaults.http.header_read_timeout, Duration::from_secs(10), "SPEC §8's default");
+        for (bad, field) in [
+            ("[http]\nallowed_origins = [\"localhost:3000\"]\n", "http.allowed_origins"),
+            ("[http]\nheader_read_timeout_ms = 0\n", "http.header_read_timeout_ms"),
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            ("[http]\nallowed_hosts = [\"a:80\"]\n", "http.allowed_hosts"),
+            ("[http]\nno_such = 1\n", "no_such"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let e = Config::load(&args).unwrap_err().0;
+            assert!(e.contains(field), "{bad}: {e}");
+        }
     }
 }

@@ -1,11 +1,15 @@
-//! The core error type: what can go wrong in the log, in terms a caller can act on.
+//! The core error type, and the one table of stable error codes.
 //!
-//! Transports map every variant to a status and a stable code (see `http::error`);
-//! this module knows nothing of HTTP.
+//! [`Error`] is what the log, the groups and the service layer fail with, in
+//! terms a caller can act on. [`Code`] is every machine-readable code gregor
+//! answers with, whatever the transport: a REST problem's `code`, a WebSocket
+//! `error` frame's `code`, a poll's per-partition error. Its status and title
+//! live in one exhaustive table ([`Code::describe`]), so a code cannot have two
+//! statuses, and a new code without one does not compile.
 
 use crate::topic::TopicConfigError;
 
-/// Everything the domain core and the store can fail with.
+/// Everything the domain core, the store and the service layer can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("topic '{0}' does not exist")]
@@ -25,6 +29,22 @@ pub enum Error {
 
     #[error(transparent)]
     InvalidConfig(#[from] TopicConfigError),
+
+    /// A request body (or WebSocket frame) that is not JSON at all.
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+
+    /// JSON, but not the expected shape.
+    #[error("{0}")]
+    InvalidRequest(String),
+
+    /// A named field of the request body is wrong.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+
+    /// A query parameter (or stream option) is wrong.
+    #[error("{reason}")]
+    InvalidParameter { field: Option<String>, reason: String },
 
     #[error("invalid record at index {index}: {reason}")]
     InvalidRecord { index: usize, field: &'static str, reason: String },
@@ -56,24 +76,73 @@ pub enum Error {
     #[error("group '{group}' uses the {current} assignor; a member cannot join with {requested}")]
     InconsistentAssignor { group: String, current: &'static str, requested: &'static str },
 
-    #[error("invalid {field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
-
     #[error("the write queue is full; retry shortly")]
     WriteQueueFull,
 
     #[error("the server is shutting down")]
     ShuttingDown,
 
-    /// A write to the store failed. The store stops accepting writes after this
-    /// (it is "poisoned"): offsets already handed out could otherwise be reused.
+    /// A write to the store failed, or the writer was lost. The log stops
+    /// accepting writes after this (it is "poisoned"): offsets already handed out
+    /// could otherwise be reused.
     #[error("storage failure: {0}")]
     Storage(String),
 
     /// Bytes read back from the store do not decode: a bug or on-disk corruption.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+
+    /// A bug: something that cannot happen did (an answer that does not serialize,
+    /// a reply that does not match its request). Never a client's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
+
+impl Error {
+    /// The stable code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::UnknownTopic(_) => Code::UnknownTopic,
+            Error::UnknownPartition { .. } => Code::UnknownPartition,
+            Error::TopicExists(_) => Code::TopicExists,
+            Error::InvalidTopicName(_) => Code::InvalidTopicName,
+            Error::InvalidPartitions(_) => Code::InvalidPartitions,
+            Error::InvalidConfig(_) => Code::InvalidConfig,
+            Error::InvalidJson(_) => Code::InvalidJson,
+            Error::InvalidRequest(_) | Error::InvalidArgument { .. } => Code::InvalidRequest,
+            Error::InvalidParameter { .. } => Code::InvalidParameter,
+            Error::InvalidRecord { .. } => Code::InvalidRecord,
+            Error::RecordTooLarge { .. } => Code::RecordTooLarge,
+            Error::OffsetOutOfRange { .. } => Code::OffsetOutOfRange,
+            Error::InvalidGroupId(_) => Code::InvalidGroupId,
+            Error::UnknownGroup(_) => Code::UnknownGroup,
+            Error::UnknownMember { .. } => Code::UnknownMember,
+            Error::IllegalGeneration { .. } => Code::IllegalGeneration,
+            Error::NotOwner { .. } => Code::NotOwner,
+            Error::GroupNotEmpty(_) => Code::GroupNotEmpty,
+            Error::InconsistentAssignor { .. } => Code::InconsistentAssignor,
+            Error::WriteQueueFull => Code::WriteQueueFull,
+            Error::ShuttingDown => Code::ShuttingDown,
+            Error::Storage(_) => Code::StorageError,
+            Error::Corrupt(_) => Code::CorruptData,
+            Error::Internal(_) => Code::InternalError,
+        }
+    }
+
+    /// A parameter error naming its parameter.
+    pub fn parameter(field: &str, reason: impl Into<String>) -> Error {
+        Error::InvalidParameter { field: Some(field.to_owned()), reason: reason.into() }
+    }
+
+    /// What a client may be told. Server-side failures say only that the server
+    /// failed (their details go to the log); client errors say exactly what was wrong.
+    pub fn public_detail(&self) -> String {
+        if self.code().is_server_fault() { SERVER_FAULT_DETAIL.to_owned() } else { self.to_string() }
+    }
+}
+
+/// The detail of a server-side failure as clients see it.
+pub const SERVER_FAULT_DETAIL: &str = "the server failed to complete the request; details are in its log";
 
 impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
@@ -82,3 +151,190 @@ impl From<rocksdb::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every stable, machine-readable error code gregor answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    // Requests that name something that is not there.
+    UnknownTopic,
+    UnknownPartition,
+    UnknownGroup,
+    UnknownMember,
+    NotFound,
+    // Requests that are malformed.
+    InvalidJson,
+    InvalidRequest,
+    InvalidParameter,
+    InvalidTopicName,
+    InvalidPartitions,
+    InvalidConfig,
+    InvalidGroupId,
+    InvalidRecord,
+    RecordTooLarge,
+    RequestTooLarge,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    WebsocketRequired,
+    // Requests that conflict with the state.
+    TopicExists,
+    OffsetOutOfRange,
+    IllegalGeneration,
+    NotOwner,
+    GroupNotEmpty,
+    InconsistentAssignor,
+    // Browser safety.
+    OriginNotAllowed,
+    HostNotAllowed,
+    // Polls and streams, per partition or per frame.
+    NoCommittedOffset,
+    InvalidFrame,
+    NotAGroupStream,
+    AckNotDelivered,
+    BinaryFramesUnsupported,
+    // The server cannot serve now.
+    WriteQueueFull,
+    ShuttingDown,
+    TooManyConnections,
+    StorageError,
+    CorruptData,
+    InternalError,
+}
+
+/// What a code means to a client: its HTTP status, title, and whether a retry can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeInfo {
+    pub code: &'static str,
+    pub status: u16,
+    pub title: &'static str,
+    /// Worth retrying after a moment (`Retry-After` is sent with it).
+    pub retry: bool,
+}
+
+impl Code {
+    /// The table: every code's name, status, title and retry advice.
+    pub const fn describe(self) -> CodeInfo {
+        const fn info(code: &'static str, status: u16, title: &'static str) -> CodeInfo {
+            CodeInfo { code, status, title, retry: false }
+        }
+        const fn retry(code: &'static str, status: u16, title: &'static str) -> CodeInfo {
+            CodeInfo { code, status, title, retry: true }
+        }
+        match self {
+            Code::UnknownTopic => info("unknown_topic", 404, "Unknown topic"),
+            Code::UnknownPartition => info("unknown_partition", 404, "Unknown partition"),
+            Code::UnknownGroup => info("unknown_group", 404, "Unknown group"),
+            Code::UnknownMember => info("unknown_member", 404, "Unknown member"),
+            Code::NotFound => info("not_found", 404, "Not found"),
+            Code::InvalidJson => info("invalid_json", 400, "Malformed JSON"),
+            Code::InvalidRequest => info("invalid_request", 400, "Invalid request body"),
+            Code::InvalidParameter => info("invalid_parameter", 400, "Invalid parameter"),
+            Code::InvalidTopicName => info("invalid_topic_name", 400, "Invalid topic name"),
+            Code::InvalidPartitions => info("invalid_partitions", 400, "Invalid partition count"),
+            Code::InvalidConfig => info("invalid_config", 400, "Invalid topic configuration"),
+            Code::InvalidGroupId => info("invalid_group_id", 400, "Invalid group id"),
+            Code::InvalidRecord => info("invalid_record", 422, "Invalid record"),
+            Code::RecordTooLarge => info("record_too_large", 413, "Record too large"),
+            Code::RequestTooLarge => info("request_too_large", 413, "Request too large"),
+            Code::MethodNotAllowed => info("method_not_allowed", 405, "Method not allowed"),
+            Code::UnsupportedMediaType => info("unsupported_media_type", 415, "Unsupported media type"),
+            Code::WebsocketRequired => info("websocket_required", 426, "WebSocket upgrade required"),
+            Code::TopicExists => info("topic_exists", 409, "Topic already exists"),
+            Code::OffsetOutOfRange => info("offset_out_of_range", 416, "Offset out of range"),
+            Code::IllegalGeneration => info("illegal_generation", 409, "Illegal generation"),
+            Code::NotOwner => info("not_owner", 409, "Partition not owned by the member"),
+            Code::GroupNotEmpty => info("group_not_empty", 409, "Group not empty"),
+            Code::InconsistentAssignor => info("inconsistent_assignor", 409, "Assignor differs from the group's"),
+            Code::OriginNotAllowed => info("origin_not_allowed", 403, "Origin not allowed"),
+            Code::HostNotAllowed => info("host_not_allowed", 403, "Host not allowed"),
+            Code::NoCommittedOffset => info("no_committed_offset", 409, "No committed offset"),
+            Code::InvalidFrame => info("invalid_frame", 400, "Invalid frame"),
+            Code::NotAGroupStream => info("not_a_group_stream", 400, "Not a group stream"),
+            Code::AckNotDelivered => info("ack_not_delivered", 409, "Acknowledged record was not delivered"),
+            Code::BinaryFramesUnsupported => info("binary_frames_unsupported", 400, "Binary frames unsupported"),
+            Code::WriteQueueFull => retry("write_queue_full", 503, "Write queue full"),
+            Code::ShuttingDown => retry("shutting_down", 503, "Shutting down"),
+            Code::TooManyConnections => retry("too_many_connections", 503, "Too many connections"),
+            Code::StorageError => info("storage_error", 503, "Storage failure"),
+            Code::CorruptData => info("corrupt_data", 500, "Corrupt stored data"),
+            Code::InternalError => info("internal_error", 500, "Internal error"),
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        self.describe().code
+    }
+
+    pub const fn status(self) -> u16 {
+        self.describe().status
+    }
+
+    /// A failure of the server rather than of the request: its details are logged,
+    /// not sent. (`write_queue_full`, `shutting_down` and `too_many_connections`
+    /// are load, not faults: their messages are safe and useful to clients.)
+    pub const fn is_server_fault(self) -> bool {
+        matches!(self, Code::StorageError | Code::CorruptData | Code::InternalError)
+    }
+
+    /// Every code, for the tests that check the table.
+    pub const ALL: &[Code] = &[
+        Code::UnknownTopic,
+        Code::UnknownPartition,
+        Code::UnknownGroup,
+        Code::UnknownMember,
+        Code::NotFound,
+        Code::InvalidJson,
+        Code::InvalidRequest,
+        Code::InvalidParameter,
+        Code::InvalidTopicName,
+        Code::InvalidPartitions,
+        Code::InvalidConfig,
+        Code::InvalidGroupId,
+        Code::InvalidRecord,
+        Code::RecordTooLarge,
+        Code::RequestTooLarge,
+        Code::MethodNotAllowed,
+        Code::UnsupportedMediaType,
+        Code::WebsocketRequired,
+        Code::TopicExists,
+        Code::OffsetOutOfRange,
+        Code::IllegalGeneration,
+        Code::NotOwner,
+        Code::GroupNotEmpty,
+        Code::InconsistentAssignor,
+        Code::OriginNotAllowed,
+        Code::HostNotAllowed,
+        Code::NoCommittedOffset,
+        Code::InvalidFrame,
+        Code::NotAGroupStream,
+        Code::AckNotDelivered,
+        Code::BinaryFramesUnsupported,
+        Code::WriteQueueFull,
+        Code::ShuttingDown,
+        Code::TooManyConnections,
+        Code::StorageError,
+        Code::CorruptData,
+        Code::InternalError,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_statuses_are_errors() {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in Code::ALL {
+            let info = c.describe();
+            assert!(seen.insert(info.code), "{} twice", info.code);
+            assert!(info.code.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'), "{}", info.code);
+            assert!((400..600).contains(&info.status), "{}: {}", info.code, info.status);
+            if c.is_server_fault() {
+                assert!(info.status >= 500, "{}: a server fault is a 5xx", info.code);
+            }
+            if info.retry {
+                assert_eq!(info.status, 503, "{}: only 503s carry Retry-After", info.code);
+            }
+        }
+    }
+}

@@ -9,14 +9,21 @@
 //!   read, the single writer thread), [`retention`] (the retention timer), [`group`]
 //!   (consumer groups: assignors, the coordinator state machine, polls and commits).
 //! - [`store`]: RocksDB column families and key layout; the only module that knows them.
-//! - [`http`]: axum routes, problem+json errors, the OpenAPI document and Swagger UI.
-//! - [`ws`]: the WebSocket streams (topic streams and group members), frames, flow control.
+//! - [`service`]: every operation, named once, for every transport: authorization,
+//!   request bounds, and the seam behind which the backend sits.
+//! - [`codec`]: the JSON record codec both transports share.
+//! - [`http`]: the serve loop and its limits, browser safety, axum routes,
+//!   problem+json errors, the OpenAPI document and Swagger UI.
+//! - [`ws`]: a WebSocket connection's loop, its frames and flow control.
 //! - [`metrics`]: the Prometheus registry each `App` owns.
-//! - [`error`]: the core error enum every layer shares.
+//! - [`error`]: the core error enum and the one table of stable error codes.
+//! - [`faults`]: failures tests inject at run time (off by default).
 
 pub mod app;
+pub mod codec;
 pub mod config;
 pub mod error;
+pub mod faults;
 pub mod group;
 pub mod http;
 pub mod log;
@@ -24,6 +31,7 @@ pub mod metrics;
 pub mod partitioner;
 pub mod record;
 pub mod retention;
+pub mod service;
 pub mod store;
 pub mod topic;
 pub mod ws;

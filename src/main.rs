@@ -15,10 +15,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
-        Command::Openapi => {
-            print!("{}", gregor::http::openapi_json());
-            ExitCode::SUCCESS
-        }
+        Command::Openapi => match gregor::http::openapi_json() {
+            Ok(doc) => {
+                print!("{doc}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gregor: the OpenAPI document does not serialize: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => serve(&args),
     }
 }

@@ -49,6 +49,17 @@ pub struct Metrics {
     pub ws_buffered_bytes_peak: Gauge,
     /// Records sent over WebSockets.
     pub ws_records_sent: Counter,
+    /// WebSocket streams with records to send and no credit left (the client has
+    /// not granted more): consumers that are not keeping up.
+    pub ws_credit_stalled: Gauge,
+    /// Open HTTP connections (WebSockets included).
+    pub http_connections: Gauge,
+    /// Connections refused because `http.max_connections` were open.
+    pub http_connections_refused: Counter,
+    /// Partition reads long-polling at the end of their partition (set at each scrape).
+    pub reads_waiting: Gauge,
+    /// Group polls waiting for records or a rebalance (set at each scrape).
+    pub polls_waiting: Gauge,
     /// Records accepted by produce requests (REST and WebSocket), per topic.
     pub records_in: Family<TopicLabels, Counter>,
     /// Records handed to consumers (reads, polls, streams), per topic.
@@ -80,6 +91,11 @@ impl Metrics {
             ws_buffered_bytes: Gauge::default(),
             ws_buffered_bytes_peak: Gauge::default(),
             ws_records_sent: Counter::default(),
+            ws_credit_stalled: Gauge::default(),
+            http_connections: Gauge::default(),
+            http_connections_refused: Counter::default(),
+            reads_waiting: Gauge::default(),
+            polls_waiting: Gauge::default(),
             records_in: Family::default(),
             records_out: Family::default(),
             http_requests: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -96,6 +112,19 @@ impl Metrics {
         );
         registry.register("ws_buffered_bytes_peak", "Highest ws_buffered_bytes seen", m.ws_buffered_bytes_peak.clone());
         registry.register("ws_records_sent", "Records sent over WebSockets", m.ws_records_sent.clone());
+        registry.register(
+            "ws_credit_stalled",
+            "WebSocket streams holding records back until the client grants credit",
+            m.ws_credit_stalled.clone(),
+        );
+        registry.register("http_connections", "Open HTTP connections, WebSockets included", m.http_connections.clone());
+        registry.register(
+            "http_connections_refused",
+            "Connections refused at the http.max_connections cap",
+            m.http_connections_refused.clone(),
+        );
+        registry.register("reads_waiting", "Partition reads long-polling for new records", m.reads_waiting.clone());
+        registry.register("polls_waiting", "Group polls waiting for records or a rebalance", m.polls_waiting.clone());
         registry.register("records_in", "Records produced, per topic", m.records_in.clone());
         registry.register("records_out", "Records delivered to consumers, per topic", m.records_out.clone());
         registry.register(

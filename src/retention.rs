@@ -18,10 +18,12 @@ pub async fn run(log: Arc<Log>, every: Duration, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match log.apply_retention(now_ms()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(partitions = n, "retention removed old records"),
-            Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+        let report = log.apply_retention(now_ms()).await;
+        if report.moved > 0 {
+            tracing::info!(partitions = report.moved, "retention removed old records");
+        }
+        for (topic, partition, e) in &report.failed {
+            tracing::error!(topic, partition, error = %e, "retention failed for a partition; it keeps its records");
         }
     }
 }

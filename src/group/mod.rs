@@ -21,7 +21,7 @@ pub use assignor::{Assignor, TopicPartition};
 use coordinator::{Group, JoinRequest};
 pub use coordinator::{GroupState, OffsetReset, View};
 
-use crate::error::{Error, Result};
+use crate::error::{Code, Error, Result};
 use crate::log::{Log, ReadRequest, ReadResult};
 use crate::topic::check_name;
 
@@ -68,7 +68,7 @@ pub struct Polled {
     /// Records per partition; each `ReadResult` yields exactly the delivered records.
     pub records: Vec<(TopicPartition, ReadResult)>,
     /// Partitions that could not be read, with a stable code.
-    pub errors: Vec<(TopicPartition, &'static str)>,
+    pub errors: Vec<(TopicPartition, Code)>,
 }
 
 /// Where an offset reset moves a group's offsets.
@@ -142,6 +142,8 @@ pub struct Groups {
     groups: parking_lot::Mutex<BTreeMap<String, Arc<GroupCell>>>,
     clock: tokio::time::Instant,
     settings: GroupSettings,
+    /// Polls waiting for records or a change (`gregor_polls_waiting`).
+    polls_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Groups {
@@ -149,9 +151,6 @@ impl std::fmt::Debug for Groups {
         f.debug_struct("Groups").field("settings", &self.settings).finish_non_exhaustive()
     }
 }
-
-/// The most records one poll returns.
-pub const MAX_POLL_RECORDS: u32 = 10_000;
 
 impl Groups {
     /// Loads committed offsets from the store.
@@ -161,6 +160,7 @@ impl Groups {
             groups: parking_lot::Mutex::new(BTreeMap::new()),
             clock: tokio::time::Instant::now(),
             settings,
+            polls_waiting: std::sync::atomic::AtomicUsize::new(0),
         };
         let topics: BTreeMap<u32, String> = log.topics().iter().map(|t| (t.id, t.name.to_string())).collect();
         for (group, tid, p, offset) in log.load_offsets().await? {
@@ -169,6 +169,11 @@ impl Groups {
             cell.state.lock().await.committed.insert(TopicPartition::new(topic.clone(), p), (tid, offset));
         }
         Ok(Arc::new(groups))
+    }
+
+    /// Polls waiting now.
+    pub fn polls_waiting(&self) -> usize {
+        self.polls_waiting.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Milliseconds on a monotonic clock (tokio's, so tests can pause it).
@@ -305,6 +310,8 @@ impl Groups {
             let appends = futures_util::future::select_all(
                 ends.iter_mut().map(|rx| rx.changed().boxed()).chain(std::iter::once(std::future::pending().boxed())),
             );
+            // Counted once subscribed to both: a change from now on wakes this poll.
+            let _waiting = crate::log::Waiting::count(&self.polls_waiting);
             tokio::select! {
                 _ = appends => {}
                 _ = changed.changed() => {}
@@ -385,7 +392,7 @@ impl Groups {
         member: &str,
         max_records: u32,
         only: Option<&BTreeSet<TopicPartition>>,
-    ) -> Result<(Vec<(TopicPartition, ReadResult)>, Vec<(TopicPartition, &'static str)>, u64)> {
+    ) -> Result<(Vec<(TopicPartition, ReadResult)>, Vec<(TopicPartition, Code)>, u64)> {
         let (fetches, reset, session) = {
             let mut data = cell.state.lock().await;
             let m = data.group.member(member)?;
@@ -425,7 +432,7 @@ impl Groups {
         let offset = (self.now() as usize) % fetches.len().max(1);
         for f in fetches.iter().cycle().skip(offset).take(fetches.len()) {
             let Some(position) = f.position else {
-                errors.push((f.tp.clone(), "no_committed_offset"));
+                errors.push((f.tp.clone(), Code::NoCommittedOffset));
                 continue;
             };
             if budget == 0 {
@@ -446,7 +453,7 @@ impl Groups {
                         OffsetReset::Earliest => beginning,
                         OffsetReset::Latest => end,
                         OffsetReset::None => {
-                            errors.push((f.tp.clone(), "offset_out_of_range"));
+                            errors.push((f.tp.clone(), Code::OffsetOutOfRange));
                             continue;
                         }
                     };

@@ -6,6 +6,8 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 
 use super::error::ApiError;
+use crate::error::Error;
+use crate::service::RequestCtx;
 
 /// `axum::extract::Path`, answering `400 invalid_parameter` when a segment does not parse.
 #[derive(Debug, FromRequestParts)]
@@ -18,8 +20,7 @@ pub struct Path<T>(pub T);
 pub struct Query<T>(pub T);
 
 /// The raw request body, within the server's body limit (`413 request_too_large` beyond it).
-/// JSON is parsed by the handler, whatever the content type says, so that
-/// `curl -d '{...}'` works without `-H content-type:...`.
+/// Its media type was checked before (`guard`: JSON only); the handler parses it.
 #[derive(Debug)]
 pub struct Body(pub Bytes);
 
@@ -32,7 +33,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::RequestTooLarge { limit }
             } else {
-                ApiError::InvalidRequest(e.body_text())
+                ApiError::Core(Error::InvalidRequest(e.body_text()))
             }
         })
     }
@@ -42,3 +43,16 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 /// answer can name it.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub u64);
+
+/// Who is asking: the request's context for the service layer. With
+/// authentication off (today), every request is `User:ANONYMOUS`.
+#[derive(Debug)]
+pub struct Caller(pub RequestCtx);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Caller(RequestCtx::anonymous()))
+    }
+}

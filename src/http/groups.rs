@@ -2,7 +2,6 @@
 //! committed offsets and offset resets.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -14,11 +13,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::codec::{self, Encoding};
-use super::error::{ApiError, Problem, parse_json};
-use super::extract::{Body, Path, Query};
+use super::error::{ApiError, Problem};
+use super::extract::{Body, Caller, Path, Query};
 use super::records::RecordDoc;
+use crate::codec::{self, Encoding, parse_json};
+use crate::error::Error;
 use crate::group::{Assignor, GroupState, JoinParams, OffsetReset, ResetTo, TopicPartition, View};
+use crate::service::{OffsetEntry, PollParams as ServicePollParams};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -113,13 +114,15 @@ pub struct Joined {
     ))]
 async fn join(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path(group): Path<String>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
     let req: JoinBody = parse_json(&body)?;
     let joined = state
-        .groups
-        .join(
+        .service
+        .join_group(
+            &ctx,
             &group,
             JoinParams {
                 topics: req.topics,
@@ -191,33 +194,28 @@ struct PollHead<'a> {
     ))]
 async fn poll(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path((group, member)): Path<(String, String)>,
     Query(params): Query<PollParams>,
 ) -> Result<Response, ApiError> {
-    let max = params.max_records.unwrap_or(500);
-    if max == 0 || max > crate::group::MAX_POLL_RECORDS {
-        return Err(ApiError::parameter("max_records", "max_records must be between 1 and 10000"));
-    }
-    let wait_ms = params.wait_ms.unwrap_or(0);
-    if wait_ms > super::records::MAX_WAIT_MS {
-        return Err(ApiError::parameter("wait_ms", "wait_ms is at most 60000"));
-    }
-    let polled = state.groups.poll(&group, &member, max, Duration::from_millis(wait_ms)).await?;
+    let asked = ServicePollParams { max_records: params.max_records, wait_ms: params.wait_ms };
+    let polled = state.service.poll(&ctx, &group, &member, asked).await?;
     let errors: Vec<PartitionError> = polled
         .errors
         .iter()
-        .map(|(tp, code)| PartitionError { topic: tp.topic.clone(), partition: tp.partition, code })
+        .map(|(tp, code)| PartitionError { topic: tp.topic.clone(), partition: tp.partition, code: code.as_str() })
         .collect();
     let head = PollHead { view: member_view(&member, &polled.view), errors: &errors };
-    let mut out = serde_json::to_vec(&head).map_err(|e| crate::error::Error::Storage(e.to_string()))?;
-    out.pop(); // the closing brace; records follow
+    let mut out = codec::to_json(&head)?.into_bytes();
+    // Drop the closing brace: the records follow.
+    if out.pop() != Some(b'}') {
+        return Err(Error::Internal("a poll answer's head is not a JSON object".into()).into());
+    }
     out.extend_from_slice(b",\"records\":[");
     let encoding = params.encoding.unwrap_or_default();
     let mut first = true;
-    for (tp, read) in &polled.records {
-        let records = read.records()?;
-        state.metrics.records_out(&tp.topic, records.len());
-        for (offset, rec) in records {
+    for (tp, records) in &polled.records {
+        for (offset, rec) in records.decode()? {
             if !first {
                 out.push(b',');
             }
@@ -238,9 +236,10 @@ async fn poll(
     ))]
 async fn heartbeat(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path((group, member)): Path<(String, String)>,
 ) -> Result<Json<MemberView>, ApiError> {
-    let view = state.groups.heartbeat(&group, &member).await?;
+    let view = state.service.heartbeat(&ctx, &group, &member).await?;
     Ok(Json(member_view(&member, &view)))
 }
 
@@ -253,9 +252,10 @@ async fn heartbeat(
     ))]
 async fn leave(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path((group, member)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state.groups.leave(&group, &member).await?;
+    state.service.leave_group(&ctx, &group, &member).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -297,13 +297,17 @@ pub struct Committed {
     ))]
 async fn commit(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path(group): Path<String>,
     Body(body): Body,
 ) -> Result<Json<Committed>, ApiError> {
     let req: CommitBody = parse_json(&body)?;
-    let offsets: Vec<(String, u32, u64)> =
-        req.offsets.iter().map(|o| (o.topic.clone(), o.partition, o.offset)).collect();
-    state.groups.commit(&group, &req.member_id, req.generation, &offsets).await?;
+    let offsets: Vec<OffsetEntry> = req
+        .offsets
+        .iter()
+        .map(|o| OffsetEntry { topic: o.topic.clone(), partition: o.partition, offset: o.offset })
+        .collect();
+    state.service.commit(&ctx, &group, &req.member_id, req.generation, &offsets).await?;
     Ok(Json(Committed { committed: req.offsets }))
 }
 
@@ -354,6 +358,7 @@ pub struct ResetAnswer {
     ))]
 async fn reset_offsets(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path(group): Path<String>,
     Body(body): Body,
 ) -> Result<Json<ResetAnswer>, ApiError> {
@@ -363,15 +368,12 @@ async fn reset_offsets(
         (Some(ResetEnd::Latest), None, None) => ResetTo::Latest,
         (None, Some(ts), None) => ResetTo::Timestamp(ts),
         (None, None, Some(o)) => ResetTo::Offset(o),
-        _ => return Err(ApiError::InvalidRequest("give exactly one of to, timestamp, offset".into())),
+        _ => return Err(Error::InvalidRequest("give exactly one of to, timestamp, offset".into()).into()),
     };
-    if req.partitions.is_some() && req.topic.is_none() {
-        return Err(ApiError::InvalidRequest("partitions needs a topic".into()));
-    }
-    let moved = state.groups.reset_offsets(&group, req.topic.as_deref(), req.partitions.as_deref(), to).await?;
+    let moved = state.service.reset_offsets(&ctx, &group, req.topic.as_deref(), req.partitions.as_deref(), to).await?;
     let offsets = moved
         .into_iter()
-        .map(|(tp, offset)| PartitionOffset { topic: tp.topic, partition: tp.partition, offset })
+        .map(|o| PartitionOffset { topic: o.topic, partition: o.partition, offset: o.offset })
         .collect();
     Ok(Json(ResetAnswer { offsets }))
 }
@@ -391,18 +393,14 @@ pub struct GroupSummary {
 
 /// List consumer groups (active, or with committed offsets).
 #[utoipa::path(get, path = "/v1/groups", tag = "groups", responses((status = 200, body = GroupList)))]
-async fn list_groups(State(state): State<AppState>) -> Result<Json<GroupList>, ApiError> {
-    let mut groups = Vec::new();
-    for id in state.groups.list() {
-        if let Ok(info) = state.groups.describe(&id).await {
-            groups.push(GroupSummary {
-                group: info.group,
-                state: info.state,
-                generation: info.generation,
-                members: info.members.len(),
-            });
-        }
-    }
+async fn list_groups(State(state): State<AppState>, Caller(ctx): Caller) -> Result<Json<GroupList>, ApiError> {
+    let groups = state
+        .service
+        .list_groups(&ctx)
+        .await?
+        .into_iter()
+        .map(|g| GroupSummary { group: g.group, state: g.state, generation: g.generation, members: g.members })
+        .collect();
     Ok(Json(GroupList { groups }))
 }
 
@@ -452,9 +450,10 @@ pub struct OffsetDescription {
     ))]
 async fn describe_group(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path(group): Path<String>,
 ) -> Result<Json<GroupDescription>, ApiError> {
-    let info = state.groups.describe(&group).await?;
+    let info = state.service.describe_group(&ctx, &group).await?;
     Ok(Json(GroupDescription {
         group: info.group,
         state: info.state,
@@ -497,7 +496,11 @@ async fn describe_group(
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The group has members (group_not_empty)", body = Problem, content_type = "application/problem+json"),
     ))]
-async fn delete_group(State(state): State<AppState>, Path(group): Path<String>) -> Result<StatusCode, ApiError> {
-    state.groups.delete(&group).await?;
+async fn delete_group(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    Path(group): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.service.delete_group(&ctx, &group).await?;
     Ok(StatusCode::NO_CONTENT)
 }

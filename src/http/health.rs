@@ -2,14 +2,17 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use crate::metrics::{GroupTopicLabels, RouteLabels};
+use super::error::ApiError;
+use super::extract::Caller;
+use crate::metrics::RouteLabels;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
@@ -31,7 +34,7 @@ async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    if state.log.is_ready() {
+    if state.service.is_ready() {
         (StatusCode::OK, Json(Health { status: "ok" }))
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "shutting_down_or_failed" }))
@@ -41,28 +44,9 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String)))]
-async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    let m = &state.metrics;
-    m.write_queue_bytes.set(state.log.queued_bytes() as i64);
-    m.tail_cache_bytes.set(state.log.tail_cache_bytes() as i64);
-    match state.log.store_size().await {
-        Ok(bytes) => {
-            m.store_bytes.set(bytes as i64);
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot read the store size"),
-    }
-    // Lag is a snapshot: rebuilt from the groups at every scrape.
-    m.consumer_lag.clear();
-    for group in state.groups.list() {
-        let Ok(info) = state.groups.describe(&group).await else { continue };
-        for o in info.offsets {
-            if let Some(c) = o.committed {
-                let labels = GroupTopicLabels { group: group.clone(), topic: o.tp.topic.clone() };
-                m.consumer_lag.get_or_create(&labels).inc_by(o.end_offset.saturating_sub(c) as i64);
-            }
-        }
-    }
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render())
+async fn metrics(State(state): State<AppState>, Caller(ctx): Caller) -> Result<impl IntoResponse, ApiError> {
+    let text = state.service.metrics_text(&ctx).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
 
 /// Records each request's latency by method, route template and status.
@@ -77,6 +61,6 @@ pub async fn track_latency(
     let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let res = next.run(req).await;
     let labels = RouteLabels { method, route, status: res.status().as_u16() };
-    state.metrics.http_requests.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    state.service.metrics().http_requests.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     res
 }

@@ -1,40 +1,46 @@
 //! The HTTP transport: one router per resource, merged here, with the OpenAPI
 //! document generated from the same registrations (utoipa-axum), Swagger UI at
-//! `/docs` and the console at `/`.
+//! `/docs` and the console at `/`. Handlers call the service layer only.
+//!
+//! - `serve`: the accept loop and the serving limits (header timeout, connection cap).
+//! - `guard`: browser safety (Origin, Host, JSON bodies) and, around it, CORS.
+//! - `topics`, `records`, `groups`, `streams` (WebSocket upgrades), `health`: the routes.
+//! - `error`: `ApiError` → problem+json; `extract`: extractors whose rejections are problems.
 
-pub(crate) mod codec;
 pub mod error;
 pub(crate) mod extract;
 mod groups;
+pub mod guard;
 pub(crate) mod health;
 mod records;
+pub mod serve;
+mod streams;
 mod topics;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Uri, header};
+use axum::http::{HeaderName, Method, Uri, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::group::Groups;
-use crate::log::Log;
-use crate::metrics::Metrics;
+use crate::codec;
+use crate::service::Service;
 use error::ApiError;
 use extract::BodyLimit;
-use std::time::Duration;
-use tokio_util::task::TaskTracker;
+use guard::BrowserGuard;
 
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub log: Arc<Log>,
-    pub groups: Arc<Groups>,
-    pub metrics: Arc<Metrics>,
+    pub service: Service,
     /// Open WebSocket connections, so that shutdown can wait for them to close.
     pub connections: TaskTracker,
     pub ws_ping_interval: Duration,
@@ -48,7 +54,7 @@ pub struct AppState {
             `application/problem+json` (RFC 9457) with a stable `code`.",
         license(name = "Apache-2.0")
     ),
-    components(schemas(codec::Encoding, records::AcksParam)),
+    components(schemas(codec::Encoding, crate::log::Acks)),
     tags(
         (name = "topics", description = "Topics, partitions and their offsets"),
         (name = "records", description = "Produce and read records"),
@@ -64,7 +70,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(topics::router())
         .merge(records::router())
         .merge(groups::router())
-        .merge(crate::ws::router())
+        .merge(streams::router())
         .merge(health::router())
 }
 
@@ -74,26 +80,40 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The OpenAPI document as the pretty JSON committed in `openapi/openapi.json`.
-pub fn openapi_json() -> String {
-    let mut s = openapi().to_pretty_json().unwrap_or_default();
+pub fn openapi_json() -> Result<String, serde_json::Error> {
+    let mut s = openapi().to_pretty_json()?;
     s.push('\n');
-    s
+    Ok(s)
 }
 
-/// The whole application router.
-pub fn router(state: AppState, max_request_bytes: usize) -> Router {
+/// The whole application router. Layers, outermost first: CORS (answers for
+/// `guard`'s allowed origins only), latency tracking, the browser guard, the body limit.
+pub fn router(state: AppState, max_request_bytes: usize, guard: BrowserGuard) -> Router {
     let (api_router, doc) = api().split_for_parts();
-    api_router
+    let origins = guard.cors_origins();
+    let app = api_router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         .route("/", get(console))
         .route("/console.js", get(console_js))
         .route("/console.css", get(console_css))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), health::track_latency))
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .layer(axum::Extension(BodyLimit(max_request_bytes as u64)))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(Arc::new(guard), guard::browser_guard))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), health::track_latency))
+        .with_state(state);
+    if origins.is_empty() {
+        return app;
+    }
+    app.layer(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("idempotency-key")])
+            .expose_headers([header::LOCATION, header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 // The console is compiled into the binary, so the server needs no files beside it.

@@ -1,8 +1,6 @@
 //! Produce and read routes: `/v1/topics/{topic}/records` and
 //! `/v1/topics/{topic}/partitions/{partition}/records`.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,37 +10,22 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::codec::{self, Encoding, ProduceBody};
-use super::error::{ApiError, Problem, parse_json};
-use super::extract::{Body, Path, Query};
-use crate::error::Error;
-use crate::log::{Acks, Produced, ReadRequest};
+use super::error::{ApiError, Problem};
+use super::extract::{Body, Caller, Path, Query};
+use crate::codec::{self, Encoding};
+use crate::log::{Acks, Produced};
+use crate::service::ReadParams as ServiceReadParams;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(produce)).routes(routes!(produce_to_partition, read))
 }
 
-/// Kafka's `acks`; `0`, `1` and `-1` are accepted as aliases.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AcksParam {
-    /// Answer `202` before the write (fire-and-forget).
-    #[serde(alias = "0")]
-    None,
-    /// Answer `200` once the write is in the WAL: survives a crash of the process.
-    #[serde(alias = "1")]
-    Leader,
-    /// Answer `200` once the WAL is fsynced: survives power loss. The default.
-    #[default]
-    #[serde(alias = "-1")]
-    All,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ProduceParams {
-    /// Delivery guarantee before the answer: `none`, `leader` or `all` (default).
-    acks: Option<AcksParam>,
+    /// Delivery guarantee before the answer: `none`, `leader` or `all` (default);
+    /// Kafka's `0`, `1` and `-1` are accepted as aliases.
+    acks: Option<Acks>,
 }
 
 /// A produce request.
@@ -133,11 +116,12 @@ pub struct ProduceAccepted {
 )]
 async fn produce(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path(topic): Path<String>,
     Query(params): Query<ProduceParams>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    produce_records(&state, &topic, None, params, &body).await
+    produce_records(&state, &ctx, &topic, None, params, &body).await
 }
 
 /// Produce records to one partition.
@@ -163,71 +147,37 @@ async fn produce(
 )]
 async fn produce_to_partition(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path((topic, partition)): Path<(String, u32)>,
     Query(params): Query<ProduceParams>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    produce_records(&state, &topic, Some(partition), params, &body).await
+    produce_records(&state, &ctx, &topic, Some(partition), params, &body).await
 }
 
 async fn produce_records(
     state: &AppState,
+    ctx: &crate::service::RequestCtx,
     topic: &str,
     partition: Option<u32>,
     params: ProduceParams,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let parsed: ProduceBody<'_> = parse_json(body)?;
-    if parsed.records.is_empty() {
-        return Err(ApiError::InvalidRequest("records: give at least one record".into()));
-    }
-    let records =
-        parsed.records.into_iter().enumerate().map(|(i, r)| r.into_record(i)).collect::<Result<Vec<_>, Error>>()?;
-    let acks = match params.acks.unwrap_or_default() {
-        AcksParam::None => Acks::None,
-        AcksParam::Leader => Acks::Leader,
-        AcksParam::All => Acks::All,
-    };
-    let produced = state.log.produce(topic, &records, partition, acks).await?;
-    state.metrics.records_in(topic, records.len());
-    Ok(match produced {
+    let records = codec::parse_produce_body(body)?;
+    let acks = params.acks.unwrap_or_default();
+    Ok(match state.service.produce(ctx, topic, partition, acks, &records).await? {
         Produced::Accepted { records } => {
             (StatusCode::ACCEPTED, axum::Json(ProduceAccepted { accepted: records })).into_response()
         }
         Produced::Written(meta) => {
-            ([(header::CONTENT_TYPE, "application/json")], produce_response_json(&meta)).into_response()
+            let mut out = String::with_capacity(16 + meta.len() * 64);
+            out.push('{');
+            codec::write_offsets(&mut out, &meta);
+            out.push('}');
+            ([(header::CONTENT_TYPE, "application/json")], out).into_response()
         }
     })
 }
-
-/// `ProduceResponse` as JSON, written directly: only integers, so nothing needs
-/// escaping, and serde's generic path cost about as much as parsing the request.
-fn produce_response_json(meta: &[crate::log::RecordMetadata]) -> String {
-    let mut out = String::with_capacity(16 + meta.len() * 64);
-    let mut num = itoa::Buffer::new();
-    out.push_str("{\"offsets\":[");
-    for (i, m) in meta.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str("{\"partition\":");
-        out.push_str(num.format(m.partition));
-        out.push_str(",\"offset\":");
-        out.push_str(num.format(m.offset));
-        out.push_str(",\"timestamp\":");
-        out.push_str(num.format(m.timestamp));
-        out.push('}');
-    }
-    out.push_str("]}");
-    out
-}
-
-/// The most records one read returns.
-pub const MAX_LIMIT: u32 = 10_000;
-/// The most bytes one read may ask for.
-pub const MAX_READ_BYTES: usize = 64 * 1024 * 1024;
-/// The longest a read may long-poll.
-pub const MAX_WAIT_MS: u64 = 60_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -296,29 +246,18 @@ pub struct RecordDoc {
 )]
 async fn read(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path((topic, partition)): Path<(String, u32)>,
     Query(params): Query<ReadParams>,
 ) -> Result<Response, ApiError> {
-    let limit = params.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::parameter("limit", format!("limit must be between 1 and {MAX_LIMIT}")));
-    }
-    let max_bytes = params.max_bytes.unwrap_or(1024 * 1024);
-    if max_bytes == 0 || max_bytes > MAX_READ_BYTES {
-        return Err(ApiError::parameter("max_bytes", format!("max_bytes must be between 1 and {MAX_READ_BYTES}")));
-    }
-    let wait_ms = params.wait_ms.unwrap_or(0);
-    if wait_ms > MAX_WAIT_MS {
-        return Err(ApiError::parameter("wait_ms", format!("wait_ms is at most {MAX_WAIT_MS}")));
-    }
-    let offset = match params.offset {
-        Some(o) => o,
-        None => state.log.topic(&topic)?.partition(partition)?.start(),
+    let asked = ServiceReadParams {
+        offset: params.offset,
+        limit: params.limit,
+        max_bytes: params.max_bytes,
+        wait_ms: params.wait_ms,
     };
-    let req = ReadRequest { offset, max_records: limit, max_bytes, wait: Duration::from_millis(wait_ms) };
-    let result = state.log.read(&topic, partition, req).await?;
-    let records = result.records()?;
-    state.metrics.records_out(&topic, records.len());
+    let fetched = state.service.read(&ctx, &topic, partition, asked).await?;
+    let records = fetched.records.decode()?;
     let encoding = params.encoding.unwrap_or_default();
     let mut out = Vec::with_capacity(64 + records.len() * 160);
     out.extend_from_slice(b"{\"records\":[");
@@ -328,38 +267,11 @@ async fn read(
         }
         codec::write_record(&mut out, &topic, partition, *off, rec, encoding);
     }
-    let next = records.last().map_or(offset, |(o, _)| o + 1);
+    let next = records.last().map_or(fetched.offset, |(o, _)| o + 1);
     let tail = format!(
         "],\"next_offset\":{next},\"beginning_offset\":{},\"end_offset\":{}}}",
-        result.beginning_offset, result.end_offset
+        fetched.beginning_offset, fetched.end_offset
     );
     out.extend_from_slice(tail.as_bytes());
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::log::RecordMetadata;
-
-    #[test]
-    fn hand_written_produce_response_is_what_serde_writes() {
-        for meta in [
-            vec![],
-            vec![RecordMetadata { partition: 0, offset: 0, timestamp: 0 }],
-            vec![
-                RecordMetadata { partition: 3, offset: 41, timestamp: 1_700_000_000_000 },
-                RecordMetadata { partition: u32::MAX, offset: u64::MAX, timestamp: i64::MAX as u64 },
-            ],
-        ] {
-            let expected = serde_json::to_string(&ProduceResponse {
-                offsets: meta
-                    .iter()
-                    .map(|m| RecordOffset { partition: m.partition, offset: m.offset, timestamp: m.timestamp })
-                    .collect(),
-            })
-            .unwrap();
-            assert_eq!(produce_response_json(&meta), expected);
-        }
-    }
 }

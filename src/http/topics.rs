@@ -1,8 +1,6 @@
 //! Topic and partition routes: `/v1/topics`, `/v1/topics/{topic}`,
 //! `/v1/topics/{topic}/partitions[/{partition}[/offsets]]`.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -13,10 +11,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::error::{ApiError, Problem, parse_json};
-use super::extract::{Body, Path, Query};
-use crate::log::{Partition, Topic};
-use crate::topic::{TopicConfig, TopicConfigPatch};
+use super::error::{ApiError, Problem};
+use super::extract::{Body, Caller, Path, Query};
+use crate::codec::parse_json;
+use crate::service::{PartitionInfo, TopicDescription, TopicSummary};
+use crate::topic::TopicConfigPatch;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -30,35 +29,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TopicList {
     topics: Vec<TopicSummary>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TopicSummary {
-    name: String,
-    partition_count: u32,
-    config: TopicConfig,
-}
-
-/// A topic with its partitions' offsets and its configuration.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TopicDescription {
-    name: String,
-    partition_count: u32,
-    partitions: Vec<PartitionInfo>,
-    config: TopicConfig,
-    /// When the topic was created (ms since the epoch).
-    created_ms: u64,
-}
-
-/// A partition's offsets.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PartitionInfo {
-    topic: String,
-    partition: u32,
-    /// The earliest offset still stored.
-    beginning_offset: u64,
-    /// The next offset to be assigned (the log end offset).
-    end_offset: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -99,41 +69,11 @@ pub struct UpdateTopic {
     config: TopicConfigPatch,
 }
 
-fn partition_info(topic: &Topic, p: &Partition) -> PartitionInfo {
-    PartitionInfo {
-        topic: topic.name.to_string(),
-        partition: p.index,
-        beginning_offset: p.start(),
-        end_offset: p.end(),
-    }
-}
-
-fn describe(topic: &Arc<Topic>) -> TopicDescription {
-    let partitions: Vec<_> = topic.partitions().iter().map(|p| partition_info(topic, p)).collect();
-    TopicDescription {
-        name: topic.name.to_string(),
-        partition_count: partitions.len() as u32,
-        partitions,
-        config: topic.config(),
-        created_ms: topic.created_ms,
-    }
-}
-
 /// List topics.
 #[utoipa::path(get, path = "/v1/topics", tag = "topics",
     responses((status = 200, description = "All topics, by name", body = TopicList)))]
-async fn list_topics(State(state): State<AppState>) -> Json<TopicList> {
-    let topics = state
-        .log
-        .topics()
-        .iter()
-        .map(|t| TopicSummary {
-            name: t.name.to_string(),
-            partition_count: t.partitions().len() as u32,
-            config: t.config(),
-        })
-        .collect();
-    Json(TopicList { topics })
+async fn list_topics(State(state): State<AppState>, Caller(ctx): Caller) -> Result<Json<TopicList>, ApiError> {
+    Ok(Json(TopicList { topics: state.service.list_topics(&ctx)? }))
 }
 
 /// Create a topic.
@@ -144,11 +84,15 @@ async fn list_topics(State(state): State<AppState>) -> Json<TopicList> {
         (status = 400, description = "Invalid name, partition count or config", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A topic with this name exists (topic_exists)", body = Problem, content_type = "application/problem+json"),
     ))]
-async fn create_topic(State(state): State<AppState>, Body(body): Body) -> Result<Response, ApiError> {
+async fn create_topic(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
     let req: CreateTopic = parse_json(&body)?;
-    let topic = state.log.create_topic(&req.name, req.partitions, &req.config).await?;
+    let topic = state.service.create_topic(&ctx, &req.name, req.partitions, &req.config).await?;
     let location = format!("/v1/topics/{}", topic.name);
-    let mut res = (StatusCode::CREATED, Json(describe(&topic))).into_response();
+    let mut res = (StatusCode::CREATED, Json(topic)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         res.headers_mut().insert(header::LOCATION, v);
     }
@@ -164,9 +108,10 @@ async fn create_topic(State(state): State<AppState>, Body(body): Body) -> Result
     ))]
 async fn describe_topic(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path(topic): Path<String>,
 ) -> Result<Json<TopicDescription>, ApiError> {
-    Ok(Json(describe(&state.log.topic(&topic)?)))
+    Ok(Json(state.service.describe_topic(&ctx, &topic)?))
 }
 
 /// Change a topic's configuration or add partitions.
@@ -180,12 +125,12 @@ async fn describe_topic(
     ))]
 async fn update_topic(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path(topic): Path<String>,
     Body(body): Body,
 ) -> Result<Json<TopicDescription>, ApiError> {
     let req: UpdateTopic = parse_json(&body)?;
-    let topic = state.log.update_topic(&topic, req.partitions, &req.config).await?;
-    Ok(Json(describe(&topic)))
+    Ok(Json(state.service.alter_topic(&ctx, &topic, req.partitions, &req.config).await?))
 }
 
 /// Delete a topic and all its records.
@@ -195,8 +140,12 @@ async fn update_topic(
         (status = 204, description = "Deleted"),
         (status = 404, description = "Unknown topic", body = Problem, content_type = "application/problem+json"),
     ))]
-async fn delete_topic(State(state): State<AppState>, Path(topic): Path<String>) -> Result<StatusCode, ApiError> {
-    state.log.delete_topic(&topic).await?;
+async fn delete_topic(
+    State(state): State<AppState>,
+    Caller(ctx): Caller,
+    Path(topic): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.service.delete_topic(&ctx, &topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -209,11 +158,10 @@ async fn delete_topic(State(state): State<AppState>, Path(topic): Path<String>) 
     ))]
 async fn list_partitions(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path(topic): Path<String>,
 ) -> Result<Json<PartitionList>, ApiError> {
-    let topic = state.log.topic(&topic)?;
-    let partitions = topic.partitions().iter().map(|p| partition_info(&topic, p)).collect();
-    Ok(Json(PartitionList { partitions }))
+    Ok(Json(PartitionList { partitions: state.service.describe_topic(&ctx, &topic)?.partitions }))
 }
 
 /// Describe one partition.
@@ -226,11 +174,10 @@ async fn list_partitions(
     ))]
 async fn describe_partition(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path((topic, partition)): Path<(String, u32)>,
 ) -> Result<Json<PartitionInfo>, ApiError> {
-    let topic = state.log.topic(&topic)?;
-    let p = topic.partition(partition)?;
-    Ok(Json(partition_info(&topic, &p)))
+    Ok(Json(state.service.describe_partition(&ctx, &topic, partition)?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -261,9 +208,10 @@ pub struct TimestampOffsetInfo {
     ))]
 async fn offset_for_timestamp(
     State(state): State<AppState>,
+    Caller(ctx): Caller,
     Path((topic, partition)): Path<(String, u32)>,
     Query(params): Query<TimestampParams>,
 ) -> Result<Json<TimestampOffsetInfo>, ApiError> {
-    let found = state.log.offset_for_timestamp(&topic, partition, params.timestamp).await?;
+    let found = state.service.offset_for_timestamp(&ctx, &topic, partition, params.timestamp).await?;
     Ok(Json(TimestampOffsetInfo { partition, offset: found.offset, timestamp: found.timestamp }))
 }

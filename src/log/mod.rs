@@ -8,7 +8,7 @@ mod topic;
 pub mod writer;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use topic::{BatchBytes, Partition, Registry, TAIL_CACHE_BYTES, TAIL_CACHE_TOTAL_BYTES, Topic};
-use writer::{AppendJob, Command, Writer};
+use writer::{AppendJob, Command, Writer, WriterState};
 
 use crate::error::{Error, Result};
 use crate::partitioner::partition_for_key;
@@ -24,16 +24,33 @@ use crate::record::{self, BatchBuilder, NewRecord, StoredRecord};
 use crate::store::Store;
 use crate::topic::{TopicConfig, TopicConfigPatch, TopicName, validate_partition_count};
 
-/// Kafka's `acks`, mapped onto HTTP answers (SPEC §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Kafka's `acks`, mapped onto HTTP answers (SPEC §2). Spelled `none`, `leader`,
+/// `all`, or Kafka's `0`, `1`, `-1`, wherever a transport takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Acks {
     /// Answer before the write (fire-and-forget).
+    #[serde(alias = "0")]
     None,
     /// Answer once the write is in the WAL (survives a process crash).
+    #[serde(alias = "1")]
     Leader,
     /// Answer once the WAL is fsynced (survives power loss). The default.
     #[default]
+    #[serde(alias = "-1")]
     All,
+}
+
+impl std::str::FromStr for Acks {
+    type Err = Error;
+
+    /// The same spellings as the serde form, by the same rule.
+    fn from_str(s: &str) -> Result<Self> {
+        use serde::Deserialize;
+        let de = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s);
+        Acks::deserialize(de)
+            .map_err(|_| Error::parameter("acks", format!("unknown acks '{s}'; use none, leader or all")))
+    }
 }
 
 /// Settings of the log that come from the server's configuration.
@@ -130,6 +147,15 @@ pub struct TimestampOffset {
     pub timestamp: Option<u64>,
 }
 
+/// What one retention pass did.
+#[derive(Debug, Default)]
+pub struct RetentionReport {
+    /// Partitions whose beginning offset moved.
+    pub moved: usize,
+    /// Partitions that could not be processed: topic, partition, why.
+    pub failed: Vec<(String, u32, Error)>,
+}
+
 /// The log: the registry of topics, the store, and the writer thread's queue.
 pub struct Log {
     registry: Arc<Registry>,
@@ -142,7 +168,10 @@ pub struct Log {
     budget_total: usize,
     settings: LogSettings,
     shutdown: CancellationToken,
-    failed: Arc<AtomicBool>,
+    /// The writer's health: failed (poisoned) or stopped on request.
+    writer_state: Arc<WriterState>,
+    /// Reads waiting in a long-poll (`gregor_reads_waiting`).
+    reads_waiting: AtomicUsize,
 }
 
 impl std::fmt::Debug for Log {
@@ -164,9 +193,9 @@ impl Log {
         for (meta, states) in &recovered.topics {
             registry.insert(Arc::new(Topic::new(meta, states, registry.tail_budget())?));
         }
-        let failed = Arc::new(AtomicBool::new(false));
+        let writer_state = Arc::new(WriterState::default());
         let (tx, rx) = mpsc::channel(settings.write_queue_len.max(1));
-        let writer = Writer::new(store.clone(), registry.clone(), recovered.next_topic_id, failed.clone());
+        let writer = Writer::new(store.clone(), registry.clone(), recovered.next_topic_id, writer_state.clone());
         let handle = std::thread::Builder::new()
             .name("gregor-writer".into())
             .spawn(move || writer.run(rx))
@@ -181,14 +210,46 @@ impl Log {
             budget_total,
             settings,
             shutdown: CancellationToken::new(),
-            failed,
+            writer_state,
+            reads_waiting: AtomicUsize::new(0),
         };
         Ok(Arc::new(log))
     }
 
     /// True while the log accepts writes (not shutting down, store not failed).
     pub fn is_ready(&self) -> bool {
-        !self.shutdown.is_cancelled() && !self.failed.load(std::sync::atomic::Ordering::Acquire)
+        !self.shutdown.is_cancelled() && !self.writer_state.failed.load(Ordering::Acquire)
+    }
+
+    /// The store's fault injection switches, for tests (see [`crate::faults`]).
+    pub fn faults(&self) -> &Arc<crate::faults::Faults> {
+        self.store.faults()
+    }
+
+    /// Why the writer cannot be reached: it stopped because shutdown asked it to,
+    /// or it was lost (it died, or dropped a reply it owed), which poisons the log:
+    /// what it did with the request is unknown.
+    fn writer_gone(&self) -> Error {
+        if self.writer_state.stopped.load(Ordering::Acquire) && !self.writer_state.failed.load(Ordering::Acquire) {
+            return Error::ShuttingDown;
+        }
+        if !self.writer_state.failed.swap(true, Ordering::AcqRel) {
+            tracing::error!("the writer thread is gone or lost a reply; refusing further writes");
+        }
+        Error::Storage("the writer was lost; restart the server".into())
+    }
+
+    /// The writer's answer to one command.
+    async fn reply<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+        match rx.await {
+            Ok(answer) => answer,
+            Err(_) => Err(self.writer_gone()),
+        }
+    }
+
+    /// Reads long-polling at the end of their partition now.
+    pub fn reads_waiting(&self) -> usize {
+        self.reads_waiting.load(Ordering::Acquire)
     }
 
     /// Bytes the partitions' tail caches hold.
@@ -212,22 +273,40 @@ impl Log {
     }
 
     /// Writes everything queued, flushes the store and stops the writer thread.
+    /// Fails if the flush fails or the writer was lost: a clean exit then would
+    /// claim data safe that may not be.
     pub async fn close(&self) -> Result<()> {
         self.begin_shutdown();
         let (reply, rx) = oneshot::channel();
-        let flushed =
-            if self.tx.send(Command::Shutdown { reply }).await.is_err() { Ok(()) } else { rx.await.unwrap_or(Ok(())) };
+        let flushed = match self.tx.send(Command::Shutdown { reply }).await {
+            // Stopped by an earlier close, which reported.
+            Err(_) if self.writer_state.stopped.load(Ordering::Acquire) => Ok(()),
+            Err(_) => Err(self.writer_gone()),
+            Ok(()) => match rx.await {
+                Ok(flushed) => flushed,
+                Err(_) => {
+                    self.writer_state.failed.store(true, Ordering::Release);
+                    Err(Error::Storage("the writer stopped without confirming the final flush".into()))
+                }
+            },
+        };
         let handle = self.writer.lock().take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
-        flushed
+        let joined = match handle {
+            Some(handle) => match tokio::task::spawn_blocking(move || handle.join()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Error::Storage("the writer thread panicked".into())),
+                Err(e) => Err(Error::Storage(format!("joining the writer thread failed: {e}"))),
+            },
+            // Closed before: the first close reported.
+            None => Ok(()),
+        };
+        flushed.and(joined)
     }
 
     async fn command<T>(&self, make: impl FnOnce(writer::Reply<T>) -> Command) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        self.tx.send(make(reply)).await.map_err(|_| self.writer_gone())?;
+        self.reply(rx).await
     }
 
     pub fn topics(&self) -> Vec<Arc<Topic>> {
@@ -314,16 +393,8 @@ impl Log {
         let count = records.len();
         let rx = self.enqueue(job)?;
         let Some((rx, partitions)) = rx else { return Ok(Produced::Accepted { records: count }) };
-        let bases = rx.await.map_err(|_| Error::ShuttingDown)??;
-        let metadata = placement
-            .iter()
-            .zip(timestamps)
-            .map(|(&(slot, pos), timestamp)| RecordMetadata {
-                partition: partitions.get(slot).copied().unwrap_or_default(),
-                offset: bases.get(slot).copied().unwrap_or_default() + pos as u64,
-                timestamp,
-            })
-            .collect();
+        let bases = self.reply(rx).await?;
+        let metadata = record_metadata(&placement, &timestamps, &partitions, &bases)?;
         Ok(Produced::Written(metadata))
     }
 
@@ -428,7 +499,7 @@ impl Log {
         });
         self.tx.try_send(cmd).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::WriteQueueFull,
-            mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
+            mpsc::error::TrySendError::Closed(_) => self.writer_gone(),
         })?;
         Ok(rx.map(|rx| (rx, partitions)))
     }
@@ -445,6 +516,8 @@ impl Log {
             return Err(Error::OffsetOutOfRange { offset: req.offset, beginning: start, end });
         }
         if req.offset == end && !req.wait.is_zero() {
+            // Counted only once subscribed: an append from now on wakes this read.
+            let _waiting = Waiting::count(&self.reads_waiting);
             let wait = end_rx.wait_for(|e| *e > req.offset);
             tokio::select! {
                 _ = tokio::time::timeout(req.wait, wait) => {}
@@ -486,10 +559,10 @@ impl Log {
         })
     }
 
-    /// Applies retention to every partition of every topic as of `now_ms`.
-    /// Returns how many partitions moved their beginning offset.
-    pub async fn apply_retention(&self, now_ms: u64) -> Result<usize> {
-        let mut moved = 0;
+    /// Applies retention to every partition of every topic as of `now_ms`. A
+    /// partition that fails is reported and the pass goes on with the others.
+    pub async fn apply_retention(&self, now_ms: u64) -> RetentionReport {
+        let mut report = RetentionReport::default();
         for topic in self.topics() {
             let config = topic.config();
             let cutoff = (config.retention_ms >= 0).then(|| now_ms.saturating_sub(config.retention_ms as u64));
@@ -498,17 +571,31 @@ impl Log {
                 continue;
             }
             for part in topic.partitions().iter() {
-                let (store, tid, p) = (self.store.clone(), topic.id, part.index);
-                let (start, end) = (part.start(), part.end());
-                let cut = self.blocking(move || store.retention_cut(tid, p, start, end, cutoff, max_bytes)).await?;
-                if let Some(cut) = cut {
-                    let t = topic.clone();
-                    self.command(|reply| Command::Truncate { topic: t, partition: p, cut, reply }).await?;
-                    moved += 1;
+                match self.retain(&topic, part, cutoff, max_bytes).await {
+                    Ok(true) => report.moved += 1,
+                    Ok(false) => {}
+                    Err(e) => report.failed.push((topic.name.to_string(), part.index, e)),
                 }
             }
         }
-        Ok(moved)
+        report
+    }
+
+    /// Retention for one partition; true when its beginning offset moved.
+    async fn retain(
+        &self,
+        topic: &Arc<Topic>,
+        part: &Partition,
+        cutoff: Option<u64>,
+        max_bytes: Option<u64>,
+    ) -> Result<bool> {
+        let (store, tid, p) = (self.store.clone(), topic.id, part.index);
+        let (start, end) = (part.start(), part.end());
+        let cut = self.blocking(move || store.retention_cut(tid, p, start, end, cutoff, max_bytes)).await?;
+        let Some(cut) = cut else { return Ok(false) };
+        let t = topic.clone();
+        self.command(|reply| Command::Truncate { topic: t, partition: p, cut, reply }).await?;
+        Ok(true)
     }
 
     /// Durably stores committed offsets `(topic id, partition, offset)` for a group.
@@ -552,9 +639,144 @@ impl Drop for Log {
     }
 }
 
+/// Where each record of a request landed: its batch's partition and base offset
+/// (`partitions` and `bases`, one per batch, the writer's answer) plus its
+/// position in the batch. A writer answer that does not cover every batch is a
+/// bug, reported as one, never papered over with offset 0 of partition 0.
+fn record_metadata(
+    placement: &[(usize, u32)],
+    timestamps: &[u64],
+    partitions: &[u32],
+    bases: &[u64],
+) -> Result<Vec<RecordMetadata>> {
+    if bases.len() != partitions.len() {
+        return Err(Error::Internal(format!(
+            "the writer answered {} base offsets for {} batches",
+            bases.len(),
+            partitions.len()
+        )));
+    }
+    placement
+        .iter()
+        .zip(timestamps)
+        .map(|(&(slot, pos), &timestamp)| match (partitions.get(slot), bases.get(slot)) {
+            (Some(&partition), Some(&base)) => {
+                Ok(RecordMetadata { partition, offset: base + u64::from(pos), timestamp })
+            }
+            _ => Err(Error::Internal(format!("record placed in batch {slot} of {}", partitions.len()))),
+        })
+        .collect()
+}
+
+/// Counts one waiter in a gauge for as long as it lives.
+pub(crate) struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    pub(crate) fn count(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// An encoded request before it gets its queue permit.
 struct PendingJob {
     topic: Arc<Topic>,
     batches: Vec<(u32, record::EncodedBatch)>,
     acks: Acks,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Blob, Format};
+
+    fn settings() -> LogSettings {
+        LogSettings {
+            auto_create_topics: false,
+            default_partitions: 1,
+            write_queue_bytes: 1 << 20,
+            write_queue_len: 16,
+        }
+    }
+
+    fn record(value: &str) -> NewRecord<'_> {
+        NewRecord {
+            key: None,
+            value: Some(Blob::new(Format::Text, value.as_bytes())),
+            headers: vec![],
+            timestamp: Some(1_000),
+            partition: None,
+        }
+    }
+
+    #[test]
+    fn record_metadata_refuses_an_answer_that_does_not_cover_every_batch() {
+        let placement = [(0, 0), (1, 0), (0, 1)];
+        let ts = [7, 8, 9];
+        let meta = record_metadata(&placement, &ts, &[2, 5], &[10, 20]).unwrap();
+        let got: Vec<_> = meta.iter().map(|m| (m.partition, m.offset, m.timestamp)).collect();
+        assert_eq!(got, vec![(2, 10, 7), (5, 20, 8), (2, 11, 9)]);
+        // One base offset for two batches: an error, not partition 0 / offset 0.
+        assert!(matches!(record_metadata(&placement, &ts, &[2, 5], &[10]), Err(Error::Internal(_))));
+        assert!(matches!(record_metadata(&[(3, 0)], &[1], &[2], &[10]), Err(Error::Internal(_))));
+    }
+
+    /// A corrupt index in one partition fails that partition's retention, and
+    /// the pass goes on to the others (it used to stop at the first failure).
+    #[tokio::test]
+    async fn a_retention_pass_goes_on_past_a_failing_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = Log::open(store.clone(), settings()).unwrap();
+        let patch = TopicConfigPatch { retention_bytes: Some(1), retention_ms: Some(-1), ..Default::default() };
+        let topic = log.create_topic("r", 2, &patch).await.unwrap();
+        for p in 0..2 {
+            for v in ["a", "b", "c"] {
+                log.produce("r", &[record(v)], Some(p), Acks::Leader).await.unwrap();
+            }
+        }
+        store.corrupt_batch_index(topic.id, 0, 2).unwrap();
+        let report = log.apply_retention(now_ms()).await;
+        assert_eq!(report.moved, 1, "partition 1 was cut");
+        assert_eq!(report.failed.len(), 1);
+        assert!(matches!(&report.failed[0], (t, 0, Error::Corrupt(_)) if t == "r"), "{:?}", report.failed);
+        assert_eq!(topic.partition(0).unwrap().start(), 0, "the failing partition keeps its records");
+        assert_eq!(topic.partition(1).unwrap().start(), 2, "the other keeps only its newest batch");
+        log.close().await.unwrap();
+    }
+
+    /// A writer that loses a reply poisons the log: the waiter gets a storage
+    /// error (not success, not "shutting down"), and so does every later write.
+    #[tokio::test]
+    async fn a_lost_writer_reply_poisons_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = Log::open(store.clone(), settings()).unwrap();
+        log.create_topic("t", 1, &TopicConfigPatch::default()).await.unwrap();
+        assert!(log.is_ready());
+        store.faults().drop_replies(1);
+        let lost = log.produce("t", &[record("x")], None, Acks::All).await;
+        assert!(matches!(lost, Err(Error::Storage(_))), "{lost:?}");
+        assert!(!log.is_ready(), "/readyz fails from now on");
+        let later = log.produce("t", &[record("y")], None, Acks::All).await;
+        assert!(matches!(later, Err(Error::Storage(_))), "{later:?}");
+        log.close().await.unwrap();
+    }
+
+    /// Closing reports a flush or writer failure instead of claiming success.
+    #[tokio::test]
+    async fn close_reports_a_lost_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = Log::open(store.clone(), settings()).unwrap();
+        store.faults().drop_replies(1);
+        // The shutdown's reply is lost: close must not say the store was flushed.
+        assert!(matches!(log.close().await, Err(Error::Storage(_))));
+    }
 }

@@ -10,6 +10,10 @@
 //!
 //! A failed write poisons the writer: every later command fails with a storage
 //! error, because the in-memory offsets can no longer be trusted to match the disk.
+//! So does the thread's death (a panic unwinding out of `run`). A job is staged
+//! whole or not at all: if staging one fails, the write is rebuilt without it.
+//! On `Shutdown` the writer answers every command still queued (`ShuttingDown`)
+//! before it stops, so that a waiter whose reply never comes knows the writer was lost.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -98,20 +102,42 @@ pub enum Command {
     },
 }
 
+/// The writer's health, shared with the log: `failed` poisons every later write;
+/// `stopped` tells a lost writer from one that stopped because it was asked to.
+#[derive(Debug, Default)]
+pub struct WriterState {
+    pub failed: AtomicBool,
+    pub stopped: AtomicBool,
+}
+
 pub struct Writer {
     store: Arc<Store>,
     registry: Arc<Registry>,
     next_topic_id: u32,
-    failed: Arc<AtomicBool>,
+    state: Arc<WriterState>,
+}
+
+/// Poisons the log if the writer thread unwinds: whatever it was doing may be
+/// half done, and nobody is left to write.
+struct PoisonOnUnwind(Arc<WriterState>);
+
+impl Drop for PoisonOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the writer thread panicked; refusing further writes");
+            self.0.failed.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl Writer {
-    pub fn new(store: Arc<Store>, registry: Arc<Registry>, next_topic_id: u32, failed: Arc<AtomicBool>) -> Self {
-        Writer { store, registry, next_topic_id, failed }
+    pub fn new(store: Arc<Store>, registry: Arc<Registry>, next_topic_id: u32, state: Arc<WriterState>) -> Self {
+        Writer { store, registry, next_topic_id, state }
     }
 
     /// Runs until a `Shutdown` command arrives or every sender is gone.
     pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let _guard = PoisonOnUnwind(self.state.clone());
         while let Some(first) = rx.blocking_recv() {
             let mut group = Vec::new();
             let mut other = None;
@@ -141,6 +167,11 @@ impl Writer {
             if let Some(cmd) = other
                 && self.command(cmd)
             {
+                // Nothing queued behind the shutdown is written: say so to each waiter.
+                rx.close();
+                while let Ok(cmd) = rx.try_recv() {
+                    refuse(cmd, || Error::ShuttingDown);
+                }
                 return;
             }
         }
@@ -151,7 +182,8 @@ impl Writer {
     }
 
     fn poisoned(&self) -> Option<Error> {
-        self.failed
+        self.state
+            .failed
             .load(Ordering::Acquire)
             .then(|| Error::Storage("the store refused an earlier write; restart the server".into()))
     }
@@ -160,26 +192,59 @@ impl Writer {
         let res = self.store.write(batch, sync);
         if let Err(e) = &res {
             tracing::error!(error = %e, "store write failed; refusing further writes");
-            self.failed.store(true, Ordering::Release);
+            self.state.failed.store(true, Ordering::Release);
         }
         res
+    }
+
+    /// Answers a waiter, unless a test asked for the reply to be lost.
+    fn reply<T>(&self, to: Option<Reply<T>>, res: Result<T>) {
+        if self.store.faults().reply_dropped() {
+            return;
+        }
+        reply(to, res);
     }
 
     fn append(&mut self, group: Vec<AppendJob>) {
         if let Some(e) = self.poisoned() {
             for job in group {
-                reply(job.reply, Err(clone_err(&e)));
+                self.reply(job.reply, Err(clone_err(&e)));
             }
             return;
         }
-        let mut batch = self.store.batch();
-        let mut sync = false;
-        let mut touched = Touched::new();
-        let mut outcomes: Vec<Result<Vec<u64>>> = Vec::with_capacity(group.len());
-        for job in &group {
-            outcomes.push(self.stage(job, &mut batch, &mut touched));
-            sync |= job.sync && outcomes.last().is_some_and(|o| o.is_ok());
-        }
+        // Stage every job into one write. A job whose staging fails must leave
+        // nothing behind, so the write is rebuilt from scratch without it; each
+        // pass drops at least one job, so this ends.
+        let mut refused: Vec<Option<Error>> = group.iter().map(|_| None).collect();
+        let (batch, touched, outcomes, sync) = 'build: loop {
+            let mut batch = self.store.batch();
+            let mut sync = false;
+            let mut touched = Touched::new();
+            let mut outcomes: Vec<Result<Vec<u64>>> = Vec::with_capacity(group.len());
+            for (i, job) in group.iter().enumerate() {
+                if let Some(e) = &refused[i] {
+                    outcomes.push(Err(clone_err(e)));
+                    continue;
+                }
+                if let Err(e) = check(job) {
+                    // Refused before anything was staged: the write stays as it is.
+                    outcomes.push(Err(e));
+                    continue;
+                }
+                match self.stage(job, &mut batch, &mut touched) {
+                    Ok(bases) => {
+                        sync |= job.sync;
+                        outcomes.push(Ok(bases));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, topic = %job.topic.name, "staging a produce request failed");
+                        refused[i] = Some(e);
+                        continue 'build;
+                    }
+                }
+            }
+            break (batch, touched, outcomes, sync);
+        };
         let written = if outcomes.iter().any(|o| o.is_ok()) { self.write(batch, sync) } else { Ok(()) };
         match written {
             Ok(()) => {
@@ -200,36 +265,31 @@ impl Writer {
                     s.partition.publish_end(s.end, s.max_timestamp);
                 }
                 for (r, outcome) in replies {
-                    reply(r, outcome);
+                    self.reply(r, outcome);
                 }
             }
             Err(e) => {
                 for job in group {
-                    reply(job.reply, Err(clone_err(&e)));
+                    self.reply(job.reply, Err(clone_err(&e)));
                 }
             }
         }
     }
 
-    /// Assigns offsets to one job and adds its batches to the write.
+    /// Assigns offsets to one job and adds its batches to the write. On an error
+    /// the write holds part of the job and must be rebuilt without it.
     fn stage(
         &self,
         job: &AppendJob,
         batch: &mut crate::store::StoreBatch<'_>,
         touched: &mut Touched,
     ) -> Result<Vec<u64>> {
-        if job.topic.is_deleted() {
-            return Err(Error::UnknownTopic(job.topic.name.to_string()));
-        }
         let partitions = job.topic.partitions();
-        for (p, _) in &job.batches {
-            if partitions.get(*p as usize).is_none() {
-                return Err(Error::UnknownPartition { topic: job.topic.name.to_string(), partition: *p });
-            }
-        }
         let mut bases = Vec::with_capacity(job.batches.len());
         for (p, enc) in &job.batches {
-            let part = &partitions[*p as usize];
+            let part = partitions
+                .get(*p as usize)
+                .ok_or_else(|| Error::UnknownPartition { topic: job.topic.name.to_string(), partition: *p })?;
             let staged = touched.entry((job.topic.id, *p)).or_insert_with(|| Staged {
                 partition: part.clone(),
                 end: part.end(),
@@ -250,38 +310,40 @@ impl Writer {
     /// Applies a non-append command. Returns true when the thread should stop.
     fn command(&mut self, cmd: Command) -> bool {
         if let Command::Shutdown { reply: r } = cmd {
-            let _ = r.send(self.store.flush());
+            self.state.stopped.store(true, Ordering::Release);
+            let flushed = self.store.flush();
+            self.reply(Some(r), flushed);
             return true;
         }
         if let Some(e) = self.poisoned() {
-            match cmd {
-                Command::CreateTopic { reply: r, .. } => reply(Some(r), Err(e)),
-                Command::UpdateTopic { reply: r, .. }
-                | Command::DeleteTopic { reply: r, .. }
-                | Command::Truncate { reply: r, .. }
-                | Command::CommitOffsets { reply: r, .. }
-                | Command::DeleteGroup { reply: r, .. } => reply(Some(r), Err(e)),
-                Command::Append(job) => reply(job.reply, Err(e)),
-                Command::Shutdown { .. } => {}
-            }
+            refuse(cmd, || clone_err(&e));
             return false;
         }
         match cmd {
             Command::CreateTopic { name, partitions, config, created_ms, reply: r } => {
                 let res = self.create_topic(name, partitions, config, created_ms);
-                reply(Some(r), res);
+                self.reply(Some(r), res);
             }
             Command::UpdateTopic { topic, partitions, config, reply: r } => {
-                reply(Some(r), self.update_topic(&topic, partitions, config));
+                let res = self.update_topic(&topic, partitions, config);
+                self.reply(Some(r), res);
             }
-            Command::DeleteTopic { name, reply: r } => reply(Some(r), self.delete_topic(&name)),
+            Command::DeleteTopic { name, reply: r } => {
+                let res = self.delete_topic(&name);
+                self.reply(Some(r), res);
+            }
             Command::Truncate { topic, partition, cut, reply: r } => {
-                reply(Some(r), self.truncate(&topic, partition, cut));
+                let res = self.truncate(&topic, partition, cut);
+                self.reply(Some(r), res);
             }
             Command::CommitOffsets { group, offsets, reply: r } => {
-                reply(Some(r), self.commit_offsets(&group, &offsets));
+                let res = self.commit_offsets(&group, &offsets);
+                self.reply(Some(r), res);
             }
-            Command::DeleteGroup { group, reply: r } => reply(Some(r), self.delete_group(&group)),
+            Command::DeleteGroup { group, reply: r } => {
+                let res = self.delete_group(&group);
+                self.reply(Some(r), res);
+            }
             Command::Append(job) => self.append(vec![job]),
             Command::Shutdown { .. } => {}
         }
@@ -384,6 +446,32 @@ fn group_bytes(group: &[AppendJob]) -> usize {
     group.iter().flat_map(|j| j.batches.iter()).map(|(_, b)| b.bytes.len()).sum()
 }
 
+/// Whether a job can be staged at all: its topic still exists with its partitions.
+fn check(job: &AppendJob) -> Result<()> {
+    if job.topic.is_deleted() {
+        return Err(Error::UnknownTopic(job.topic.name.to_string()));
+    }
+    let count = job.topic.partitions().len();
+    match job.batches.iter().find(|(p, _)| *p as usize >= count) {
+        Some((p, _)) => Err(Error::UnknownPartition { topic: job.topic.name.to_string(), partition: *p }),
+        None => Ok(()),
+    }
+}
+
+/// Answers a command that will not be carried out.
+fn refuse(cmd: Command, err: impl Fn() -> Error) {
+    match cmd {
+        Command::CreateTopic { reply: r, .. } => reply(Some(r), Err(err())),
+        Command::UpdateTopic { reply: r, .. }
+        | Command::DeleteTopic { reply: r, .. }
+        | Command::Truncate { reply: r, .. }
+        | Command::CommitOffsets { reply: r, .. }
+        | Command::DeleteGroup { reply: r, .. }
+        | Command::Shutdown { reply: r } => reply(Some(r), Err(err())),
+        Command::Append(job) => reply(job.reply, Err(err())),
+    }
+}
+
 fn reply<T>(to: Option<Reply<T>>, res: Result<T>) {
     if let Some(tx) = to {
         // The requester may have gone away (client disconnected); nothing to do then.
@@ -393,4 +481,91 @@ fn reply<T>(to: Option<Reply<T>>, res: Result<T>) {
 
 fn clone_err(e: &Error) -> Error {
     Error::Storage(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{BatchBuilder, Blob, Format, NewRecord};
+    use tokio::sync::Semaphore;
+
+    fn batch(values: &[&str]) -> EncodedBatch {
+        let mut b = BatchBuilder::new();
+        for v in values {
+            let rec = NewRecord {
+                key: None,
+                value: Some(Blob::new(Format::Text, v.as_bytes())),
+                headers: vec![],
+                timestamp: None,
+                partition: None,
+            };
+            b.push(&rec, 1);
+        }
+        b.finish()
+    }
+
+    fn job(topic: &Arc<Topic>, batches: Vec<(u32, EncodedBatch)>) -> (AppendJob, oneshot::Receiver<Result<Vec<u64>>>) {
+        let (tx, rx) = oneshot::channel();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        (AppendJob { topic: topic.clone(), batches, sync: false, reply: Some(tx), permit }, rx)
+    }
+
+    fn stored_values(store: &Store, tid: u32, p: u32, end: u64) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for (base, bytes) in store.read(tid, p, 0, end, 1000, 1 << 20).unwrap() {
+            for (i, rec) in crate::record::decode(&bytes).unwrap().enumerate() {
+                let value = rec.unwrap().value.unwrap();
+                out.push((base + i as u64, String::from_utf8(value.bytes.to_vec()).unwrap()));
+            }
+        }
+        out
+    }
+
+    /// Jobs a, b, c are written together; staging b's second batch fails. b must
+    /// leave nothing behind: not its first batch in the write, not its offsets in
+    /// the partition's end (on the old code, c was written after b's half).
+    #[test]
+    fn a_job_whose_staging_fails_leaves_nothing_in_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let registry = Arc::new(Registry::default());
+        let mut writer = Writer::new(store.clone(), registry, 1, Arc::default());
+        let topic = writer.create_topic("t".into(), 2, TopicConfig::default(), 0).unwrap();
+        let (a, mut ra) = job(&topic, vec![(0, batch(&["a0"]))]);
+        let (b, mut rb) = job(&topic, vec![(0, batch(&["b0", "b1"])), (1, batch(&["b2"]))]);
+        let (c, mut rc) = job(&topic, vec![(0, batch(&["c0"])), (1, batch(&["c1"]))]);
+        // a's append and b's first go through; b's second fails.
+        store.faults().fail_append_after(2);
+        writer.append(vec![a, b, c]);
+        assert_eq!(ra.try_recv().unwrap().unwrap(), vec![0]);
+        assert!(matches!(rb.try_recv().unwrap(), Err(Error::Storage(_))));
+        assert_eq!(rc.try_recv().unwrap().unwrap(), vec![1, 0], "c follows a directly");
+        let (p0, p1) = (topic.partition(0).unwrap(), topic.partition(1).unwrap());
+        assert_eq!((p0.end(), p1.end()), (2, 1));
+        assert_eq!(stored_values(&store, topic.id, 0, 10), vec![(0, "a0".into()), (1, "c0".into())]);
+        assert_eq!(stored_values(&store, topic.id, 1, 10), vec![(0, "c1".into())]);
+        let recovered = store.recover().unwrap();
+        let ends: Vec<u64> = recovered.topics[0].1.iter().map(|s| s.end).collect();
+        assert_eq!(ends, vec![2, 1], "what recovery finds agrees with what was published");
+        assert!(!writer.state.failed.load(Ordering::Acquire), "a staging failure is that job's, not the store's");
+    }
+
+    /// A failed store write (a real RocksDB error) poisons the writer: later
+    /// writes are refused even though the store would take them.
+    #[test]
+    fn a_failed_write_poisons_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut writer = Writer::new(store.clone(), Arc::new(Registry::default()), 1, Arc::default());
+        let topic = writer.create_topic("t".into(), 1, TopicConfig::default(), 0).unwrap();
+        store.faults().fail_writes(1);
+        let (a, mut ra) = job(&topic, vec![(0, batch(&["a"]))]);
+        writer.append(vec![a]);
+        assert!(matches!(ra.try_recv().unwrap(), Err(Error::Storage(_))));
+        let (b, mut rb) = job(&topic, vec![(0, batch(&["b"]))]);
+        writer.append(vec![b]);
+        assert!(matches!(rb.try_recv().unwrap(), Err(Error::Storage(_))), "poisoned");
+        assert_eq!(topic.partition(0).unwrap().end(), 0, "nothing published");
+        assert!(stored_values(&store, topic.id, 0, 10).is_empty());
+    }
 }

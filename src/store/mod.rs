@@ -13,6 +13,7 @@
 pub mod keys;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options,
@@ -21,6 +22,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::faults::Faults;
 use crate::record::{self, EncodedBatch};
 use crate::topic::TopicConfig;
 
@@ -72,6 +74,8 @@ pub struct Cut {
 /// The opened database.
 pub struct Store {
     db: DB,
+    /// Faults the tests inject (off unless a test turns them on).
+    faults: Arc<Faults>,
 }
 
 impl std::fmt::Debug for Store {
@@ -151,7 +155,12 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Store { db })
+        Ok(Store { db, faults: Arc::default() })
+    }
+
+    /// The store's fault injection switches (see [`crate::faults`]).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily> {
@@ -225,6 +234,11 @@ impl Store {
     pub fn write(&self, batch: StoreBatch<'_>, sync: bool) -> Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
+        if self.faults.write_fails() {
+            // RocksDB refuses a synced write without a WAL: a real error from the real call.
+            wo.disable_wal(true);
+            wo.set_sync(true);
+        }
         self.db.write_opt(batch.wb, &wo)?;
         Ok(())
     }
@@ -344,9 +358,9 @@ impl Store {
                 let Some(base) = keys::batch_base(k, tid, p) else { break };
                 total += batch_index_bytes(v)?;
                 if total > limit {
-                    if let Some(newer) = newer_base {
-                        cut = cut.max(newer);
-                    }
+                    // Keep the newer batches; the newest is kept even when it alone
+                    // is over the limit (it used to keep everything then).
+                    cut = cut.max(newer_base.unwrap_or(base));
                     break;
                 }
                 newer_base = Some(base);
@@ -405,6 +419,16 @@ fn batch_index_bytes(v: &[u8]) -> Result<u64> {
     Ok(u32::from_le_bytes([v[4], v[5], v[6], v[7]]) as u64)
 }
 
+#[cfg(test)]
+impl Store {
+    /// Overwrites a batch's index entry with bytes that do not decode, for the
+    /// tests of what corruption does.
+    pub(crate) fn corrupt_batch_index(&self, tid: u32, p: u32, base: u64) -> Result<()> {
+        self.db.put_cf(self.cf(CF_BATCHES)?, keys::batch(tid, p, base), b"bad")?;
+        Ok(())
+    }
+}
+
 /// An atomic group of changes, applied by [`Store::write`].
 pub struct StoreBatch<'a> {
     store: &'a Store,
@@ -422,6 +446,9 @@ impl StoreBatch<'_> {
         batch: &EncodedBatch,
         index_timestamp: Option<u64>,
     ) -> Result<()> {
+        if self.store.faults.append_fails() {
+            return Err(Error::Storage("injected fault: staging a batch failed".into()));
+        }
         let key = keys::batch(tid, p, base);
         self.wb.put_cf(self.store.cf(CF_RECORDS)?, key, &batch.bytes);
         let mut idx = [0u8; 16];

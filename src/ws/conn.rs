@@ -1,7 +1,7 @@
 //! One WebSocket connection: a loop over the socket's send and receive halves,
-//! the log's append notifications, the group's change notifications and timers,
-//! under one `select!`. Generic over `Sink`/`Stream` so that it does not depend
-//! on the transport.
+//! the stream's append notifications, the group's change notifications and
+//! timers, under one `select!`. Generic over `Sink`/`Stream` so that it does not
+//! depend on the transport; it reaches the log only through the service layer.
 //!
 //! Memory per connection is bounded: at most one `records` frame is in flight
 //! (the send is awaited, so a client that stops reading stops the log reads for
@@ -13,17 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
-use super::frames::{self, AckError, AckTracker, ClientFrame, FrameError, OffsetEntry, RecordsFrame};
-use crate::error::Error;
-use crate::group::{Groups, TopicPartition, View};
-use crate::http::codec::{Encoding, RecordIn};
-use crate::http::error::ApiError;
-use crate::log::{Acks, Log, Produced, ReadRequest, Topic};
-use crate::metrics::Metrics;
+use super::frames::{self, AckError, AckTracker, ClientFrame, OffsetEntry, RecordsFrame};
+use crate::codec::{self, Encoding};
+use crate::error::{Code, Error, Result};
+use crate::group::TopicPartition;
+use crate::log::{Acks, Produced};
+use crate::service::{MemberStream, RequestCtx, Service, TopicStream, Watch};
 
 /// Produce frames handled concurrently per connection.
 pub const MAX_PENDING_PRODUCES: usize = 64;
@@ -57,26 +56,22 @@ pub struct Options {
     pub ping_interval: Duration,
 }
 
-/// What the connection reads.
+/// What the connection follows.
 pub enum Source {
     /// Explicit partitions of a topic from explicit positions.
-    Topic { topic: Arc<Topic>, positions: BTreeMap<u32, u64>, follow_new_partitions: bool },
+    Topic(TopicStream),
     /// A group member: the group decides the partitions and positions.
-    Group { group: String, member: String, view: View, session_ms: u64 },
-}
-
-/// Everything a connection shares with the server.
-pub struct Ctx {
-    pub log: Arc<Log>,
-    pub groups: Arc<Groups>,
-    pub metrics: Arc<Metrics>,
+    Group(MemberStream),
 }
 
 struct Conn<S> {
     sink: S,
-    ctx: Ctx,
+    service: Service,
+    ctx: RequestCtx,
     opts: Options,
     credit: Option<u64>,
+    /// Counted in `gregor_ws_credit_stalled` now: records wait, the credit is spent.
+    credit_stalled: bool,
     acks: AckTracker,
     /// When a revocation was announced and not yet released.
     revoking_since: Option<Instant>,
@@ -91,7 +86,25 @@ enum End {
     Close(u16, String),
 }
 
-pub async fn run<S, R>(sink: S, stream: R, ctx: Ctx, mut source: Source, opts: Options)
+impl From<Error> for End {
+    /// A failure that ends the stream: a deleted topic, a fenced member, or a
+    /// server fault (logged; the client sees 1011).
+    fn from(e: Error) -> End {
+        match e {
+            Error::UnknownTopic(t) => End::Close(close::GONE, format!("topic '{t}' was deleted")),
+            Error::UnknownMember { .. } | Error::UnknownGroup(_) => {
+                End::Close(close::FENCED, "the member's session expired; reconnect".into())
+            }
+            Error::ShuttingDown => End::Close(close::GOING_AWAY, "server shutting down".into()),
+            e => {
+                tracing::error!(error = %e, "websocket stream failed");
+                End::Close(close::INTERNAL, "the server failed to serve the stream".into())
+            }
+        }
+    }
+}
+
+pub async fn run<S, R>(sink: S, stream: R, service: Service, ctx: RequestCtx, mut source: Source, opts: Options)
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin + Send + 'static,
@@ -113,65 +126,64 @@ where
         }
     });
     let _reader = tokio_util::task::AbortOnDropHandle::new(reader);
-    ctx.metrics.ws_connections.inc();
-    let shutdown = ctx.log.shutdown_token();
+    service.metrics().ws_connections.inc();
+    let shutdown = service.shutdown_token();
     let mut conn = Conn {
         sink,
         credit: opts.credit,
+        credit_stalled: false,
         opts,
+        service,
         ctx,
         acks: AckTracker::default(),
         revoking_since: None,
         reported: BTreeSet::new(),
         last_heard: Instant::now(),
     };
-    let (out_tx, mut out_rx) = mpsc::channel::<String>(MAX_PENDING_PRODUCES);
+    let (out_tx, mut out_rx) = mpsc::channel::<Result<String>>(MAX_PENDING_PRODUCES);
     let produce_slots = Arc::new(Semaphore::new(MAX_PENDING_PRODUCES));
     let mut ping = tokio::time::interval(opts.ping_interval);
     ping.reset();
     let mut changes = match &source {
-        Source::Group { group, .. } => conn.ctx.groups.subscribe(group).ok(),
-        Source::Topic { .. } => None,
+        Source::Group(member) => match member.changes() {
+            Ok(c) => Some(c),
+            Err(e) => return conn.finish(&source, e.into()).await,
+        },
+        Source::Topic(_) => None,
     };
     let heartbeat_every = match &source {
-        Source::Group { session_ms, .. } => Duration::from_millis((*session_ms / 3).max(10)),
-        Source::Topic { .. } => Duration::from_secs(3600),
+        Source::Group(member) => crate::service::heartbeat_interval(member.session_timeout().as_millis() as u64),
+        Source::Topic(_) => Duration::from_secs(3600),
     };
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.reset();
 
-    if let Source::Group { member, view, .. } = &source {
-        let frame = frames::assignment(member, view);
-        if conn.send(frame).await.is_err() {
-            conn.finish(&source, End::ClientGone).await;
-            return;
+    if let Source::Group(member) = &source {
+        let first = frames::assignment(member.member_id(), member.view());
+        if let Err(end) = conn.send_frame(first).await {
+            return conn.finish(&source, end).await;
         }
         if let Err(end) = conn.send_records(&mut source).await {
-            conn.finish(&source, end).await;
-            return;
+            return conn.finish(&source, end).await;
         }
     }
 
     let end = loop {
-        let mut ends = conn.watch_ends(&source).await;
-        let ready = ends.iter().any(|(pos, rx)| *rx.borrow() > *pos);
+        let mut watch = match conn.watch(&source).await {
+            Ok(w) => w,
+            Err(e) => break End::from(e),
+        };
+        let ready = watch.is_ready();
         let can_send = conn.credit != Some(0);
+        conn.set_credit_stalled(ready && !can_send);
         let data = async {
-            if ready {
-                return;
+            if !ready {
+                watch.changed().await;
             }
-            if ends.is_empty() {
-                std::future::pending::<()>().await;
-            }
-            let _ = futures_util::future::select_all(ends.iter_mut().map(|(_, rx)| rx.changed().boxed())).await;
         };
         let group_changed = async {
             match changes.as_mut() {
-                Some(rx) => {
-                    if rx.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
+                Some(c) => c.changed().await,
                 None => std::future::pending::<()>().await,
             }
         };
@@ -188,14 +200,14 @@ where
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        let frame = frames::error("binary_frames_unsupported", "send JSON text frames", None);
-                        if conn.send(frame).await.is_err() { break End::ClientGone; }
+                        let frame = frames::error(Code::BinaryFramesUnsupported, "send JSON text frames", None);
+                        if let Err(end) = conn.send_frame(frame).await { break end; }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
             }
             Some(frame) = out_rx.recv() => {
-                if conn.send(frame).await.is_err() { break End::ClientGone; }
+                if let Err(end) = conn.send_frame(frame).await { break end; }
             }
             _ = ping.tick() => {
                 if conn.last_heard.elapsed() > opts.ping_interval * 2 {
@@ -224,8 +236,11 @@ impl<S> Conn<S>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    async fn send(&mut self, frame: String) -> Result<(), ()> {
-        self.send_message(Message::Text(Utf8Bytes::from(frame))).await
+    /// Sends a frame that was built (or failed to be built: a server fault that
+    /// ends the stream rather than sending something broken).
+    async fn send_frame(&mut self, frame: Result<String>) -> Result<(), End> {
+        let text = frame.map_err(End::from)?;
+        self.send_message(Message::Text(Utf8Bytes::from(text))).await.map_err(|()| End::ClientGone)
     }
 
     /// Sends one message; gives up on a client that does not read it within two
@@ -235,9 +250,9 @@ where
             Message::Text(t) => t.len(),
             _ => 0,
         };
-        let metrics = self.ctx.metrics.clone();
+        let metrics = self.service.metrics().clone();
         let _counted = metrics.buffer(size);
-        let shutdown = self.ctx.log.shutdown_token();
+        let shutdown = self.service.shutdown_token();
         tokio::select! {
             res = tokio::time::timeout(self.opts.ping_interval * 2, self.sink.send(msg)) => match res {
                 Ok(Ok(())) => Ok(()),
@@ -247,26 +262,24 @@ where
         }
     }
 
-    /// The end-offset watch of every partition the connection reads, with its
-    /// position (`u64::MAX` while a group partition's position is not known yet:
-    /// it becomes known at the next read, which an assignment change triggers).
-    async fn watch_ends(&self, source: &Source) -> Vec<(u64, tokio::sync::watch::Receiver<u64>)> {
-        match source {
-            Source::Topic { topic, positions, .. } => positions
-                .iter()
-                .filter_map(|(p, pos)| topic.partition(*p).ok().map(|part| (*pos, part.subscribe())))
-                .collect(),
-            Source::Group { group, member, view, .. } => {
-                let positions = self.ctx.groups.positions(group, member).await.unwrap_or_default();
-                positions
-                    .into_iter()
-                    .filter(|(tp, _)| view.assignment.contains(tp))
-                    .filter_map(|(tp, pos)| {
-                        let part = self.ctx.log.topic(&tp.topic).ok()?.partition(tp.partition).ok()?;
-                        Some((pos.unwrap_or(u64::MAX), part.subscribe()))
-                    })
-                    .collect()
+    /// Counts the connection in `gregor_ws_credit_stalled` while records wait
+    /// for credit the client has not granted.
+    fn set_credit_stalled(&mut self, stalled: bool) {
+        if stalled != self.credit_stalled {
+            self.credit_stalled = stalled;
+            let gauge = &self.service.metrics().ws_credit_stalled;
+            if stalled {
+                gauge.inc();
+            } else {
+                gauge.dec();
             }
+        }
+    }
+
+    async fn watch(&self, source: &Source) -> Result<Watch> {
+        match source {
+            Source::Topic(stream) => Ok(stream.watch()),
+            Source::Group(member) => member.watch().await,
         }
     }
 
@@ -281,80 +294,29 @@ where
         let mut frame = RecordsFrame::new(self.opts.encoding);
         let budget = self.budget();
         match source {
-            Source::Topic { topic, positions, follow_new_partitions } => {
-                if topic.is_deleted() {
-                    return Err(End::Close(close::GONE, format!("topic '{}' was deleted", topic.name)));
-                }
-                if *follow_new_partitions {
-                    for p in positions.len() as u32..topic.partitions().len() as u32 {
-                        positions.insert(p, 0);
-                    }
-                }
-                for (p, pos) in positions.iter_mut() {
-                    let remaining = budget - frame.count();
-                    if remaining == 0 || frame.len() >= self.opts.max_bytes {
-                        break;
-                    }
-                    let req = ReadRequest {
-                        offset: *pos,
-                        max_records: remaining as u32,
-                        max_bytes: self.opts.max_bytes.saturating_sub(frame.len()).max(1),
-                        wait: Duration::ZERO,
-                    };
-                    match self.ctx.log.read(topic.name.as_str(), *p, req).await {
-                        Ok(read) => {
-                            let records = read.records().map_err(fatal)?;
-                            self.ctx.metrics.records_out(topic.name.as_str(), records.len());
-                            for (offset, rec) in records {
-                                frame.push(topic.name.as_str(), *p, offset, &rec);
-                                *pos = offset + 1;
-                            }
-                        }
-                        // Retention removed records the stream had not reached: skip ahead.
-                        Err(Error::OffsetOutOfRange { beginning, .. }) if *pos < beginning => *pos = beginning,
-                        Err(Error::OffsetOutOfRange { .. }) => {}
-                        Err(Error::UnknownTopic(_)) => {
-                            return Err(End::Close(close::GONE, format!("topic '{}' was deleted", topic.name)));
-                        }
-                        Err(e) => return Err(fatal(e)),
-                    }
-                }
-            }
-            Source::Group { group, member, view, .. } => {
-                let polled = match self.ctx.groups.read(group, member, budget as u32, &view.assignment).await {
-                    Ok(p) => p,
-                    Err(Error::UnknownMember { .. }) => {
-                        return Err(End::Close(close::FENCED, "the member's session expired; reconnect".into()));
-                    }
-                    Err(e) => return Err(fatal(e)),
-                };
-                for (tp, code) in &polled.errors {
+            Source::Topic(stream) => stream.fetch(&mut frame, budget, self.opts.max_bytes).await?,
+            Source::Group(member) => {
+                let summary = member.fetch(&mut frame, budget).await?;
+                for (tp, code) in &summary.errors {
                     if self.reported.insert(tp.clone()) {
                         let msg = format!("cannot read {}/{}", tp.topic, tp.partition);
-                        self.send(frames::error(code, &msg, None)).await.map_err(|()| End::ClientGone)?;
+                        self.send_frame(frames::error(*code, &msg, None)).await?;
                     }
                 }
-                for (tp, read) in &polled.records {
-                    let records = read.records().map_err(fatal)?;
-                    self.ctx.metrics.records_out(&tp.topic, records.len());
-                    if let (Some((first, _)), Some((last, _))) = (records.first(), records.last()) {
-                        self.acks.delivered(tp, *first, last + 1);
-                    }
-                    for (offset, rec) in records {
-                        frame.push(&tp.topic, tp.partition, offset, &rec);
-                    }
+                for (tp, first, end) in &summary.delivered {
+                    self.acks.delivered(tp, *first, *end);
                 }
             }
         }
         if frame.is_empty() {
             return Ok(());
         }
-        let n = frame.count() as u64;
+        let n = crate::service::RecordSink::count(&frame) as u64;
         if let Some(c) = self.credit.as_mut() {
             *c = c.saturating_sub(n);
         }
-        self.ctx.metrics.ws_records_sent.inc_by(n);
-        self.send(frame.finish()).await.map_err(|()| End::ClientGone)
+        self.service.metrics().ws_records_sent.inc_by(n);
+        self.send_frame(frame.finish()).await
     }
 
     /// A group notification (`tick`: the heartbeat timer). Runs the revocation
@@ -362,28 +324,29 @@ where
     /// the release heartbeat waits until the client committed what it received
     /// from those partitions, or until half its session has passed.
     async fn group_event(&mut self, source: &mut Source, tick: bool) -> Result<(), End> {
-        let Source::Group { group, member, view, session_ms } = source else { return Ok(()) };
+        let Source::Group(member) = source else { return Ok(()) };
         if let Some(since) = self.revoking_since {
-            let settled = self.ctx.groups.revocation_settled(group, member).await.unwrap_or(true);
-            if !settled && since.elapsed() < Duration::from_millis(*session_ms / 2) {
-                return self.ctx.groups.touch(group, member).await.map_err(member_error);
+            let settled = member.revocation_settled().await?;
+            if !settled && since.elapsed() < member.session_timeout() / 2 {
+                return Ok(member.touch().await?);
             }
-        } else if tick && !self.ctx.groups.has_news(group, member).await.map_err(member_error)? {
+        } else if tick && !member.has_news().await? {
             // Nothing to announce or release: a keep-alive is enough.
-            return self.ctx.groups.touch(group, member).await.map_err(member_error);
+            return Ok(member.touch().await?);
         }
-        let next = self.ctx.groups.heartbeat(group, member).await.map_err(member_error)?;
-        for tp in &view.revoked {
+        let revoked_before = member.view().revoked.clone();
+        member.heartbeat().await?;
+        let next = member.view();
+        for tp in &revoked_before {
             if !next.assignment.contains(tp) {
                 self.acks.forget(tp);
             }
         }
         self.revoking_since = (!next.revoked.is_empty()).then(Instant::now);
         let changed = next.changed || !next.revoked.is_empty();
-        *view = next;
         if changed {
-            let frame = frames::assignment(member, view);
-            self.send(frame).await.map_err(|()| End::ClientGone)?;
+            let frame = frames::assignment(member.member_id(), next);
+            self.send_frame(frame).await?;
             self.reported.clear();
             // New partitions may already hold records: read them now.
             self.send_records(source).await?;
@@ -395,18 +358,12 @@ where
         &mut self,
         source: &mut Source,
         text: Utf8Bytes,
-        out: &mpsc::Sender<String>,
+        out: &mpsc::Sender<Result<String>>,
         slots: &Arc<Semaphore>,
     ) -> Result<(), End> {
         let frame = match ClientFrame::parse(text.as_str()) {
             Ok(f) => f,
-            Err(e) => {
-                let (code, message) = match e {
-                    FrameError::Json(e) => ("invalid_json", e.to_string()),
-                    FrameError::Frame(m) => ("invalid_frame", m),
-                };
-                return self.send(frames::error(code, &message, None)).await.map_err(|()| End::ClientGone);
-            }
+            Err(e) => return self.send_frame(frames::error(e.code, &e.message, e.id.as_ref())).await,
         };
         match frame {
             ClientFrame::Credit { records } => {
@@ -416,30 +373,18 @@ where
             ClientFrame::Produce { id, topic, partition, acks, records } => {
                 let topic = match (topic, &*source) {
                     (Some(t), _) => t,
-                    (None, Source::Topic { topic, .. }) => topic.name.to_string(),
-                    (None, Source::Group { .. }) => {
-                        let f = frames::error(
-                            "invalid_frame",
-                            "a produce frame on a group stream names its topic",
-                            Some(&id),
-                        );
-                        return self.send(f).await.map_err(|()| End::ClientGone);
-                    }
-                };
-                let acks = match acks.as_deref() {
-                    None | Some("all") | Some("-1") => Acks::All,
-                    Some("leader") | Some("1") => Acks::Leader,
-                    Some("none") | Some("0") => Acks::None,
-                    Some(other) => {
-                        let f = frames::error("invalid_frame", &format!("unknown acks '{other}'"), Some(&id));
-                        return self.send(f).await.map_err(|()| End::ClientGone);
+                    (None, Source::Topic(stream)) => stream.topic().to_owned(),
+                    (None, Source::Group(_)) => {
+                        let msg = "a produce frame on a group stream names its topic";
+                        return self.send_frame(frames::error(Code::InvalidFrame, msg, Some(&id))).await;
                     }
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else { return Ok(()) };
-                let (log, out, records) = (self.ctx.log.clone(), out.clone(), records.get().to_owned());
-                let metrics = self.ctx.metrics.clone();
+                let (service, ctx, out, records) =
+                    (self.service.clone(), self.ctx.clone(), out.clone(), records.get().to_owned());
                 tokio::spawn(async move {
-                    let frame = produce(&log, &metrics, &topic, partition, acks, &records, &id).await;
+                    let acks = acks.unwrap_or_default();
+                    let frame = produce(&service, &ctx, &topic, partition, acks, &records, &id).await;
                     let _ = out.send(frame).await;
                     drop(permit);
                 });
@@ -451,9 +396,9 @@ where
                 if let (Some(topic), Some(partition), Some(offset)) = (topic, partition, offset) {
                     list.push(OffsetEntry { topic, partition, offset });
                 }
-                if !matches!(source, Source::Group { .. }) {
-                    let f = frames::error("not_a_group_stream", "ack frames need a group stream", None);
-                    return self.send(f).await.map_err(|()| End::ClientGone);
+                if !matches!(source, Source::Group(_)) {
+                    let f = frames::error(Code::NotAGroupStream, "ack frames need a group stream", None);
+                    return self.send_frame(f).await;
                 }
                 let mut to_commit = BTreeMap::new();
                 for e in &list {
@@ -468,9 +413,7 @@ where
                                 "offset {} of {}/{} was not delivered on this connection",
                                 e.offset, e.topic, e.partition
                             );
-                            self.send(frames::error("ack_not_delivered", &msg, None))
-                                .await
-                                .map_err(|()| End::ClientGone)?;
+                            self.send_frame(frames::error(Code::AckNotDelivered, &msg, None)).await?;
                         }
                     }
                 }
@@ -487,17 +430,18 @@ where
     }
 
     async fn commit(&mut self, source: &mut Source, offsets: Vec<OffsetEntry>) -> Result<(), End> {
-        let Source::Group { group, member, view, .. } = &*source else {
-            let f = frames::error("not_a_group_stream", "commit frames need a group stream", None);
-            return self.send(f).await.map_err(|()| End::ClientGone);
+        let Source::Group(member) = &*source else {
+            let f = frames::error(Code::NotAGroupStream, "commit frames need a group stream", None);
+            return self.send_frame(f).await;
         };
-        let list: Vec<(String, u32, u64)> = offsets.iter().map(|o| (o.topic.clone(), o.partition, o.offset)).collect();
-        match self.ctx.groups.commit(group, member, view.generation, &list).await {
-            Ok(()) => self.send(frames::committed(&offsets)).await.map_err(|()| End::ClientGone)?,
-            Err(e) => {
-                let problem = ApiError::from(e).problem();
-                self.send(frames::error(problem.code, &problem.detail, None)).await.map_err(|()| End::ClientGone)?;
+        match member.commit(&offsets).await {
+            Ok(()) => self.send_frame(frames::committed(&offsets)).await?,
+            // Refusals (fenced, unknown partition) are the client's to know; the
+            // socket stays. Server faults end it.
+            Err(e) if !e.code().is_server_fault() => {
+                self.send_frame(frames::error(e.code(), &e.public_detail(), None)).await?;
             }
+            Err(e) => return Err(e.into()),
         }
         if self.revoking_since.is_some() {
             self.group_event(source, false).await?;
@@ -507,71 +451,40 @@ where
 
     /// Leaves the group (if a member) and closes the socket with a close frame.
     async fn finish(mut self, source: &Source, end: End) {
-        if let Source::Group { group, member, .. } = source {
-            let _ = self.ctx.groups.leave(group, member).await;
+        self.set_credit_stalled(false);
+        if let Source::Group(member) = source
+            && let Err(e) = member.leave().await
+            && !matches!(e, Error::UnknownMember { .. } | Error::UnknownGroup(_))
+        {
+            tracing::warn!(error = %e, member = member.member_id(), "leaving the group at disconnect failed");
         }
         if let End::Close(code, reason) = end {
             let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
             let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.send(Message::Close(Some(frame)))).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.close()).await;
-        self.ctx.metrics.ws_connections.dec();
+        self.service.metrics().ws_connections.dec();
     }
 }
 
-fn fatal(e: Error) -> End {
-    tracing::error!(error = %e, "websocket stream failed");
-    End::Close(close::INTERNAL, "the server failed to read the log".into())
-}
-
-fn member_error(e: Error) -> End {
-    match e {
-        Error::UnknownMember { .. } | Error::UnknownGroup(_) => {
-            End::Close(close::FENCED, "the member's session expired; reconnect".into())
-        }
-        e => fatal(e),
-    }
-}
-
-/// Handles one produce frame; returns the `produced` or `error` frame.
+/// Handles one produce frame through the service's one produce path; returns
+/// the `produced` or `error` frame.
 async fn produce(
-    log: &Log,
-    metrics: &Metrics,
+    service: &Service,
+    ctx: &RequestCtx,
     topic: &str,
     partition: Option<u32>,
     acks: Acks,
     records: &str,
     id: &serde_json::Value,
-) -> String {
-    let parsed: Result<Vec<RecordIn<'_>>, _> = serde_json::from_str(records);
-    let parsed = match parsed {
-        Ok(p) if !p.is_empty() => p,
-        Ok(_) => return frames::error("invalid_request", "records: give at least one record", Some(id)),
-        Err(e) => return frames::error("invalid_request", &e.to_string(), Some(id)),
-    };
-    let converted: Result<Vec<_>, Error> = parsed.into_iter().enumerate().map(|(i, r)| r.into_record(i)).collect();
-    let result = match converted {
-        Ok(recs) => {
-            let res = log.produce(topic, &recs, partition, acks).await;
-            if res.is_ok() {
-                metrics.records_in(topic, recs.len());
-            }
-            res
-        }
+) -> Result<String> {
+    let produced = match codec::parse_record_list(records) {
+        Ok(records) => service.produce(ctx, topic, partition, acks, &records).await,
         Err(e) => Err(e),
     };
-    match result {
+    match produced {
         Ok(Produced::Accepted { records }) => frames::produced(id, None, records),
-        Ok(Produced::Written(meta)) => {
-            let offsets: Vec<frames::ProducedOffset> = meta
-                .iter()
-                .map(|m| frames::ProducedOffset { partition: m.partition, offset: m.offset, timestamp: m.timestamp })
-                .collect();
-            frames::produced(id, Some(&offsets), offsets.len())
-        }
-        Err(e) => {
-            let problem = ApiError::from(e).problem();
-            frames::error(problem.code, &problem.detail, Some(id))
-        }
+        Ok(Produced::Written(meta)) => frames::produced(id, Some(&meta), meta.len()),
+        Err(e) => frames::error(e.code(), &e.public_detail(), Some(id)),
     }
 }

@@ -8,9 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::codec::{self, Encoding, to_json};
+use crate::error::{Code, Error, Result};
 use crate::group::{TopicPartition, View};
-use crate::http::codec::{self, Encoding};
+use crate::log::{Acks, RecordMetadata};
 use crate::record::StoredRecord;
+pub use crate::service::OffsetEntry;
+use crate::service::RecordSink;
 
 /// A frame from the client. Produce frames keep their records unparsed until
 /// the produce task handles them.
@@ -29,24 +33,27 @@ pub enum ClientFrame<'a> {
         id: serde_json::Value,
         topic: Option<String>,
         partition: Option<u32>,
-        acks: Option<String>,
+        acks: Option<Acks>,
         records: &'a RawValue,
     },
 }
 
-/// Why a client frame was refused.
+/// Why a client frame was refused: `invalid_json` (not JSON) or `invalid_frame`
+/// (JSON, but not a frame this server knows), with what was wrong.
 #[derive(Debug)]
-pub enum FrameError {
-    /// Not JSON.
-    Json(serde_json::Error),
-    /// JSON, but not a known frame.
-    Frame(String),
+pub struct FrameError {
+    pub code: Code,
+    pub message: String,
+    /// The frame's `id`, when it had one (a produce frame's errors echo it).
+    pub id: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 struct Tag<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -99,11 +106,17 @@ struct ProduceFrame<'a> {
 impl<'a> ClientFrame<'a> {
     /// Parses a text frame: first its `type`, then the fields that type takes.
     pub fn parse(text: &'a str) -> Result<Self, FrameError> {
-        let tag: Tag<'_> = serde_json::from_str(text).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => FrameError::Frame(e.to_string()),
-            _ => FrameError::Json(e),
+        let tag: Tag<'_> = serde_json::from_str(text).map_err(|e| FrameError {
+            code: match e.classify() {
+                serde_json::error::Category::Data => Code::InvalidFrame,
+                _ => Code::InvalidJson,
+            },
+            message: e.to_string(),
+            id: None,
         })?;
-        let shape = |e: serde_json::Error| FrameError::Frame(e.to_string());
+        let id = tag.id.clone();
+        let shape =
+            |e: serde_json::Error| FrameError { code: Code::InvalidFrame, message: e.to_string(), id: id.clone() };
         match tag.kind.as_deref() {
             Some("commit") => {
                 let f: CommitFrame = serde_json::from_str(text).map_err(shape)?;
@@ -119,28 +132,23 @@ impl<'a> ClientFrame<'a> {
             }
             Some("produce") => {
                 let f: ProduceFrame<'a> = serde_json::from_str(text).map_err(shape)?;
-                Ok(ClientFrame::Produce {
-                    id: f.id,
-                    topic: f.topic,
-                    partition: f.partition,
-                    acks: f.acks,
-                    records: f.records,
-                })
+                // One rule for `acks` on every transport (`Acks`'s own parser).
+                let acks = match f.acks.as_deref().map(str::parse::<Acks>).transpose() {
+                    Ok(acks) => acks,
+                    Err(e) => {
+                        return Err(FrameError { code: Code::InvalidFrame, message: e.to_string(), id: Some(f.id) });
+                    }
+                };
+                Ok(ClientFrame::Produce { id: f.id, topic: f.topic, partition: f.partition, acks, records: f.records })
             }
-            Some(other) => {
-                Err(FrameError::Frame(format!("unknown frame type '{other}'; expected commit, ack, credit or produce")))
-            }
-            None => Err(FrameError::Frame("a frame needs a \"type\"".into())),
+            Some(other) => Err(FrameError {
+                code: Code::InvalidFrame,
+                message: format!("unknown frame type '{other}'; expected commit, ack, credit or produce"),
+                id,
+            }),
+            None => Err(FrameError { code: Code::InvalidFrame, message: "a frame needs a \"type\"".into(), id }),
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct OffsetEntry {
-    pub topic: String,
-    pub partition: u32,
-    pub offset: u64,
 }
 
 /// A `records` frame being built.
@@ -158,7 +166,20 @@ impl RecordsFrame {
         RecordsFrame { buf, count: 0, encoding }
     }
 
-    pub fn push(&mut self, topic: &str, partition: u32, offset: u64, rec: &StoredRecord<'_>) {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The frame's text. Stored JSON values are copied in verbatim, so a stored
+    /// value that is not UTF-8 (corruption) makes the frame fail, not go out broken.
+    pub fn finish(mut self) -> Result<String> {
+        self.buf.extend_from_slice(b"]}");
+        String::from_utf8(self.buf).map_err(|e| Error::Corrupt(format!("a stored JSON value is not UTF-8: {e}")))
+    }
+}
+
+impl RecordSink for RecordsFrame {
+    fn push(&mut self, topic: &str, partition: u32, offset: u64, rec: &StoredRecord<'_>) {
         if self.count > 0 {
             self.buf.push(b',');
         }
@@ -166,22 +187,12 @@ impl RecordsFrame {
         self.count += 1;
     }
 
-    pub fn count(&self) -> usize {
+    fn count(&self) -> usize {
         self.count
     }
 
-    pub fn len(&self) -> usize {
+    fn bytes(&self) -> usize {
         self.buf.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    pub fn finish(mut self) -> String {
-        self.buf.extend_from_slice(b"]}");
-        // Built only from JSON text written by serde and valid stored JSON.
-        String::from_utf8(self.buf).unwrap_or_default()
     }
 }
 
@@ -198,7 +209,7 @@ fn by_topic(tps: &BTreeSet<TopicPartition>) -> Vec<TopicParts<'_>> {
         .collect()
 }
 
-pub fn assignment(member_id: &str, view: &View) -> String {
+pub fn assignment(member_id: &str, view: &View) -> Result<String> {
     #[derive(Serialize)]
     struct Frame<'a> {
         r#type: &'static str,
@@ -216,7 +227,7 @@ pub fn assignment(member_id: &str, view: &View) -> String {
     })
 }
 
-pub fn committed(offsets: &[OffsetEntry]) -> String {
+pub fn committed(offsets: &[OffsetEntry]) -> Result<String> {
     #[derive(Serialize)]
     struct Frame<'a> {
         r#type: &'static str,
@@ -225,26 +236,24 @@ pub fn committed(offsets: &[OffsetEntry]) -> String {
     to_json(&Frame { r#type: "committed", offsets })
 }
 
-#[derive(Debug, Serialize)]
-pub struct ProducedOffset {
-    pub partition: u32,
-    pub offset: u64,
-    pub timestamp: u64,
-}
-
-pub fn produced(id: &serde_json::Value, offsets: Option<&[ProducedOffset]>, accepted: usize) -> String {
-    #[derive(Serialize)]
-    struct Frame<'a> {
-        r#type: &'static str,
-        id: &'a serde_json::Value,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        offsets: Option<&'a [ProducedOffset]>,
-        accepted: usize,
+/// The answer to a produce frame: `accepted` records, and where they landed
+/// (`offsets`, absent for `acks=none`).
+pub fn produced(id: &serde_json::Value, offsets: Option<&[RecordMetadata]>, accepted: usize) -> Result<String> {
+    let mut out = String::with_capacity(64 + offsets.map_or(0, |o| o.len() * 64));
+    out.push_str("{\"type\":\"produced\",\"id\":");
+    out.push_str(&to_json(id)?);
+    if let Some(offsets) = offsets {
+        out.push(',');
+        codec::write_offsets(&mut out, offsets);
     }
-    to_json(&Frame { r#type: "produced", id, offsets, accepted })
+    out.push_str(",\"accepted\":");
+    out.push_str(itoa::Buffer::new().format(accepted));
+    out.push('}');
+    Ok(out)
 }
 
-pub fn error(code: &str, message: &str, id: Option<&serde_json::Value>) -> String {
+/// An `error` frame; its `code` comes from the one table of codes.
+pub fn error(code: Code, message: &str, id: Option<&serde_json::Value>) -> Result<String> {
     #[derive(Serialize)]
     struct Frame<'a> {
         r#type: &'static str,
@@ -253,11 +262,7 @@ pub fn error(code: &str, message: &str, id: Option<&serde_json::Value>) -> Strin
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a serde_json::Value>,
     }
-    to_json(&Frame { r#type: "error", code, message, id })
-}
-
-fn to_json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
+    to_json(&Frame { r#type: "error", code: code.as_str(), message, id })
 }
 
 /// Per-record acknowledgements → the offsets that can be committed.
@@ -353,8 +358,34 @@ mod tests {
         assert!(matches!(f, ClientFrame::Credit { records: 5 }));
         let f = ClientFrame::parse(r#"{"type":"produce","id":7,"records":[{"value":1}]}"#).unwrap();
         assert!(matches!(f, ClientFrame::Produce { records, .. } if records.get() == r#"[{"value":1}]"#));
-        assert!(matches!(ClientFrame::parse(r#"{"type":"nope"}"#), Err(FrameError::Frame(_))));
-        assert!(matches!(ClientFrame::parse(r#"{"type":"credit","records":-1}"#), Err(FrameError::Frame(_))));
-        assert!(matches!(ClientFrame::parse("nope"), Err(FrameError::Json(_))));
+        let code = |text: &str| ClientFrame::parse(text).err().map(|e| e.code);
+        assert_eq!(code(r#"{"type":"nope"}"#), Some(Code::InvalidFrame));
+        assert_eq!(code(r#"{"type":"credit","records":-1}"#), Some(Code::InvalidFrame));
+        assert_eq!(code("nope"), Some(Code::InvalidJson));
+        let f = ClientFrame::parse(r#"{"type":"produce","id":3,"acks":"1","records":[]}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Produce { acks: Some(Acks::Leader), .. }));
+        let e = ClientFrame::parse(r#"{"type":"produce","id":3,"acks":"most","records":[]}"#).unwrap_err();
+        assert_eq!((e.code, e.id), (Code::InvalidFrame, Some(serde_json::json!(3))), "{}", e.message);
+    }
+
+    #[test]
+    fn a_frame_with_a_stored_value_that_is_not_utf8_fails_instead_of_going_out_empty() {
+        use crate::record::{Blob, Format};
+        let rec = StoredRecord {
+            timestamp: 1,
+            key: None,
+            value: Some(Blob::new(Format::Json, vec![b'"', 0xff, b'"'])),
+            headers: vec![],
+        };
+        let mut frame = RecordsFrame::new(Encoding::Auto);
+        frame.push("t", 0, 0, &rec);
+        assert!(matches!(frame.finish(), Err(Error::Corrupt(_))));
+        let produced =
+            produced(&serde_json::json!("p1"), Some(&[RecordMetadata { partition: 1, offset: 2, timestamp: 3 }]), 1)
+                .unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&produced).unwrap(),
+            serde_json::json!({"type":"produced","id":"p1","offsets":[{"partition":1,"offset":2,"timestamp":3}],"accepted":1})
+        );
     }
 }

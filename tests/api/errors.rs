@@ -11,10 +11,21 @@ async fn bad_input_gets_stable_codes_and_changes_nothing() {
     let before = (app.read_all("t", 0, 0).await, app.read_all("t", 1, 0).await);
 
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-        ("malformed JSON", app.client.post(app.url("/v1/topics/t/records")).body("{not json"), 400, "invalid_json"),
+        (
+            "malformed JSON",
+            app.client
+                .post(app.url("/v1/topics/t/records"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "invalid_json",
+        ),
         (
             "truncated JSON",
-            app.client.post(app.url("/v1/topics/t/records")).body("{\"records\":["),
+            app.client
+                .post(app.url("/v1/topics/t/records"))
+                .header("content-type", "application/json")
+                .body("{\"records\":["),
             400,
             "invalid_json",
         ),
@@ -135,7 +146,18 @@ async fn bad_input_gets_stable_codes_and_changes_nothing() {
         ),
         ("no such route", app.client.get(app.url("/v1/nothing")), 404, "not_found"),
         ("wrong method", app.client.put(app.url("/v1/topics")), 405, "method_not_allowed"),
-        ("create with bad JSON", app.client.post(app.url("/v1/topics")).body("["), 400, "invalid_json"),
+        (
+            "create with bad JSON",
+            app.client.post(app.url("/v1/topics")).header("content-type", "application/json").body("["),
+            400,
+            "invalid_json",
+        ),
+        (
+            "a text/plain body (a page's preflight-free POST)",
+            app.client.post(app.url("/v1/topics/t/records")).header("content-type", "text/plain").body("{}"),
+            415,
+            "unsupported_media_type",
+        ),
     ];
     for (name, req, status, code) in cases {
         let res = req.send().await.unwrap();

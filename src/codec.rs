@@ -1,5 +1,7 @@
-//! JSON forms of records: parsing produce bodies without copying what the client
-//! sent, and writing records out with JSON values passed through verbatim.
+//! The JSON record codec both transports share: parsing produce requests (a REST
+//! body or a WebSocket `produce` frame's `records`) without copying what the client
+//! sent, and writing records and produce answers out, with JSON values passed
+//! through verbatim.
 //!
 //! Forms (explicit in the field name, never guessed):
 //! - `key` / `value` / header `value`: any JSON. A JSON string is stored as its
@@ -16,18 +18,73 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::Error;
+use crate::log::RecordMetadata;
 use crate::record::{Blob, Format, Header, NewRecord, StoredRecord};
 
+/// A REST produce body: `{"records": [...]}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProduceBody<'a> {
+struct ProduceBody<'a> {
     #[serde(borrow)]
-    pub records: Vec<RecordIn<'a>>,
+    records: Vec<RecordIn<'a>>,
+}
+
+/// Parses a REST produce body, `{"records": [...]}`, into records that borrow from it.
+pub fn parse_produce_body(body: &[u8]) -> Result<Vec<NewRecord<'_>>, Error> {
+    let parsed: ProduceBody<'_> = parse_json(body)?;
+    into_records(parsed.records)
+}
+
+/// Parses the records of a WebSocket `produce` frame: a JSON array of records.
+pub fn parse_record_list(json: &str) -> Result<Vec<NewRecord<'_>>, Error> {
+    let parsed: Vec<RecordIn<'_>> = parse_json(json.as_bytes())?;
+    into_records(parsed)
+}
+
+fn into_records(records: Vec<RecordIn<'_>>) -> Result<Vec<NewRecord<'_>>, Error> {
+    if records.is_empty() {
+        return Err(Error::InvalidRequest("records: give at least one record".into()));
+    }
+    records.into_iter().enumerate().map(|(i, r)| r.into_record(i)).collect()
+}
+
+/// Parses JSON, telling syntax errors (`invalid_json`) from shape errors (`invalid_request`).
+pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Error::InvalidRequest(e.to_string()),
+        _ => Error::InvalidJson(e.to_string()),
+    })
+}
+
+/// Serializes an answer, or says that it could not (a bug, never the client's fault).
+pub fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|e| Error::Internal(format!("an answer did not serialize: {e}")))
+}
+
+/// Appends `"offsets":[{"partition","offset","timestamp"},...]`: where each produced
+/// record landed, in request order. Written directly: only integers, so nothing
+/// needs escaping, and serde's generic path cost about as much as parsing the request.
+pub fn write_offsets(out: &mut String, meta: &[RecordMetadata]) {
+    let mut num = itoa::Buffer::new();
+    out.push_str("\"offsets\":[");
+    for (i, m) in meta.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"partition\":");
+        out.push_str(num.format(m.partition));
+        out.push_str(",\"offset\":");
+        out.push_str(num.format(m.offset));
+        out.push_str(",\"timestamp\":");
+        out.push_str(num.format(m.timestamp));
+        out.push('}');
+    }
+    out.push(']');
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RecordIn<'a> {
+struct RecordIn<'a> {
     #[serde(borrow, default)]
     key: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -46,7 +103,7 @@ pub struct RecordIn<'a> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HeaderIn<'a> {
+struct HeaderIn<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
     #[serde(borrow, default)]
@@ -58,7 +115,7 @@ pub struct HeaderIn<'a> {
 impl<'a> RecordIn<'a> {
     /// Turns the wire form into a record, decoding base64 and splitting JSON
     /// strings from other JSON. `index` names the record in errors.
-    pub fn into_record(self, index: usize) -> Result<NewRecord<'a>, Error> {
+    fn into_record(self, index: usize) -> Result<NewRecord<'a>, Error> {
         let key = blob(index, "key", self.key, self.key_base64)?;
         let value = blob(index, "value", self.value, self.value_base64)?;
         let headers = self
@@ -250,6 +307,60 @@ mod tests {
             let value = parse(&body).unwrap().value.unwrap();
             proptest::prop_assert_eq!(value.bytes.as_ref(), text.as_bytes());
         }
+    }
+
+    #[test]
+    fn written_offsets_are_what_serde_writes() {
+        #[derive(serde::Serialize)]
+        struct Offset {
+            partition: u32,
+            offset: u64,
+            timestamp: u64,
+        }
+        #[derive(serde::Serialize)]
+        struct Offsets {
+            offsets: Vec<Offset>,
+        }
+        for meta in [
+            vec![],
+            vec![RecordMetadata { partition: 0, offset: 0, timestamp: 0 }],
+            vec![
+                RecordMetadata { partition: 3, offset: 41, timestamp: 1_700_000_000_000 },
+                RecordMetadata { partition: u32::MAX, offset: u64::MAX, timestamp: i64::MAX as u64 },
+            ],
+        ] {
+            let offsets = meta
+                .iter()
+                .map(|m| Offset { partition: m.partition, offset: m.offset, timestamp: m.timestamp })
+                .collect();
+            let expected = serde_json::to_string(&Offsets { offsets }).unwrap();
+            let mut out = String::from("{");
+            write_offsets(&mut out, &meta);
+            out.push('}');
+            assert_eq!(out, expected);
+        }
+    }
+
+    /// An answer that cannot be serialized is an internal error (500
+    /// internal_error), never reported as a storage failure.
+    #[test]
+    fn an_answer_that_does_not_serialize_is_an_internal_error() {
+        let map = std::collections::BTreeMap::from([((1u8, 2u8), 3u8)]);
+        let e = to_json(&map).unwrap_err();
+        assert!(matches!(e, Error::Internal(_)), "{e:?}");
+        assert_eq!(e.code().as_str(), "internal_error");
+    }
+
+    #[test]
+    fn produce_bodies_and_record_lists_share_one_parser() {
+        let body = br#"{"records":[{"key":"k","value":{"a":1}}]}"#;
+        let list = r#"[{"key":"k","value":{"a":1}}]"#;
+        assert_eq!(parse_produce_body(body).unwrap(), parse_record_list(list).unwrap());
+        assert!(matches!(parse_produce_body(b"{\"records\":[]}"), Err(Error::InvalidRequest(_))));
+        assert!(matches!(parse_record_list("[]"), Err(Error::InvalidRequest(_))));
+        assert!(matches!(parse_produce_body(b"{nope"), Err(Error::InvalidJson(_))));
+        assert!(matches!(parse_record_list(r#"[{"valu":1}]"#), Err(Error::InvalidRequest(_))));
+        assert!(matches!(parse_record_list(r#"[{"value_base64":"%"}]"#), Err(Error::InvalidRecord { index: 0, .. })));
     }
 
     #[test]

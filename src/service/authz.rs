@@ -1,0 +1,185 @@
+//! Who is asking, and what each operation needs: the single place where every
+//! request from every transport is authorized.
+//!
+//! [`Operation`] names each operation the service offers once; [`Operation::requires`]
+//! is one exhaustive `match` from an operation to the permissions it needs (SPEC §8's
+//! route → operation table), so an operation added without a decision does not
+//! compile. With authentication off every principal is `User:ANONYMOUS` and every
+//! permission is granted; the ACL model plugs in behind [`Authorizer`].
+
+use std::fmt;
+
+use crate::error::Result;
+
+/// The authenticated identity behind a request: Kafka's `User:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal(String);
+
+impl Principal {
+    /// Everyone, while authentication is off.
+    pub fn anonymous() -> Principal {
+        Principal::user("ANONYMOUS")
+    }
+
+    pub fn user(name: &str) -> Principal {
+        Principal(format!("User:{name}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a transport knows about the request it is serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestCtx {
+    pub principal: Principal,
+}
+
+impl RequestCtx {
+    pub fn anonymous() -> RequestCtx {
+        RequestCtx { principal: Principal::anonymous() }
+    }
+}
+
+/// What an ACL entry is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource<'a> {
+    Topic(&'a str),
+    Group(&'a str),
+    Cluster,
+}
+
+/// Kafka's ACL operations, as far as gregor uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Read,
+    Write,
+    Create,
+    Delete,
+    Alter,
+    Describe,
+}
+
+/// Every operation the service layer offers, whatever transport it came through.
+#[derive(Debug, Clone, Copy)]
+pub enum Operation<'a> {
+    /// Lists only the topics the principal may describe (filtered per topic).
+    ListTopics,
+    CreateTopic(&'a str),
+    DescribeTopic(&'a str),
+    AlterTopic(&'a str),
+    DeleteTopic(&'a str),
+    /// REST produce, a WebSocket `produce` frame.
+    Produce(&'a str),
+    /// A partition read or long-poll, a topic stream, an offset lookup by time.
+    ReadTopic(&'a str),
+    ListGroups,
+    DescribeGroup(&'a str),
+    DeleteGroup(&'a str),
+    /// Join (REST or a group stream): the group and each subscribed topic.
+    JoinGroup {
+        group: &'a str,
+        topics: &'a [String],
+    },
+    /// Poll, heartbeat, leave, a group stream's fetches: the group.
+    ConsumeGroup(&'a str),
+    /// Commit or ack offsets, reset them: the group and each topic named.
+    CommitOffsets {
+        group: &'a str,
+        topics: &'a [&'a str],
+    },
+    /// `/metrics`.
+    DescribeCluster,
+}
+
+impl<'a> Operation<'a> {
+    /// The permissions this operation needs: all of them, on each resource.
+    pub fn requires(&self) -> Vec<(Resource<'a>, Action)> {
+        use Action as A;
+        use Resource as R;
+        match *self {
+            // Filtered per topic by the caller; the listing itself needs nothing.
+            Operation::ListTopics | Operation::ListGroups => vec![],
+            Operation::CreateTopic(t) => vec![(R::Topic(t), A::Create)],
+            Operation::DescribeTopic(t) => vec![(R::Topic(t), A::Describe)],
+            Operation::AlterTopic(t) => vec![(R::Topic(t), A::Alter)],
+            Operation::DeleteTopic(t) => vec![(R::Topic(t), A::Delete)],
+            Operation::Produce(t) => vec![(R::Topic(t), A::Write)],
+            Operation::ReadTopic(t) => vec![(R::Topic(t), A::Read)],
+            Operation::DescribeGroup(g) => vec![(R::Group(g), A::Describe)],
+            Operation::DeleteGroup(g) => vec![(R::Group(g), A::Delete)],
+            Operation::JoinGroup { group, topics } => std::iter::once((R::Group(group), A::Read))
+                .chain(topics.iter().map(|t| (R::Topic(t.as_str()), A::Read)))
+                .collect(),
+            Operation::ConsumeGroup(g) => vec![(R::Group(g), A::Read)],
+            Operation::CommitOffsets { group, topics } => std::iter::once((R::Group(group), A::Read))
+                .chain(topics.iter().map(|t| (R::Topic(t), A::Read)))
+                .collect(),
+            Operation::DescribeCluster => vec![(R::Cluster, A::Describe)],
+        }
+    }
+}
+
+/// Decides whether a principal may act on a resource.
+#[derive(Debug, Clone, Default)]
+pub enum Authorizer {
+    /// Authentication off: every request is `User:ANONYMOUS` and allowed.
+    #[default]
+    AllowAll,
+}
+
+impl Authorizer {
+    /// Checks every permission `op` needs ([`Operation::requires`]).
+    pub fn check(&self, _ctx: &RequestCtx, _op: Operation<'_>) -> Result<()> {
+        match self {
+            // Authentication off: nothing to look up (and nothing allocated on the hot path).
+            Authorizer::AllowAll => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPEC §8's route → operation table.
+    #[test]
+    fn operations_need_what_the_spec_says() {
+        use Action as A;
+        use Resource as R;
+        let topics = ["a".to_owned(), "b".to_owned()];
+        let named = ["a"];
+        let cases: Vec<(Operation<'_>, Vec<(Resource<'_>, Action)>)> = vec![
+            (Operation::CreateTopic("t"), vec![(R::Topic("t"), A::Create)]),
+            (Operation::DescribeTopic("t"), vec![(R::Topic("t"), A::Describe)]),
+            (Operation::AlterTopic("t"), vec![(R::Topic("t"), A::Alter)]),
+            (Operation::DeleteTopic("t"), vec![(R::Topic("t"), A::Delete)]),
+            (Operation::Produce("t"), vec![(R::Topic("t"), A::Write)]),
+            (Operation::ReadTopic("t"), vec![(R::Topic("t"), A::Read)]),
+            (
+                Operation::JoinGroup { group: "g", topics: &topics },
+                vec![(R::Group("g"), A::Read), (R::Topic("a"), A::Read), (R::Topic("b"), A::Read)],
+            ),
+            (Operation::ConsumeGroup("g"), vec![(R::Group("g"), A::Read)]),
+            (
+                Operation::CommitOffsets { group: "g", topics: &named },
+                vec![(R::Group("g"), A::Read), (R::Topic("a"), A::Read)],
+            ),
+            (Operation::DescribeGroup("g"), vec![(R::Group("g"), A::Describe)]),
+            (Operation::DeleteGroup("g"), vec![(R::Group("g"), A::Delete)]),
+            (Operation::DescribeCluster, vec![(R::Cluster, A::Describe)]),
+        ];
+        for (op, want) in cases {
+            assert_eq!(op.requires(), want, "{op:?}");
+        }
+        assert!(Authorizer::AllowAll.check(&RequestCtx::anonymous(), Operation::DeleteTopic("x")).is_ok());
+        assert_eq!(RequestCtx::anonymous().principal.as_str(), "User:ANONYMOUS");
+    }
+}

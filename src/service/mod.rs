@@ -1,0 +1,510 @@
+//! The service layer: every operation gregor offers, named once, for every
+//! transport. REST handlers and WebSocket connections call only this; they never
+//! touch the log, the groups or the store.
+//!
+//! Each call takes the [`RequestCtx`] of the request (its principal), authorizes
+//! the [`Operation`] in one place ([`Authorizer::check`]), validates its bounds
+//! ([`limits`]) and returns owned values. Behind it sits a [`Backend`]: today the
+//! embedded log (RocksDB); the seam is an enum, so a second backend (a Kafka
+//! cluster) is one more variant whose every unhandled call site the compiler lists.
+//!
+//! - [`authz`]: principals, operations and the permissions they need.
+//! - [`limits`]: the bounds of a request (records, bytes, waits).
+//! - [`stream`]: topic streams and group-member streams (what a WebSocket follows).
+
+pub mod authz;
+pub mod limits;
+pub mod stream;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+pub use authz::{Action, Authorizer, Operation, Principal, RequestCtx, Resource};
+pub use stream::{FetchSummary, MemberStream, RecordSink, StreamStart, TopicStream, Watch};
+
+use crate::error::{Code, Error, Result};
+use crate::group::{CommittedInfo, GroupInfo, GroupState, Groups, JoinParams, Joined, ResetTo, TopicPartition, View};
+use crate::log::{Acks, Log, Produced, ReadRequest, ReadResult, TimestampOffset, Topic};
+use crate::metrics::{GroupTopicLabels, Metrics};
+use crate::record::{NewRecord, StoredRecord};
+use crate::topic::{TopicConfig, TopicConfigPatch};
+
+/// The backend that stores and serves the log.
+enum Backend {
+    /// The embedded RocksDB log and gregor's own group coordinator.
+    Embedded { log: Arc<Log>, groups: Arc<Groups> },
+}
+
+struct Inner {
+    backend: Backend,
+    authorizer: Authorizer,
+    metrics: Arc<Metrics>,
+}
+
+/// The service every transport calls. Cheap to clone.
+#[derive(Clone)]
+pub struct Service(Arc<Inner>);
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match &self.0.backend {
+            Backend::Embedded { .. } => "embedded",
+        };
+        f.debug_struct("Service").field("backend", &backend).finish_non_exhaustive()
+    }
+}
+
+/// A topic in a listing.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TopicSummary {
+    pub name: String,
+    pub partition_count: u32,
+    pub config: TopicConfig,
+}
+
+/// A topic with its partitions' offsets and its configuration.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TopicDescription {
+    pub name: String,
+    pub partition_count: u32,
+    pub partitions: Vec<PartitionInfo>,
+    pub config: TopicConfig,
+    /// When the topic was created (ms since the epoch).
+    pub created_ms: u64,
+}
+
+/// A partition's offsets.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PartitionInfo {
+    pub topic: String,
+    pub partition: u32,
+    /// The earliest offset still stored.
+    pub beginning_offset: u64,
+    /// The next offset to be assigned (the log end offset).
+    pub end_offset: u64,
+}
+
+/// What a read asks for; absent fields take their defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadParams {
+    /// First offset to read; default: the partition's beginning offset.
+    pub offset: Option<u64>,
+    /// Most records (default 100).
+    pub limit: Option<u32>,
+    /// Most record bytes (default 1 MiB).
+    pub max_bytes: Option<usize>,
+    /// Long-poll up to this long when `offset` is the end of the log (default 0).
+    pub wait_ms: Option<u64>,
+}
+
+/// Records read from the log, decoded on demand. Decoding them is delivering
+/// them: it counts them in `gregor_records_out_total`.
+#[derive(Debug)]
+pub struct Records {
+    read: ReadResult,
+    topic: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Records {
+    /// The records with their offsets, in offset order.
+    pub fn decode(&self) -> Result<Vec<(u64, StoredRecord<'_>)>> {
+        let records = self.read.records()?;
+        self.metrics.records_out(&self.topic, records.len());
+        Ok(records)
+    }
+}
+
+/// The answer to a read of one partition.
+#[derive(Debug)]
+pub struct Fetched {
+    pub records: Records,
+    /// The offset the read started at (the next offset when nothing was returned).
+    pub offset: u64,
+    pub beginning_offset: u64,
+    /// The partition's end offset when the read ran.
+    pub end_offset: u64,
+}
+
+/// What a poll asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PollParams {
+    /// Most records (default 500).
+    pub max_records: Option<u32>,
+    /// Wait up to this long when there is nothing to return (default 0).
+    pub wait_ms: Option<u64>,
+}
+
+/// A poll's answer: what the member owns now, and what it was sent.
+#[derive(Debug)]
+pub struct Polled {
+    pub view: View,
+    pub records: Vec<(TopicPartition, Records)>,
+    /// Partitions that could not be read, with a stable code.
+    pub errors: Vec<(TopicPartition, Code)>,
+}
+
+/// A group in a listing.
+#[derive(Debug, Clone)]
+pub struct GroupSummary {
+    pub group: String,
+    pub state: GroupState,
+    pub generation: u64,
+    pub members: usize,
+}
+
+/// One partition's offset in a commit or an offset reset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffsetEntry {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+impl Service {
+    /// The service over the embedded log and its groups.
+    pub fn embedded(log: Arc<Log>, groups: Arc<Groups>, metrics: Arc<Metrics>) -> Service {
+        Service(Arc::new(Inner {
+            backend: Backend::Embedded { log, groups },
+            authorizer: Authorizer::default(),
+            metrics,
+        }))
+    }
+
+    /// The figures transports add to (request latency, WebSocket connections).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+
+    fn authorize(&self, ctx: &RequestCtx, op: Operation<'_>) -> Result<()> {
+        self.0.authorizer.check(ctx, op)
+    }
+
+    fn log(&self) -> &Arc<Log> {
+        match &self.0.backend {
+            Backend::Embedded { log, .. } => log,
+        }
+    }
+
+    fn groups(&self) -> &Arc<Groups> {
+        match &self.0.backend {
+            Backend::Embedded { groups, .. } => groups,
+        }
+    }
+
+    fn records(&self, topic: &str, read: ReadResult) -> Records {
+        Records { read, topic: topic.to_owned(), metrics: self.0.metrics.clone() }
+    }
+
+    /// True while the server accepts writes: not shutting down, its store not failed.
+    pub fn is_ready(&self) -> bool {
+        self.log().is_ready()
+    }
+
+    /// Cancelled when shutdown begins: long-polls return, streams close.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.log().shutdown_token()
+    }
+
+    // ---- topics ----
+
+    pub fn list_topics(&self, ctx: &RequestCtx) -> Result<Vec<TopicSummary>> {
+        self.authorize(ctx, Operation::ListTopics)?;
+        let mut out = Vec::new();
+        for t in self.log().topics() {
+            if self.authorize(ctx, Operation::DescribeTopic(t.name.as_str())).is_ok() {
+                out.push(TopicSummary {
+                    name: t.name.to_string(),
+                    partition_count: t.partitions().len() as u32,
+                    config: t.config(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn create_topic(
+        &self,
+        ctx: &RequestCtx,
+        name: &str,
+        partitions: u32,
+        config: &TopicConfigPatch,
+    ) -> Result<TopicDescription> {
+        self.authorize(ctx, Operation::CreateTopic(name))?;
+        let topic = self.log().create_topic(name, partitions, config).await?;
+        Ok(describe(&topic))
+    }
+
+    pub fn describe_topic(&self, ctx: &RequestCtx, name: &str) -> Result<TopicDescription> {
+        self.authorize(ctx, Operation::DescribeTopic(name))?;
+        let topic = self.log().topic(name)?;
+        Ok(describe(&topic))
+    }
+
+    /// Changes a topic's configuration and/or grows its partition count.
+    pub async fn alter_topic(
+        &self,
+        ctx: &RequestCtx,
+        name: &str,
+        partitions: Option<u32>,
+        patch: &TopicConfigPatch,
+    ) -> Result<TopicDescription> {
+        self.authorize(ctx, Operation::AlterTopic(name))?;
+        let topic = self.log().update_topic(name, partitions, patch).await?;
+        Ok(describe(&topic))
+    }
+
+    pub async fn delete_topic(&self, ctx: &RequestCtx, name: &str) -> Result<()> {
+        self.authorize(ctx, Operation::DeleteTopic(name))?;
+        self.log().delete_topic(name).await
+    }
+
+    pub fn describe_partition(&self, ctx: &RequestCtx, topic: &str, partition: u32) -> Result<PartitionInfo> {
+        self.authorize(ctx, Operation::DescribeTopic(topic))?;
+        let t = self.log().topic(topic)?;
+        let p = t.partition(partition)?;
+        Ok(partition_info(&t, &p))
+    }
+
+    /// Kafka's offsetsForTimes for one partition.
+    pub async fn offset_for_timestamp(
+        &self,
+        ctx: &RequestCtx,
+        topic: &str,
+        partition: u32,
+        timestamp: u64,
+    ) -> Result<TimestampOffset> {
+        self.authorize(ctx, Operation::DescribeTopic(topic))?;
+        self.log().offset_for_timestamp(topic, partition, timestamp).await
+    }
+
+    // ---- records ----
+
+    /// Appends records to a topic: the one produce path of every transport.
+    /// `partition` is set by a per-partition route and overrides each record's own
+    /// choice (which must then agree or be absent). Stored whole or not at all.
+    pub async fn produce(
+        &self,
+        ctx: &RequestCtx,
+        topic: &str,
+        partition: Option<u32>,
+        acks: Acks,
+        records: &[NewRecord<'_>],
+    ) -> Result<Produced> {
+        self.authorize(ctx, Operation::Produce(topic))?;
+        let produced = self.log().produce(topic, records, partition, acks).await?;
+        self.0.metrics.records_in(topic, records.len());
+        Ok(produced)
+    }
+
+    /// Reads one partition from an offset, long-polling up to `wait_ms` at its end.
+    pub async fn read(&self, ctx: &RequestCtx, topic: &str, partition: u32, params: ReadParams) -> Result<Fetched> {
+        let limit = limits::max_records("limit", params.limit, 100)?;
+        let max_bytes = limits::max_bytes("max_bytes", params.max_bytes, 1024 * 1024, limits::MAX_READ_BYTES)?;
+        let wait = limits::wait("wait_ms", params.wait_ms, limits::MAX_WAIT_MS)?;
+        self.authorize(ctx, Operation::ReadTopic(topic))?;
+        let offset = match params.offset {
+            Some(o) => o,
+            None => self.log().topic(topic)?.partition(partition)?.start(),
+        };
+        let req = ReadRequest { offset, max_records: limit, max_bytes, wait };
+        let read = self.log().read(topic, partition, req).await?;
+        let (beginning_offset, end_offset) = (read.beginning_offset, read.end_offset);
+        Ok(Fetched { records: self.records(topic, read), offset, beginning_offset, end_offset })
+    }
+
+    // ---- groups ----
+
+    pub async fn list_groups(&self, ctx: &RequestCtx) -> Result<Vec<GroupSummary>> {
+        self.authorize(ctx, Operation::ListGroups)?;
+        let mut out = Vec::new();
+        for id in self.groups().list() {
+            if self.authorize(ctx, Operation::DescribeGroup(&id)).is_err() {
+                continue;
+            }
+            match self.groups().describe(&id).await {
+                Ok(info) => out.push(GroupSummary {
+                    group: info.group,
+                    state: info.state,
+                    generation: info.generation,
+                    members: info.members.len(),
+                }),
+                // Deleted between the listing and the look.
+                Err(Error::UnknownGroup(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn describe_group(&self, ctx: &RequestCtx, group: &str) -> Result<GroupInfo> {
+        self.authorize(ctx, Operation::DescribeGroup(group))?;
+        self.groups().describe(group).await
+    }
+
+    /// Deletes an empty group and its committed offsets.
+    pub async fn delete_group(&self, ctx: &RequestCtx, group: &str) -> Result<()> {
+        self.authorize(ctx, Operation::DeleteGroup(group))?;
+        self.groups().delete(group).await
+    }
+
+    /// Adds a member to a group (creating the group if needed).
+    pub async fn join_group(&self, ctx: &RequestCtx, group: &str, params: JoinParams) -> Result<Joined> {
+        self.authorize(ctx, Operation::JoinGroup { group, topics: &params.topics })?;
+        self.groups().join(group, params).await
+    }
+
+    /// Polls records for a member (also a heartbeat), long-polling up to `wait_ms`.
+    pub async fn poll(&self, ctx: &RequestCtx, group: &str, member: &str, params: PollParams) -> Result<Polled> {
+        let max = limits::max_records("max_records", params.max_records, 500)?;
+        let wait = limits::wait("wait_ms", params.wait_ms, limits::MAX_WAIT_MS)?;
+        self.authorize(ctx, Operation::ConsumeGroup(group))?;
+        let polled = self.groups().poll(group, member, max, wait).await?;
+        Ok(Polled {
+            view: polled.view,
+            records: polled.records.into_iter().map(|(tp, read)| (tp.clone(), self.records(&tp.topic, read))).collect(),
+            errors: polled.errors,
+        })
+    }
+
+    /// Keeps a member's session alive and tells it about rebalances.
+    pub async fn heartbeat(&self, ctx: &RequestCtx, group: &str, member: &str) -> Result<View> {
+        self.authorize(ctx, Operation::ConsumeGroup(group))?;
+        self.groups().heartbeat(group, member).await
+    }
+
+    /// The member leaves; its partitions move at once.
+    pub async fn leave_group(&self, ctx: &RequestCtx, group: &str, member: &str) -> Result<()> {
+        self.authorize(ctx, Operation::ConsumeGroup(group))?;
+        self.groups().leave(group, member).await
+    }
+
+    /// Commits a member's offsets, fenced by membership, generation and ownership.
+    pub async fn commit(
+        &self,
+        ctx: &RequestCtx,
+        group: &str,
+        member: &str,
+        generation: u64,
+        offsets: &[OffsetEntry],
+    ) -> Result<()> {
+        let topics: Vec<&str> = distinct_topics(offsets.iter().map(|o| o.topic.as_str()));
+        self.authorize(ctx, Operation::CommitOffsets { group, topics: &topics })?;
+        let list: Vec<(String, u32, u64)> = offsets.iter().map(|o| (o.topic.clone(), o.partition, o.offset)).collect();
+        self.groups().commit(group, member, generation, &list).await
+    }
+
+    /// Moves a group's committed offsets for `topic` (every topic of the group when
+    /// `None`) and `partitions` (all when `None`); returns the new offsets.
+    pub async fn reset_offsets(
+        &self,
+        ctx: &RequestCtx,
+        group: &str,
+        topic: Option<&str>,
+        partitions: Option<&[u32]>,
+        to: ResetTo,
+    ) -> Result<Vec<OffsetEntry>> {
+        let topics: Vec<&str> = topic.into_iter().collect();
+        self.authorize(ctx, Operation::CommitOffsets { group, topics: &topics })?;
+        if partitions.is_some() && topic.is_none() {
+            return Err(Error::InvalidRequest("partitions needs a topic".into()));
+        }
+        let moved = self.groups().reset_offsets(group, topic, partitions, to).await?;
+        Ok(moved
+            .into_iter()
+            .map(|(tp, offset)| OffsetEntry { topic: tp.topic, partition: tp.partition, offset })
+            .collect())
+    }
+
+    // ---- streams ----
+
+    /// Opens a stream of `topic` from `from`, over `partitions` (every partition,
+    /// including ones added later, when `None`).
+    pub async fn open_topic_stream(
+        &self,
+        ctx: &RequestCtx,
+        topic: &str,
+        from: StreamStart,
+        partitions: Option<&[u32]>,
+    ) -> Result<TopicStream> {
+        self.authorize(ctx, Operation::ReadTopic(topic))?;
+        TopicStream::open(self.clone(), ctx.clone(), topic, from, partitions).await
+    }
+
+    /// Joins `group` as a member that lives as long as the returned stream.
+    pub async fn open_member_stream(&self, ctx: &RequestCtx, group: &str, params: JoinParams) -> Result<MemberStream> {
+        let joined = self.join_group(ctx, group, params).await?;
+        Ok(MemberStream::new(self.clone(), ctx.clone(), group, joined))
+    }
+
+    // ---- the server ----
+
+    /// The Prometheus text exposition, with the gauges read at scrape time set.
+    pub async fn metrics_text(&self, ctx: &RequestCtx) -> Result<String> {
+        self.authorize(ctx, Operation::DescribeCluster)?;
+        let m = &self.0.metrics;
+        let log = self.log();
+        m.write_queue_bytes.set(log.queued_bytes() as i64);
+        m.tail_cache_bytes.set(log.tail_cache_bytes() as i64);
+        m.reads_waiting.set(log.reads_waiting() as i64);
+        m.polls_waiting.set(self.groups().polls_waiting() as i64);
+        match log.store_size().await {
+            Ok(bytes) => {
+                m.store_bytes.set(bytes as i64);
+            }
+            // A scrape still reports everything else; the failure is in the log.
+            Err(e) => tracing::warn!(error = %e, "cannot read the store size"),
+        }
+        // Lag is a snapshot: rebuilt from the groups at every scrape.
+        m.consumer_lag.clear();
+        for group in self.groups().list() {
+            let info = match self.groups().describe(&group).await {
+                Ok(info) => info,
+                Err(Error::UnknownGroup(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            for CommittedInfo { tp, committed, end_offset, .. } in info.offsets {
+                if let Some(c) = committed {
+                    let labels = GroupTopicLabels { group: group.clone(), topic: tp.topic.clone() };
+                    m.consumer_lag.get_or_create(&labels).inc_by(end_offset.saturating_sub(c) as i64);
+                }
+            }
+        }
+        Ok(m.render())
+    }
+}
+
+fn partition_info(topic: &Topic, p: &crate::log::Partition) -> PartitionInfo {
+    PartitionInfo {
+        topic: topic.name.to_string(),
+        partition: p.index,
+        beginning_offset: p.start(),
+        end_offset: p.end(),
+    }
+}
+
+fn describe(topic: &Topic) -> TopicDescription {
+    let partitions: Vec<_> = topic.partitions().iter().map(|p| partition_info(topic, p)).collect();
+    TopicDescription {
+        name: topic.name.to_string(),
+        partition_count: partitions.len() as u32,
+        partitions,
+        config: topic.config(),
+        created_ms: topic.created_ms,
+    }
+}
+
+fn distinct_topics<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    names.collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// How long a WebSocket waits between heartbeats: a third of its session.
+pub fn heartbeat_interval(session_ms: u64) -> Duration {
+    Duration::from_millis((session_ms / 3).max(10))
+}

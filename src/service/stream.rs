@@ -1,0 +1,339 @@
+//! What a WebSocket follows: a topic from chosen positions ([`TopicStream`]), or
+//! a consumer-group member's assigned partitions ([`MemberStream`]).
+//!
+//! Both hand records to a [`RecordSink`] (the transport's frame being built), so
+//! records go from the stored batch to the frame with no copy in between, and
+//! both give a [`Watch`]: an owned future source that resolves when there is
+//! something to read. Positions, fencing and the group protocol stay here.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::watch;
+
+use super::{OffsetEntry, Operation, RequestCtx, Service};
+use crate::error::{Code, Error, Result};
+use crate::group::{Joined, TopicPartition, View};
+use crate::log::{ReadRequest, Topic};
+use crate::record::StoredRecord;
+
+/// Where a topic stream starts, per partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStart {
+    Earliest,
+    Latest,
+    /// The same offset in every partition (each must hold it).
+    Offset(u64),
+    /// The first offset at or after this time (ms), per partition.
+    Timestamp(u64),
+}
+
+impl FromStr for StreamStart {
+    type Err = Error;
+
+    /// `earliest`, `latest`, an offset, or `ts:MS`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "earliest" => Ok(StreamStart::Earliest),
+            "latest" => Ok(StreamStart::Latest),
+            other => match other.strip_prefix("ts:") {
+                Some(ms) => ms
+                    .parse()
+                    .map(StreamStart::Timestamp)
+                    .map_err(|_| Error::parameter("from", "ts: takes milliseconds")),
+                None => other
+                    .parse()
+                    .map(StreamStart::Offset)
+                    .map_err(|_| Error::parameter("from", "from is earliest, latest, an offset, or ts:MS")),
+            },
+        }
+    }
+}
+
+/// Where fetched records go: the frame a transport is building.
+pub trait RecordSink {
+    fn push(&mut self, topic: &str, partition: u32, offset: u64, record: &StoredRecord<'_>);
+    /// Records pushed so far.
+    fn count(&self) -> usize;
+    /// Bytes of the frame so far.
+    fn bytes(&self) -> usize;
+}
+
+/// Resolves when a followed partition has records past the stream's position.
+/// Owned: taken before a `select!`, while the stream itself stays free to change.
+#[derive(Debug)]
+pub struct Watch {
+    ends: Vec<(u64, watch::Receiver<u64>)>,
+}
+
+impl Watch {
+    /// Records are there to read now.
+    pub fn is_ready(&self) -> bool {
+        self.ends.iter().any(|(pos, rx)| *rx.borrow() > *pos)
+    }
+
+    /// Waits until an end offset moves (or forever, when nothing is followed).
+    pub async fn changed(&mut self) {
+        if self.ends.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        let _ = futures_util::future::select_all(self.ends.iter_mut().map(|(_, rx)| rx.changed().boxed())).await;
+    }
+}
+
+/// Resolves whenever a group changes in a way its members should hear about.
+#[derive(Debug)]
+pub struct GroupChanges(watch::Receiver<u64>);
+
+impl GroupChanges {
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The group is gone; the member's next call says so.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A stream of one topic from explicit positions, with no group.
+#[derive(Debug)]
+pub struct TopicStream {
+    service: Service,
+    ctx: RequestCtx,
+    topic: Arc<Topic>,
+    positions: BTreeMap<u32, u64>,
+    /// Follow partitions added while the stream is open (no explicit list given).
+    follow_new_partitions: bool,
+}
+
+impl TopicStream {
+    pub(super) async fn open(
+        service: Service,
+        ctx: RequestCtx,
+        name: &str,
+        from: StreamStart,
+        partitions: Option<&[u32]>,
+    ) -> Result<TopicStream> {
+        let log = service.log().clone();
+        let topic = log.topic(name)?;
+        let chosen: Vec<u32> = match partitions {
+            None | Some([]) => (0..topic.partitions().len() as u32).collect(),
+            Some(list) => list.to_vec(),
+        };
+        let mut positions = BTreeMap::new();
+        for p in chosen {
+            let part = topic.partition(p)?;
+            let (start, end) = (part.start(), part.end());
+            let pos = match from {
+                StreamStart::Earliest => start,
+                StreamStart::Latest => end,
+                StreamStart::Timestamp(ms) => log.offset_for_timestamp(name, p, ms).await?.offset,
+                StreamStart::Offset(o) if (start..=end).contains(&o) => o,
+                StreamStart::Offset(o) => return Err(Error::OffsetOutOfRange { offset: o, beginning: start, end }),
+            };
+            positions.insert(p, pos);
+        }
+        let follow_new_partitions = partitions.is_none_or(<[u32]>::is_empty);
+        Ok(TopicStream { service, ctx, topic, positions, follow_new_partitions })
+    }
+
+    pub fn topic(&self) -> &str {
+        self.topic.name.as_str()
+    }
+
+    pub fn watch(&self) -> Watch {
+        let ends = self
+            .positions
+            .iter()
+            .filter_map(|(p, pos)| self.topic.partition(*p).ok().map(|part| (*pos, part.subscribe())))
+            .collect();
+        Watch { ends }
+    }
+
+    /// Reads up to `budget` records (and about `max_bytes` of frame) into `sink`,
+    /// advancing the stream's positions. `UnknownTopic` once the topic is deleted.
+    pub async fn fetch(&mut self, sink: &mut impl RecordSink, budget: usize, max_bytes: usize) -> Result<()> {
+        self.service.authorize(&self.ctx, Operation::ReadTopic(self.topic.name.as_str()))?;
+        let name = self.topic.name.as_str();
+        if self.topic.is_deleted() {
+            return Err(Error::UnknownTopic(name.to_owned()));
+        }
+        if self.follow_new_partitions {
+            for p in self.positions.len() as u32..self.topic.partitions().len() as u32 {
+                self.positions.insert(p, 0);
+            }
+        }
+        let log = self.service.log().clone();
+        for (p, pos) in self.positions.iter_mut() {
+            let remaining = budget.saturating_sub(sink.count());
+            if remaining == 0 || sink.bytes() >= max_bytes {
+                break;
+            }
+            let req = ReadRequest {
+                offset: *pos,
+                max_records: remaining as u32,
+                max_bytes: max_bytes.saturating_sub(sink.bytes()).max(1),
+                wait: Duration::ZERO,
+            };
+            match log.read(name, *p, req).await {
+                Ok(read) => {
+                    let records = self.service.records(name, read);
+                    for (offset, rec) in records.decode()? {
+                        sink.push(name, *p, offset, &rec);
+                        *pos = offset + 1;
+                    }
+                }
+                // Retention removed records the stream had not reached: skip ahead.
+                Err(Error::OffsetOutOfRange { beginning, .. }) if *pos < beginning => *pos = beginning,
+                Err(Error::OffsetOutOfRange { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a member's fetch delivered, besides the records in the sink.
+#[derive(Debug, Default)]
+pub struct FetchSummary {
+    /// Per partition, the delivered offsets `first..end`.
+    pub delivered: Vec<(TopicPartition, u64, u64)>,
+    /// Partitions that could not be read, with a stable code.
+    pub errors: Vec<(TopicPartition, Code)>,
+}
+
+/// A consumer-group member whose lifetime is a connection's.
+#[derive(Debug)]
+pub struct MemberStream {
+    service: Service,
+    ctx: RequestCtx,
+    group: String,
+    member: String,
+    view: View,
+    session_ms: u64,
+}
+
+impl MemberStream {
+    pub(super) fn new(service: Service, ctx: RequestCtx, group: &str, joined: Joined) -> MemberStream {
+        MemberStream {
+            service,
+            ctx,
+            group: group.to_owned(),
+            member: joined.member_id,
+            view: joined.view,
+            session_ms: joined.session_timeout_ms,
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    pub fn member_id(&self) -> &str {
+        &self.member
+    }
+
+    /// What the member was last told it owns.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    pub fn session_timeout(&self) -> Duration {
+        Duration::from_millis(self.session_ms)
+    }
+
+    /// The member's readable partitions' end offsets against its positions (a
+    /// partition whose position is not known yet counts as not ready: its first
+    /// read, which an assignment change triggers, sets it).
+    pub async fn watch(&self) -> Result<Watch> {
+        let groups = self.service.groups();
+        let log = self.service.log();
+        let mut ends = Vec::new();
+        for (tp, pos) in groups.positions(&self.group, &self.member).await? {
+            if !self.view.assignment.contains(&tp) {
+                continue;
+            }
+            // A topic deleted under the member: nothing to follow there.
+            let Ok(topic) = log.topic(&tp.topic) else { continue };
+            let Ok(part) = topic.partition(tp.partition) else { continue };
+            ends.push((pos.unwrap_or(u64::MAX), part.subscribe()));
+        }
+        Ok(Watch { ends })
+    }
+
+    pub fn changes(&self) -> Result<GroupChanges> {
+        Ok(GroupChanges(self.service.groups().subscribe(&self.group)?))
+    }
+
+    /// Reads up to `budget` records from the partitions the member was told it
+    /// owns into `sink`, recording the deliveries (positions advance).
+    pub async fn fetch(&mut self, sink: &mut impl RecordSink, budget: usize) -> Result<FetchSummary> {
+        self.service.authorize(&self.ctx, Operation::ConsumeGroup(&self.group))?;
+        let polled =
+            self.service.groups().read(&self.group, &self.member, budget as u32, &self.view.assignment).await?;
+        let mut summary = FetchSummary { delivered: Vec::new(), errors: polled.errors };
+        for (tp, read) in polled.records {
+            let records = self.service.records(&tp.topic, read);
+            let decoded = records.decode()?;
+            if let (Some((first, _)), Some((last, _))) = (decoded.first(), decoded.last()) {
+                summary.delivered.push((tp.clone(), *first, last + 1));
+            }
+            for (offset, rec) in decoded {
+                sink.push(&tp.topic, tp.partition, offset, &rec);
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Keeps the session alive without a heartbeat's release step.
+    pub async fn touch(&self) -> Result<()> {
+        self.service.groups().touch(&self.group, &self.member).await
+    }
+
+    /// Whether a heartbeat would tell the member something new.
+    pub async fn has_news(&self) -> Result<bool> {
+        self.service.groups().has_news(&self.group, &self.member).await
+    }
+
+    /// Whether every partition being revoked has its delivered records committed.
+    pub async fn revocation_settled(&self) -> Result<bool> {
+        self.service.groups().revocation_settled(&self.group, &self.member).await
+    }
+
+    /// A heartbeat: releases what the last answer revoked; returns the new view,
+    /// which becomes the member's view.
+    pub async fn heartbeat(&mut self) -> Result<&View> {
+        self.service.authorize(&self.ctx, Operation::ConsumeGroup(&self.group))?;
+        self.view = self.service.groups().heartbeat(&self.group, &self.member).await?;
+        Ok(&self.view)
+    }
+
+    /// Commits offsets in the member's current generation.
+    pub async fn commit(&self, offsets: &[OffsetEntry]) -> Result<()> {
+        self.service.commit(&self.ctx, &self.group, &self.member, self.view.generation, offsets).await
+    }
+
+    /// Leaves the group; the member's partitions move at once.
+    pub async fn leave(&self) -> Result<()> {
+        self.service.groups().leave(&self.group, &self.member).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_starts_parse_or_name_the_parameter() {
+        assert_eq!("earliest".parse::<StreamStart>().unwrap(), StreamStart::Earliest);
+        assert_eq!("latest".parse::<StreamStart>().unwrap(), StreamStart::Latest);
+        assert_eq!("42".parse::<StreamStart>().unwrap(), StreamStart::Offset(42));
+        assert_eq!("ts:1500".parse::<StreamStart>().unwrap(), StreamStart::Timestamp(1500));
+        for bad in ["soon", "ts:x", "-1", ""] {
+            let e = bad.parse::<StreamStart>().unwrap_err();
+            assert!(matches!(&e, Error::InvalidParameter { field: Some(f), .. } if f == "from"), "{bad}: {e}");
+        }
+    }
+}
