@@ -76,7 +76,49 @@ fn api() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, as generated from the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().split_for_parts().1
+    let mut doc = api().split_for_parts().1;
+    document_guard(&mut doc);
+    doc
+}
+
+/// Adds what the browser guard answers (`guard`, before any handler) to every
+/// operation it applies to: 403 for a foreign Host (any request) or Origin
+/// (state-changing requests and upgrades), 415 for a body that is not JSON.
+fn document_guard(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            (&mut item.get, false),
+            (&mut item.post, true),
+            (&mut item.patch, true),
+            (&mut item.delete, true),
+            (&mut item.put, true),
+        ];
+        for (op, changes_state) in ops {
+            let Some(op) = op.as_mut() else { continue };
+            let responses = &mut op.responses.responses;
+            let forbidden = if changes_state {
+                "Refused before the handler: a foreign Origin (origin_not_allowed) or, on a loopback address, Host (host_not_allowed)"
+            } else {
+                "Refused before the handler: on a loopback address, a foreign Host (host_not_allowed)"
+            };
+            responses.entry("403".into()).or_insert_with(|| problem(forbidden).into());
+            if changes_state && op.request_body.is_some() {
+                responses
+                    .entry("415".into())
+                    .or_insert_with(|| problem("The body is not JSON (unsupported_media_type)").into());
+            }
+        }
+    }
 }
 
 /// The OpenAPI document as the pretty JSON committed in `openapi/openapi.json`.

@@ -176,6 +176,9 @@ where
         let ready = watch.is_ready();
         let can_send = conn.credit != Some(0);
         conn.set_credit_stalled(ready && !can_send);
+        // Without credit, appends are still watched until records are ready, so
+        // that the stall is seen (and counted) when it begins.
+        let follow = can_send || !ready;
         let data = async {
             if !ready {
                 watch.changed().await;
@@ -221,7 +224,10 @@ where
             _ = heartbeat.tick() => {
                 if let Err(end) = conn.group_event(&mut source, true).await { break end; }
             }
-            _ = data, if can_send => {
+            _ = data, if follow => {
+                if !can_send {
+                    continue;
+                }
                 if !opts.linger.is_zero() {
                     tokio::time::sleep(opts.linger).await;
                 }

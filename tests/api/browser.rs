@@ -79,48 +79,56 @@ async fn with_topic() -> TestApp {
 
 #[tokio::test]
 async fn console_shows_records_live() {
-    let app = with_topic().await;
-    let b = browser().await;
-    let c = &b.client;
-    c.goto(&app.url("/")).await.unwrap();
-    wait_text(c, "#topics tbody", "browser-topic").await;
-    c.wait().for_element(Locator::Css("#live-topic option[value='browser-topic']")).await.unwrap();
-    c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("browser-topic").await.unwrap();
-    c.find(Locator::Css("#live-from")).await.unwrap().select_by_value("latest").await.unwrap();
-    c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
-    wait_text(c, "#live-status", "live:").await;
+    crate::helpers::within(async {
+        let app = with_topic().await;
+        let b = browser().await;
+        let c = &b.client;
+        c.goto(&app.url("/")).await.unwrap();
+        wait_text(c, "#topics tbody", "browser-topic").await;
+        c.wait().for_element(Locator::Css("#live-topic option[value='browser-topic']")).await.unwrap();
+        c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("browser-topic").await.unwrap();
+        c.find(Locator::Css("#live-from")).await.unwrap().select_by_value("latest").await.unwrap();
+        c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#live-status", "live:").await;
 
-    app.produce("browser-topic", json!([{"key": "k-1", "value": {"hello": "from the test"}, "partition": 1}])).await;
-    let row = wait_text(c, "#live-records tr[data-offset='0']", "from the test").await;
-    assert!(row.contains("k-1"), "{row}");
+        app.produce("browser-topic", json!([{"key": "k-1", "value": {"hello": "from the test"}, "partition": 1}]))
+            .await;
+        let row = wait_text(c, "#live-records tr[data-offset='0']", "from the test").await;
+        assert!(row.contains("k-1"), "{row}");
 
-    // Groups and errors render too: a bad topic name shows the problem's detail.
-    c.find(Locator::Css("#create-topic input[name=name]")).await.unwrap().send_keys("..").await.unwrap();
-    c.execute("document.querySelector('#create-topic input[name=name]').removeAttribute('pattern')", vec![])
-        .await
-        .unwrap();
-    c.find(Locator::Css("#create-topic button")).await.unwrap().click().await.unwrap();
-    wait_text(c, "#error", "invalid_topic_name").await;
-    screenshot(c, "console.png").await;
-    b.client.close().await.unwrap();
+        // Groups and errors render too: a bad topic name shows the problem's detail.
+        c.find(Locator::Css("#create-topic input[name=name]")).await.unwrap().send_keys("..").await.unwrap();
+        c.execute("document.querySelector('#create-topic input[name=name]').removeAttribute('pattern')", vec![])
+            .await
+            .unwrap();
+        c.find(Locator::Css("#create-topic button")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#error", "invalid_topic_name").await;
+        screenshot(c, "console.png").await;
+        b.client.close().await.unwrap();
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn swagger_ui_lists_operations_and_tries_one() {
-    let app = with_topic().await;
-    let b = browser().await;
-    let c = &b.client;
-    c.goto(&app.url("/docs/")).await.unwrap();
-    c.wait().for_element(Locator::Css(".opblock")).await.unwrap();
-    let ops = c.find_all(Locator::Css(".opblock")).await.unwrap();
-    assert!(ops.len() >= 20, "operations listed: {}", ops.len());
-    let op = "#operations-topics-list_topics";
-    c.find(Locator::Css(&format!("{op} .opblock-summary"))).await.unwrap().click().await.unwrap();
-    c.wait().for_element(Locator::Css(&format!("{op} .try-out__btn"))).await.unwrap().click().await.unwrap();
-    c.wait().for_element(Locator::Css(&format!("{op} .execute"))).await.unwrap().click().await.unwrap();
-    let status = wait_text(c, &format!("{op} .live-responses-table tr.response .response-col_status"), "200").await;
-    assert!(status.contains("200"));
-    wait_text(c, &format!("{op} .live-responses-table tr.response .response-col_description"), "browser-topic").await;
-    screenshot(c, "swagger-ui.png").await;
-    b.client.close().await.unwrap();
+    crate::helpers::within(async {
+        let app = with_topic().await;
+        let b = browser().await;
+        let c = &b.client;
+        c.goto(&app.url("/docs/")).await.unwrap();
+        c.wait().for_element(Locator::Css(".opblock")).await.unwrap();
+        let ops = c.find_all(Locator::Css(".opblock")).await.unwrap();
+        assert!(ops.len() >= 20, "operations listed: {}", ops.len());
+        let op = "#operations-topics-list_topics";
+        c.find(Locator::Css(&format!("{op} .opblock-summary"))).await.unwrap().click().await.unwrap();
+        c.wait().for_element(Locator::Css(&format!("{op} .try-out__btn"))).await.unwrap().click().await.unwrap();
+        c.wait().for_element(Locator::Css(&format!("{op} .execute"))).await.unwrap().click().await.unwrap();
+        let status = wait_text(c, &format!("{op} .live-responses-table tr.response .response-col_status"), "200").await;
+        assert!(status.contains("200"));
+        wait_text(c, &format!("{op} .live-responses-table tr.response .response-col_description"), "browser-topic")
+            .await;
+        screenshot(c, "swagger-ui.png").await;
+        b.client.close().await.unwrap();
+    })
+    .await;
 }

@@ -37,83 +37,99 @@ async fn start_process(dir: &std::path::Path) -> (Child, String) {
 
 #[tokio::test]
 async fn acknowledged_records_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = start_process(dir.path()).await;
-    let client = reqwest::Client::new();
-    let res =
-        client.post(format!("{base}/v1/topics")).json(&json!({"name": "crash", "partitions": 3})).send().await.unwrap();
-    assert_eq!(res.status(), 201);
+    crate::helpers::within(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, base) = start_process(dir.path()).await;
+        let client = reqwest::Client::new();
+        let res = client
+            .post(format!("{base}/v1/topics"))
+            .json(&json!({"name": "crash", "partitions": 3}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
 
-    let mut producers = Vec::new();
-    for w in 0..8 {
-        let client = client.clone();
-        let acks = if w % 2 == 0 { "leader" } else { "all" };
-        let url = format!("{base}/v1/topics/crash/records?acks={acks}");
-        producers.push(tokio::spawn(async move {
-            let mut acked: Vec<((u64, u64), String)> = Vec::new();
-            for n in 0..100_000u64 {
-                let records: Vec<Value> =
-                    (0..10).map(|i| json!({"key": format!("{w}-{n}-{i}"), "value": format!("{w}-{n}-{i}")})).collect();
-                let res = match client.post(&url).json(&json!({"records": records})).send().await {
-                    Ok(r) if r.status() == 200 => r,
-                    _ => break,
-                };
-                let Ok(body) = res.json::<Value>().await else { break };
-                for (i, o) in body["offsets"].as_array().unwrap().iter().enumerate() {
-                    acked.push((
-                        (o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap()),
-                        format!("{w}-{n}-{i}"),
-                    ));
+        // The kill comes once producers have had 20,000 records acknowledged, mid-stream.
+        let acked_so_far = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut producers = Vec::new();
+        for w in 0..8 {
+            let client = client.clone();
+            let acked_so_far = acked_so_far.clone();
+            let acks = if w % 2 == 0 { "leader" } else { "all" };
+            let url = format!("{base}/v1/topics/crash/records?acks={acks}");
+            producers.push(tokio::spawn(async move {
+                let mut acked: Vec<((u64, u64), String)> = Vec::new();
+                for n in 0..100_000u64 {
+                    let records: Vec<Value> = (0..10)
+                        .map(|i| json!({"key": format!("{w}-{n}-{i}"), "value": format!("{w}-{n}-{i}")}))
+                        .collect();
+                    let res = match client.post(&url).json(&json!({"records": records})).send().await {
+                        Ok(r) if r.status() == 200 => r,
+                        _ => break,
+                    };
+                    let Ok(body) = res.json::<Value>().await else { break };
+                    for (i, o) in body["offsets"].as_array().unwrap().iter().enumerate() {
+                        acked.push((
+                            (o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap()),
+                            format!("{w}-{n}-{i}"),
+                        ));
+                    }
+                    acked_so_far.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
                 }
-            }
-            acked
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
-    let mut acked = HashMap::new();
-    for p in producers {
-        for (pos, v) in p.await.unwrap() {
-            assert!(acked.insert(pos, v).is_none(), "an offset was acknowledged twice");
+                acked
+            }));
         }
-    }
-    assert!(acked.len() > 100, "producers got acknowledgements before the kill ({})", acked.len());
+        let enough = crate::helpers::eventually(Duration::from_secs(60), || async {
+            acked_so_far.load(std::sync::atomic::Ordering::Relaxed) >= 20_000
+        })
+        .await;
+        assert!(enough, "producers got 20,000 acknowledgements before the kill");
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        let mut acked = HashMap::new();
+        for p in producers {
+            for (pos, v) in p.await.unwrap() {
+                assert!(acked.insert(pos, v).is_none(), "an offset was acknowledged twice");
+            }
+        }
+        assert!(acked.len() > 100, "producers got acknowledgements before the kill ({})", acked.len());
 
-    let (_child, base) = start_process(dir.path()).await;
-    let mut stored = HashMap::new();
-    for p in 0..3u64 {
-        let mut next = 0;
-        loop {
-            let body: Value = client
-                .get(format!("{base}/v1/topics/crash/partitions/{p}/records?offset={next}&limit=10000"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let recs = body["records"].as_array().unwrap();
-            if recs.is_empty() {
-                break;
+        let (_child, base) = start_process(dir.path()).await;
+        let mut stored = HashMap::new();
+        for p in 0..3u64 {
+            let mut next = 0;
+            loop {
+                let body: Value = client
+                    .get(format!("{base}/v1/topics/crash/partitions/{p}/records?offset={next}&limit=10000"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let recs = body["records"].as_array().unwrap();
+                if recs.is_empty() {
+                    break;
+                }
+                for r in recs {
+                    stored.insert((p, r["offset"].as_u64().unwrap()), r["value"].as_str().unwrap().to_owned());
+                }
+                next = body["next_offset"].as_u64().unwrap();
             }
-            for r in recs {
-                stored.insert((p, r["offset"].as_u64().unwrap()), r["value"].as_str().unwrap().to_owned());
-            }
-            next = body["next_offset"].as_u64().unwrap();
         }
-    }
-    for (pos, v) in &acked {
-        assert_eq!(stored.get(pos), Some(v), "acknowledged record at {pos:?} survives");
-    }
-    // And new writes continue after the recovered end offsets.
-    let res = client
-        .post(format!("{base}/v1/topics/crash/records"))
-        .json(&json!({"records": [{"value": "after", "partition": 0}]}))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = res.json().await.unwrap();
-    let max0 = stored.keys().filter(|(p, _)| *p == 0).map(|(_, o)| *o).max().map_or(0, |m| m + 1);
-    assert_eq!(body["offsets"][0]["offset"].as_u64().unwrap(), max0);
+        for (pos, v) in &acked {
+            assert_eq!(stored.get(pos), Some(v), "acknowledged record at {pos:?} survives");
+        }
+        // And new writes continue after the recovered end offsets.
+        let res = client
+            .post(format!("{base}/v1/topics/crash/records"))
+            .json(&json!({"records": [{"value": "after", "partition": 0}]}))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        let max0 = stored.keys().filter(|(p, _)| *p == 0).map(|(_, o)| *o).max().map_or(0, |m| m + 1);
+        assert_eq!(body["offsets"][0]["offset"].as_u64().unwrap(), max0);
+    })
+    .await;
 }

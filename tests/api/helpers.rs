@@ -1,7 +1,12 @@
-//! `spawn_app()`: a gregor server in-process on port 0 with a fresh store.
+//! `spawn_app()`: a gregor server in-process on port 0 with a fresh store; and
+//! the ways tests wait: for an observable condition (`eventually`, a metric),
+//! never for a length of time, and each test within a deadline (`within`).
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use gregor::faults::Faults;
 use gregor::{App, AppError, Config};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -12,6 +17,8 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub dir: TempDir,
+    /// Faults to inject into this server's store and writer.
+    pub faults: Arc<Faults>,
     config: Config,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), AppError>>>,
@@ -31,11 +38,12 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
 async fn start(dir: TempDir, config: Config) -> TestApp {
     let app = App::build(config.clone()).await.expect("server starts");
     let base = format!("http://{}", app.local_addr());
+    let faults = app.faults();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run(async move {
         let _ = rx.await;
     }));
-    TestApp { base, client: reqwest::Client::new(), dir, config, stop: Some(tx), handle: Some(handle) }
+    TestApp { base, client: reqwest::Client::new(), dir, faults, config, stop: Some(tx), handle: Some(handle) }
 }
 
 impl TestApp {
@@ -109,6 +117,22 @@ impl TestApp {
         }
     }
 
+    /// The value of a metric (its first line starting with `name`, labels included).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.client.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ')))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    /// Waits (up to 10 s) until `name` reads `value`; panics naming both otherwise.
+    pub async fn wait_for_metric(&self, name: &str, value: f64) {
+        let reached = eventually(Duration::from_secs(10), || async { self.metric(name).await == value }).await;
+        assert!(reached, "{name} never reached {value} (it is {})", self.metric(name).await);
+    }
+
     pub async fn partition(&self, topic: &str, partition: u32) -> Value {
         let (status, body) = self.get(&format!("/v1/topics/{topic}/partitions/{partition}")).await;
         assert_eq!(status, 200, "{body}");
@@ -125,6 +149,16 @@ pub async fn status_json(res: reqwest::Response) -> (u16, Value) {
     }
     let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
     (status, body)
+}
+
+/// The longest any integration test may run: a test that hangs fails instead.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs a test's body within `TEST_TIMEOUT`.
+pub async fn within<F: Future<Output = ()>>(body: F) {
+    if tokio::time::timeout(TEST_TIMEOUT, body).await.is_err() {
+        panic!("the test did not finish within {TEST_TIMEOUT:?}");
+    }
 }
 
 /// Polls `f` until it returns true, at most `within`.

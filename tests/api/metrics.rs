@@ -4,6 +4,7 @@ use crate::helpers::spawn_app;
 
 #[tokio::test]
 async fn metrics_report_traffic_lag_queue_and_store() {
+    crate::helpers::within(async {
     let app = spawn_app().await;
     app.create_topic("m", 1).await;
     app.produce("m", json!([{"value": 1}, {"value": 2}, {"value": 3}])).await;
@@ -41,28 +42,34 @@ async fn metrics_report_traffic_lag_queue_and_store() {
         text.lines().any(|l| l.starts_with("gregor_http_request_duration_seconds_count") && l.contains(produce_route)),
         "latency histogram by route template:\n{text}"
     );
+    })
+    .await;
 }
 
 /// The tail cache keeps a batch appended while a reader waits on the partition,
 /// and lets it go at the next append that nobody waits for.
 #[tokio::test]
 async fn tail_cache_bytes_follow_waiting_readers() {
-    let app = spawn_app().await;
-    app.create_topic("tc", 1).await;
-    let tail_bytes = || async {
-        let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("gregor_tail_cache_bytes ")?.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no gregor_tail_cache_bytes in\n{text}"))
-    };
-    let client = app.client.clone();
-    let url = app.url("/v1/topics/tc/partitions/0/records?offset=0&wait_ms=30000");
-    let poll = tokio::spawn(async move { client.get(&url).send().await.unwrap().json::<serde_json::Value>().await });
-    // The poll is waiting once it holds a subscription; give it a moment to get there.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    app.produce("tc", json!([{"value": "cached"}])).await;
-    assert_eq!(poll.await.unwrap().unwrap()["records"][0]["value"], "cached");
-    assert!(tail_bytes().await > 0.0, "a batch appended while a reader waited is cached");
-    app.produce("tc", json!([{"value": "idle"}])).await;
-    assert_eq!(tail_bytes().await, 0.0, "an append nobody waits for empties the cache");
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("tc", 1).await;
+        let tail_bytes = || async {
+            let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("gregor_tail_cache_bytes ")?.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no gregor_tail_cache_bytes in\n{text}"))
+        };
+        let client = app.client.clone();
+        let url = app.url("/v1/topics/tc/partitions/0/records?offset=0&wait_ms=30000");
+        let poll =
+            tokio::spawn(async move { client.get(&url).send().await.unwrap().json::<serde_json::Value>().await });
+        // The read is counted as waiting once it is subscribed to the partition's appends.
+        app.wait_for_metric("gregor_reads_waiting", 1.0).await;
+        app.produce("tc", json!([{"value": "cached"}])).await;
+        assert_eq!(poll.await.unwrap().unwrap()["records"][0]["value"], "cached");
+        assert!(tail_bytes().await > 0.0, "a batch appended while a reader waited is cached");
+        app.produce("tc", json!([{"value": "idle"}])).await;
+        assert_eq!(tail_bytes().await, 0.0, "an append nobody waits for empties the cache");
+    })
+    .await;
 }

@@ -15,32 +15,36 @@ fn committed_openapi_matches_the_code() {
 
 #[tokio::test]
 async fn served_document_and_swagger_ui() {
-    let app = spawn_app().await;
-    let doc: serde_json::Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
-    let paths = doc["paths"].as_object().unwrap();
-    for p in [
-        "/v1/topics",
-        "/v1/topics/{topic}",
-        "/v1/topics/{topic}/partitions",
-        "/v1/topics/{topic}/partitions/{partition}",
-        "/v1/topics/{topic}/partitions/{partition}/offsets",
-        "/v1/topics/{topic}/records",
-        "/v1/topics/{topic}/partitions/{partition}/records",
-        "/healthz",
-        "/readyz",
-    ] {
-        assert!(paths.contains_key(p), "{p} documented");
-    }
-    let res = app.client.get(app.url("/docs/")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    assert!(res.text().await.unwrap().contains("swagger-ui"));
-    let res = app.client.get(app.url("/docs/swagger-ui-bundle.js")).send().await.unwrap();
-    assert_eq!(res.status(), 200, "Swagger UI assets are served from the binary");
-    let res = app.client.get(app.url("/")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    let (status, body) = app.get("/healthz").await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
-    let (status, _) = app.get("/readyz").await;
-    assert_eq!(status, 200);
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        let doc: serde_json::Value =
+            app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/v1/topics",
+            "/v1/topics/{topic}",
+            "/v1/topics/{topic}/partitions",
+            "/v1/topics/{topic}/partitions/{partition}",
+            "/v1/topics/{topic}/partitions/{partition}/offsets",
+            "/v1/topics/{topic}/records",
+            "/v1/topics/{topic}/partitions/{partition}/records",
+            "/healthz",
+            "/readyz",
+        ] {
+            assert!(paths.contains_key(p), "{p} documented");
+        }
+        let res = app.client.get(app.url("/docs/")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.text().await.unwrap().contains("swagger-ui"));
+        let res = app.client.get(app.url("/docs/swagger-ui-bundle.js")).send().await.unwrap();
+        assert_eq!(res.status(), 200, "Swagger UI assets are served from the binary");
+        let res = app.client.get(app.url("/")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let (status, body) = app.get("/healthz").await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+        let (status, _) = app.get("/readyz").await;
+        assert_eq!(status, 200);
+    })
+    .await;
 }

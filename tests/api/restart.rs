@@ -4,37 +4,40 @@ use crate::helpers::spawn_app;
 
 #[tokio::test]
 async fn everything_survives_a_restart_and_offsets_continue() {
-    let app = spawn_app().await;
-    app.create_topic_with("keep", 3, json!({"retention_ms": -1, "max_message_bytes": 5000})).await;
-    app.create_topic("other", 1).await;
-    for i in 0..20 {
-        app.produce("keep", json!([{"key": format!("k{i}"), "value": {"i": i}, "timestamp": 1000 + i}])).await;
-    }
-    app.produce("other", json!([{"value_base64": "AAEC"}])).await;
-    let mut before = Vec::new();
-    for p in 0..3 {
-        before.push(app.read_all("keep", p, 0).await);
-    }
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic_with("keep", 3, json!({"retention_ms": -1, "max_message_bytes": 5000})).await;
+        app.create_topic("other", 1).await;
+        for i in 0..20 {
+            app.produce("keep", json!([{"key": format!("k{i}"), "value": {"i": i}, "timestamp": 1000 + i}])).await;
+        }
+        app.produce("other", json!([{"value_base64": "AAEC"}])).await;
+        let mut before = Vec::new();
+        for p in 0..3 {
+            before.push(app.read_all("keep", p, 0).await);
+        }
 
-    let app = app.restart().await;
-    let (_, body) = app.get("/v1/topics/keep").await;
-    assert_eq!(body["partition_count"], 3);
-    assert_eq!(body["config"]["retention_ms"], -1);
-    assert_eq!(body["config"]["max_message_bytes"], 5000);
-    for p in 0..3 {
-        assert_eq!(app.read_all("keep", p, 0).await, before[p as usize]);
-        assert_eq!(app.partition("keep", p).await["end_offset"], before[p as usize].len());
-    }
-    assert_eq!(app.read_all("other", 0, 0).await[0]["value_base64"], "AAEC");
-    let (_, body) = app.get("/v1/topics/keep/partitions/0/offsets?timestamp=1005").await;
-    assert!(body["timestamp"].as_u64().unwrap() >= 1005);
+        let app = app.restart().await;
+        let (_, body) = app.get("/v1/topics/keep").await;
+        assert_eq!(body["partition_count"], 3);
+        assert_eq!(body["config"]["retention_ms"], -1);
+        assert_eq!(body["config"]["max_message_bytes"], 5000);
+        for p in 0..3 {
+            assert_eq!(app.read_all("keep", p, 0).await, before[p as usize]);
+            assert_eq!(app.partition("keep", p).await["end_offset"], before[p as usize].len());
+        }
+        assert_eq!(app.read_all("other", 0, 0).await[0]["value_base64"], "AAEC");
+        let (_, body) = app.get("/v1/topics/keep/partitions/0/offsets?timestamp=1005").await;
+        assert!(body["timestamp"].as_u64().unwrap() >= 1005);
 
-    let offs = app.produce("keep", json!([{"value": "after", "partition": 1}])).await;
-    assert_eq!(offs[0]["offset"], before[1].len(), "offsets continue where they stopped");
+        let offs = app.produce("keep", json!([{"value": "after", "partition": 1}])).await;
+        assert_eq!(offs[0]["offset"], before[1].len(), "offsets continue where they stopped");
 
-    // Topic ids are never reused: a topic created after restart does not see old data.
-    let app = app.restart().await;
-    app.create_topic("fresh", 1).await;
-    assert!(app.read_all("fresh", 0, 0).await.is_empty());
-    assert_eq!(app.read_all("keep", 1, 0).await.last().unwrap()["value"], "after");
+        // Topic ids are never reused: a topic created after restart does not see old data.
+        let app = app.restart().await;
+        app.create_topic("fresh", 1).await;
+        assert!(app.read_all("fresh", 0, 0).await.is_empty());
+        assert_eq!(app.read_all("keep", 1, 0).await.last().unwrap()["value"], "after");
+    })
+    .await;
 }
