@@ -18,8 +18,10 @@ use super::extract::{Body, Caller, Path, Query};
 use super::records::RecordDoc;
 use crate::codec::{self, Encoding, parse_json};
 use crate::error::Error;
-use crate::group::{Assignor, GroupState, JoinParams, OffsetReset, ResetTo, TopicPartition, View};
-use crate::service::{OffsetEntry, PollParams as ServicePollParams};
+use crate::service::{
+    Assignor, GroupState, JoinParams, OffsetEntry, OffsetReset, PollParams as ServicePollParams, ResetTo,
+    TopicPartition, View,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -41,7 +43,7 @@ pub struct TopicPartitions {
 }
 
 pub fn by_topic<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<TopicPartitions> {
-    crate::group::assignor::by_topic(tps)
+    crate::service::by_topic(tps)
         .into_iter()
         .map(|(topic, partitions)| TopicPartitions { topic: topic.to_owned(), partitions })
         .collect()

@@ -54,7 +54,7 @@ pub struct AppState {
             `application/problem+json` (RFC 9457) with a stable `code`.",
         license(name = "Apache-2.0")
     ),
-    components(schemas(codec::Encoding, crate::log::Acks)),
+    components(schemas(codec::Encoding, crate::service::Acks)),
     tags(
         (name = "topics", description = "Topics, partitions and their offsets"),
         (name = "records", description = "Produce and read records"),

@@ -13,8 +13,7 @@ use super::AppState;
 use super::error::{ApiError, Problem};
 use super::extract::{Body, Caller, Path, Query};
 use crate::codec::{self, Encoding};
-use crate::log::{Acks, Produced};
-use crate::service::ReadParams as ServiceReadParams;
+use crate::service::{Acks, Produced, ReadParams as ServiceReadParams};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(produce)).routes(routes!(produce_to_partition, read))

@@ -18,8 +18,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{Caller, Path, Query};
 use crate::codec::Encoding;
 use crate::error::{Error, Result};
-use crate::group::{Assignor, JoinParams, OffsetReset};
-use crate::service::{RequestCtx, Service, StreamStart, limits};
+use crate::service::{Assignor, JoinParams, OffsetReset, RequestCtx, Service, StreamStart, limits};
 use crate::ws::conn::{self, Options, Source};
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -25,11 +25,17 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 pub use authz::{Action, Authorizer, Operation, Principal, RequestCtx, Resource};
+// The values the service takes and returns, so that transports import them from here.
+pub use crate::group::assignor::by_topic;
+pub use crate::group::{
+    Assignor, GroupInfo, GroupState, JoinParams, Joined, OffsetReset, ResetTo, TopicPartition, View,
+};
+pub use crate::log::{Acks, Produced, RecordMetadata, TimestampOffset};
 pub use stream::{FetchSummary, MemberStream, RecordSink, StreamStart, TopicStream, Watch};
 
 use crate::error::{Code, Error, Result};
-use crate::group::{CommittedInfo, GroupInfo, GroupState, Groups, JoinParams, Joined, ResetTo, TopicPartition, View};
-use crate::log::{Acks, Log, Produced, ReadRequest, ReadResult, TimestampOffset, Topic};
+use crate::group::{CommittedInfo, Groups};
+use crate::log::{Log, ReadRequest, ReadResult, Topic};
 use crate::metrics::{GroupTopicLabels, Metrics};
 use crate::record::{NewRecord, StoredRecord};
 use crate::topic::{TopicConfig, TopicConfigPatch};

@@ -20,9 +20,7 @@ use tokio::time::Instant;
 use super::frames::{self, AckError, AckTracker, ClientFrame, OffsetEntry, RecordsFrame};
 use crate::codec::{self, Encoding};
 use crate::error::{Code, Error, Result};
-use crate::group::TopicPartition;
-use crate::log::{Acks, Produced};
-use crate::service::{MemberStream, RequestCtx, Service, TopicStream, Watch};
+use crate::service::{Acks, MemberStream, Produced, RequestCtx, Service, TopicPartition, TopicStream, Watch};
 
 /// Produce frames handled concurrently per connection.
 pub const MAX_PENDING_PRODUCES: usize = 64;

@@ -10,11 +10,9 @@ use serde_json::value::RawValue;
 
 use crate::codec::{self, Encoding, to_json};
 use crate::error::{Code, Error, Result};
-use crate::group::{TopicPartition, View};
-use crate::log::{Acks, RecordMetadata};
 use crate::record::StoredRecord;
 pub use crate::service::OffsetEntry;
-use crate::service::RecordSink;
+use crate::service::{Acks, RecordMetadata, RecordSink, TopicPartition, View};
 
 /// A frame from the client. Produce frames keep their records unparsed until
 /// the produce task handles them.
@@ -203,10 +201,7 @@ struct TopicParts<'a> {
 }
 
 fn by_topic(tps: &BTreeSet<TopicPartition>) -> Vec<TopicParts<'_>> {
-    crate::group::assignor::by_topic(tps)
-        .into_iter()
-        .map(|(topic, partitions)| TopicParts { topic, partitions })
-        .collect()
+    crate::service::by_topic(tps).into_iter().map(|(topic, partitions)| TopicParts { topic, partitions }).collect()
 }
 
 pub fn assignment(member_id: &str, view: &View) -> Result<String> {

@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod architecture;
 mod browser;
 mod crash;
 mod errors;
