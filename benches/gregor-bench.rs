@@ -19,6 +19,7 @@
 //! Usage: `cargo bench --bench gregor-bench -- [--smoke] [--only NAME] [--json PATH] [--rate N] [--server-config FILE]`
 //! (`--rate`: the latency scenario's offered records/s, default 10000; `--server-config`:
 //! a TOML file every server is started with, to measure non-default settings).
+//! `GREGOR_BENCH_SERVER=/path/to/gregor` measures another server binary (A/B runs).
 //! Figures are reported, never judged: the tool fails only if a scenario cannot run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -86,7 +87,9 @@ impl Server {
 
     /// Starts a server process on `data_dir`; returns once it listens.
     async fn spawn(data_dir: &std::path::Path) -> (Child, String) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gregor"));
+        // GREGOR_BENCH_SERVER runs another build of the server (an A/B run against an older binary).
+        let server = std::env::var_os("GREGOR_BENCH_SERVER").unwrap_or_else(|| env!("CARGO_BIN_EXE_gregor").into());
+        let mut command = Command::new(server);
         command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
         if let Some(config) = SERVER_CONFIG.get() {
             command.arg("--config").arg(config);

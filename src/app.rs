@@ -120,10 +120,11 @@ impl App {
         let connections = TaskTracker::new();
         let metrics = Arc::new(Metrics::new());
         let service = Service::embedded(log.clone(), groups, metrics.clone());
-        let state = AppState { service, connections: connections.clone(), ws_ping_interval: config.ws_ping_interval };
         let bound = listener.local_addr().unwrap_or(config.listen);
-        let guard = BrowserGuard::new(&config.http.allowed_origins, &config.http.allowed_hosts, bound);
-        let app = router(state, config.max_request_bytes, guard);
+        let guard = Arc::new(BrowserGuard::new(&config.http.allowed_origins, &config.http.allowed_hosts, bound));
+        let state =
+            AppState { service, guard, connections: connections.clone(), ws_ping_interval: config.ws_ping_interval };
+        let app = router(state, config.max_request_bytes);
         let limits = Limits {
             header_read_timeout: config.http.header_read_timeout,
             max_connections: config.http.max_connections,

@@ -12,15 +12,12 @@
 //!   `403 host_not_allowed`: DNS rebinding cannot point a foreign name at us.
 //!
 //! CORS answers (preflight included) are given only for `http.allowed_origins`,
-//! by tower-http's `CorsLayer` around this guard.
+//! by tower-http's `CorsLayer` around this guard. The check runs in `health::edge`,
+//! the middleware every request passes.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 
@@ -29,19 +26,32 @@ use super::error::ApiError;
 pub struct BrowserGuard {
     /// Normalized origins (`http://host:port`) that may call the API from a page.
     allowed_origins: BTreeSet<String>,
-    /// The bound port when bound to a loopback address: the `Host` check is on.
-    loopback_port: Option<u16>,
-    /// Extra host names accepted on loopback (lowercase, without port).
-    allowed_hosts: BTreeSet<String>,
+    /// On a loopback address, every `Host` value accepted (`name:port`, and `name`
+    /// alone on port 80); `None` when not on loopback (no `Host` check).
+    loopback_hosts: Option<Vec<String>>,
+    /// The bound port, for the refusal's message.
+    port: u16,
 }
 
 impl BrowserGuard {
     /// `allowed_origins` must already be valid (see [`normalize_origin`]).
     pub fn new(allowed_origins: &[String], allowed_hosts: &[String], bound: std::net::SocketAddr) -> BrowserGuard {
+        let port = bound.port();
+        let loopback_hosts = bound.ip().is_loopback().then(|| {
+            let names = ["localhost", "127.0.0.1", "[::1]"].into_iter().chain(allowed_hosts.iter().map(String::as_str));
+            let mut accepted = Vec::new();
+            for name in names {
+                accepted.push(format!("{name}:{port}"));
+                if port == 80 {
+                    accepted.push(name.to_owned());
+                }
+            }
+            accepted
+        });
         BrowserGuard {
             allowed_origins: allowed_origins.iter().filter_map(|o| normalize_origin(o).ok()).collect(),
-            loopback_port: bound.ip().is_loopback().then_some(bound.port()),
-            allowed_hosts: allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            loopback_hosts,
+            port,
         }
     }
 
@@ -51,47 +61,48 @@ impl BrowserGuard {
     }
 
     pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if let (Some(port), Some(host)) = (self.loopback_port, host)
-            && !self.host_allowed(host, port)
+        // One pass over the headers rather than a lookup for each: this runs on every request.
+        let (mut host, mut origin, mut upgrade, mut content_type, mut body) = (None, None, false, None, false);
+        for (name, value) in headers {
+            if name == header::HOST {
+                host = value.to_str().ok();
+            } else if name == header::CONTENT_LENGTH {
+                body |= value.as_bytes().iter().any(|b| (b'1'..=b'9').contains(b));
+            } else if name == header::CONTENT_TYPE {
+                content_type = Some(value);
+            } else if name == header::ORIGIN {
+                origin = Some(value.to_str().unwrap_or(""));
+            } else if name == header::UPGRADE {
+                upgrade = value.as_bytes().eq_ignore_ascii_case(b"websocket");
+            } else if name == header::TRANSFER_ENCODING {
+                body = true;
+            }
+        }
+        if let (Some(accepted), Some(host)) = (&self.loopback_hosts, host)
+            && !accepted.iter().any(|a| a.eq_ignore_ascii_case(host))
         {
             return Err(ApiError::HostNotAllowed(format!(
                 "this server listens on a loopback address and answers only to localhost, 127.0.0.1 or [::1] \
-                 (port {port}), not to Host '{host}'; add the name to http.allowed_hosts to allow it"
+                 (port {}), not to Host '{host}'; add the name to http.allowed_hosts to allow it",
+                self.port
             )));
         }
         let changes_state = matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
-        let upgrade = headers
-            .get(header::UPGRADE)
-            .and_then(|u| u.to_str().ok())
-            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
         if (changes_state || upgrade)
-            && let Some(origin) = headers.get(header::ORIGIN)
+            && let Some(origin) = origin
+            && !self.origin_allowed(origin, host)
         {
-            let origin = origin.to_str().unwrap_or("");
-            if !self.origin_allowed(origin, host) {
-                return Err(ApiError::OriginNotAllowed(format!(
-                    "requests from pages at origin '{origin}' are not allowed; add it to http.allowed_origins"
-                )));
-            }
+            return Err(ApiError::OriginNotAllowed(format!(
+                "requests from pages at origin '{origin}' are not allowed; add it to http.allowed_origins"
+            )));
         }
-        if changes_state && has_body(headers) && !is_json(headers.get(header::CONTENT_TYPE)) {
-            let given = headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("none");
+        if changes_state && body && !is_json(content_type) {
+            let given = content_type.and_then(|c| c.to_str().ok()).unwrap_or("none");
             return Err(ApiError::UnsupportedMediaType(format!(
                 "request bodies are JSON: send Content-Type: application/json (or application/*+json), not '{given}'"
             )));
         }
         Ok(())
-    }
-
-    fn host_allowed(&self, host: &str, port: u16) -> bool {
-        let (name, given_port) = split_host_port(host);
-        let name = name.to_ascii_lowercase();
-        let port_ok = match given_port {
-            Some(p) => p == Some(port),
-            None => port == 80,
-        };
-        port_ok && (matches!(name.as_str(), "localhost" | "127.0.0.1" | "[::1]") || self.allowed_hosts.contains(&name))
     }
 
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
@@ -101,14 +112,6 @@ impl BrowserGuard {
         }
         // Same origin: the page was served by this server, under the Host it used.
         host.and_then(|h| normalize_origin(&format!("http://{h}")).ok()).is_some_and(|own| own == origin)
-    }
-}
-
-/// The middleware: refuses what the guard refuses, before any handler runs.
-pub async fn browser_guard(State(guard): State<Arc<BrowserGuard>>, req: Request, next: Next) -> Response {
-    match guard.check(req.method(), req.headers()) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
     }
 }
 
@@ -156,19 +159,16 @@ pub fn normalize_origin(origin: &str) -> Result<String, String> {
     Ok(format!("{scheme}://{}:{port}", name.to_ascii_lowercase()))
 }
 
-fn has_body(headers: &HeaderMap) -> bool {
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|l| l.to_str().ok()).and_then(|l| l.parse::<u64>().ok());
-    length.is_some_and(|l| l > 0) || headers.contains_key(header::TRANSFER_ENCODING)
-}
-
 /// `application/json` or `application/<anything>+json`, with any parameters.
+/// Compared in place, without allocating: every write passes here.
 fn is_json(content_type: Option<&HeaderValue>) -> bool {
-    let Some(ct) = content_type.and_then(|c| c.to_str().ok()) else { return false };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match essence.split_once('/') {
-        Some(("application", sub)) => sub == "json" || sub.ends_with("+json"),
-        _ => false,
-    }
+    let Some(ct) = content_type else { return false };
+    let bytes = ct.as_bytes();
+    let essence = bytes.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+    let Some(sub) = essence.get(..12).filter(|t| t.eq_ignore_ascii_case(b"application/")).and(essence.get(12..)) else {
+        return false;
+    };
+    sub.eq_ignore_ascii_case(b"json") || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case(b"+json")
 }
 
 #[cfg(test)]
@@ -181,6 +181,28 @@ mod tests {
             h.insert(*k, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn json_media_types() {
+        let yes =
+            ["application/json", "APPLICATION/JSON", "application/json; charset=utf-8", "application/problem+json"];
+        for ct in yes {
+            assert!(is_json(Some(&HeaderValue::from_static(ct))), "{ct}");
+        }
+        let no = [
+            "text/json",
+            "application/jsonx",
+            "application/x-json",
+            "application/+json",
+            "application",
+            "",
+            "text/plain",
+        ];
+        for ct in no {
+            assert!(!is_json(Some(&HeaderValue::from_static(ct))), "{ct}");
+        }
+        assert!(!is_json(None));
     }
 
     #[test]

@@ -49,8 +49,11 @@ async fn metrics(State(state): State<AppState>, Caller(ctx): Caller) -> Result<i
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
 
-/// Records each request's latency by method, route template and status.
-pub async fn track_latency(
+/// The one middleware every request passes: the browser guard (`guard`), then
+/// the handler, with the request's latency recorded by method, route template and
+/// status. One layer rather than two: each `from_fn` layer costs about a thousand
+/// instructions per request (callgrind), a sixth of a one-record produce.
+pub async fn edge(
     State(state): State<AppState>,
     matched: Option<axum::extract::MatchedPath>,
     req: axum::extract::Request,
@@ -59,7 +62,10 @@ pub async fn track_latency(
     let started = std::time::Instant::now();
     let method = req.method().to_string();
     let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let res = next.run(req).await;
+    let res = match state.guard.check(req.method(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused.into_response(),
+    };
     let labels = RouteLabels { method, route, status: res.status().as_u16() };
     state.service.metrics().http_requests.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     res

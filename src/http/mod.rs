@@ -41,6 +41,8 @@ use guard::BrowserGuard;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub service: Service,
+    /// Browser safety, checked on every request (`health::edge`).
+    pub guard: Arc<BrowserGuard>,
     /// Open WebSocket connections, so that shutdown can wait for them to close.
     pub connections: TaskTracker,
     pub ws_ping_interval: Duration,
@@ -129,10 +131,11 @@ pub fn openapi_json() -> Result<String, serde_json::Error> {
 }
 
 /// The whole application router. Layers, outermost first: CORS (answers for
-/// `guard`'s allowed origins only), latency tracking, the browser guard, the body limit.
-pub fn router(state: AppState, max_request_bytes: usize, guard: BrowserGuard) -> Router {
+/// the guard's allowed origins only), the browser guard with latency tracking
+/// (`health::edge`), the body limit.
+pub fn router(state: AppState, max_request_bytes: usize) -> Router {
     let (api_router, doc) = api().split_for_parts();
-    let origins = guard.cors_origins();
+    let origins = state.guard.cors_origins();
     let app = api_router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         .route("/", get(console))
@@ -142,8 +145,7 @@ pub fn router(state: AppState, max_request_bytes: usize, guard: BrowserGuard) ->
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .layer(axum::Extension(BodyLimit(max_request_bytes as u64)))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(guard), guard::browser_guard))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), health::track_latency))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), health::edge))
         .with_state(state);
     if origins.is_empty() {
         return app;

@@ -7,22 +7,23 @@
 //! compile. With authentication off every principal is `User:ANONYMOUS` and every
 //! permission is granted; the ACL model plugs in behind [`Authorizer`].
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::error::Result;
 
 /// The authenticated identity behind a request: Kafka's `User:NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Principal(String);
+pub struct Principal(Cow<'static, str>);
 
 impl Principal {
-    /// Everyone, while authentication is off.
+    /// Everyone, while authentication is off. Built for every request: no allocation.
     pub fn anonymous() -> Principal {
-        Principal::user("ANONYMOUS")
+        Principal(Cow::Borrowed("User:ANONYMOUS"))
     }
 
     pub fn user(name: &str) -> Principal {
-        Principal(format!("User:{name}"))
+        Principal(Cow::Owned(format!("User:{name}")))
     }
 
     pub fn as_str(&self) -> &str {
