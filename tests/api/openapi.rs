@@ -48,3 +48,26 @@ async fn served_document_and_swagger_ui() {
     })
     .await;
 }
+
+/// The bounds the documentation states are the bounds the service enforces.
+#[test]
+fn documented_bounds_are_the_enforced_ones() {
+    use gregor::service::limits;
+    let doc = serde_json::to_value(gregor::http::openapi()).unwrap();
+    let param = |path: &str, name: &str| -> serde_json::Value {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} documents {name}"))["schema"]
+            .clone()
+    };
+    let read = "/v1/topics/{topic}/partitions/{partition}/records";
+    assert_eq!(param(read, "limit")["maximum"], limits::MAX_RECORDS);
+    assert_eq!(param(read, "max_bytes")["maximum"], limits::MAX_READ_BYTES);
+    assert_eq!(param(read, "wait_ms")["maximum"], limits::MAX_WAIT_MS);
+    let poll = "/v1/groups/{group}/members/{member}/records";
+    assert_eq!(param(poll, "max_records")["maximum"], limits::MAX_RECORDS);
+    assert_eq!(param(poll, "wait_ms")["maximum"], limits::MAX_WAIT_MS);
+}
