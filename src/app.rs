@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Security;
 use crate::config::Config;
 use crate::faults::Faults;
 use crate::group::Groups;
@@ -36,6 +37,8 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error("flushing the store at shutdown failed: {0}")]
     Flush(crate::error::Error),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A bound, recovered server, ready to run.
@@ -43,7 +46,35 @@ pub struct App {
     listener: TcpListener,
     log: Arc<Log>,
     groups: Arc<Groups>,
+    security: Arc<Security>,
     config: Config,
+}
+
+/// Re-reads the security settings (`[auth]`, `[[acl]]`) from the configuration
+/// file and swaps them in; what SIGHUP does.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    security: Arc<Security>,
+    file: Option<PathBuf>,
+}
+
+impl Reloader {
+    /// On an error nothing changes: the running settings stay.
+    pub fn reload(&self) -> Result<(), AppError> {
+        let Some(file) = &self.file else {
+            tracing::info!("no configuration file to reload");
+            return Ok(());
+        };
+        let settings = crate::config::load_auth(file)?;
+        self.security.reload(&settings);
+        tracing::info!(
+            api_keys = settings.api_keys.len(),
+            users = settings.users.len(),
+            acls = settings.acls.len(),
+            "security settings reloaded"
+        );
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -56,6 +87,7 @@ impl App {
     /// Opens the store in `config.data_dir` (creating it), recovers every
     /// partition's offsets, starts the writer and binds `config.listen`.
     pub async fn build(config: Config) -> Result<App, AppError> {
+        config.validate()?;
         let path = config.data_dir.clone();
         std::fs::create_dir_all(&path).map_err(|source| AppError::DataDir { path: path.clone(), source })?;
         let path = std::fs::canonicalize(&path).map_err(|source| AppError::DataDir { path: path.clone(), source })?;
@@ -88,7 +120,8 @@ impl App {
             .map_err(|source| AppError::Store { path: path.clone(), source })?;
         let listener = serve::bind(config.listen).map_err(|source| AppError::Bind { addr: config.listen, source })?;
         let config = Config { data_dir: path, ..config };
-        Ok(App { listener, log, groups, config })
+        let security = Arc::new(Security::new(&config.auth));
+        Ok(App { listener, log, groups, security, config })
     }
 
     /// The address actually bound (useful with port 0).
@@ -101,6 +134,11 @@ impl App {
         &self.config.data_dir
     }
 
+    /// What SIGHUP calls: reloads keys, users and ACLs from the configuration file.
+    pub fn reloader(&self) -> Reloader {
+        Reloader { security: self.security.clone(), file: self.config.file.clone() }
+    }
+
     /// Fault injection switches (off unless a test turns them on; see [`crate::faults`]).
     pub fn faults(&self) -> Arc<Faults> {
         self.log.faults().clone()
@@ -111,7 +149,7 @@ impl App {
     /// stops the retention and session timers, writes everything still queued,
     /// and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
-        let App { listener, log, groups, config } = self;
+        let App { listener, log, groups, security, config } = self;
         let stop_timers = CancellationToken::new();
         let retention =
             tokio::spawn(crate::retention::run(log.clone(), config.retention_check_interval, stop_timers.clone()));
@@ -119,7 +157,7 @@ impl App {
 
         let connections = TaskTracker::new();
         let metrics = Arc::new(Metrics::new());
-        let service = Service::embedded(log.clone(), groups, metrics.clone());
+        let service = Service::embedded(log.clone(), groups, metrics.clone(), security);
         let bound = listener.local_addr().unwrap_or(config.listen);
         let guard = Arc::new(BrowserGuard::new(&config.http.allowed_origins, &config.http.allowed_hosts, bound));
         let state =

@@ -10,8 +10,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::auth::{AclEntry, AclOperation, ApiKey, AuthSettings, Pattern, Permission, ResourceType, User};
 use crate::group::GroupSettings;
-use crate::topic::MAX_PARTITIONS;
+use crate::topic::{MAX_PARTITIONS, check_name};
 
 #[derive(Debug, Parser)]
 #[command(name = "gregor", version, about = "A Kafka-style commit log over HTTP and WebSocket")]
@@ -26,6 +27,14 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the OpenAPI document and exit.
     Openapi,
+    /// Read a password from standard input and print its Argon2id hash, for `[[auth.users]]`.
+    HashPassword,
+    /// Print a new random API key and the `[[auth.api_keys]]` entry that accepts it.
+    NewApiKey {
+        /// The principal the key stands for (`User:<principal>`).
+        #[arg(long)]
+        principal: String,
+    },
 }
 
 #[derive(Debug, Args, Default)]
@@ -62,6 +71,47 @@ struct FileConfig {
     ws_ping_interval_ms: Option<u64>,
     socket_send_buffer_bytes: Option<usize>,
     http: Option<FileHttp>,
+    auth: Option<FileAuth>,
+    acl: Option<Vec<FileAcl>>,
+}
+
+/// `[auth]`: credentials and who is a superuser.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    allow_anonymous: Option<bool>,
+    superusers: Option<Vec<String>>,
+    api_keys: Option<Vec<FileApiKey>>,
+    users: Option<Vec<FileUser>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApiKey {
+    principal: String,
+    sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUser {
+    name: String,
+    password_hash: String,
+}
+
+/// One `[[acl]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAcl {
+    principal: String,
+    resource: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    pattern: Option<String>,
+    operations: Vec<String>,
+    #[serde(default)]
+    permission: Option<String>,
 }
 
 /// `[http]`: serving limits and browser safety.
@@ -129,6 +179,10 @@ pub struct Config {
     pub socket_send_buffer_bytes: usize,
     /// Serving limits and browser safety.
     pub http: HttpSettings,
+    /// Credentials, superusers and ACLs (`[auth]`, `[[acl]]`); reloaded on SIGHUP.
+    pub auth: AuthSettings,
+    /// The TOML file the settings came from, re-read on SIGHUP.
+    pub file: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -155,6 +209,8 @@ impl Config {
             ws_ping_interval: Duration::from_secs(15),
             socket_send_buffer_bytes: DEFAULT_SOCKET_SEND_BUFFER,
             http: HttpSettings::default(),
+            auth: AuthSettings::default(),
+            file: None,
         }
     }
 
@@ -215,6 +271,8 @@ impl Config {
         if let Some(hosts) = http.allowed_hosts {
             c.http.allowed_hosts = hosts;
         }
+        c.auth = auth_settings(file.auth, file.acl)?;
+        c.file = args.config.clone();
         c.validate()?;
         Ok(c)
     }
@@ -285,11 +343,116 @@ impl Config {
                 )));
             }
         }
+        if !self.auth.enabled() && !self.auth.allow_anonymous && !self.listen.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "refusing to serve {} without authentication: anyone who can reach it could read and change \
+                 everything. Configure credentials ([[auth.api_keys]] made with `gregor new-api-key`, or \
+                 [[auth.users]] with `gregor hash-password`) and [[acl]] entries, or set auth.allow_anonymous = true \
+                 to serve it open on purpose (README: Securing gregor)",
+                self.listen
+            )));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError("data_dir: must not be empty".into()));
         }
         Ok(())
     }
+}
+
+/// The `[auth]` section and `[[acl]]` entries of the TOML file at `path`, for a
+/// reload: the rest of the file is checked too, but only these take effect.
+pub fn load_auth(path: &Path) -> Result<AuthSettings, ConfigError> {
+    let file = read_file(path)?;
+    auth_settings(file.auth, file.acl)
+}
+
+fn auth_settings(auth: Option<FileAuth>, acls: Option<Vec<FileAcl>>) -> Result<AuthSettings, ConfigError> {
+    let auth = auth.unwrap_or_default();
+    let mut out = AuthSettings { allow_anonymous: auth.allow_anonymous.unwrap_or(false), ..AuthSettings::default() };
+    for (i, s) in auth.superusers.unwrap_or_default().into_iter().enumerate() {
+        out.superusers.push(principal(&s).map_err(|e| ConfigError(format!("auth.superusers[{i}]: {e}")))?);
+    }
+    for (i, k) in auth.api_keys.unwrap_or_default().into_iter().enumerate() {
+        let at = |e: String| ConfigError(format!("auth.api_keys[{i}]: {e}"));
+        check_name("principal", &k.principal).map_err(at)?;
+        let sha256 = parse_sha256(&k.sha256).ok_or_else(|| {
+            at("sha256 must be the 64 hex digits of the key's SHA-256 (see `gregor new-api-key`)".into())
+        })?;
+        out.api_keys.push(ApiKey { principal: k.principal, sha256 });
+    }
+    for (i, u) in auth.users.unwrap_or_default().into_iter().enumerate() {
+        let at = |e: String| ConfigError(format!("auth.users[{i}]: {e}"));
+        check_name("user name", &u.name).map_err(at)?;
+        let parsed = argon2::password_hash::PasswordHash::new(&u.password_hash)
+            .map_err(|_| at("password_hash is not a PHC string; make one with `gregor hash-password`".into()))?;
+        if parsed.algorithm.as_str() != "argon2id" {
+            return Err(at(format!("password_hash uses {}, not argon2id", parsed.algorithm)));
+        }
+        out.users.push(User { name: u.name, password_hash: u.password_hash });
+    }
+    for (i, a) in acls.unwrap_or_default().into_iter().enumerate() {
+        out.acls.push(acl_entry(a).map_err(|e| ConfigError(format!("acl[{i}]: {e}")))?);
+    }
+    Ok(out)
+}
+
+/// `User:NAME` (or `User:*`), checked.
+fn principal(s: &str) -> Result<String, String> {
+    match s.strip_prefix("User:") {
+        Some("*") => Ok(s.to_owned()),
+        Some(name) if check_name("principal", name).is_ok() => Ok(s.to_owned()),
+        _ => Err(format!("'{s}' is not a principal such as User:alice (or User:*)")),
+    }
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn acl_entry(a: FileAcl) -> Result<AclEntry, String> {
+    let principal = principal(&a.principal)?;
+    let resource = match a.resource.as_str() {
+        "topic" => ResourceType::Topic,
+        "group" => ResourceType::Group,
+        "cluster" => ResourceType::Cluster,
+        other => return Err(format!("resource '{other}': use topic, group or cluster")),
+    };
+    let name = match (resource, a.name) {
+        (ResourceType::Cluster, _) => "kafka-cluster".to_owned(),
+        (_, Some(n)) if !n.is_empty() => n,
+        _ => return Err("a topic or group entry needs a name ('*' for all)".into()),
+    };
+    let pattern = match a.pattern.as_deref().unwrap_or("literal") {
+        "literal" => Pattern::Literal,
+        "prefixed" => Pattern::Prefixed,
+        other => return Err(format!("pattern '{other}': use literal or prefixed")),
+    };
+    if a.operations.is_empty() {
+        return Err("operations: name at least one".into());
+    }
+    let operations = a
+        .operations
+        .iter()
+        .map(|o| {
+            AclOperation::parse(o)
+                .ok_or_else(|| format!("operation '{o}': use read, write, create, delete, alter, describe or all"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let permission = match a.permission.as_deref().unwrap_or("allow") {
+        "allow" => Permission::Allow,
+        "deny" => Permission::Deny,
+        other => return Err(format!("permission '{other}': use allow or deny")),
+    };
+    Ok(AclEntry { principal, resource, name, pattern, operations, permission })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

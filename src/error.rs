@@ -76,6 +76,14 @@ pub enum Error {
     #[error("group '{group}' uses the {current} assignor; a member cannot join with {requested}")]
     InconsistentAssignor { group: String, current: &'static str, requested: &'static str },
 
+    /// No credentials where they are required, or wrong ones.
+    #[error("authentication failed: {0}")]
+    Unauthenticated(String),
+
+    /// The principal lacks a permission the operation needs.
+    #[error("{principal} may not {operation} {resource}")]
+    Forbidden { principal: String, operation: &'static str, resource: String },
+
     #[error("the write queue is full; retry shortly")]
     WriteQueueFull,
 
@@ -121,6 +129,8 @@ impl Error {
             Error::NotOwner { .. } => Code::NotOwner,
             Error::GroupNotEmpty(_) => Code::GroupNotEmpty,
             Error::InconsistentAssignor { .. } => Code::InconsistentAssignor,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Forbidden { .. } => Code::Forbidden,
             Error::WriteQueueFull => Code::WriteQueueFull,
             Error::ShuttingDown => Code::ShuttingDown,
             Error::Storage(_) => Code::StorageError,
@@ -182,6 +192,9 @@ pub enum Code {
     NotOwner,
     GroupNotEmpty,
     InconsistentAssignor,
+    // Security.
+    Unauthenticated,
+    Forbidden,
     // Browser safety.
     OriginNotAllowed,
     HostNotAllowed,
@@ -244,6 +257,8 @@ impl Code {
             Code::NotOwner => info("not_owner", 409, "Partition not owned by the member"),
             Code::GroupNotEmpty => info("group_not_empty", 409, "Group not empty"),
             Code::InconsistentAssignor => info("inconsistent_assignor", 409, "Assignor differs from the group's"),
+            Code::Unauthenticated => info("unauthenticated", 401, "Authentication required"),
+            Code::Forbidden => info("forbidden", 403, "Forbidden"),
             Code::OriginNotAllowed => info("origin_not_allowed", 403, "Origin not allowed"),
             Code::HostNotAllowed => info("host_not_allowed", 403, "Host not allowed"),
             Code::NoCommittedOffset => info("no_committed_offset", 409, "No committed offset"),
@@ -301,6 +316,8 @@ impl Code {
         Code::NotOwner,
         Code::GroupNotEmpty,
         Code::InconsistentAssignor,
+        Code::Unauthenticated,
+        Code::Forbidden,
         Code::OriginNotAllowed,
         Code::HostNotAllowed,
         Code::NoCommittedOffset,

@@ -9,6 +9,7 @@
 //!   read, the single writer thread), [`retention`] (the retention timer), [`group`]
 //!   (consumer groups: assignors, the coordinator state machine, polls and commits).
 //! - [`store`]: RocksDB column families and key layout; the only module that knows them.
+//! - [`auth`]: credentials → principals, and the ACLs that decide what they may do.
 //! - [`service`]: every operation, named once, for every transport: authorization,
 //!   request bounds, and the seam behind which the backend sits.
 //! - [`codec`]: the JSON record codec both transports share.
@@ -20,6 +21,7 @@
 //! - [`faults`]: failures tests inject at run time (off by default).
 
 pub mod app;
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod error;

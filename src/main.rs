@@ -25,7 +25,48 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::HashPassword => hash_password(),
+        Command::NewApiKey { principal } => {
+            if let Err(e) = gregor::topic::check_name("principal", &principal) {
+                eprintln!("gregor: {e}");
+                return ExitCode::from(2);
+            }
+            let key = gregor::auth::new_api_key();
+            println!("# The key (give it to the client; it is not stored anywhere):");
+            println!("# {key}");
+            println!("[[auth.api_keys]]");
+            println!("principal = \"{principal}\"");
+            println!("sha256 = \"{}\"", gregor::auth::api_key_digest(&key));
+            ExitCode::SUCCESS
+        }
         Command::Serve(args) => serve(&args),
+    }
+}
+
+/// Reads one line (the password) from standard input and prints its hash.
+fn hash_password() -> ExitCode {
+    if std::io::stdin().is_terminal() {
+        eprint!("password (it will be shown as you type): ");
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("gregor: cannot read the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("gregor: the password is empty");
+        return ExitCode::from(2);
+    }
+    match gregor::auth::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gregor: cannot hash the password: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -54,6 +95,8 @@ fn serve(args: &ServeArgs) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let app = App::build(config).await?;
+        let reloader = app.reloader();
+        tokio::spawn(reload_on_sighup(reloader));
         let addr = app.local_addr();
         println!("gregor {} listening on http://{addr}", env!("CARGO_PKG_VERSION"));
         println!("data directory: {}", app.data_dir().display());
@@ -67,6 +110,28 @@ fn serve(args: &ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reloads the security settings on every SIGHUP; a bad file is reported and
+/// the running settings stay.
+async fn reload_on_sighup(reloader: gregor::app::Reloader) {
+    #[cfg(unix)]
+    {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("gregor: cannot listen for SIGHUP (no reloads): {e}");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            if let Err(e) = reloader.reload() {
+                tracing::error!(error = %e, "reload failed; the running settings stay");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -53,6 +53,12 @@ pub struct Problem {
     /// The member's current generation, when a commit named another.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// The permission a `forbidden` request lacked (`read`, `write`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<&'static str>,
+    /// The resource a `forbidden` request was about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
 }
 
 /// Everything a handler can fail with: the core's errors, and the few that only
@@ -113,6 +119,8 @@ impl ApiError {
             end_offset: None,
             limit: None,
             generation: None,
+            operation: None,
+            resource: None,
         };
         let ApiError::Core(e) = self else {
             if let ApiError::RequestTooLarge { limit } = self {
@@ -156,7 +164,12 @@ impl ApiError {
             | Error::ShuttingDown
             | Error::Storage(_)
             | Error::Corrupt(_)
-            | Error::Internal(_) => {}
+            | Error::Internal(_)
+            | Error::Unauthenticated(_) => {}
+            Error::Forbidden { operation, resource, .. } => {
+                p.operation = Some(operation);
+                p.resource = Some(resource.clone());
+            }
         }
         p
     }
@@ -192,6 +205,11 @@ impl IntoResponse for ApiError {
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if info.retry {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // Bearer only: a Basic challenge would make browsers (the console) pop up
+            // a login dialog. Basic clients (curl -u) send credentials unasked.
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gregor\""));
         }
         res
     }

@@ -6,6 +6,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 
 use super::error::ApiError;
+use crate::auth::Credentials;
 use crate::error::Error;
 use crate::service::RequestCtx;
 
@@ -44,15 +45,69 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub u64);
 
-/// Who is asking: the request's context for the service layer. With
-/// authentication off (today), every request is `User:ANONYMOUS`.
+/// Who is asking: the request's context for the service layer, from its
+/// credentials (`Authorization: Bearer <key>` or `Basic`; on a WebSocket upgrade
+/// also the `gregor.bearer.<base64url(token)>` subprotocol, which browsers can
+/// send where they cannot send headers). Routes without it are public.
 #[derive(Debug)]
 pub struct Caller(pub RequestCtx);
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
+impl FromRequestParts<super::AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Caller(RequestCtx::anonymous()))
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &super::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let credentials = credentials(&parts.headers)?;
+        match state.service.authenticate(&credentials).await {
+            Ok(ctx) => Ok(Caller(ctx)),
+            Err(e) => {
+                // `Credentials`' Debug never shows the secret, only the scheme (and a Basic user).
+                tracing::debug!(?credentials, error = %e, path = parts.uri.path(), "authentication failed");
+                Err(e.into())
+            }
+        }
     }
+}
+
+/// The subprotocol prefix that carries a bearer token on a WebSocket upgrade.
+pub const BEARER_PROTOCOL: &str = "gregor.bearer.";
+
+/// What the request presented. A malformed `Authorization` header is refused,
+/// never taken as no credentials.
+fn credentials(headers: &axum::http::HeaderMap) -> Result<Credentials, ApiError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let bad = |why: &str| ApiError::Core(Error::Unauthenticated(why.to_owned()));
+    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| bad("the Authorization header is not text"))?;
+        let (scheme, rest) =
+            value.split_once(' ').ok_or_else(|| bad("Authorization is 'Bearer <token>' or 'Basic <base64>'"))?;
+        return match scheme.to_ascii_lowercase().as_str() {
+            "bearer" => Ok(Credentials::Bearer(rest.trim().to_owned())),
+            "basic" => {
+                let decoded = STANDARD.decode(rest.trim()).map_err(|_| bad("Basic credentials are not base64"))?;
+                let text = String::from_utf8(decoded).map_err(|_| bad("Basic credentials are not UTF-8"))?;
+                let (user, password) =
+                    text.split_once(':').ok_or_else(|| bad("Basic credentials are user:password"))?;
+                Ok(Credentials::Basic { user: user.to_owned(), password: password.to_owned() })
+            }
+            _ => Err(bad("Authorization is 'Bearer <token>' or 'Basic <base64>'")),
+        };
+    }
+    for value in headers.get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(list) = value.to_str() else { continue };
+        for offered in list.split(',').map(str::trim) {
+            if let Some(encoded) = offered.strip_prefix(BEARER_PROTOCOL) {
+                let token = URL_SAFE_NO_PAD
+                    .decode(encoded.trim_end_matches('='))
+                    .ok()
+                    .and_then(|t| String::from_utf8(t).ok())
+                    .ok_or_else(|| bad("the gregor.bearer subprotocol carries base64url(token)"))?;
+                return Ok(Credentials::Bearer(token));
+            }
+        }
+    }
+    Ok(Credentials::None)
 }

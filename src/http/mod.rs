@@ -83,11 +83,33 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// Adds what the browser guard answers (`guard`, before any handler) to every
-/// operation it applies to: 403 for a foreign Host (any request) or Origin
-/// (state-changing requests and upgrades), 415 for a body that is not JSON.
+/// Routes anyone may call, with or without credentials.
+const PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Adds what is answered before any handler runs to every operation it applies
+/// to: the security schemes (so that Swagger UI's "Authorize" works) with 401 for
+/// missing or wrong credentials; 403 for a foreign Host (any request) or Origin
+/// (state-changing requests and upgrades), or a missing permission; 415 for a
+/// body that is not JSON.
 fn document_guard(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
     use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some("An API key ([[auth.api_keys]]) or a JWT"))
+                .build(),
+        ),
+    );
+    components.add_security_scheme(
+        "basic",
+        SecurityScheme::Http(
+            HttpBuilder::new().scheme(HttpAuthScheme::Basic).description(Some("A user of [[auth.users]]")).build(),
+        ),
+    );
     let problem = |description: &str| {
         ResponseBuilder::new()
             .description(description)
@@ -97,7 +119,8 @@ fn document_guard(doc: &mut utoipa::openapi::OpenApi) {
             )
             .build()
     };
-    for item in doc.paths.paths.values_mut() {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let public = PUBLIC_PATHS.contains(&path.as_str());
         let ops = [
             (&mut item.get, false),
             (&mut item.post, true),
@@ -107,11 +130,26 @@ fn document_guard(doc: &mut utoipa::openapi::OpenApi) {
         ];
         for (op, changes_state) in ops {
             let Some(op) = op.as_mut() else { continue };
+            if !public {
+                op.security = Some(vec![
+                    SecurityRequirement::new("bearer", Vec::<String>::new()),
+                    SecurityRequirement::new("basic", Vec::<String>::new()),
+                ]);
+            }
             let responses = &mut op.responses.responses;
-            let forbidden = if changes_state {
-                "Refused before the handler: a foreign Origin (origin_not_allowed) or, on a loopback address, Host (host_not_allowed)"
-            } else {
-                "Refused before the handler: on a loopback address, a foreign Host (host_not_allowed)"
+            if !public {
+                responses.entry("401".into()).or_insert_with(|| {
+                    problem("Authentication is on and the credentials are missing or wrong (unauthenticated)").into()
+                });
+            }
+            let forbidden = match (public, changes_state) {
+                (true, _) => "Refused before the handler: on a loopback address, a foreign Host (host_not_allowed)",
+                (false, false) => {
+                    "The principal lacks a permission (forbidden), or, on a loopback address, a foreign Host (host_not_allowed)"
+                }
+                (false, true) => {
+                    "The principal lacks a permission (forbidden), or a foreign Origin (origin_not_allowed) or, on a loopback address, Host (host_not_allowed)"
+                }
             };
             responses.entry("403".into()).or_insert_with(|| problem(forbidden).into());
             if changes_state && op.request_body.is_some() {

@@ -76,8 +76,12 @@ pub struct TopicStreamParams {
     partitions: Option<String>,
 }
 
+/// The subprotocol a browser offers beside `gregor.bearer.<token>`; the server
+/// selects it (never the token's, which would echo the secret back).
+const PROTOCOL: &str = "gregor.v1";
+
 fn upgrade(ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Result<WebSocketUpgrade, ApiError> {
-    ws.map(|ws| ws.max_message_size(MAX_CLIENT_FRAME).read_buffer_size(READ_BUFFER))
+    ws.map(|ws| ws.max_message_size(MAX_CLIENT_FRAME).read_buffer_size(READ_BUFFER).protocols([PROTOCOL]))
         .map_err(|e| ApiError::UpgradeRequired(e.body_text()))
 }
 
@@ -103,7 +107,7 @@ fn parse_partitions(list: &str) -> Result<Vec<u32>> {
     responses(
         (status = 101, description = "Switching to the WebSocket protocol; frames as described above"),
         (status = 400, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Origin not allowed (origin_not_allowed)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The principal may not read the topic or group (forbidden), or a foreign Origin (origin_not_allowed)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown topic or partition", body = Problem, content_type = "application/problem+json"),
         (status = 416, description = "`from` offset outside a partition's range", body = Problem, content_type = "application/problem+json"),
         (status = 426, description = "Not a WebSocket upgrade request", body = Problem, content_type = "application/problem+json"),
@@ -170,7 +174,7 @@ pub struct GroupStreamParams {
     responses(
         (status = 101, description = "Switching to the WebSocket protocol; frames as described above"),
         (status = 400, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Origin not allowed (origin_not_allowed)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The principal may not read the topic or group (forbidden), or a foreign Origin (origin_not_allowed)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Assignor differs from the group's", body = Problem, content_type = "application/problem+json"),
         (status = 426, description = "Not a WebSocket upgrade request", body = Problem, content_type = "application/problem+json"),
     ))]

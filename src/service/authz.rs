@@ -4,12 +4,14 @@
 //! [`Operation`] names each operation the service offers once; [`Operation::requires`]
 //! is one exhaustive `match` from an operation to the permissions it needs (SPEC §8's
 //! route → operation table), so an operation added without a decision does not
-//! compile. With authentication off every principal is `User:ANONYMOUS` and every
-//! permission is granted; the ACL model plugs in behind [`Authorizer`].
+//! compile. The decision is the ACLs' ([`crate::auth::Security`]); with
+//! authentication off every principal is `User:ANONYMOUS` and everything is allowed.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
+use crate::auth::{AuthSettings, Security};
 use crate::error::Result;
 
 /// The authenticated identity behind a request: Kafka's `User:NAME`.
@@ -66,6 +68,20 @@ pub enum Action {
     Delete,
     Alter,
     Describe,
+}
+
+impl Action {
+    /// The name ACLs and error messages use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+            Action::Create => "create",
+            Action::Delete => "delete",
+            Action::Alter => "alter",
+            Action::Describe => "describe",
+        }
+    }
 }
 
 /// Every operation the service layer offers, whatever transport it came through.
@@ -128,21 +144,30 @@ impl<'a> Operation<'a> {
     }
 }
 
-/// Decides whether a principal may act on a resource.
-#[derive(Debug, Clone, Default)]
-pub enum Authorizer {
-    /// Authentication off: every request is `User:ANONYMOUS` and allowed.
-    #[default]
-    AllowAll,
-}
+/// Decides whether a request's principal may do an operation: the service's one
+/// authorization point, over the reloadable [`Security`] state.
+#[derive(Debug, Clone)]
+pub struct Authorizer(Arc<Security>);
 
 impl Authorizer {
+    pub fn new(security: Arc<Security>) -> Authorizer {
+        Authorizer(security)
+    }
+
     /// Checks every permission `op` needs ([`Operation::requires`]).
-    pub fn check(&self, _ctx: &RequestCtx, _op: Operation<'_>) -> Result<()> {
-        match self {
-            // Authentication off: nothing to look up (and nothing allocated on the hot path).
-            Authorizer::AllowAll => Ok(()),
-        }
+    pub fn check(&self, ctx: &RequestCtx, op: Operation<'_>) -> Result<()> {
+        self.0.check(&ctx.principal, op)
+    }
+
+    pub fn security(&self) -> &Arc<Security> {
+        &self.0
+    }
+}
+
+impl Default for Authorizer {
+    /// Authentication off: everyone is allowed everything.
+    fn default() -> Self {
+        Authorizer(Arc::new(Security::new(&AuthSettings::default())))
     }
 }
 
@@ -180,7 +205,7 @@ mod tests {
         for (op, want) in cases {
             assert_eq!(op.requires(), want, "{op:?}");
         }
-        assert!(Authorizer::AllowAll.check(&RequestCtx::anonymous(), Operation::DeleteTopic("x")).is_ok());
+        assert!(Authorizer::default().check(&RequestCtx::anonymous(), Operation::DeleteTopic("x")).is_ok());
         assert_eq!(RequestCtx::anonymous().principal.as_str(), "User:ANONYMOUS");
     }
 }

@@ -33,6 +33,7 @@ pub use crate::group::{
 pub use crate::log::{Acks, Produced, RecordMetadata, TimestampOffset};
 pub use stream::{FetchSummary, MemberStream, RecordSink, StreamStart, TopicStream, Watch};
 
+use crate::auth::{Credentials, Security};
 use crate::error::{Code, Error, Result};
 use crate::group::{CommittedInfo, Groups};
 use crate::log::{Log, ReadRequest, ReadResult, Topic};
@@ -174,13 +175,25 @@ pub struct OffsetEntry {
 }
 
 impl Service {
-    /// The service over the embedded log and its groups.
-    pub fn embedded(log: Arc<Log>, groups: Arc<Groups>, metrics: Arc<Metrics>) -> Service {
+    /// The service over the embedded log and its groups, authorizing with `security`.
+    pub fn embedded(log: Arc<Log>, groups: Arc<Groups>, metrics: Arc<Metrics>, security: Arc<Security>) -> Service {
         Service(Arc::new(Inner {
             backend: Backend::Embedded { log, groups },
-            authorizer: Authorizer::default(),
+            authorizer: Authorizer::new(security),
             metrics,
         }))
+    }
+
+    /// Who presented `credentials`, as the context of their request
+    /// (`Unauthenticated` when they are wrong or required and absent).
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<RequestCtx> {
+        let principal = self.0.authorizer.security().authenticate(credentials).await?;
+        Ok(RequestCtx { principal })
+    }
+
+    /// Changes whenever keys or ACLs are reloaded: open streams check their permissions again.
+    pub fn security_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.authorizer.security().subscribe()
     }
 
     /// The figures transports add to (request latency, WebSocket connections).
@@ -445,8 +458,9 @@ impl Service {
 
     /// Joins `group` as a member that lives as long as the returned stream.
     pub async fn open_member_stream(&self, ctx: &RequestCtx, group: &str, params: JoinParams) -> Result<MemberStream> {
+        let topics = params.topics.clone();
         let joined = self.join_group(ctx, group, params).await?;
-        Ok(MemberStream::new(self.clone(), ctx.clone(), group, joined))
+        Ok(MemberStream::new(self.clone(), ctx.clone(), group, topics, joined))
     }
 
     // ---- the server ----

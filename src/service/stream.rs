@@ -143,6 +143,11 @@ impl TopicStream {
         self.topic.name.as_str()
     }
 
+    /// Whether the stream's principal may still read its topic (after an ACL reload).
+    pub fn authorized(&self) -> Result<()> {
+        self.service.authorize(&self.ctx, Operation::ReadTopic(self.topic.name.as_str()))
+    }
+
     pub fn watch(&self) -> Watch {
         let ends = self
             .positions
@@ -210,17 +215,26 @@ pub struct MemberStream {
     service: Service,
     ctx: RequestCtx,
     group: String,
+    /// The topics the member subscribed to.
+    topics: Vec<String>,
     member: String,
     view: View,
     session_ms: u64,
 }
 
 impl MemberStream {
-    pub(super) fn new(service: Service, ctx: RequestCtx, group: &str, joined: Joined) -> MemberStream {
+    pub(super) fn new(
+        service: Service,
+        ctx: RequestCtx,
+        group: &str,
+        topics: Vec<String>,
+        joined: Joined,
+    ) -> MemberStream {
         MemberStream {
             service,
             ctx,
             group: group.to_owned(),
+            topics,
             member: joined.member_id,
             view: joined.view,
             session_ms: joined.session_timeout_ms,
@@ -242,6 +256,12 @@ impl MemberStream {
 
     pub fn session_timeout(&self) -> Duration {
         Duration::from_millis(self.session_ms)
+    }
+
+    /// Whether the member's principal may still consume its group and topics
+    /// (after an ACL reload).
+    pub fn authorized(&self) -> Result<()> {
+        self.service.authorize(&self.ctx, Operation::JoinGroup { group: &self.group, topics: &self.topics })
     }
 
     /// The member's readable partitions' end offsets against its positions (a

@@ -36,6 +36,10 @@ pub mod close {
     pub const GONE: u16 = 4404;
     /// The group member was fenced (session expired); reconnect to rejoin.
     pub const FENCED: u16 = 4409;
+    /// The credentials expired.
+    pub const UNAUTHENTICATED: u16 = 4401;
+    /// The principal lost a permission the stream needs (an ACL reload).
+    pub const FORBIDDEN: u16 = 4403;
 }
 
 /// Batching and flow control chosen by the client.
@@ -60,6 +64,15 @@ pub enum Source {
     Topic(TopicStream),
     /// A group member: the group decides the partitions and positions.
     Group(MemberStream),
+}
+
+impl Source {
+    fn authorized(&self) -> Result<()> {
+        match self {
+            Source::Topic(stream) => stream.authorized(),
+            Source::Group(member) => member.authorized(),
+        }
+    }
 }
 
 struct Conn<S> {
@@ -94,6 +107,8 @@ impl From<Error> for End {
                 End::Close(close::FENCED, "the member's session expired; reconnect".into())
             }
             Error::ShuttingDown => End::Close(close::GOING_AWAY, "server shutting down".into()),
+            Error::Unauthenticated(why) => End::Close(close::UNAUTHENTICATED, why),
+            e @ Error::Forbidden { .. } => End::Close(close::FORBIDDEN, e.to_string()),
             e => {
                 tracing::error!(error = %e, "websocket stream failed");
                 End::Close(close::INTERNAL, "the server failed to serve the stream".into())
@@ -155,6 +170,7 @@ where
     };
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.reset();
+    let mut security = conn.service.security_changes();
 
     if let Source::Group(member) = &source {
         let first = frames::assignment(member.member_id(), member.view());
@@ -215,6 +231,11 @@ where
                     break End::Close(close::TIMEOUT, "no pong or frame from the client".into());
                 }
                 if conn.send_message(Message::Ping(Default::default())).await.is_err() { break End::ClientGone; }
+            }
+            Ok(()) = security.changed() => {
+                // Keys or ACLs were reloaded: a stream whose principal lost its
+                // permission ends now (4403), not at its next record.
+                if let Err(e) = source.authorized() { break End::from(e); }
             }
             _ = group_changed => {
                 if let Err(end) = conn.group_event(&mut source, false).await { break end; }

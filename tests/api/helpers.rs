@@ -19,6 +19,8 @@ pub struct TestApp {
     pub dir: TempDir,
     /// Faults to inject into this server's store and writer.
     pub faults: Arc<Faults>,
+    /// What SIGHUP does: reloads keys and ACLs from the configuration file.
+    pub reloader: gregor::app::Reloader,
     config: Config,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), AppError>>>,
@@ -39,11 +41,21 @@ async fn start(dir: TempDir, config: Config) -> TestApp {
     let app = App::build(config.clone()).await.expect("server starts");
     let base = format!("http://{}", app.local_addr());
     let faults = app.faults();
+    let reloader = app.reloader();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run(async move {
         let _ = rx.await;
     }));
-    TestApp { base, client: reqwest::Client::new(), dir, faults, config, stop: Some(tx), handle: Some(handle) }
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        dir,
+        faults,
+        reloader,
+        config,
+        stop: Some(tx),
+        handle: Some(handle),
+    }
 }
 
 impl TestApp {

@@ -17,6 +17,7 @@ mod produce;
 mod read;
 mod restart;
 mod retention;
+mod security;
 mod serving;
 mod topics;
 mod ws;
