@@ -35,6 +35,9 @@ RUN apt-get update \
  && chown -R 10001 /var/lib/gregor
 COPY --from=build /src/target/release/gregor /usr/local/bin/gregor
 USER 10001
+# Listening on all interfaces, gregor refuses to start without credentials: mount
+# a configuration with [auth] and [[acl]] and point GREGOR_CONFIG at it
+# (README: Securing gregor).
 ENV GREGOR_LISTEN=0.0.0.0:8080 \
     GREGOR_DATA_DIR=/var/lib/gregor/data
 VOLUME ["/var/lib/gregor/data"]

@@ -14,11 +14,51 @@ function showError(err) {
     : String(err.message || err);
 }
 
+// ---- credentials ------------------------------------------------------------
+// The token (an API key or a JWT) lives in sessionStorage: it is gone when the
+// tab closes, and it is sent only to this server.
+
+const TOKEN_KEY = "gregor.token";
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+function showWho() {
+  $("#whoami").textContent = token() ? "token set" : "";
+}
+
+$("#auth").onsubmit = (e) => {
+  e.preventDefault();
+  const t = $("#token").value.trim();
+  if (t) sessionStorage.setItem(TOKEN_KEY, t);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  $("#token").value = "";
+  showWho();
+  refreshTopics();
+  refreshGroups();
+};
+
+/** base64url of a string's UTF-8 bytes, without padding (the WebSocket subprotocol form). */
+function base64url(text) {
+  const bytes = new TextEncoder().encode(text);
+  let bin = "";
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "");
+}
+
+/** Browsers cannot set headers on a WebSocket: the token rides in a subprotocol. */
+function streamProtocols() {
+  return token() ? ["gregor.v1", `gregor.bearer.${base64url(token())}`] : [];
+}
+
 /** fetch + JSON; throws { problem } for problem+json answers. */
 async function api(method, path, body) {
+  const headers = body === undefined ? {} : { "content-type": "application/json" };
+  if (token()) headers.authorization = `Bearer ${token()}`;
   const res = await fetch(path, {
     method,
-    headers: body === undefined ? {} : { "content-type": "application/json" },
+    headers,
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await res.text();
@@ -181,7 +221,7 @@ $("#live-start").onclick = () => {
   if (!topic) { showError(new Error("create a topic first")); return; }
   const from = $("#live-from").value;
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${proto}://${location.host}/v1/topics/${encodeURIComponent(topic)}/stream?from=${from}`);
+  socket = new WebSocket(`${proto}://${location.host}/v1/topics/${encodeURIComponent(topic)}/stream?from=${from}`, streamProtocols());
   paused = false;
   $("#live-pause").textContent = "Pause";
   setLiveStatus("connecting…");
@@ -280,6 +320,7 @@ async function refreshHealth() {
   }
 }
 
+showWho();
 refreshTopics();
 refreshGroups();
 refreshHealth();

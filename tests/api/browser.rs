@@ -132,3 +132,58 @@ async fn swagger_ui_lists_operations_and_tries_one() {
     })
     .await;
 }
+
+/// With authentication on, the console asks for a token; given one (kept in
+/// sessionStorage), it creates and lists topics and follows one live over
+/// WebSocket, the token riding in the `gregor.bearer` subprotocol.
+#[tokio::test]
+async fn console_logs_in_with_a_token_and_streams() {
+    crate::helpers::within(async {
+        use gregor::auth::{AclEntry, AclOperation, ApiKey, AuthSettings, Pattern, Permission, ResourceType};
+        let key = "console-key-5e1b";
+        let digest = gregor::auth::api_key_digest(key);
+        let sha256: [u8; 32] = std::array::from_fn(|i| u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).unwrap());
+        let app = crate::helpers::spawn_app_with(move |c| {
+            c.auth = AuthSettings {
+                api_keys: vec![ApiKey { principal: "viewer".into(), sha256 }],
+                acls: vec![AclEntry {
+                    principal: "User:viewer".into(),
+                    resource: ResourceType::Topic,
+                    name: "browser".into(),
+                    pattern: Pattern::Prefixed,
+                    operations: vec![AclOperation::Create, AclOperation::Read, AclOperation::Write],
+                    permission: Permission::Allow,
+                }],
+                ..AuthSettings::default()
+            };
+        })
+        .await;
+        let b = browser().await;
+        let c = &b.client;
+        c.goto(&app.url("/")).await.unwrap();
+        wait_text(c, "#error", "unauthenticated").await;
+        c.find(Locator::Css("#token")).await.unwrap().send_keys(key).await.unwrap();
+        c.find(Locator::Css("#auth button")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#whoami", "token set").await;
+        c.find(Locator::Css("#create-topic input[name=name]")).await.unwrap().send_keys("browser-live").await.unwrap();
+        c.find(Locator::Css("#create-topic button")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#topics tbody", "browser-live").await;
+        c.wait().for_element(Locator::Css("#live-topic option[value='browser-live']")).await.unwrap();
+        c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("browser-live").await.unwrap();
+        c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#live-status", "live:").await;
+        let res = app
+            .client
+            .post(app.url("/v1/topics/browser-live/records"))
+            .bearer_auth(key)
+            .json(&json!({"records": [{"value": {"seen": "through the token"}}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        wait_text(c, "#live-records tr[data-offset='0']", "through the token").await;
+        screenshot(c, "console-token.png").await;
+        b.client.close().await.unwrap();
+    })
+    .await;
+}
