@@ -16,6 +16,7 @@ use crate::faults::Faults;
 use crate::group::Groups;
 use crate::http::guard::BrowserGuard;
 use crate::http::serve::{self, Limits};
+use crate::http::tls::Tls;
 use crate::http::{AppState, router};
 use crate::log::{Log, LogSettings};
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub enum AppError {
     Flush(crate::error::Error),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A bound, recovered server, ready to run.
@@ -47,6 +50,7 @@ pub struct App {
     log: Arc<Log>,
     groups: Arc<Groups>,
     security: Arc<Security>,
+    tls: Option<Arc<Tls>>,
     config: Config,
 }
 
@@ -55,12 +59,18 @@ pub struct App {
 #[derive(Debug, Clone)]
 pub struct Reloader {
     security: Arc<Security>,
+    tls: Option<Arc<Tls>>,
     file: Option<PathBuf>,
 }
 
 impl Reloader {
-    /// On an error nothing changes: the running settings stay.
+    /// Also reads the TLS certificates again. On an error nothing changes: the
+    /// running settings stay.
     pub fn reload(&self) -> Result<(), AppError> {
+        if let Some(tls) = &self.tls {
+            tls.reload().map_err(AppError::Tls)?;
+            tracing::info!("TLS certificates reloaded");
+        }
         let Some(file) = &self.file else {
             tracing::info!("no configuration file to reload");
             return Ok(());
@@ -121,12 +131,18 @@ impl App {
         let listener = serve::bind(config.listen).map_err(|source| AppError::Bind { addr: config.listen, source })?;
         let config = Config { data_dir: path, ..config };
         let security = Arc::new(Security::new(&config.auth));
-        Ok(App { listener, log, groups, security, config })
+        let tls = config.tls.clone().map(Tls::load).transpose().map_err(AppError::Tls)?.map(Arc::new);
+        Ok(App { listener, log, groups, security, tls, config })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// `https` with `[tls]`, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// The data directory, made absolute.
@@ -136,7 +152,7 @@ impl App {
 
     /// What SIGHUP calls: reloads keys, users and ACLs from the configuration file.
     pub fn reloader(&self) -> Reloader {
-        Reloader { security: self.security.clone(), file: self.config.file.clone() }
+        Reloader { security: self.security.clone(), tls: self.tls.clone(), file: self.config.file.clone() }
     }
 
     /// Fault injection switches (off unless a test turns them on; see [`crate::faults`]).
@@ -149,7 +165,7 @@ impl App {
     /// stops the retention and session timers, writes everything still queued,
     /// and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
-        let App { listener, log, groups, security, config } = self;
+        let App { listener, log, groups, security, tls, config } = self;
         let stop_timers = CancellationToken::new();
         let retention =
             tokio::spawn(crate::retention::run(log.clone(), config.retention_check_interval, stop_timers.clone()));
@@ -159,7 +175,9 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let service = Service::embedded(log.clone(), groups, metrics.clone(), security);
         let bound = listener.local_addr().unwrap_or(config.listen);
-        let guard = Arc::new(BrowserGuard::new(&config.http.allowed_origins, &config.http.allowed_hosts, bound));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let guard =
+            Arc::new(BrowserGuard::new(&config.http.allowed_origins, &config.http.allowed_hosts, bound, scheme));
         let state =
             AppState { service, guard, connections: connections.clone(), ws_ping_interval: config.ws_ping_interval };
         let app = router(state, config.max_request_bytes);
@@ -167,6 +185,7 @@ impl App {
             header_read_timeout: config.http.header_read_timeout,
             max_connections: config.http.max_connections,
             send_buffer: config.socket_send_buffer_bytes,
+            tls,
         };
         let signalled = log.shutdown_token();
         let stop_serving = CancellationToken::new();

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::auth::{AclEntry, AclOperation, ApiKey, AuthSettings, Pattern, Permission, ResourceType, User};
 use crate::group::GroupSettings;
+use crate::http::tls::TlsSettings;
 use crate::topic::{MAX_PARTITIONS, check_name};
 
 #[derive(Debug, Parser)]
@@ -73,6 +74,17 @@ struct FileConfig {
     http: Option<FileHttp>,
     auth: Option<FileAuth>,
     acl: Option<Vec<FileAcl>>,
+    tls: Option<FileTls>,
+}
+
+/// `[tls]`: serve HTTPS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
+    handshake_timeout_ms: Option<u64>,
 }
 
 /// `[auth]`: credentials and who is a superuser.
@@ -183,6 +195,8 @@ pub struct Config {
     pub auth: AuthSettings,
     /// The TOML file the settings came from, re-read on SIGHUP.
     pub file: Option<PathBuf>,
+    /// Serve HTTPS (`[tls]`); certificates reloaded on SIGHUP.
+    pub tls: Option<TlsSettings>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -211,6 +225,7 @@ impl Config {
             http: HttpSettings::default(),
             auth: AuthSettings::default(),
             file: None,
+            tls: None,
         }
     }
 
@@ -271,7 +286,14 @@ impl Config {
         if let Some(hosts) = http.allowed_hosts {
             c.http.allowed_hosts = hosts;
         }
+        c.tls = file.tls.map(|t| TlsSettings {
+            cert_file: t.cert_file,
+            key_file: t.key_file,
+            client_ca_file: t.client_ca_file,
+            handshake_timeout: Duration::from_millis(t.handshake_timeout_ms.unwrap_or(10_000)),
+        });
         c.auth = auth_settings(file.auth, file.acl)?;
+        c.auth.client_certificates = c.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
         c.file = args.config.clone();
         c.validate()?;
         Ok(c)
@@ -343,6 +365,11 @@ impl Config {
                 )));
             }
         }
+        if let Some(t) = &self.tls
+            && !(100..=600_000).contains(&t.handshake_timeout.as_millis())
+        {
+            return Err(ConfigError("tls.handshake_timeout_ms: must be between 100 and 600000".into()));
+        }
         if !self.auth.enabled() && !self.auth.allow_anonymous && !self.listen.ip().is_loopback() {
             return Err(ConfigError(format!(
                 "refusing to serve {} without authentication: anyone who can reach it could read and change \
@@ -363,7 +390,10 @@ impl Config {
 /// reload: the rest of the file is checked too, but only these take effect.
 pub fn load_auth(path: &Path) -> Result<AuthSettings, ConfigError> {
     let file = read_file(path)?;
-    auth_settings(file.auth, file.acl)
+    let client_certificates = file.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+    let mut auth = auth_settings(file.auth, file.acl)?;
+    auth.client_certificates = client_certificates;
+    Ok(auth)
 }
 
 fn auth_settings(auth: Option<FileAuth>, acls: Option<Vec<FileAcl>>) -> Result<AuthSettings, ConfigError> {

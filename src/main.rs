@@ -98,9 +98,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
         let reloader = app.reloader();
         tokio::spawn(reload_on_sighup(reloader));
         let addr = app.local_addr();
-        println!("gregor {} listening on http://{addr}", env!("CARGO_PKG_VERSION"));
+        let scheme = app.scheme();
+        println!("gregor {} listening on {scheme}://{addr}", env!("CARGO_PKG_VERSION"));
         println!("data directory: {}", app.data_dir().display());
-        println!("Swagger UI: http://{addr}/docs");
+        println!("Swagger UI: {scheme}://{addr}/docs");
         app.run(shutdown_signal()).await
     });
     match result {

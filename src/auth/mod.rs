@@ -51,12 +51,14 @@ pub struct AuthSettings {
     pub api_keys: Vec<ApiKey>,
     pub users: Vec<User>,
     pub acls: Vec<AclEntry>,
+    /// Client certificates identify clients (`[tls] client_ca_file` is set).
+    pub client_certificates: bool,
 }
 
 impl AuthSettings {
     /// Authentication is on when any credential is configured.
     pub fn enabled(&self) -> bool {
-        !self.api_keys.is_empty() || !self.users.is_empty()
+        !self.api_keys.is_empty() || !self.users.is_empty() || self.client_certificates
     }
 }
 
@@ -65,7 +67,12 @@ impl AuthSettings {
 pub enum Credentials {
     None,
     Bearer(String),
-    Basic { user: String, password: String },
+    Basic {
+        user: String,
+        password: String,
+    },
+    /// A client certificate the TLS handshake verified against the client CA: its CN.
+    Certificate(String),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -75,6 +82,7 @@ impl std::fmt::Debug for Credentials {
             Credentials::None => f.write_str("None"),
             Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
             Credentials::Basic { user, .. } => write!(f, "Basic({user}, <redacted>)"),
+            Credentials::Certificate(cn) => write!(f, "Certificate({cn})"),
         }
     }
 }
@@ -87,6 +95,7 @@ const ARGON2_CONCURRENCY: usize = 2;
 
 struct State {
     enabled: bool,
+    client_certificates: bool,
     allow_anonymous: bool,
     keys: Vec<(Principal, [u8; 32])>,
     users: HashMap<String, String>,
@@ -117,6 +126,7 @@ impl std::fmt::Debug for Security {
 fn build(settings: &AuthSettings) -> State {
     State {
         enabled: settings.enabled(),
+        client_certificates: settings.client_certificates,
         allow_anonymous: settings.allow_anonymous,
         keys: settings.api_keys.iter().map(|k| (Principal::user(&k.principal), k.sha256)).collect(),
         users: settings.users.iter().map(|u| (u.name.clone(), u.password_hash.clone())).collect(),
@@ -175,6 +185,13 @@ impl Security {
                 found.ok_or_else(|| Error::Unauthenticated("the bearer token is not a known API key".into()))
             }
             Credentials::Basic { user, password } => self.verify_password(&state, user, password).await,
+            Credentials::Certificate(_) if !state.client_certificates => {
+                Err(Error::Unauthenticated("client certificates are not configured".into()))
+            }
+            Credentials::Certificate(cn) => match crate::topic::check_name("principal", cn) {
+                Ok(()) => Ok(Principal::user(cn)),
+                Err(e) => Err(Error::Unauthenticated(format!("the client certificate's CN: {e}"))),
+            },
         }
     }
 

@@ -59,7 +59,13 @@ impl FromRequestParts<super::AppState> for Caller {
         parts: &mut axum::http::request::Parts,
         state: &super::AppState,
     ) -> Result<Self, Self::Rejection> {
-        let credentials = credentials(&parts.headers)?;
+        let mut credentials = credentials(&parts.headers)?;
+        // A client certificate identifies the client when it sends nothing else.
+        if credentials == Credentials::None
+            && let Some(cert) = parts.extensions.get::<super::serve::ClientCertificate>()
+        {
+            credentials = Credentials::Certificate(cert.0.clone());
+        }
         match state.service.authenticate(&credentials).await {
             Ok(ctx) => Ok(Caller(ctx)),
             Err(e) => {

@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use super::error::ApiError;
 
 /// What the guard accepts; built once from the configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BrowserGuard {
     /// Normalized origins (`http://host:port`) that may call the API from a page.
     allowed_origins: BTreeSet<String>,
@@ -31,11 +31,18 @@ pub struct BrowserGuard {
     loopback_hosts: Option<Vec<String>>,
     /// The bound port, for the refusal's message.
     port: u16,
+    /// `http` or `https`: what this server's own origin starts with.
+    scheme: &'static str,
 }
 
 impl BrowserGuard {
     /// `allowed_origins` must already be valid (see [`normalize_origin`]).
-    pub fn new(allowed_origins: &[String], allowed_hosts: &[String], bound: std::net::SocketAddr) -> BrowserGuard {
+    pub fn new(
+        allowed_origins: &[String],
+        allowed_hosts: &[String],
+        bound: std::net::SocketAddr,
+        scheme: &'static str,
+    ) -> BrowserGuard {
         let port = bound.port();
         let loopback_hosts = bound.ip().is_loopback().then(|| {
             let names = ["localhost", "127.0.0.1", "[::1]"].into_iter().chain(allowed_hosts.iter().map(String::as_str));
@@ -52,6 +59,7 @@ impl BrowserGuard {
             allowed_origins: allowed_origins.iter().filter_map(|o| normalize_origin(o).ok()).collect(),
             loopback_hosts,
             port,
+            scheme,
         }
     }
 
@@ -111,7 +119,7 @@ impl BrowserGuard {
             return true;
         }
         // Same origin: the page was served by this server, under the Host it used.
-        host.and_then(|h| normalize_origin(&format!("http://{h}")).ok()).is_some_and(|own| own == origin)
+        host.and_then(|h| normalize_origin(&format!("{}://{h}", self.scheme)).ok()).is_some_and(|own| own == origin)
     }
 }
 
@@ -218,7 +226,7 @@ mod tests {
     #[test]
     fn the_guard_refuses_foreign_origins_hosts_and_media_types() {
         let bound = "127.0.0.1:8080".parse().unwrap();
-        let g = BrowserGuard::new(&["http://app.example:3000".into()], &["gregor.test".into()], bound);
+        let g = BrowserGuard::new(&["http://app.example:3000".into()], &["gregor.test".into()], bound, "http");
         let ok = |m: Method, h: &[(&'static str, &str)]| g.check(&m, &headers(h)).map_err(|e| e.code().as_str());
         let json = ("content-type", "application/json");
         let body = ("content-length", "2");
@@ -247,7 +255,7 @@ mod tests {
         for fine in ["localhost:8080", "LOCALHOST:8080", "[::1]:8080", "gregor.test:8080"] {
             assert_eq!(ok(Method::GET, &[("host", fine)]), Ok(()), "{fine}");
         }
-        let public = BrowserGuard::new(&[], &[], "0.0.0.0:8080".parse().unwrap());
+        let public = BrowserGuard::new(&[], &[], "0.0.0.0:8080".parse().unwrap(), "https");
         assert!(public.check(&Method::GET, &headers(&[("host", "gregor.example.com")])).is_ok(), "not on loopback");
     }
 }

@@ -15,6 +15,7 @@ pub(crate) mod health;
 mod records;
 pub mod serve;
 mod streams;
+pub mod tls;
 mod topics;
 
 use std::sync::Arc;

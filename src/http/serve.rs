@@ -34,17 +34,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::problem_body;
+use super::tls::Tls;
 use crate::error::Code;
 use crate::metrics::Metrics;
 
-/// The serving limits.
-#[derive(Debug, Clone, Copy)]
+/// The serving limits, and TLS when configured.
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     /// `SO_SNDBUF` of each socket; 0 leaves it to the OS.
     pub send_buffer: usize,
+    /// Serve HTTPS (and WSS) with these certificates.
+    pub tls: Option<Arc<Tls>>,
 }
+
+/// The verified client certificate's CN (mTLS), put in each request's
+/// extensions for the `Caller` extractor.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub String);
 
 /// Binds `addr` with a listen backlog of at least 4,096 (or the system's
 /// `somaxconn`, if larger), so that a burst of connecting clients is queued, not
@@ -89,31 +97,63 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, metrics: 
             connections.spawn(refuse(tcp, limits.max_connections));
             continue;
         };
-        let io = TokioIo::new(Counted::new(tcp, permit, metrics.clone()));
-        let service = TowerToHyperService::new(app.clone());
-        let mut closing = closing_rx.clone();
-        connections.spawn(async move {
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-            let conn = http.serve_connection(io, service).with_upgrades();
-            tokio::pin!(conn);
-            let served = tokio::select! {
-                res = conn.as_mut() => res,
-                _ = closing.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = served {
-                // Timeouts, resets and malformed requests are the client's; keep them quiet.
-                tracing::debug!(error = %e, "connection ended with an error");
+        let counted = Counted::new(tcp, permit, metrics.clone());
+        let (app, closing, header_timeout) = (app.clone(), closing_rx.clone(), limits.header_read_timeout);
+        match limits.tls.clone() {
+            None => {
+                let service = TowerToHyperService::new(app);
+                connections.spawn(serve_http(TokioIo::new(counted), service, header_timeout, closing));
             }
-        });
+            Some(tls) => {
+                connections.spawn(async move {
+                    let handshake = tokio::time::timeout(tls.handshake_timeout(), tls.acceptor().accept(counted));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    };
+                    let cn = super::tls::client_cn(stream.get_ref().1.peer_certificates()).map(ClientCertificate);
+                    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        if let Some(cn) = &cn {
+                            req.extensions_mut().insert(cn.clone());
+                        }
+                        tower::ServiceExt::oneshot(app.clone(), req)
+                    });
+                    serve_http(TokioIo::new(stream), service, header_timeout, closing).await;
+                });
+            }
+        }
     }
     drop(listener);
     drop(closing);
     connections.close();
     connections.wait().await;
+}
+
+/// Serves HTTP/1.1 (and upgrades) on one connection until it ends or the server
+/// closes (then gracefully: the request in flight is answered first).
+async fn serve_http<I, S>(io: I, service: S, header_timeout: Duration, mut closing: watch::Receiver<()>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = axum::body::Body> + Send,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let conn = http.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = closing.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
+        // Timeouts, resets and malformed requests are the client's; keep them quiet.
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// Accept errors are about one connection (it was reset before we took it) or

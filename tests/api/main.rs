@@ -19,5 +19,6 @@ mod restart;
 mod retention;
 mod security;
 mod serving;
+mod tls;
 mod topics;
 mod ws;
