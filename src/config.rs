@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::auth::{AclEntry, AclOperation, ApiKey, AuthSettings, Pattern, Permission, ResourceType, User};
+use crate::auth::{AclEntry, AclOperation, ApiKey, AuthSettings, JwtSettings, Pattern, Permission, ResourceType, User};
 use crate::group::GroupSettings;
 use crate::http::tls::TlsSettings;
 use crate::topic::{MAX_PARTITIONS, check_name};
@@ -95,6 +95,17 @@ struct FileAuth {
     superusers: Option<Vec<String>>,
     api_keys: Option<Vec<FileApiKey>>,
     users: Option<Vec<FileUser>>,
+    jwt: Option<FileJwt>,
+}
+
+/// `[auth.jwt]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJwt {
+    issuer: String,
+    audience: String,
+    jwks_file: PathBuf,
+    principal_claim: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,6 +430,28 @@ fn auth_settings(auth: Option<FileAuth>, acls: Option<Vec<FileAcl>>) -> Result<A
             return Err(at(format!("password_hash uses {}, not argon2id", parsed.algorithm)));
         }
         out.users.push(User { name: u.name, password_hash: u.password_hash });
+    }
+    if let Some(jwt) = auth.jwt {
+        let text = std::fs::read_to_string(&jwt.jwks_file)
+            .map_err(|e| ConfigError(format!("auth.jwt.jwks_file {}: {e}", jwt.jwks_file.display())))?;
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text).map_err(|e| {
+            ConfigError(format!(
+                "auth.jwt.jwks_file {}: not a JWKS ({{\"keys\": [...]}}): {e}",
+                jwt.jwks_file.display()
+            ))
+        })?;
+        if jwks.keys.is_empty() {
+            return Err(ConfigError(format!("auth.jwt.jwks_file {}: no keys in it", jwt.jwks_file.display())));
+        }
+        if jwt.issuer.is_empty() || jwt.audience.is_empty() {
+            return Err(ConfigError("auth.jwt: issuer and audience must not be empty".into()));
+        }
+        out.jwt = Some(JwtSettings {
+            issuer: jwt.issuer,
+            audience: jwt.audience,
+            jwks,
+            principal_claim: jwt.principal_claim.unwrap_or_else(|| "sub".to_owned()),
+        });
     }
     for (i, a) in acls.unwrap_or_default().into_iter().enumerate() {
         out.acls.push(acl_entry(a).map_err(|e| ConfigError(format!("acl[{i}]: {e}")))?);

@@ -39,6 +39,22 @@ pub struct User {
     pub password_hash: String,
 }
 
+/// `[auth.jwt]`: bearer tokens signed by a key of a local JWKS file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// An `aud` every token must carry.
+    pub audience: String,
+    /// The keys, read from `jwks_file` (no key is ever fetched over the network).
+    pub jwks: jsonwebtoken::jwk::JwkSet,
+    /// The claim holding the principal's name (default `sub`).
+    pub principal_claim: String,
+}
+
+/// Clock skew allowed on `exp` and `nbf`.
+pub const JWT_LEEWAY_SECS: u64 = 30;
+
 /// The `[auth]` section and the `[[acl]]` entries, validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthSettings {
@@ -53,12 +69,27 @@ pub struct AuthSettings {
     pub acls: Vec<AclEntry>,
     /// Client certificates identify clients (`[tls] client_ca_file` is set).
     pub client_certificates: bool,
+    pub jwt: Option<JwtSettings>,
 }
 
 impl AuthSettings {
     /// Authentication is on when any credential is configured.
     pub fn enabled(&self) -> bool {
-        !self.api_keys.is_empty() || !self.users.is_empty() || self.client_certificates
+        !self.api_keys.is_empty() || !self.users.is_empty() || self.client_certificates || self.jwt.is_some()
+    }
+}
+
+/// Who a request is, and until when (a JWT's `exp`, plus the allowed skew).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub principal: Principal,
+    /// Seconds since the epoch after which the credentials no longer hold.
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    fn lasting(principal: Principal) -> Identity {
+        Identity { principal, expires_at: None }
     }
 }
 
@@ -96,6 +127,9 @@ const ARGON2_CONCURRENCY: usize = 2;
 struct State {
     enabled: bool,
     client_certificates: bool,
+    jwt: Option<JwtSettings>,
+    /// Tokens already verified: SHA-256 of the token → its identity.
+    tokens: parking_lot::Mutex<HashMap<[u8; 32], Identity>>,
     allow_anonymous: bool,
     keys: Vec<(Principal, [u8; 32])>,
     users: HashMap<String, String>,
@@ -127,6 +161,8 @@ fn build(settings: &AuthSettings) -> State {
     State {
         enabled: settings.enabled(),
         client_certificates: settings.client_certificates,
+        jwt: settings.jwt.clone(),
+        tokens: parking_lot::Mutex::new(HashMap::new()),
         allow_anonymous: settings.allow_anonymous,
         keys: settings.api_keys.iter().map(|k| (Principal::user(&k.principal), k.sha256)).collect(),
         users: settings.users.iter().map(|u| (u.name.clone(), u.password_hash.clone())).collect(),
@@ -165,14 +201,17 @@ impl Security {
 
     /// Who presented `credentials`: `Unauthenticated` when they are wrong, or
     /// absent while authentication is on and anonymous requests are not allowed.
-    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Principal> {
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Identity> {
         let state = self.current();
         if !state.enabled {
-            return Ok(Principal::anonymous());
+            return Ok(Identity::lasting(Principal::anonymous()));
         }
         match credentials {
-            Credentials::None if state.allow_anonymous => Ok(Principal::anonymous()),
+            Credentials::None if state.allow_anonymous => Ok(Identity::lasting(Principal::anonymous())),
             Credentials::None => Err(Error::Unauthenticated("credentials are required".into())),
+            Credentials::Bearer(token) if state.jwt.is_some() && token.matches('.').count() == 2 => {
+                verify_jwt(&state, token)
+            }
             Credentials::Bearer(token) => {
                 let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
                 // Every key is compared, in constant time, whatever matches.
@@ -182,14 +221,18 @@ impl Security {
                         found = Some(principal.clone());
                     }
                 }
-                found.ok_or_else(|| Error::Unauthenticated("the bearer token is not a known API key".into()))
+                found
+                    .map(Identity::lasting)
+                    .ok_or_else(|| Error::Unauthenticated("the bearer token is not a known API key".into()))
             }
-            Credentials::Basic { user, password } => self.verify_password(&state, user, password).await,
+            Credentials::Basic { user, password } => {
+                self.verify_password(&state, user, password).await.map(Identity::lasting)
+            }
             Credentials::Certificate(_) if !state.client_certificates => {
                 Err(Error::Unauthenticated("client certificates are not configured".into()))
             }
             Credentials::Certificate(cn) => match crate::topic::check_name("principal", cn) {
-                Ok(()) => Ok(Principal::user(cn)),
+                Ok(()) => Ok(Identity::lasting(Principal::user(cn))),
                 Err(e) => Err(Error::Unauthenticated(format!("the client certificate's CN: {e}"))),
             },
         }
@@ -246,6 +289,66 @@ impl Security {
     }
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Verifies a JWT against the JWKS: signature, `iss`, `aud`, `exp` and `nbf`
+/// (with a small skew), the principal from its claim. A verified token is
+/// remembered (by its SHA-256) until it expires, so that a client sending the
+/// same token on every request pays for the signature once.
+fn verify_jwt(state: &State, token: &str) -> Result<Identity> {
+    use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
+    let refused = |why: String| Error::Unauthenticated(format!("the JWT is not accepted: {why}"));
+    let Some(jwt) = &state.jwt else { return Err(refused("JWTs are not configured".into())) };
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let now = now_secs();
+    if let Some(known) = state.tokens.lock().get(&digest).cloned() {
+        return match known.expires_at {
+            Some(exp) if exp < now => Err(refused("it expired".into())),
+            _ => Ok(known),
+        };
+    }
+    let header = decode_header(token).map_err(|e| refused(e.to_string()))?;
+    let jwk = match &header.kid {
+        Some(kid) => jwt.jwks.find(kid),
+        None if jwt.jwks.keys.len() == 1 => jwt.jwks.keys.first(),
+        None => None,
+    }
+    .ok_or_else(|| refused("no key of the JWKS matches its kid".into()))?;
+    if let Some(alg) = jwk.common.key_algorithm
+        && alg.to_string() != format!("{:?}", header.alg)
+    {
+        return Err(refused(format!("the key is for {alg}, the token says {:?}", header.alg)));
+    }
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| refused(e.to_string()))?;
+    let mut validation = Validation::new(header.alg);
+    validation.set_issuer(&[&jwt.issuer]);
+    validation.set_audience(&[&jwt.audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation.validate_nbf = true;
+    validation.leeway = JWT_LEEWAY_SECS;
+    let data = decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
+        .map_err(|e| refused(e.to_string()))?;
+    let name = data
+        .claims
+        .get(&jwt.principal_claim)
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| refused(format!("it has no string claim '{}'", jwt.principal_claim)))?;
+    crate::topic::check_name("principal", name).map_err(refused)?;
+    let exp = data.claims.get("exp").and_then(serde_json::Value::as_u64).map(|e| e + JWT_LEEWAY_SECS);
+    let identity = Identity { principal: Principal::user(name), expires_at: exp };
+    let mut tokens = state.tokens.lock();
+    if tokens.len() >= VERIFIED_CACHE {
+        tokens.retain(|_, id| id.expires_at.is_some_and(|e| e >= now));
+        if tokens.len() >= VERIFIED_CACHE {
+            tokens.clear();
+        }
+    }
+    tokens.insert(digest, identity.clone());
+    Ok(identity)
+}
+
 /// The hex SHA-256 of an API key, as `[[auth.api_keys]] sha256` wants it.
 pub fn api_key_digest(key: &str) -> String {
     Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
@@ -288,7 +391,7 @@ mod tests {
         assert!(s.enabled());
         let who = |c: Credentials| {
             let s = &s;
-            async move { s.authenticate(&c).await.map(|p| p.to_string()) }
+            async move { s.authenticate(&c).await.map(|id| id.principal.to_string()) }
         };
         assert_eq!(who(Credentials::Bearer("alice-key".into())).await.unwrap(), "User:alice");
         assert!(matches!(who(Credentials::Bearer("nope".into())).await, Err(Error::Unauthenticated(_))));

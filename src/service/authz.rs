@@ -43,11 +43,14 @@ impl fmt::Display for Principal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestCtx {
     pub principal: Principal,
+    /// When the credentials stop holding (seconds since the epoch): a stream
+    /// authenticated with a JWT is closed then (4401).
+    pub expires_at: Option<u64>,
 }
 
 impl RequestCtx {
     pub fn anonymous() -> RequestCtx {
-        RequestCtx { principal: Principal::anonymous() }
+        RequestCtx { principal: Principal::anonymous(), expires_at: None }
     }
 }
 

@@ -187,8 +187,8 @@ impl Service {
     /// Who presented `credentials`, as the context of their request
     /// (`Unauthenticated` when they are wrong or required and absent).
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<RequestCtx> {
-        let principal = self.0.authorizer.security().authenticate(credentials).await?;
-        Ok(RequestCtx { principal })
+        let identity = self.0.authorizer.security().authenticate(credentials).await?;
+        Ok(RequestCtx { principal: identity.principal, expires_at: identity.expires_at })
     }
 
     /// Changes whenever keys or ACLs are reloaded: open streams check their permissions again.

@@ -171,6 +171,12 @@ where
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.reset();
     let mut security = conn.service.security_changes();
+    // Credentials that expire (a JWT) end the stream when they do.
+    let expiry = conn.ctx.expires_at.map(|at| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let left = at.saturating_sub(now);
+        tokio::time::Instant::now() + Duration::from_secs(left)
+    });
 
     if let Source::Group(member) = &source {
         let first = frames::assignment(member.member_id(), member.view());
@@ -231,6 +237,9 @@ where
                     break End::Close(close::TIMEOUT, "no pong or frame from the client".into());
                 }
                 if conn.send_message(Message::Ping(Default::default())).await.is_err() { break End::ClientGone; }
+            }
+            _ = async { match expiry { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                break End::Close(close::UNAUTHENTICATED, "the credentials expired; reconnect with new ones".into());
             }
             Ok(()) = security.changed() => {
                 // Keys or ACLs were reloaded: a stream whose principal lost its

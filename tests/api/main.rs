@@ -11,6 +11,7 @@ mod crash;
 mod errors;
 mod faults;
 mod groups;
+mod jwt;
 mod metrics;
 mod openapi;
 mod produce;
