@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::auth::{AclEntry, AclOperation, ApiKey, AuthSettings, JwtSettings, Pattern, Permission, ResourceType, User};
+use crate::auth::{
+    AclEntry, AclOperation, ApiKey, AuthSettings, JwtSettings, Pattern, Permission, QuotaSettings, ResourceType, User,
+};
 use crate::group::GroupSettings;
 use crate::http::tls::TlsSettings;
 use crate::topic::{MAX_PARTITIONS, check_name};
@@ -75,6 +77,19 @@ struct FileConfig {
     auth: Option<FileAuth>,
     acl: Option<Vec<FileAcl>>,
     tls: Option<FileTls>,
+    quotas: Option<Vec<FileQuota>>,
+}
+
+/// One `[[quotas]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuota {
+    principal: String,
+    produce_bytes_per_sec: Option<u64>,
+    consume_bytes_per_sec: Option<u64>,
+    requests_per_sec: Option<u64>,
+    max_connections: Option<u32>,
+    max_streams: Option<u32>,
 }
 
 /// `[tls]`: serve HTTPS.
@@ -305,6 +320,7 @@ impl Config {
         });
         c.auth = auth_settings(file.auth, file.acl)?;
         c.auth.client_certificates = c.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+        c.auth.quotas = quotas(file.quotas)?;
         c.file = args.config.clone();
         c.validate()?;
         Ok(c)
@@ -404,7 +420,32 @@ pub fn load_auth(path: &Path) -> Result<AuthSettings, ConfigError> {
     let client_certificates = file.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
     let mut auth = auth_settings(file.auth, file.acl)?;
     auth.client_certificates = client_certificates;
+    auth.quotas = quotas(file.quotas)?;
     Ok(auth)
+}
+
+fn quotas(entries: Option<Vec<FileQuota>>) -> Result<Vec<QuotaSettings>, ConfigError> {
+    let mut out: Vec<QuotaSettings> = Vec::new();
+    for (i, q) in entries.unwrap_or_default().into_iter().enumerate() {
+        let at = |e: String| ConfigError(format!("quotas[{i}]: {e}"));
+        let principal = principal(&q.principal).map_err(at)?;
+        if out.iter().any(|o| o.principal == principal) {
+            return Err(at(format!("{principal} has another [[quotas]] entry")));
+        }
+        let rates = [q.produce_bytes_per_sec, q.consume_bytes_per_sec, q.requests_per_sec];
+        if rates.contains(&Some(0)) || q.max_connections == Some(0) || q.max_streams == Some(0) {
+            return Err(at("a limit of 0 would refuse everything; leave it out for no limit".into()));
+        }
+        out.push(QuotaSettings {
+            principal,
+            produce_bytes_per_sec: q.produce_bytes_per_sec,
+            consume_bytes_per_sec: q.consume_bytes_per_sec,
+            requests_per_sec: q.requests_per_sec,
+            max_connections: q.max_connections,
+            max_streams: q.max_streams,
+        });
+    }
+    Ok(out)
 }
 
 fn auth_settings(auth: Option<FileAuth>, acls: Option<Vec<FileAcl>>) -> Result<AuthSettings, ConfigError> {

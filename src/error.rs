@@ -84,6 +84,10 @@ pub enum Error {
     #[error("{principal} may not {operation} {resource}")]
     Forbidden { principal: String, operation: &'static str, resource: String },
 
+    /// The principal is over a quota; `retry_after` says when it will not be.
+    #[error("{principal} is over its {what} quota; retry in {retry_after:?}")]
+    QuotaExceeded { principal: String, what: &'static str, retry_after: std::time::Duration },
+
     #[error("the write queue is full; retry shortly")]
     WriteQueueFull,
 
@@ -131,6 +135,7 @@ impl Error {
             Error::InconsistentAssignor { .. } => Code::InconsistentAssignor,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Forbidden { .. } => Code::Forbidden,
+            Error::QuotaExceeded { .. } => Code::QuotaExceeded,
             Error::WriteQueueFull => Code::WriteQueueFull,
             Error::ShuttingDown => Code::ShuttingDown,
             Error::Storage(_) => Code::StorageError,
@@ -205,6 +210,7 @@ pub enum Code {
     AckNotDelivered,
     BinaryFramesUnsupported,
     // The server cannot serve now.
+    QuotaExceeded,
     WriteQueueFull,
     ShuttingDown,
     TooManyConnections,
@@ -266,6 +272,7 @@ impl Code {
             Code::NotAGroupStream => info("not_a_group_stream", 400, "Not a group stream"),
             Code::AckNotDelivered => info("ack_not_delivered", 409, "Acknowledged record was not delivered"),
             Code::BinaryFramesUnsupported => info("binary_frames_unsupported", 400, "Binary frames unsupported"),
+            Code::QuotaExceeded => retry("quota_exceeded", 429, "Quota exceeded"),
             Code::WriteQueueFull => retry("write_queue_full", 503, "Write queue full"),
             Code::ShuttingDown => retry("shutting_down", 503, "Shutting down"),
             Code::TooManyConnections => retry("too_many_connections", 503, "Too many connections"),
@@ -325,6 +332,7 @@ impl Code {
         Code::NotAGroupStream,
         Code::AckNotDelivered,
         Code::BinaryFramesUnsupported,
+        Code::QuotaExceeded,
         Code::WriteQueueFull,
         Code::ShuttingDown,
         Code::TooManyConnections,
@@ -350,7 +358,7 @@ mod tests {
                 assert!(info.status >= 500, "{}: a server fault is a 5xx", info.code);
             }
             if info.retry {
-                assert_eq!(info.status, 503, "{}: only 503s carry Retry-After", info.code);
+                assert!(matches!(info.status, 429 | 503), "{}: only 429s and 503s carry Retry-After", info.code);
             }
         }
     }

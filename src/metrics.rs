@@ -15,6 +15,11 @@ pub struct TopicLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrincipalLabels {
+    pub principal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupTopicLabels {
     pub group: String,
     pub topic: String,
@@ -60,6 +65,12 @@ pub struct Metrics {
     pub reads_waiting: Gauge,
     /// Group polls waiting for records or a rebalance (set at each scrape).
     pub polls_waiting: Gauge,
+    /// Requests per principal (while authentication or quotas are on).
+    pub principal_requests: Family<PrincipalLabels, Counter>,
+    /// Requests refused per principal: missing permissions and quotas.
+    pub principal_denied: Family<PrincipalLabels, Counter>,
+    /// Time streams of a principal were held back by its quotas, in seconds.
+    pub principal_throttle_seconds: Family<PrincipalLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// Records accepted by produce requests (REST and WebSocket), per topic.
     pub records_in: Family<TopicLabels, Counter>,
     /// Records handed to consumers (reads, polls, streams), per topic.
@@ -96,6 +107,9 @@ impl Metrics {
             http_connections_refused: Counter::default(),
             reads_waiting: Gauge::default(),
             polls_waiting: Gauge::default(),
+            principal_requests: Family::default(),
+            principal_denied: Family::default(),
+            principal_throttle_seconds: Family::default(),
             records_in: Family::default(),
             records_out: Family::default(),
             http_requests: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -125,6 +139,17 @@ impl Metrics {
         );
         registry.register("reads_waiting", "Partition reads long-polling for new records", m.reads_waiting.clone());
         registry.register("polls_waiting", "Group polls waiting for records or a rebalance", m.polls_waiting.clone());
+        registry.register("principal_requests", "Requests per principal", m.principal_requests.clone());
+        registry.register(
+            "principal_denied",
+            "Requests refused per principal (permissions and quotas)",
+            m.principal_denied.clone(),
+        );
+        registry.register(
+            "principal_throttle_seconds",
+            "Time a principal's streams were held back by its quotas",
+            m.principal_throttle_seconds.clone(),
+        );
         registry.register("records_in", "Records produced, per topic", m.records_in.clone());
         registry.register("records_out", "Records delivered to consumers, per topic", m.records_out.clone());
         registry.register(

@@ -11,6 +11,7 @@
 //! state at once and tells open streams to check their permissions again.
 
 pub mod acl;
+pub mod quota;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, watch};
 
 pub use acl::{AclEntry, AclOperation, Acls, Pattern, Permission, ResourceType};
+pub use quota::{PrincipalQuota, QuotaSettings, Quotas, Throttle};
 
 use crate::error::{Error, Result};
 use crate::service::{Operation, Principal, Resource};
@@ -70,6 +72,8 @@ pub struct AuthSettings {
     /// Client certificates identify clients (`[tls] client_ca_file` is set).
     pub client_certificates: bool,
     pub jwt: Option<JwtSettings>,
+    /// `[[quotas]]`, per principal.
+    pub quotas: Vec<QuotaSettings>,
 }
 
 impl AuthSettings {
@@ -136,6 +140,7 @@ struct State {
     /// Passwords already verified against the current hashes: user → SHA-256 of the password.
     verified: parking_lot::Mutex<HashMap<String, [u8; 32]>>,
     acls: Acls,
+    quotas: Quotas,
 }
 
 /// The current security state, swapped whole on reload.
@@ -168,6 +173,7 @@ fn build(settings: &AuthSettings) -> State {
         users: settings.users.iter().map(|u| (u.name.clone(), u.password_hash.clone())).collect(),
         verified: parking_lot::Mutex::new(HashMap::new()),
         acls: Acls::new(&settings.acls, &settings.superusers),
+        quotas: Quotas::new(&settings.quotas),
     }
 }
 
@@ -281,6 +287,13 @@ impl Security {
             }
         }
         Ok(())
+    }
+
+    /// The quotas that apply to `principal`, if any. A reload starts every
+    /// budget afresh.
+    pub fn quota(&self, principal: &Principal) -> Option<Arc<PrincipalQuota>> {
+        let state = self.state.read();
+        if state.quotas.is_empty() { None } else { state.quotas.of(principal.as_str()) }
     }
 
     /// Whether `principal` may do `op`, without saying why not.

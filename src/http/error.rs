@@ -166,6 +166,7 @@ impl ApiError {
             | Error::Corrupt(_)
             | Error::Internal(_)
             | Error::Unauthenticated(_) => {}
+            Error::QuotaExceeded { what, .. } => p.field = Some((*what).to_owned()),
             Error::Forbidden { operation, resource, .. } => {
                 p.operation = Some(operation);
                 p.resource = Some(resource.clone());
@@ -204,7 +205,13 @@ impl IntoResponse for ApiError {
         let mut res = (status, body).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if info.retry {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            let secs = match &self {
+                ApiError::Core(Error::QuotaExceeded { retry_after, .. }) => {
+                    retry_after.as_secs_f64().ceil().max(1.0) as u64
+                }
+                _ => 1,
+            };
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if status == StatusCode::UNAUTHORIZED {
             // Bearer only: a Basic challenge would make browsers (the console) pop up

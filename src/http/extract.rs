@@ -67,7 +67,10 @@ impl FromRequestParts<super::AppState> for Caller {
             credentials = Credentials::Certificate(cert.0.clone());
         }
         match state.service.authenticate(&credentials).await {
-            Ok(ctx) => Ok(Caller(ctx)),
+            Ok(mut ctx) => {
+                state.service.admit(&mut ctx)?;
+                Ok(Caller(ctx))
+            }
             Err(e) => {
                 // `Credentials`' Debug never shows the secret, only the scheme (and a Basic user).
                 tracing::debug!(?credentials, error = %e, path = parts.uri.path(), "authentication failed");

@@ -142,6 +142,9 @@ fn document_guard(doc: &mut utoipa::openapi::OpenApi) {
                 responses.entry("401".into()).or_insert_with(|| {
                     problem("Authentication is on and the credentials are missing or wrong (unauthenticated)").into()
                 });
+                responses.entry("429".into()).or_insert_with(|| {
+                    problem("The principal is over a quota (quota_exceeded); see Retry-After").into()
+                });
             }
             let forbidden = match (public, changes_state) {
                 (true, _) => "Refused before the handler: on a loopback address, a foreign Host (host_not_allowed)",

@@ -133,7 +133,8 @@ impl ReadResult {
     }
 }
 
-fn stored_size(r: &StoredRecord<'_>) -> usize {
+/// The bytes of a record that limits and quotas count: key, value, header names and values.
+pub fn stored_size(r: &StoredRecord<'_>) -> usize {
     let blob = |b: &Option<record::Blob<'_>>| b.as_ref().map_or(0, |b| b.bytes.len());
     blob(&r.key) + blob(&r.value) + r.headers.iter().map(|h| h.name.len() + blob(&h.value)).sum::<usize>()
 }

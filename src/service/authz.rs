@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::auth::quota::{Slot, Throttle};
 use crate::auth::{AuthSettings, Security};
 use crate::error::Result;
 
@@ -40,17 +41,27 @@ impl fmt::Display for Principal {
 }
 
 /// What a transport knows about the request it is serving.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RequestCtx {
     pub principal: Principal,
     /// When the credentials stop holding (seconds since the epoch): a stream
     /// authenticated with a JWT is closed then (4401).
     pub expires_at: Option<u64>,
+    /// How this transport takes a quota's debt: refused (REST) or delayed (streams).
+    pub throttle: Throttle,
+    /// The request's place under the principal's `max_connections`, held for
+    /// as long as any copy of the context lives (a stream's whole life).
+    pub slot: Option<Arc<Slot>>,
 }
 
 impl RequestCtx {
     pub fn anonymous() -> RequestCtx {
-        RequestCtx { principal: Principal::anonymous(), expires_at: None }
+        RequestCtx { principal: Principal::anonymous(), expires_at: None, throttle: Throttle::Reject, slot: None }
+    }
+
+    /// The same principal, taking quota debts by waiting (a stream's frames).
+    pub fn delayed(&self) -> RequestCtx {
+        RequestCtx { throttle: Throttle::Delay, ..self.clone() }
     }
 }
 

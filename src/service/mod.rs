@@ -33,6 +33,7 @@ pub use crate::group::{
 pub use crate::log::{Acks, Produced, RecordMetadata, TimestampOffset};
 pub use stream::{FetchSummary, MemberStream, RecordSink, StreamStart, TopicStream, Watch};
 
+use crate::auth::quota::{Slot, Throttle};
 use crate::auth::{Credentials, Security};
 use crate::error::{Code, Error, Result};
 use crate::group::{CommittedInfo, Groups};
@@ -116,15 +117,32 @@ pub struct Records {
     read: ReadResult,
     topic: String,
     metrics: Arc<Metrics>,
+    /// The reader's quotas: what it decodes counts against `consume_bytes_per_sec`.
+    quota: Option<Arc<crate::auth::PrincipalQuota>>,
 }
 
 impl Records {
-    /// The records with their offsets, in offset order.
+    /// The records with their offsets, in offset order. Decoding is delivering:
+    /// they count as records out, and their bytes against the reader's quota.
     pub fn decode(&self) -> Result<Vec<(u64, StoredRecord<'_>)>> {
         let records = self.read.records()?;
         self.metrics.records_out(&self.topic, records.len());
+        if let Some(bucket) = self.quota.as_ref().and_then(|q| q.consume.as_ref()) {
+            bucket.take(records.iter().map(|(_, r)| crate::log::stored_size(r) as u64).sum());
+        }
         Ok(records)
     }
+}
+
+/// Which byte rate a request spends.
+#[derive(Debug, Clone, Copy)]
+enum Spend {
+    Produce,
+    Consume,
+}
+
+fn principal_labels(ctx: &RequestCtx) -> crate::metrics::PrincipalLabels {
+    crate::metrics::PrincipalLabels { principal: ctx.principal.to_string() }
 }
 
 /// The answer to a read of one partition.
@@ -188,7 +206,86 @@ impl Service {
     /// (`Unauthenticated` when they are wrong or required and absent).
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<RequestCtx> {
         let identity = self.0.authorizer.security().authenticate(credentials).await?;
-        Ok(RequestCtx { principal: identity.principal, expires_at: identity.expires_at })
+        Ok(RequestCtx {
+            principal: identity.principal,
+            expires_at: identity.expires_at,
+            throttle: Throttle::Reject,
+            slot: None,
+        })
+    }
+
+    /// Admits one request of `ctx`'s principal: counts it, charges its
+    /// `requests_per_sec` and takes its place under `max_connections` (held in
+    /// `ctx` for as long as the request, or the stream it opens, lives).
+    pub fn admit(&self, ctx: &mut RequestCtx) -> Result<()> {
+        let security = self.0.authorizer.security();
+        if security.enabled() {
+            self.0.metrics.principal_requests.get_or_create(&principal_labels(ctx)).inc();
+        }
+        let Some(quota) = security.quota(&ctx.principal) else { return Ok(()) };
+        if let Some(bucket) = &quota.requests {
+            let debt = bucket.debt();
+            if !debt.is_zero() {
+                return Err(self.over_quota(ctx, "requests_per_sec", debt));
+            }
+            bucket.take(1);
+        }
+        if let Some(limit) = &quota.connections {
+            let slot = limit
+                .acquire()
+                .ok_or_else(|| self.over_quota(ctx, "max_connections", std::time::Duration::from_secs(1)))?;
+            ctx.slot = Some(Arc::new(slot));
+        }
+        Ok(())
+    }
+
+    fn over_quota(&self, ctx: &RequestCtx, what: &'static str, retry_after: std::time::Duration) -> Error {
+        self.0.metrics.principal_denied.get_or_create(&principal_labels(ctx)).inc();
+        Error::QuotaExceeded { principal: ctx.principal.to_string(), what, retry_after }
+    }
+
+    /// Spends `n` of a byte rate (`produce` or `consume`): refused while in debt
+    /// (`Throttle::Reject`), or after waiting the debt out (`Throttle::Delay`).
+    async fn spend(&self, ctx: &RequestCtx, which: Spend, n: u64) -> Result<()> {
+        let Some(quota) = self.0.authorizer.security().quota(&ctx.principal) else { return Ok(()) };
+        let (bucket, what) = match which {
+            Spend::Produce => (&quota.produce, "produce_bytes_per_sec"),
+            Spend::Consume => (&quota.consume, "consume_bytes_per_sec"),
+        };
+        let Some(bucket) = bucket else { return Ok(()) };
+        match ctx.throttle {
+            Throttle::Reject => {
+                let debt = bucket.debt();
+                if !debt.is_zero() {
+                    return Err(self.over_quota(ctx, what, debt));
+                }
+                bucket.take(n);
+            }
+            Throttle::Delay => {
+                let wait = bucket.take(n);
+                if !wait.is_zero() {
+                    self.0
+                        .metrics
+                        .principal_throttle_seconds
+                        .get_or_create(&principal_labels(ctx))
+                        .inc_by(wait.as_secs_f64());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a place under the principal's `max_streams`, held by the stream.
+    fn stream_slot(&self, ctx: &RequestCtx) -> Result<Option<Slot>> {
+        let Some(quota) = self.0.authorizer.security().quota(&ctx.principal) else { return Ok(None) };
+        match &quota.streams {
+            None => Ok(None),
+            Some(limit) => match limit.acquire() {
+                Some(slot) => Ok(Some(slot)),
+                None => Err(self.over_quota(ctx, "max_streams", std::time::Duration::from_secs(1))),
+            },
+        }
     }
 
     /// Changes whenever keys or ACLs are reloaded: open streams check their permissions again.
@@ -202,7 +299,11 @@ impl Service {
     }
 
     fn authorize(&self, ctx: &RequestCtx, op: Operation<'_>) -> Result<()> {
-        self.0.authorizer.check(ctx, op)
+        let decided = self.0.authorizer.check(ctx, op);
+        if decided.is_err() {
+            self.0.metrics.principal_denied.get_or_create(&principal_labels(ctx)).inc();
+        }
+        decided
     }
 
     fn log(&self) -> &Arc<Log> {
@@ -217,8 +318,9 @@ impl Service {
         }
     }
 
-    fn records(&self, topic: &str, read: ReadResult) -> Records {
-        Records { read, topic: topic.to_owned(), metrics: self.0.metrics.clone() }
+    fn records(&self, ctx: &RequestCtx, topic: &str, read: ReadResult) -> Records {
+        let quota = self.0.authorizer.security().quota(&ctx.principal);
+        Records { read, topic: topic.to_owned(), metrics: self.0.metrics.clone(), quota }
     }
 
     /// True while the server accepts writes: not shutting down, its store not failed.
@@ -317,6 +419,7 @@ impl Service {
         records: &[NewRecord<'_>],
     ) -> Result<Produced> {
         self.authorize(ctx, Operation::Produce(topic))?;
+        self.spend(ctx, Spend::Produce, records.iter().map(|r| r.size() as u64).sum()).await?;
         let produced = self.log().produce(topic, records, partition, acks).await?;
         self.0.metrics.records_in(topic, records.len());
         Ok(produced)
@@ -328,6 +431,7 @@ impl Service {
         let max_bytes = limits::max_bytes("max_bytes", params.max_bytes, 1024 * 1024, limits::MAX_READ_BYTES)?;
         let wait = limits::wait("wait_ms", params.wait_ms, limits::MAX_WAIT_MS)?;
         self.authorize(ctx, Operation::ReadTopic(topic))?;
+        self.spend(ctx, Spend::Consume, 0).await?;
         let offset = match params.offset {
             Some(o) => o,
             None => self.log().topic(topic)?.partition(partition)?.start(),
@@ -335,7 +439,7 @@ impl Service {
         let req = ReadRequest { offset, max_records: limit, max_bytes, wait };
         let read = self.log().read(topic, partition, req).await?;
         let (beginning_offset, end_offset) = (read.beginning_offset, read.end_offset);
-        Ok(Fetched { records: self.records(topic, read), offset, beginning_offset, end_offset })
+        Ok(Fetched { records: self.records(ctx, topic, read), offset, beginning_offset, end_offset })
     }
 
     // ---- groups ----
@@ -384,10 +488,15 @@ impl Service {
         let max = limits::max_records("max_records", params.max_records, 500)?;
         let wait = limits::wait("wait_ms", params.wait_ms, limits::MAX_WAIT_MS)?;
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
+        self.spend(ctx, Spend::Consume, 0).await?;
         let polled = self.groups().poll(group, member, max, wait).await?;
         Ok(Polled {
             view: polled.view,
-            records: polled.records.into_iter().map(|(tp, read)| (tp.clone(), self.records(&tp.topic, read))).collect(),
+            records: polled
+                .records
+                .into_iter()
+                .map(|(tp, read)| (tp.clone(), self.records(ctx, &tp.topic, read)))
+                .collect(),
             errors: polled.errors,
         })
     }
@@ -453,14 +562,16 @@ impl Service {
         partitions: Option<&[u32]>,
     ) -> Result<TopicStream> {
         self.authorize(ctx, Operation::ReadTopic(topic))?;
-        TopicStream::open(self.clone(), ctx.clone(), topic, from, partitions).await
+        let slot = self.stream_slot(ctx)?;
+        TopicStream::open(self.clone(), ctx.delayed(), topic, from, partitions, slot).await
     }
 
     /// Joins `group` as a member that lives as long as the returned stream.
     pub async fn open_member_stream(&self, ctx: &RequestCtx, group: &str, params: JoinParams) -> Result<MemberStream> {
+        let slot = self.stream_slot(ctx)?;
         let topics = params.topics.clone();
         let joined = self.join_group(ctx, group, params).await?;
-        Ok(MemberStream::new(self.clone(), ctx.clone(), group, topics, joined))
+        Ok(MemberStream::new(self.clone(), ctx.delayed(), group, topics, joined, slot))
     }
 
     // ---- the server ----

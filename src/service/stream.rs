@@ -15,6 +15,7 @@ use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use super::{OffsetEntry, Operation, RequestCtx, Service};
+use crate::auth::quota::Slot;
 use crate::error::{Code, Error, Result};
 use crate::group::{Joined, TopicPartition, View};
 use crate::log::{ReadRequest, Topic};
@@ -106,6 +107,8 @@ pub struct TopicStream {
     positions: BTreeMap<u32, u64>,
     /// Follow partitions added while the stream is open (no explicit list given).
     follow_new_partitions: bool,
+    /// The stream's place under its principal's `max_streams`.
+    _slot: Option<Slot>,
 }
 
 impl TopicStream {
@@ -115,6 +118,7 @@ impl TopicStream {
         name: &str,
         from: StreamStart,
         partitions: Option<&[u32]>,
+        slot: Option<Slot>,
     ) -> Result<TopicStream> {
         let log = service.log().clone();
         let topic = log.topic(name)?;
@@ -136,7 +140,7 @@ impl TopicStream {
             positions.insert(p, pos);
         }
         let follow_new_partitions = partitions.is_none_or(<[u32]>::is_empty);
-        Ok(TopicStream { service, ctx, topic, positions, follow_new_partitions })
+        Ok(TopicStream { service, ctx, topic, positions, follow_new_partitions, _slot: slot })
     }
 
     pub fn topic(&self) -> &str {
@@ -161,6 +165,8 @@ impl TopicStream {
     /// advancing the stream's positions. `UnknownTopic` once the topic is deleted.
     pub async fn fetch(&mut self, sink: &mut impl RecordSink, budget: usize, max_bytes: usize) -> Result<()> {
         self.service.authorize(&self.ctx, Operation::ReadTopic(self.topic.name.as_str()))?;
+        // Over its consume quota, the stream waits its debt out before reading more.
+        self.service.spend(&self.ctx, super::Spend::Consume, 0).await?;
         let name = self.topic.name.as_str();
         if self.topic.is_deleted() {
             return Err(Error::UnknownTopic(name.to_owned()));
@@ -184,7 +190,7 @@ impl TopicStream {
             };
             match log.read(name, *p, req).await {
                 Ok(read) => {
-                    let records = self.service.records(name, read);
+                    let records = self.service.records(&self.ctx, name, read);
                     for (offset, rec) in records.decode()? {
                         sink.push(name, *p, offset, &rec);
                         *pos = offset + 1;
@@ -220,6 +226,8 @@ pub struct MemberStream {
     member: String,
     view: View,
     session_ms: u64,
+    /// The stream's place under its principal's `max_streams`.
+    _slot: Option<Slot>,
 }
 
 impl MemberStream {
@@ -229,6 +237,7 @@ impl MemberStream {
         group: &str,
         topics: Vec<String>,
         joined: Joined,
+        slot: Option<Slot>,
     ) -> MemberStream {
         MemberStream {
             service,
@@ -238,6 +247,7 @@ impl MemberStream {
             member: joined.member_id,
             view: joined.view,
             session_ms: joined.session_timeout_ms,
+            _slot: slot,
         }
     }
 
@@ -295,7 +305,7 @@ impl MemberStream {
             self.service.groups().read(&self.group, &self.member, budget as u32, &self.view.assignment).await?;
         let mut summary = FetchSummary { delivered: Vec::new(), errors: polled.errors };
         for (tp, read) in polled.records {
-            let records = self.service.records(&tp.topic, read);
+            let records = self.service.records(&self.ctx, &tp.topic, read);
             let decoded = records.decode()?;
             if let (Some((first, _)), Some((last, _))) = (decoded.first(), decoded.last()) {
                 summary.delivered.push((tp.clone(), *first, last + 1));

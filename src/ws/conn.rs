@@ -141,6 +141,8 @@ where
     let _reader = tokio_util::task::AbortOnDropHandle::new(reader);
     service.metrics().ws_connections.inc();
     let shutdown = service.shutdown_token();
+    // A stream's produce frames wait out their principal's quota debt instead of being refused.
+    let ctx = ctx.delayed();
     let mut conn = Conn {
         sink,
         credit: opts.credit,

@@ -15,6 +15,7 @@ mod jwt;
 mod metrics;
 mod openapi;
 mod produce;
+mod quotas;
 mod read;
 mod restart;
 mod retention;
