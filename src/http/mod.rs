@@ -28,6 +28,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
@@ -188,6 +189,9 @@ pub fn router(state: AppState, max_request_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .layer(axum::Extension(BodyLimit(max_request_bytes as u64)))
         .layer(axum::middleware::from_fn_with_state(state.clone(), health::edge))
+        // Credentials are marked sensitive, so that no logging or tracing layer
+        // (ours or a future one) prints them.
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::SEC_WEBSOCKET_PROTOCOL]))
         .with_state(state);
     if origins.is_empty() {
         return app;

@@ -475,3 +475,86 @@ async fn keys_and_hashes_from_the_cli_work_and_no_secret_reaches_the_log() {
     })
     .await;
 }
+
+/// Frames on a group stream are authorized one by one: a commit naming a topic
+/// the principal may not read gets a `forbidden` error frame; the socket stays.
+#[tokio::test]
+async fn commit_frames_are_authorized_on_their_own() {
+    crate::helpers::within(async {
+        let s = secured_app("").await;
+        let mut req = ws_request(&s.app, "/v1/groups/workers/stream?topics=orders&auto_offset_reset=earliest");
+        req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {ALICE_KEY}")).unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert!(matches!(next_text(&mut ws).await, Some(Message::Text(_))), "the assignment frame");
+        let commit = json!({"type": "commit", "offsets": [{"topic": "invoices", "partition": 0, "offset": 0}]});
+        ws.send(Message::Text(commit.to_string().into())).await.unwrap();
+        let Some(Message::Text(t)) = next_text(&mut ws).await else { panic!("an error frame") };
+        let f: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!((f["type"].as_str(), f["code"].as_str()), (Some("error"), Some("forbidden")), "{f}");
+        let ack = json!({"type": "ack", "topic": "invoices", "partition": 0, "offset": 0});
+        ws.send(Message::Text(ack.to_string().into())).await.unwrap();
+        let Some(Message::Text(t)) = next_text(&mut ws).await else { panic!("an error frame") };
+        let f: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(f["code"], "ack_not_delivered", "nothing of invoices was delivered here: {f}");
+        let commit = json!({"type": "commit", "offsets": []});
+        ws.send(Message::Text(commit.to_string().into())).await.unwrap();
+        let Some(Message::Text(t)) = next_text(&mut ws).await else { panic!("the socket stays") };
+        assert_eq!(serde_json::from_str::<Value>(t.as_str()).unwrap()["type"], "committed");
+    })
+    .await;
+}
+
+/// The real signal: `kill -HUP` makes a running gregor read its configuration
+/// again, and a stream that lost its permission is closed with 4403.
+#[tokio::test]
+async fn sighup_reloads_the_acls_of_a_running_process() {
+    crate::helpers::within(async {
+        use std::process::Stdio;
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let bob_hash = gregor::auth::hash_password(BOB_PASSWORD).unwrap();
+        let config = dir.path().join("gregor.toml");
+        std::fs::write(&config, config_toml(&bob_hash, "")).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gregor"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .env("GREGOR_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = loop {
+            let line = lines.next_line().await.unwrap().expect("the server prints its address");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.trim().to_owned();
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let client = reqwest::Client::new();
+        let res = client
+            .post(format!("{base}/v1/topics"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"name": "orders"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let mut req = format!("{}/v1/topics/orders/stream", base.replace("http://", "ws://")).into_client_request().unwrap();
+        req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {ALICE_KEY}")).unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let deny = "\n[[acl]]\nprincipal = \"User:alice\"\nresource = \"topic\"\nname = \"orders\"\noperations = [\"read\"]\npermission = \"deny\"\n";
+        std::fs::File::options().append(true).open(&config).unwrap().write_all(deny.as_bytes()).unwrap();
+        let pid = child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+        match next_text(&mut ws).await {
+            Some(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 4403),
+            other => panic!("expected a 4403 close after SIGHUP, got {other:?}"),
+        }
+        let _ = child.start_kill();
+    })
+    .await;
+}
