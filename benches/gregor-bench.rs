@@ -15,6 +15,8 @@
 //! - `store`: the store alone, without HTTP: append and read records/s.
 //! - `restart`: a server process started on a store holding 10 M records, after a
 //!   clean stop and after SIGKILL (WAL replay): time from spawn until `/readyz` is 200.
+//! - `security`: produce (100 records and 1 record per request, 64 conns) with an API
+//!   key and 100 ACL entries, and (100 records) over TLS, beside the same without.
 //!
 //! Usage: `cargo bench --bench gregor-bench -- [--smoke] [--only NAME] [--json PATH] [--rate N] [--server-config FILE]`
 //! (`--rate`: the latency scenario's offered records/s, default 10000; `--server-config`:
@@ -80,18 +82,27 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Server::start_with(None).await
+    }
+
+    /// A server started with this configuration file instead of `--server-config`'s.
+    async fn start_with(config: Option<&std::path::Path>) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let (child, base) = Server::spawn(dir.path()).await;
+        let (child, base) = Server::spawn_with(dir.path(), config).await;
         Server { child, base, _dir: dir }
     }
 
     /// Starts a server process on `data_dir`; returns once it listens.
     async fn spawn(data_dir: &std::path::Path) -> (Child, String) {
+        Server::spawn_with(data_dir, None).await
+    }
+
+    async fn spawn_with(data_dir: &std::path::Path, config: Option<&std::path::Path>) -> (Child, String) {
         // GREGOR_BENCH_SERVER runs another build of the server (an A/B run against an older binary).
         let server = std::env::var_os("GREGOR_BENCH_SERVER").unwrap_or_else(|| env!("CARGO_BIN_EXE_gregor").into());
         let mut command = Command::new(server);
         command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
-        if let Some(config) = SERVER_CONFIG.get() {
+        if let Some(config) = config.or(SERVER_CONFIG.get().map(|p| p.as_path())) {
             command.arg("--config").arg(config);
         }
         let mut child =
@@ -141,43 +152,92 @@ fn batch_body(records: usize) -> String {
     json!({"records": (0..records).map(|_| json!({"value": value})).collect::<Vec<_>>()}).to_string()
 }
 
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
 /// One HTTP/1.1 keep-alive connection (plain hyper: the load generator shares
 /// the server's two cores, so it should cost as little per request as it can).
-async fn h1_connection(base: &str) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>> {
-    let addr = base.trim_start_matches("http://");
+async fn h1_connection(base: &str) -> Sender {
+    h1_connection_with(base, None).await
+}
+
+/// The same, over TLS when `tls` is given (and the base says `https://`).
+async fn h1_connection_with(base: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Sender {
+    let addr = base.trim_start_matches("http://").trim_start_matches("https://");
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    sender
+    match tls {
+        None => {
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+            tokio::spawn(conn);
+            sender
+        }
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.unwrap();
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            sender
+        }
+    }
 }
 
 /// A JSON `POST` of `body` to `path` on `host`, for an `h1_connection`.
 fn post_json(path: &str, host: &str, body: bytes::Bytes) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
-    hyper::Request::post(path)
-        .header("host", host)
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(body))
-        .unwrap()
+    post_json_as(path, host, body, None)
+}
+
+/// The same, with `Authorization: Bearer <token>` when given.
+fn post_json_as(
+    path: &str,
+    host: &str,
+    body: bytes::Bytes,
+    token: Option<&str>,
+) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = hyper::Request::post(path).header("host", host).header("content-type", "application/json");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    req.body(http_body_util::Full::new(body)).unwrap()
+}
+
+/// How the load generator reaches a server: credentials and TLS, for the
+/// security scenario.
+#[derive(Default, Clone)]
+struct Access {
+    token: Option<Arc<str>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    config: Option<std::path::PathBuf>,
 }
 
 /// Closed-loop HTTP produce: `conns` clients, each on its own connection, send
 /// the next request as soon as the last is answered.
 async fn produce(s: &Settings, acks: &str, conns: usize, per_request: usize) -> Row {
+    produce_with(s, acks, conns, per_request, &Access::default()).await
+}
+
+async fn produce_with(s: &Settings, acks: &str, conns: usize, per_request: usize, access: &Access) -> Row {
     use http_body_util::BodyExt;
-    let server = Server::start().await;
-    let client = reqwest::Client::new();
-    server.topic(&client, "bench", 4).await;
+    let server = Server::start_with(access.config.as_deref()).await;
+    let host: Arc<str> = server.base.trim_start_matches("http://").trim_start_matches("https://").into();
+    {
+        let mut sender = h1_connection_with(&server.base, access.tls.as_ref()).await;
+        let body = json!({"name": "bench", "partitions": 4, "config": {"retention_ms": -1}}).to_string();
+        sender.ready().await.unwrap();
+        let req = post_json_as("/v1/topics", &host, bytes::Bytes::from(body), access.token.as_deref());
+        let res = sender.send_request(req).await.unwrap();
+        assert_eq!(res.status(), 201, "create the bench topic");
+    }
     let body = bytes::Bytes::from(batch_body(per_request));
     let path: Arc<str> = format!("/v1/topics/bench/records?acks={acks}").into();
-    let host: Arc<str> = server.base.trim_start_matches("http://").into();
     let start = Instant::now();
     let measure_from = start + s.warmup();
     let stop = measure_from + s.measure();
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let mut sender = h1_connection(&server.base).await;
-        let (body, path, host) = (body.clone(), path.clone(), host.clone());
+        let mut sender = h1_connection_with(&server.base, access.tls.as_ref()).await;
+        let (body, path, host, token) = (body.clone(), path.clone(), host.clone(), access.token.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -185,7 +245,7 @@ async fn produce(s: &Settings, acks: &str, conns: usize, per_request: usize) -> 
                 if sent >= stop {
                     return lat;
                 }
-                let req = post_json(&path, &host, body.clone());
+                let req = post_json_as(&path, &host, body.clone(), token.as_deref());
                 sender.ready().await.unwrap();
                 let res = sender.send_request(req).await.unwrap();
                 assert!(res.status().is_success(), "produce failed: {}", res.status());
@@ -746,6 +806,80 @@ fn us(v: Option<f64>) -> String {
     }
 }
 
+/// SPEC §6's security figures, in one run: produce with authentication and
+/// 100 ACL entries, and over TLS, each beside the same load without them.
+async fn security(s: &Settings) -> Vec<Row> {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "bench-api-key-4f1e9c";
+    // 100 entries: half of them the bench principal's own (so that its decision
+    // looks at 51 rules), the rest other principals'.
+    let mut auth = format!(
+        "[[auth.api_keys]]\nprincipal = \"bench\"\nsha256 = \"{}\"\n\n[[acl]]\nprincipal = \"User:bench\"\n\
+         resource = \"topic\"\nname = \"bench\"\noperations = [\"create\", \"write\"]\n",
+        gregor::auth::api_key_digest(token)
+    );
+    for i in 0..99 {
+        let principal = if i < 50 { "bench".to_owned() } else { format!("user{}", i % 7) };
+        auth.push_str(&format!(
+            "\n[[acl]]\nprincipal = \"User:{principal}\"\nresource = \"topic\"\nname = \"app{i}-\"\n\
+             pattern = \"prefixed\"\noperations = [\"read\", \"write\"]\n"
+        ));
+    }
+    let auth_file = dir.path().join("auth.toml");
+    std::fs::write(&auth_file, auth).unwrap();
+
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+    let tls_file = dir.path().join("tls.toml");
+    std::fs::write(
+        &tls_file,
+        format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.path().join("server.pem").display(),
+            dir.path().join("server.key").display()
+        ),
+    )
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let plain = Access::default();
+    let authed = Access { token: Some(token.into()), config: Some(auth_file), ..Access::default() };
+    let tls = Access { tls: Some(Arc::new(client)), config: Some(tls_file), ..Access::default() };
+    let mut rows = Vec::new();
+    for (per_request, variants) in [
+        (100, vec![("plain", &plain), ("auth+100 ACLs", &authed), ("TLS", &tls)]),
+        (1, vec![("plain", &plain), ("auth+100 ACLs", &authed)]),
+    ] {
+        let mut base = None;
+        for (name, access) in variants {
+            progress(&format!("security: {per_request} record(s) per request, {name}…"));
+            let mut row = produce_with(s, "leader", 64, per_request, access).await;
+            let records = row.records_per_s.unwrap_or(0.0);
+            let share = base.map(|b: f64| format!("{:.0} % of plain", 100.0 * records / b)).unwrap_or_default();
+            base.get_or_insert(records);
+            row.scenario = format!("security: produce {per_request}x100B acks=leader conns=64, {name}");
+            row.note = share;
+            rows.push(row);
+        }
+    }
+    rows
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -797,6 +931,9 @@ async fn main() {
     if settings.wants("restart") {
         progress("restart…");
         rows.extend(restart(&settings).await);
+    }
+    if settings.wants("security") {
+        rows.extend(security(&settings).await);
     }
     progress("");
     eprintln!();

@@ -13,9 +13,9 @@ use crate::service::{Action, Resource};
 /// What an entry is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResourceType {
-    Topic,
-    Group,
-    Cluster,
+    Topic = 0,
+    Group = 1,
+    Cluster = 2,
 }
 
 /// How an entry's name matches a resource's.
@@ -114,11 +114,48 @@ impl Rule {
     }
 }
 
-/// The entries, indexed by principal, for decisions on every request.
-#[derive(Debug, Clone, Default)]
+/// Decisions already taken, per resource kind and name: for each action a
+/// "known" bit and an "allowed" bit. Rebuilt (empty) with the ACLs on reload.
+#[derive(Debug, Default)]
+struct Decisions([parking_lot::RwLock<HashMap<String, u16>>; 3]);
+
+/// How many names a decision cache holds before it is emptied.
+const MAX_DECISIONS: usize = 10_000;
+
+impl Decisions {
+    fn get(&self, kind: ResourceType, name: &str, action: Action) -> Option<bool> {
+        let known = self.0[kind as usize].read().get(name).copied()?;
+        let b = u16::from(bit(action));
+        (known & b != 0).then_some(known & (b << 8) != 0)
+    }
+
+    fn put(&self, kind: ResourceType, name: &str, action: Action, allowed: bool) {
+        let mut map = self.0[kind as usize].write();
+        if map.len() >= MAX_DECISIONS && !map.contains_key(name) {
+            map.clear();
+        }
+        let b = u16::from(bit(action));
+        let entry = map.entry(name.to_owned()).or_insert(0);
+        *entry |= b | if allowed { b << 8 } else { 0 };
+    }
+}
+
+/// One principal's entries, and the decisions taken from them.
+#[derive(Debug, Default)]
+struct Rules {
+    rules: Vec<Rule>,
+    decided: Decisions,
+}
+
+/// The entries, indexed by principal, for decisions on every request. A
+/// decision is taken once per principal, resource and action, then remembered
+/// (so that the cost of a request does not grow with the number of entries).
+#[derive(Debug, Default)]
 pub struct Acls {
-    by_principal: HashMap<String, Vec<Rule>>,
+    by_principal: HashMap<String, Rules>,
     everyone: Vec<Rule>,
+    /// Decisions for principals with no entry of their own (only `User:*` applies).
+    others: Decisions,
     superusers: Vec<String>,
 }
 
@@ -139,7 +176,7 @@ impl Acls {
             if e.principal == "User:*" {
                 acls.everyone.push(rule);
             } else {
-                acls.by_principal.entry(e.principal.clone()).or_default().push(rule);
+                acls.by_principal.entry(e.principal.clone()).or_default().rules.push(rule);
             }
         }
         acls
@@ -154,15 +191,20 @@ impl Acls {
         if self.is_superuser(principal) {
             return true;
         }
+        let own = self.by_principal.get(principal);
+        let decided = own.map_or(&self.others, |r| &r.decided);
+        let own = own.map(|r| r.rules.as_slice()).unwrap_or_default();
         let allowed = |resource: Resource<'_>, action: Action| {
             let (kind, name) = match resource {
                 Resource::Topic(t) => (ResourceType::Topic, t),
                 Resource::Group(g) => (ResourceType::Group, g),
                 Resource::Cluster => (ResourceType::Cluster, "kafka-cluster"),
             };
+            if let Some(known) = decided.get(kind, name, action) {
+                return known;
+            }
             let want = bit(action);
             let (mut allow, mut deny) = (false, false);
-            let own = self.by_principal.get(principal).map(Vec::as_slice).unwrap_or_default();
             for rule in own.iter().chain(&self.everyone).filter(|r| r.matches(kind, name)) {
                 if rule.deny {
                     deny |= rule.ops & want != 0;
@@ -170,7 +212,9 @@ impl Acls {
                     allow |= rule.ops & want != 0 || (action == Action::Describe && rule.ops & IMPLIES_DESCRIBE != 0);
                 }
             }
-            allow && !deny
+            let verdict = allow && !deny;
+            decided.put(kind, name, action, verdict);
+            verdict
         };
         match (resource, action) {
             // Kafka: CreateTopics needs CREATE on the topic or on the cluster.
@@ -233,5 +277,13 @@ mod tests {
         assert!(!acls.allows("User:ops", t("new-topic"), Action::Delete));
         assert!(acls.allows("User:admin", Resource::Cluster, Action::Alter), "superuser");
         assert!(!acls.allows("User:alice", Resource::Cluster, Action::Describe));
+        // Asked again, from the remembered decisions: the same answers.
+        assert!(acls.allows("User:alice", t("orders"), Action::Write));
+        assert!(!acls.allows("User:alice", t("orders-secret"), Action::Read));
+        assert!(acls.allows("User:alice", t("orders"), Action::Describe));
+        assert!(!acls.allows("User:alice", t("orders"), Action::Delete));
+        assert!(acls.allows("User:carol", t("public"), Action::Read));
+        assert!(!acls.allows("User:carol", t("public"), Action::Write));
+        assert!(acls.allows("User:ops", t("new-topic"), Action::Create));
     }
 }

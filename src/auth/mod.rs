@@ -276,17 +276,17 @@ impl Security {
         if !state.enabled || state.acls.is_superuser(principal.as_str()) {
             return Ok(());
         }
-        for (resource, action) in op.requires() {
-            if !state.acls.allows(principal.as_str(), resource, action) {
-                let resource = match resource {
-                    Resource::Topic(t) => format!("topic '{t}'"),
-                    Resource::Group(g) => format!("group '{g}'"),
-                    Resource::Cluster => "the cluster".to_owned(),
-                };
-                return Err(Error::Forbidden { principal: principal.to_string(), operation: action.name(), resource });
+        op.each_requirement(|resource, action| {
+            if state.acls.allows(principal.as_str(), resource, action) {
+                return Ok(());
             }
-        }
-        Ok(())
+            let resource = match resource {
+                Resource::Topic(t) => format!("topic '{t}'"),
+                Resource::Group(g) => format!("group '{g}'"),
+                Resource::Cluster => "the cluster".to_owned(),
+            };
+            Err(Error::Forbidden { principal: principal.to_string(), operation: action.name(), resource })
+        })
     }
 
     /// The quotas that apply to `principal`, if any. A reload starts every

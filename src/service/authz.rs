@@ -133,27 +133,40 @@ pub enum Operation<'a> {
 impl<'a> Operation<'a> {
     /// The permissions this operation needs: all of them, on each resource.
     pub fn requires(&self) -> Vec<(Resource<'a>, Action)> {
+        let mut out = Vec::new();
+        let _ = self.each_requirement(|r, a| {
+            out.push((r, a));
+            Ok::<(), ()>(())
+        });
+        out
+    }
+
+    /// Calls `f` with each permission the operation needs, stopping at the first
+    /// error (no allocation: this runs for every request).
+    pub fn each_requirement<E>(&self, mut f: impl FnMut(Resource<'a>, Action) -> Result<(), E>) -> Result<(), E> {
         use Action as A;
         use Resource as R;
         match *self {
             // Filtered per topic by the caller; the listing itself needs nothing.
-            Operation::ListTopics | Operation::ListGroups => vec![],
-            Operation::CreateTopic(t) => vec![(R::Topic(t), A::Create)],
-            Operation::DescribeTopic(t) => vec![(R::Topic(t), A::Describe)],
-            Operation::AlterTopic(t) => vec![(R::Topic(t), A::Alter)],
-            Operation::DeleteTopic(t) => vec![(R::Topic(t), A::Delete)],
-            Operation::Produce(t) => vec![(R::Topic(t), A::Write)],
-            Operation::ReadTopic(t) => vec![(R::Topic(t), A::Read)],
-            Operation::DescribeGroup(g) => vec![(R::Group(g), A::Describe)],
-            Operation::DeleteGroup(g) => vec![(R::Group(g), A::Delete)],
-            Operation::JoinGroup { group, topics } => std::iter::once((R::Group(group), A::Read))
-                .chain(topics.iter().map(|t| (R::Topic(t.as_str()), A::Read)))
-                .collect(),
-            Operation::ConsumeGroup(g) => vec![(R::Group(g), A::Read)],
-            Operation::CommitOffsets { group, topics } => std::iter::once((R::Group(group), A::Read))
-                .chain(topics.iter().map(|t| (R::Topic(t), A::Read)))
-                .collect(),
-            Operation::DescribeCluster => vec![(R::Cluster, A::Describe)],
+            Operation::ListTopics | Operation::ListGroups => Ok(()),
+            Operation::CreateTopic(t) => f(R::Topic(t), A::Create),
+            Operation::DescribeTopic(t) => f(R::Topic(t), A::Describe),
+            Operation::AlterTopic(t) => f(R::Topic(t), A::Alter),
+            Operation::DeleteTopic(t) => f(R::Topic(t), A::Delete),
+            Operation::Produce(t) => f(R::Topic(t), A::Write),
+            Operation::ReadTopic(t) => f(R::Topic(t), A::Read),
+            Operation::DescribeGroup(g) => f(R::Group(g), A::Describe),
+            Operation::DeleteGroup(g) => f(R::Group(g), A::Delete),
+            Operation::JoinGroup { group, topics } => {
+                f(R::Group(group), A::Read)?;
+                topics.iter().try_for_each(|t| f(R::Topic(t.as_str()), A::Read))
+            }
+            Operation::ConsumeGroup(g) => f(R::Group(g), A::Read),
+            Operation::CommitOffsets { group, topics } => {
+                f(R::Group(group), A::Read)?;
+                topics.iter().try_for_each(|t| f(R::Topic(t), A::Read))
+            }
+            Operation::DescribeCluster => f(R::Cluster, A::Describe),
         }
     }
 }

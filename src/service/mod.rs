@@ -52,6 +52,10 @@ struct Inner {
     backend: Backend,
     authorizer: Authorizer,
     metrics: Arc<Metrics>,
+    /// Each principal's request counter, found without building its label set
+    /// (an allocation and two hashes) on every request.
+    request_counters:
+        parking_lot::RwLock<std::collections::HashMap<String, prometheus_client::metrics::counter::Counter>>,
 }
 
 /// The service every transport calls. Cheap to clone.
@@ -199,6 +203,7 @@ impl Service {
             backend: Backend::Embedded { log, groups },
             authorizer: Authorizer::new(security),
             metrics,
+            request_counters: parking_lot::RwLock::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -220,7 +225,7 @@ impl Service {
     pub fn admit(&self, ctx: &mut RequestCtx) -> Result<()> {
         let security = self.0.authorizer.security();
         if security.enabled() {
-            self.0.metrics.principal_requests.get_or_create(&principal_labels(ctx)).inc();
+            self.count_request(ctx);
         }
         let Some(quota) = security.quota(&ctx.principal) else { return Ok(()) };
         if let Some(bucket) = &quota.requests {
@@ -237,6 +242,21 @@ impl Service {
             ctx.slot = Some(Arc::new(slot));
         }
         Ok(())
+    }
+
+    fn count_request(&self, ctx: &RequestCtx) {
+        if let Some(counter) = self.0.request_counters.read().get(ctx.principal.as_str()) {
+            counter.inc();
+            return;
+        }
+        let counter = self.0.metrics.principal_requests.get_or_create(&principal_labels(ctx)).clone();
+        counter.inc();
+        let mut counters = self.0.request_counters.write();
+        // Bounded like the metric family it mirrors: principals come and go (JWT subjects).
+        if counters.len() >= 10_000 {
+            counters.clear();
+        }
+        counters.insert(ctx.principal.as_str().to_owned(), counter);
     }
 
     fn over_quota(&self, ctx: &RequestCtx, what: &'static str, retry_after: std::time::Duration) -> Error {
