@@ -177,7 +177,8 @@ pub fn openapi_json() -> Result<String, serde_json::Error> {
 /// the guard's allowed origins only), the browser guard with latency tracking
 /// (`health::edge`), the body limit.
 pub fn router(state: AppState, max_request_bytes: usize) -> Router {
-    let (api_router, doc) = api().split_for_parts();
+    let (api_router, mut doc) = api().split_for_parts();
+    document_guard(&mut doc);
     let origins = state.guard.cors_origins();
     let app = api_router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))

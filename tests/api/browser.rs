@@ -187,3 +187,46 @@ async fn console_logs_in_with_a_token_and_streams() {
     })
     .await;
 }
+
+/// With authentication on, Swagger UI's "Authorize" takes a bearer token from
+/// the OpenAPI security schemes, and "Try it out" then succeeds.
+#[tokio::test]
+async fn swagger_ui_authorizes_with_a_bearer_token() {
+    crate::helpers::within(async {
+        use gregor::auth::{ApiKey, AuthSettings};
+        let key = "swagger-key-8a2d";
+        let digest = gregor::auth::api_key_digest(key);
+        let sha256: [u8; 32] = std::array::from_fn(|i| u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).unwrap());
+        let app = crate::helpers::spawn_app_with(move |c| {
+            c.auth = AuthSettings {
+                api_keys: vec![ApiKey { principal: "swagger".into(), sha256 }],
+                superusers: vec!["User:swagger".into()],
+                ..AuthSettings::default()
+            };
+        })
+        .await;
+        let b = browser().await;
+        let c = &b.client;
+        c.goto(&app.url("/docs/")).await.unwrap();
+        c.wait().for_element(Locator::Css(".auth-wrapper .authorize")).await.unwrap().click().await.unwrap();
+        // The bearer scheme's box (the basic one asks for a user and a password).
+        let bearer = "//div[contains(@class,'auth-container')][.//h4[contains(., 'bearer')]]";
+        let input = c.wait().for_element(Locator::XPath(&format!("{bearer}//input"))).await.unwrap();
+        input.send_keys(key).await.unwrap();
+        c.find(Locator::XPath(&format!("{bearer}//button[contains(@class,'authorize')]")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.find(Locator::Css(".modal-ux .close-modal")).await.unwrap().click().await.unwrap();
+        let op = "#operations-topics-list_topics";
+        c.find(Locator::Css(&format!("{op} .opblock-summary"))).await.unwrap().click().await.unwrap();
+        c.wait().for_element(Locator::Css(&format!("{op} .try-out__btn"))).await.unwrap().click().await.unwrap();
+        c.wait().for_element(Locator::Css(&format!("{op} .execute"))).await.unwrap().click().await.unwrap();
+        let status = wait_text(c, &format!("{op} .live-responses-table tr.response .response-col_status"), "200").await;
+        assert!(status.contains("200"), "authorized: {status}");
+        b.client.close().await.unwrap();
+    })
+    .await;
+}
