@@ -93,9 +93,10 @@ fn credentials(headers: &axum::http::HeaderMap) -> Result<Credentials, ApiError>
         let value = value.to_str().map_err(|_| bad("the Authorization header is not text"))?;
         let (scheme, rest) =
             value.split_once(' ').ok_or_else(|| bad("Authorization is 'Bearer <token>' or 'Basic <base64>'"))?;
-        return match scheme.to_ascii_lowercase().as_str() {
-            "bearer" => Ok(Credentials::Bearer(rest.trim().to_owned())),
-            "basic" => {
+        // Compared in place: this runs on every request.
+        return match scheme {
+            s if s.eq_ignore_ascii_case("bearer") => Ok(Credentials::Bearer(rest.trim().to_owned())),
+            s if s.eq_ignore_ascii_case("basic") => {
                 let decoded = STANDARD.decode(rest.trim()).map_err(|_| bad("Basic credentials are not base64"))?;
                 let text = String::from_utf8(decoded).map_err(|_| bad("Basic credentials are not UTF-8"))?;
                 let (user, password) =
