@@ -558,3 +558,31 @@ async fn sighup_reloads_the_acls_of_a_running_process() {
     })
     .await;
 }
+
+/// The worked configuration in README's "Securing gregor" loads, and its example
+/// credentials are the ones its comments say.
+#[tokio::test]
+async fn the_readme_configuration_is_valid() {
+    crate::helpers::within(async {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let start = readme.find("cat > gregor.toml <<'TOML'\n").expect("the worked configuration") + 27;
+        let toml = &readme[start..start + readme[start..].find("\nTOML\n").unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gregor.toml");
+        std::fs::write(&path, toml).unwrap();
+        let args = gregor::config::ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let config = gregor::config::Config::load(&args).unwrap();
+        assert!(config.tls.is_some() && config.auth.enabled());
+        let security = gregor::auth::Security::new(&config.auth);
+        let who = |c: gregor::auth::Credentials| {
+            let security = &security;
+            async move { security.authenticate(&c).await.map(|id| id.principal.to_string()) }
+        };
+        use gregor::auth::Credentials::{Basic, Bearer};
+        assert_eq!(who(Bearer("admin-key-change-me".into())).await.unwrap(), "User:admin");
+        assert_eq!(who(Bearer("alice-key-change-me".into())).await.unwrap(), "User:alice");
+        let bob = Basic { user: "bob".into(), password: "bob-password-change-me".into() };
+        assert_eq!(who(bob).await.unwrap(), "User:bob");
+    })
+    .await;
+}
