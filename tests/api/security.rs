@@ -375,6 +375,38 @@ async fn anonymous_requests_follow_the_acls_when_allowed() {
     .await;
 }
 
+/// `gregor serve` as a process on `config`, logging at `log`: the child, its
+/// address, its stdout lines (the rest still to read) and what it printed so far.
+async fn serve_process(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    log: &str,
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, String, tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gregor"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(config)
+        .env("GREGOR_LOG", log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    loop {
+        let line = lines.next_line().await.unwrap().expect("the server prints its address");
+        printed.push_str(&line);
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let base = rest.trim().to_owned();
+            return (child, base, lines, printed);
+        }
+    }
+}
+
 /// The binary, run as an operator would.
 fn gregor() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_gregor"))
@@ -397,7 +429,7 @@ async fn serving_a_public_address_without_credentials_is_refused() {
 async fn keys_and_hashes_from_the_cli_work_and_no_secret_reaches_the_log() {
     crate::helpers::within(async {
         use std::process::Stdio;
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        use tokio::io::AsyncReadExt;
         let dir = tempfile::tempdir().unwrap();
         let out = gregor().args(["new-api-key", "--principal", "svc"]).output().unwrap();
         assert!(out.status.success());
@@ -418,26 +450,7 @@ async fn keys_and_hashes_from_the_cli_work_and_no_secret_reaches_the_log() {
             ),
         )
         .unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gregor"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config)
-            .env("GREGOR_LOG", "trace")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut stdout = String::new();
-        let base = loop {
-            let line = lines.next_line().await.unwrap().expect("the server prints its address");
-            stdout.push_str(&line);
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.trim().to_owned();
-            }
-        };
+        let (mut child, base, mut lines, mut stdout) = serve_process(dir.path(), &config, "trace", Stdio::piped()).await;
         let mut stderr = child.stderr.take().unwrap();
         let log = tokio::spawn(async move {
             let mut all = String::new();
@@ -510,29 +523,11 @@ async fn commit_frames_are_authorized_on_their_own() {
 async fn sighup_reloads_the_acls_of_a_running_process() {
     crate::helpers::within(async {
         use std::process::Stdio;
-        use tokio::io::{AsyncBufReadExt, BufReader};
         let dir = tempfile::tempdir().unwrap();
         let bob_hash = gregor::auth::hash_password(BOB_PASSWORD).unwrap();
         let config = dir.path().join("gregor.toml");
         std::fs::write(&config, config_toml(&bob_hash, "")).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gregor"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config)
-            .env("GREGOR_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let base = loop {
-            let line = lines.next_line().await.unwrap().expect("the server prints its address");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.trim().to_owned();
-            }
-        };
+        let (mut child, base, mut lines, _) = serve_process(dir.path(), &config, "info", Stdio::null()).await;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let client = reqwest::Client::new();
         let res = client
