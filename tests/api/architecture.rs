@@ -2,7 +2,7 @@
 //! tests instead: transports reach the core only through the service layer.
 
 fn sources(dir: &str) -> Vec<(String, String)> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir);
+    let root = crate::helpers::project_root().join("src").join(dir);
     let mut out = Vec::new();
     let mut stack = vec![root];
     while let Some(d) = stack.pop() {

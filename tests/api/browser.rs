@@ -52,7 +52,7 @@ async fn browser() -> Browser {
 
 async fn screenshot(client: &Client, name: &str) {
     let png = client.screenshot().await.unwrap();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("screenshots");
+    let dir = crate::helpers::project_root().join("target").join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(name), png).unwrap();
 }

@@ -188,3 +188,12 @@ where
     }
     false
 }
+
+/// The package's root directory, read when the test runs: a build cache shared
+/// between checkouts (CI's clean clone, a working copy) can hold test binaries
+/// compiled in another checkout, whose compile-time `env!` path is stale.
+pub fn project_root() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}

@@ -6,7 +6,7 @@ use crate::helpers::spawn_app;
 fn committed_openapi_matches_the_code() {
     let generated = gregor::http::openapi_json().unwrap();
     let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json")).unwrap_or_default();
+        std::fs::read_to_string(crate::helpers::project_root().join("openapi/openapi.json")).unwrap_or_default();
     assert!(
         generated == committed,
         "openapi/openapi.json is stale; regenerate it with `cargo run --release -- openapi > openapi/openapi.json`"

@@ -559,7 +559,7 @@ async fn sighup_reloads_the_acls_of_a_running_process() {
 #[tokio::test]
 async fn the_readme_configuration_is_valid() {
     crate::helpers::within(async {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let readme = std::fs::read_to_string(crate::helpers::project_root().join("README.md")).unwrap();
         let start = readme.find("cat > gregor.toml <<'TOML'\n").expect("the worked configuration") + 27;
         let toml = &readme[start..start + readme[start..].find("\nTOML\n").unwrap()];
         let dir = tempfile::tempdir().unwrap();
