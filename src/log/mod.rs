@@ -188,6 +188,11 @@ pub fn now_ms() -> u64 {
 impl Log {
     /// Recovers the registry from the store and starts the writer thread.
     /// Blocking: call before serving (or from `spawn_blocking`).
+    /// Whether producing to a missing topic creates it.
+    pub fn auto_creates(&self) -> bool {
+        self.settings.auto_create_topics
+    }
+
     pub fn open(store: Arc<Store>, settings: LogSettings) -> Result<Arc<Log>> {
         let recovered = store.recover()?;
         let registry = Arc::new(Registry::default());

@@ -439,6 +439,11 @@ impl Service {
         records: &[NewRecord<'_>],
     ) -> Result<Produced> {
         self.authorize(ctx, Operation::Produce(topic))?;
+        // Producing to a missing topic creates it when auto-create is on: as in
+        // Kafka, that needs `create` as well as `write`.
+        if self.log().auto_creates() && self.log().topic(topic).is_err() {
+            self.authorize(ctx, Operation::CreateTopic(topic))?;
+        }
         self.spend(ctx, Spend::Produce, records.iter().map(|r| r.size() as u64).sum()).await?;
         let produced = self.log().produce(topic, records, partition, acks).await?;
         self.0.metrics.records_in(topic, records.len());

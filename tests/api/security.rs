@@ -99,6 +99,10 @@ struct Secured {
 }
 
 async fn secured_app(extra: &str) -> Secured {
+    secured_app_with(extra, |_| {}).await
+}
+
+async fn secured_app_with(extra: &str, tune: impl FnOnce(&mut gregor::config::Config) + Send + 'static) -> Secured {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gregor.toml");
     let bob_hash = gregor::auth::hash_password(BOB_PASSWORD).unwrap();
@@ -108,6 +112,7 @@ async fn secured_app(extra: &str) -> Secured {
     let app = spawn_app_with(move |c| {
         c.auth = auth;
         c.file = Some(path);
+        tune(c);
     })
     .await;
     // The admin creates what the tests use.
@@ -371,6 +376,26 @@ async fn anonymous_requests_follow_the_acls_when_allowed() {
         assert_eq!(status, 200, "User:ANONYMOUS is covered by User:*");
         let (status, problem, _) = call(&s.app, Who::Nobody, "GET", "/v1/topics/orders", None).await;
         assert_eq!((status, problem["code"].as_str()), (403, Some("forbidden")));
+    })
+    .await;
+}
+
+/// Producing to a missing topic with auto-create on needs `create` as well as `write`.
+#[tokio::test]
+async fn auto_create_on_produce_needs_create() {
+    crate::helpers::within(async {
+        let s = secured_app_with("", |c| c.auto_create_topics = true).await;
+        let record = Some(json!({"records": [{"value": "x"}]}));
+        let (status, problem, _) =
+            call(&s.app, Who::Key(ALICE_KEY), "POST", "/v1/topics/orders-new/records", record.clone()).await;
+        assert_eq!((status, problem["operation"].as_str()), (403, Some("create")), "{problem}");
+        let (status, _, _) = call(&s.app, Who::Key(ADMIN_KEY), "GET", "/v1/topics/orders-new", None).await;
+        assert_eq!(status, 404, "the refused produce created nothing");
+        let (status, _, _) =
+            call(&s.app, Who::Key(ALICE_KEY), "POST", "/v1/topics/orders/records", record.clone()).await;
+        assert_eq!(status, 200, "an existing topic needs only write");
+        let (status, _, _) = call(&s.app, Who::Key(ADMIN_KEY), "POST", "/v1/topics/orders-new/records", record).await;
+        assert_eq!(status, 200, "a principal that may create does");
     })
     .await;
 }
