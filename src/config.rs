@@ -71,6 +71,7 @@ struct FileConfig {
     shutdown_timeout_ms: Option<u64>,
     min_session_timeout_ms: Option<u64>,
     max_session_timeout_ms: Option<u64>,
+    offsets_retention_ms: Option<u64>,
     ws_ping_interval_ms: Option<u64>,
     socket_send_buffer_bytes: Option<usize>,
     http: Option<FileHttp>,
@@ -293,6 +294,9 @@ impl Config {
         if let Some(ms) = file.max_session_timeout_ms {
             c.groups.max_session_timeout_ms = ms;
         }
+        if let Some(ms) = file.offsets_retention_ms {
+            c.groups.offsets_retention_ms = ms;
+        }
         if let Some(ms) = file.ws_ping_interval_ms {
             c.ws_ping_interval = Duration::from_millis(ms);
         }
@@ -366,6 +370,12 @@ impl Config {
             return Err(ConfigError(format!(
                 "min_session_timeout_ms ({}) must be at least 1 and at most max_session_timeout_ms ({})",
                 g.min_session_timeout_ms, g.max_session_timeout_ms
+            )));
+        }
+        if g.offsets_retention_ms < 1_000 {
+            return Err(ConfigError(format!(
+                "offsets_retention_ms: must be at least 1000, not {}",
+                g.offsets_retention_ms
             )));
         }
         let h = &self.http;

@@ -70,6 +70,10 @@ pub enum Error {
     #[error("the member does not own partition {partition} of topic '{topic}'")]
     NotOwner { topic: String, partition: u32 },
 
+    /// A poll cursor that this server did not issue to this member, or that does not decode.
+    #[error("invalid cursor: {0}")]
+    InvalidCursor(String),
+
     #[error("group '{0}' has active members; it can be deleted only when empty")]
     GroupNotEmpty(String),
 
@@ -131,6 +135,7 @@ impl Error {
             Error::UnknownMember { .. } => Code::UnknownMember,
             Error::IllegalGeneration { .. } => Code::IllegalGeneration,
             Error::NotOwner { .. } => Code::NotOwner,
+            Error::InvalidCursor(_) => Code::InvalidCursor,
             Error::GroupNotEmpty(_) => Code::GroupNotEmpty,
             Error::InconsistentAssignor { .. } => Code::InconsistentAssignor,
             Error::Unauthenticated(_) => Code::Unauthenticated,
@@ -184,6 +189,7 @@ pub enum Code {
     InvalidPartitions,
     InvalidConfig,
     InvalidGroupId,
+    InvalidCursor,
     InvalidRecord,
     RecordTooLarge,
     RequestTooLarge,
@@ -251,6 +257,7 @@ impl Code {
             Code::InvalidPartitions => info("invalid_partitions", 400, "Invalid partition count"),
             Code::InvalidConfig => info("invalid_config", 400, "Invalid topic configuration"),
             Code::InvalidGroupId => info("invalid_group_id", 400, "Invalid group id"),
+            Code::InvalidCursor => info("invalid_cursor", 400, "Invalid cursor"),
             Code::InvalidRecord => info("invalid_record", 422, "Invalid record"),
             Code::RecordTooLarge => info("record_too_large", 413, "Record too large"),
             Code::RequestTooLarge => info("request_too_large", 413, "Request too large"),
@@ -311,6 +318,7 @@ impl Code {
         Code::InvalidPartitions,
         Code::InvalidConfig,
         Code::InvalidGroupId,
+        Code::InvalidCursor,
         Code::InvalidRecord,
         Code::RecordTooLarge,
         Code::RequestTooLarge,

@@ -58,8 +58,15 @@ pub struct Member {
     pub owned: BTreeSet<TopicPartition>,
     /// Owned partitions announced as revoked, released at its next poll/heartbeat.
     pub revoking: BTreeSet<TopicPartition>,
-    /// Next offset to deliver, per owned partition, once known.
+    /// Next offset to deliver, per owned partition, once known (for polls
+    /// without a cursor, and WebSocket members).
     pub positions: BTreeMap<TopicPartition, u64>,
+    /// The generation in which the member received each owned partition: a
+    /// cursor from an earlier generation does not speak for a partition received later.
+    pub acquired: BTreeMap<TopicPartition, u64>,
+    /// Where the member started each owned partition when there was no committed
+    /// offset (resolved once from `auto_offset_reset`, so a repeated poll starts there again).
+    pub starts: BTreeMap<TopicPartition, u64>,
     /// The assignment the member was last told.
     pub told: BTreeSet<TopicPartition>,
 }
@@ -88,8 +95,13 @@ pub struct View {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetch {
     pub tp: TopicPartition,
+    /// The server-held position (polls without a cursor).
     pub position: Option<u64>,
     pub epoch: u64,
+    /// The generation in which the member received the partition.
+    pub acquired: u64,
+    /// Where the member started when there was no committed offset.
+    pub start: Option<u64>,
 }
 
 /// The state summary Kafka tools show.
@@ -206,6 +218,8 @@ impl Group {
             owned: BTreeSet::new(),
             revoking: BTreeSet::new(),
             positions: BTreeMap::new(),
+            acquired: BTreeMap::new(),
+            starts: BTreeMap::new(),
             told: BTreeSet::new(),
         };
         let mut needs_rebalance = true;
@@ -216,6 +230,8 @@ impl Group {
             member.owned = old_id.owned;
             member.revoking = old_id.revoking;
             member.positions = old_id.positions;
+            member.acquired = old_id.acquired;
+            member.starts = old_id.starts;
             for owner in self.owners.values_mut().chain(self.target.values_mut()) {
                 if *owner == old_id.id {
                     owner.clone_from(&member.id);
@@ -239,6 +255,8 @@ impl Group {
         for tp in &released {
             m.owned.remove(tp);
             m.positions.remove(tp);
+            m.acquired.remove(tp);
+            m.starts.remove(tp);
         }
         for tp in &released {
             self.owners.remove(tp);
@@ -344,6 +362,7 @@ impl Group {
             }
             if let Some(m) = self.members.get_mut(id) {
                 m.owned.insert(tp.clone());
+                m.acquired.insert(tp.clone(), self.generation);
                 self.owners.insert(tp.clone(), id.clone());
                 self.version += 1;
             }
@@ -378,6 +397,9 @@ impl Group {
                 tp: tp.clone(),
                 position: m.positions.get(tp).copied(),
                 epoch: self.epochs.get(tp).copied().unwrap_or(0),
+                // Unknown is "received now": a cursor cannot speak for it.
+                acquired: m.acquired.get(tp).copied().unwrap_or(u64::MAX),
+                start: m.starts.get(tp).copied(),
             })
             .collect())
     }
@@ -393,7 +415,23 @@ impl Group {
             && !m.revoking.contains(tp)
         {
             m.positions.entry(tp.clone()).or_insert(position);
+            m.starts.entry(tp.clone()).or_insert(position);
         }
+    }
+
+    /// After a poll with a cursor read from `tp`: whether the member may still
+    /// be given what it read (it owns the partition, not being revoked, and no
+    /// reset intervened). If so, the server-held position becomes `to`.
+    pub fn settle(&mut self, member: &str, tp: &TopicPartition, epoch: u64, to: u64) -> bool {
+        if self.epochs.get(tp).copied().unwrap_or(0) != epoch {
+            return false;
+        }
+        let Some(m) = self.members.get_mut(member) else { return false };
+        if !m.owned.contains(tp) || m.revoking.contains(tp) {
+            return false;
+        }
+        m.positions.insert(tp.clone(), to);
+        true
     }
 
     /// Moves a position forward after records were read from `from`, only if the
@@ -425,6 +463,7 @@ impl Group {
                 && let Some(m) = self.members.get_mut(owner)
             {
                 m.positions.insert(tp.clone(), *offset);
+                m.starts.insert(tp.clone(), *offset);
             }
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod assignor;
 pub mod coordinator;
+pub mod cursor;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub use assignor::{Assignor, TopicPartition};
 use coordinator::{Group, JoinRequest};
 pub use coordinator::{GroupState, OffsetReset, View};
+use cursor::{Cursor, CursorKey, Position};
 
 use crate::error::{Code, Error, Result};
 use crate::log::{Log, ReadRequest, ReadResult};
@@ -32,6 +34,9 @@ pub struct GroupSettings {
     pub min_session_timeout_ms: u64,
     pub max_session_timeout_ms: u64,
     pub default_session_timeout_ms: u64,
+    /// How long a group without members keeps its committed offsets before it
+    /// is removed (Kafka's `offsets.retention.minutes`; default 7 days).
+    pub offsets_retention_ms: u64,
 }
 
 impl Default for GroupSettings {
@@ -40,9 +45,14 @@ impl Default for GroupSettings {
             min_session_timeout_ms: 1_000,
             max_session_timeout_ms: 1_800_000,
             default_session_timeout_ms: 45_000,
+            offsets_retention_ms: 7 * 24 * 3_600_000,
         }
     }
 }
+
+/// How often a group with members records that it is in use, at most: after a
+/// crash, its retention counts from no earlier than this before the crash.
+const IN_USE_REFRESH_MS: u64 = 3_600_000;
 
 /// What a member asks for when it joins.
 #[derive(Debug, Clone, Default)]
@@ -59,6 +69,8 @@ pub struct Joined {
     pub member_id: String,
     pub view: View,
     pub session_timeout_ms: u64,
+    /// A cursor for the first poll: with it, even that poll's answer can be lost.
+    pub cursor: String,
 }
 
 /// A poll's answer: what the member owns, and the records read for it.
@@ -69,6 +81,8 @@ pub struct Polled {
     pub records: Vec<(TopicPartition, ReadResult)>,
     /// Partitions that could not be read, with a stable code.
     pub errors: Vec<(TopicPartition, Code)>,
+    /// The member's positions after this answer (see [`cursor`]).
+    pub cursor: String,
 }
 
 /// Where an offset reset moves a group's offsets.
@@ -110,6 +124,16 @@ pub struct GroupInfo {
     pub offsets: Vec<CommittedInfo>,
 }
 
+/// What [`Groups::read_for`] read: the records delivered, per-partition errors,
+/// the member's session timeout, and its positions after this read (sorted).
+struct ReadFor {
+    records: Vec<(TopicPartition, ReadResult)>,
+    errors: Vec<(TopicPartition, Code)>,
+    session: u64,
+    positions: Vec<Position>,
+    rotation: u32,
+}
+
 struct GroupCell {
     state: tokio::sync::Mutex<GroupData>,
     /// Bumped after any change members should hear about quickly.
@@ -121,12 +145,26 @@ struct GroupData {
     /// Committed offsets, with the id of the topic they were committed for: a
     /// topic deleted and created again under the same name does not inherit them.
     committed: BTreeMap<TopicPartition, (u32, u64)>,
+    /// When the group was last known to be in use (wall-clock ms): while it has
+    /// members, refreshed; once empty, the moment it became empty.
+    in_use_ms: u64,
+    /// The last `in_use_ms` written to the store.
+    stamped_ms: u64,
+    /// Removed (expired or deleted): whoever still holds this cell must look the
+    /// group up again.
+    removed: bool,
 }
 
 impl GroupCell {
-    fn new(id: &str) -> Self {
+    fn new(id: &str, now_ms: u64) -> Self {
         GroupCell {
-            state: tokio::sync::Mutex::new(GroupData { group: Group::new(id), committed: BTreeMap::new() }),
+            state: tokio::sync::Mutex::new(GroupData {
+                group: Group::new(id),
+                committed: BTreeMap::new(),
+                in_use_ms: now_ms,
+                stamped_ms: 0,
+                removed: false,
+            }),
             changed: watch::Sender::new(0),
         }
     }
@@ -141,7 +179,11 @@ pub struct Groups {
     log: Arc<Log>,
     groups: parking_lot::Mutex<BTreeMap<String, Arc<GroupCell>>>,
     clock: tokio::time::Instant,
+    /// Wall-clock ms at `clock`'s start: wall time advances with tokio's clock, so
+    /// tests can pause it.
+    wall_base_ms: u64,
     settings: GroupSettings,
+    cursor_key: CursorKey,
     /// Polls waiting for records or a change (`gregor_polls_waiting`).
     polls_waiting: std::sync::atomic::AtomicUsize,
 }
@@ -155,11 +197,15 @@ impl std::fmt::Debug for Groups {
 impl Groups {
     /// Loads committed offsets from the store.
     pub async fn open(log: Arc<Log>, settings: GroupSettings) -> Result<Arc<Groups>> {
+        let wall_base_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let groups = Groups {
             log: log.clone(),
             groups: parking_lot::Mutex::new(BTreeMap::new()),
             clock: tokio::time::Instant::now(),
+            wall_base_ms,
             settings,
+            cursor_key: CursorKey::new(&log.cursor_secret().await?),
             polls_waiting: std::sync::atomic::AtomicUsize::new(0),
         };
         let topics: BTreeMap<u32, String> = log.topics().iter().map(|t| (t.id, t.name.to_string())).collect();
@@ -167,6 +213,15 @@ impl Groups {
             let Some(topic) = topics.get(&tid) else { continue };
             let cell = groups.cell(&group);
             cell.state.lock().await.committed.insert(TopicPartition::new(topic.clone(), p), (tid, offset));
+        }
+        // Loaded groups have no members: each is empty since it was last known in
+        // use (a store from before these times were kept: since now).
+        for (group, at_ms) in log.load_group_times().await? {
+            if let Some(cell) = groups.groups.lock().get(&group).cloned() {
+                let mut data = cell.state.lock().await;
+                data.in_use_ms = at_ms;
+                data.stamped_ms = at_ms;
+            }
         }
         Ok(Arc::new(groups))
     }
@@ -181,8 +236,14 @@ impl Groups {
         self.clock.elapsed().as_millis() as u64
     }
 
+    /// Wall-clock milliseconds, advancing with [`Groups::now`].
+    fn wall_ms(&self) -> u64 {
+        self.wall_base_ms + self.now()
+    }
+
     fn cell(&self, id: &str) -> Arc<GroupCell> {
-        self.groups.lock().entry(id.to_owned()).or_insert_with(|| Arc::new(GroupCell::new(id))).clone()
+        let now = self.wall_ms();
+        self.groups.lock().entry(id.to_owned()).or_insert_with(|| Arc::new(GroupCell::new(id, now))).clone()
     }
 
     fn existing(&self, id: &str) -> Result<Arc<GroupCell>> {
@@ -227,24 +288,33 @@ impl Groups {
             check_name("instance id", iid).map_err(|reason| Error::InvalidArgument { field: "instance_id", reason })?;
         }
         let member_id = format!("{}-{}", params.instance_id.as_deref().unwrap_or("member"), random_suffix());
-        let cell = self.cell(group);
-        let mut data = cell.state.lock().await;
-        let counts = self.counts_for(&data.group, &params.topics);
-        let view = data.group.join(
-            JoinRequest {
-                member_id: member_id.clone(),
-                instance_id: params.instance_id,
-                topics: params.topics.into_iter().collect(),
-                session_timeout_ms: session,
-                auto_offset_reset: params.auto_offset_reset.unwrap_or_default(),
-                assignor: params.assignor,
-            },
-            self.now(),
-            &counts,
-        )?;
-        drop(data);
-        cell.notify();
-        Ok(Joined { member_id, view, session_timeout_ms: session })
+        loop {
+            let cell = self.cell(group);
+            let mut data = cell.state.lock().await;
+            if data.removed {
+                // Expired between the look-up and the lock: the next look-up makes a new one.
+                continue;
+            }
+            let counts = self.counts_for(&data.group, &params.topics);
+            let view = data.group.join(
+                JoinRequest {
+                    member_id: member_id.clone(),
+                    instance_id: params.instance_id.clone(),
+                    topics: params.topics.iter().cloned().collect(),
+                    session_timeout_ms: session,
+                    auto_offset_reset: params.auto_offset_reset.unwrap_or_default(),
+                    assignor: params.assignor,
+                },
+                self.now(),
+                &counts,
+            )?;
+            data.in_use_ms = self.wall_ms();
+            drop(data);
+            cell.notify();
+            let first = Cursor { generation: view.generation, rotation: 0, positions: Vec::new() };
+            let cursor = self.cursor_key.seal(group, &member_id, &first);
+            return Ok(Joined { member_id, view, session_timeout_ms: session, cursor });
+        }
     }
 
     /// A heartbeat: keeps the session, releases what the previous answer revoked.
@@ -269,14 +339,50 @@ impl Groups {
         let mut data = cell.state.lock().await;
         let counts = self.counts_for(&data.group, &[]);
         data.group.leave(member, &counts)?;
+        if data.group.is_empty() {
+            self.became_empty(group, &mut data).await;
+        }
         drop(data);
         cell.notify();
         Ok(())
     }
 
+    /// The group's last member is gone: its offsets' retention starts now, and the
+    /// store hears of it (so a restart does not extend it).
+    async fn became_empty(&self, group: &str, data: &mut GroupData) {
+        let now = self.wall_ms();
+        data.in_use_ms = now;
+        self.stamp(group, data, now).await;
+    }
+
+    /// Writes `at_ms` as the time the group was last in use. A failure is logged:
+    /// the time only decides when an empty group's offsets expire, and the
+    /// previous time stays stored.
+    async fn stamp(&self, group: &str, data: &mut GroupData, at_ms: u64) {
+        match self.log.commit_offsets(group, Vec::new(), at_ms).await {
+            Ok(()) => data.stamped_ms = at_ms,
+            Err(e) => tracing::warn!(group, error = %e, "could not record when the group was last in use"),
+        }
+    }
+
     /// Polls records for a member: a heartbeat, then up to `max_records` records
     /// from the partitions it may consume, long-polling up to `wait` when there are none.
-    pub async fn poll(&self, group: &str, member: &str, max_records: u32, wait: Duration) -> Result<Polled> {
+    ///
+    /// With a `cursor` (from an earlier answer or the join), the member's
+    /// positions are the cursor's, for the partitions it has owned since; other
+    /// partitions start at the committed offset (or where the member first
+    /// started them). So a poll repeated with the same cursor answers the same
+    /// records: a lost answer loses nothing. Without one, the server-held
+    /// positions are used, and moved past what this answer delivers.
+    pub async fn poll(
+        &self,
+        group: &str,
+        member: &str,
+        max_records: u32,
+        wait: Duration,
+        cursor: Option<&str>,
+    ) -> Result<Polled> {
+        let cursor = cursor.map(|token| self.cursor_key.open(group, member, token)).transpose()?;
         let cell = self.existing(group)?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut changed = cell.changed.subscribe();
@@ -294,19 +400,21 @@ impl Groups {
                 .collect();
             // Read only what this answer will list as the assignment: a partition handed
             // over since the heartbeat is announced (and read) in the next answer.
-            let (records, errors, session) = self.read_for(&cell, member, max_records, Some(&view.assignment)).await?;
+            let read = self.read_for(&cell, member, max_records, Some(&view.assignment), cursor.as_ref()).await?;
             let now = tokio::time::Instant::now();
-            if !records.is_empty()
+            if !read.records.is_empty()
                 || !view.revoked.is_empty()
                 || view.changed
                 || now >= deadline
                 || shutdown.is_cancelled()
             {
-                return Ok(Polled { view, records, errors });
+                let next = Cursor { generation: view.generation, rotation: read.rotation, positions: read.positions };
+                let cursor = self.cursor_key.seal(group, member, &next);
+                return Ok(Polled { view, records: read.records, errors: read.errors, cursor });
             }
             // Wait for an append to an owned partition or a change in the group, but
             // wake within a third of the session timeout to heartbeat again.
-            let slice = deadline.min(now + Duration::from_millis((session / 3).max(10)));
+            let slice = deadline.min(now + Duration::from_millis((read.session / 3).max(10)));
             let appends = futures_util::future::select_all(
                 ends.iter_mut().map(|rx| rx.changed().boxed()).chain(std::iter::once(std::future::pending().boxed())),
             );
@@ -340,7 +448,7 @@ impl Groups {
         only: &BTreeSet<TopicPartition>,
     ) -> Result<Polled> {
         let cell = self.existing(group)?;
-        let (records, errors, _) = self.read_for(&cell, member, max_records, Some(only)).await?;
+        let ReadFor { records, errors, .. } = self.read_for(&cell, member, max_records, Some(only), None).await?;
         let data = cell.state.lock().await;
         let m = data.group.member(member)?;
         let view = View {
@@ -349,7 +457,7 @@ impl Groups {
             revoked: BTreeSet::new(),
             changed: false,
         };
-        Ok(Polled { view, records, errors })
+        Ok(Polled { view, records, errors, cursor: String::new() })
     }
 
     /// Whether every partition the member is giving up has its delivered records
@@ -384,16 +492,19 @@ impl Groups {
         Ok(self.existing(group)?.changed.subscribe())
     }
 
-    /// Reads from the member's partitions and records the deliveries.
-    #[allow(clippy::type_complexity)]
+    /// Reads from the member's partitions and records the deliveries. Only
+    /// partitions in `only` are read. With a `cursor`, reads start where it says
+    /// (see [`Groups::poll`]); without, at the server-held positions.
     async fn read_for(
         &self,
         cell: &GroupCell,
         member: &str,
         max_records: u32,
         only: Option<&BTreeSet<TopicPartition>>,
-    ) -> Result<(Vec<(TopicPartition, ReadResult)>, Vec<(TopicPartition, Code)>, u64)> {
-        let (fetches, reset, session) = {
+        cursor: Option<&Cursor>,
+    ) -> Result<ReadFor> {
+        // (fetch, topic id, where to read from)
+        let (plan, reset, session) = {
             let mut data = cell.state.lock().await;
             let m = data.group.member(member)?;
             let (reset, session) = (m.auto_offset_reset, m.session_timeout_ms);
@@ -401,9 +512,8 @@ impl Groups {
             if let Some(only) = only {
                 fetches.retain(|f| only.contains(&f.tp));
             }
-            // Partitions new to the member start at the committed offset, or where
-            // the reset policy says when there is none (or it is out of range).
-            for f in fetches.iter_mut().filter(|f| f.position.is_none()) {
+            let mut plan = Vec::with_capacity(fetches.len());
+            for f in fetches {
                 let Ok(topic) = self.log.topic(&f.tp.topic) else { continue };
                 let Ok(part) = topic.partition(f.tp.partition) else { continue };
                 let (start, end) = (part.start(), part.end());
@@ -412,65 +522,115 @@ impl Groups {
                     .get(&f.tp)
                     .filter(|(tid, o)| *tid == topic.id && (start..=end).contains(o))
                     .map(|(_, o)| *o);
-                let pos = committed.or(match reset {
+                let known = match cursor {
+                    // The cursor speaks for partitions owned since it was issued, and
+                    // not reset since; for the others, what was committed is where
+                    // to resume (the records after it may have been in lost answers).
+                    Some(c) => c
+                        .position(&f.tp)
+                        .filter(|p| p.topic_id == topic.id && p.epoch == f.epoch && f.acquired <= c.generation)
+                        .map(|p| p.offset)
+                        .or(committed)
+                        .or(f.start),
+                    None => f.position.or(committed),
+                };
+                // Otherwise the reset policy says, once: the member keeps that start.
+                let from = known.or(match reset {
                     OffsetReset::Earliest => Some(start),
                     OffsetReset::Latest => Some(end),
                     OffsetReset::None => None,
                 });
-                if let Some(pos) = pos {
+                if let Some(pos) = from
+                    && (f.position.is_none() || f.start.is_none())
+                {
                     data.group.init_position(member, &f.tp, f.epoch, pos);
-                    f.position = Some(pos);
                 }
+                plan.push((f, topic.id, from));
             }
-            (fetches, reset, session)
+            (plan, reset, session)
         };
 
         let mut records = Vec::new();
         let mut errors = Vec::new();
         let mut budget = max_records;
-        // Start at a different partition each poll so that none starves.
-        let offset = (self.now() as usize) % fetches.len().max(1);
-        for f in fetches.iter().cycle().skip(offset).take(fetches.len()) {
-            let Some(position) = f.position else {
+        // Start at a different partition each poll so that none starves; a cursor
+        // fixes the order, so that a repeated poll reads the same records.
+        let rotation = cursor.map_or(self.now() as usize, |c| c.rotation as usize);
+        let mut starts: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+        let skip = rotation % plan.len().max(1);
+        for (f, _, from) in plan.iter().cycle().skip(skip).take(plan.len()) {
+            let Some(mut from) = *from else {
                 errors.push((f.tp.clone(), Code::NoCommittedOffset));
                 continue;
             };
+            starts.insert(f.tp.clone(), from);
             if budget == 0 {
-                break;
+                continue;
             }
-            let req =
-                ReadRequest { offset: position, max_records: budget, max_bytes: 1024 * 1024, wait: Duration::ZERO };
-            match self.log.read(&f.tp.topic, f.tp.partition, req).await {
+            let req = |offset| ReadRequest { offset, max_records: budget, max_bytes: 1024 * 1024, wait: Duration::ZERO };
+            let mut read = self.log.read(&f.tp.topic, f.tp.partition, req(from)).await;
+            if let Err(Error::OffsetOutOfRange { beginning, end, .. }) = read {
+                let to = match reset {
+                    OffsetReset::Earliest => beginning,
+                    OffsetReset::Latest => end,
+                    OffsetReset::None => {
+                        errors.push((f.tp.clone(), Code::OffsetOutOfRange));
+                        starts.remove(&f.tp);
+                        continue;
+                    }
+                };
+                if cursor.is_none() {
+                    cell.state.lock().await.group.advance(member, &f.tp, f.epoch, from, to);
+                }
+                from = to;
+                starts.insert(f.tp.clone(), from);
+                read = self.log.read(&f.tp.topic, f.tp.partition, req(from)).await;
+            }
+            match read {
                 Ok(read) => {
                     let n = read.records()?.len() as u32;
                     if n > 0 {
                         budget -= n;
-                        records.push((f.tp.clone(), read, f.epoch, position, n));
+                        records.push((f.tp.clone(), read, f.epoch, from, n));
                     }
                 }
-                Err(Error::OffsetOutOfRange { beginning, end, .. }) => {
-                    let to = match reset {
-                        OffsetReset::Earliest => beginning,
-                        OffsetReset::Latest => end,
-                        OffsetReset::None => {
-                            errors.push((f.tp.clone(), Code::OffsetOutOfRange));
-                            continue;
-                        }
-                    };
-                    cell.state.lock().await.group.advance(member, &f.tp, f.epoch, position, to);
+                // Moved again under the read (retention): the next poll resolves it.
+                Err(Error::OffsetOutOfRange { .. }) => {}
+                Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => {
+                    starts.remove(&f.tp);
                 }
-                Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
         // Deliver only what is still this member's to deliver from that position.
         let mut data = cell.state.lock().await;
-        let delivered = records
-            .into_iter()
-            .filter(|(tp, _, epoch, from, n)| data.group.advance(member, tp, *epoch, *from, from + *n as u64))
-            .map(|(tp, read, ..)| (tp, read))
+        let mut delivered = Vec::with_capacity(records.len());
+        for (tp, read, epoch, from, n) in records {
+            let to = from + n as u64;
+            let ok = match cursor {
+                Some(_) => data.group.settle(member, &tp, epoch, to),
+                None => data.group.advance(member, &tp, epoch, from, to),
+            };
+            if ok {
+                starts.insert(tp.clone(), to);
+                delivered.push((tp, read));
+            }
+        }
+        drop(data);
+        let positions = plan
+            .iter()
+            .filter_map(|(f, topic_id, _)| {
+                let offset = *starts.get(&f.tp)?;
+                Some(Position { tp: f.tp.clone(), topic_id: *topic_id, epoch: f.epoch, offset })
+            })
             .collect();
-        Ok((delivered, errors, session))
+        Ok(ReadFor {
+            records: delivered,
+            errors,
+            session,
+            positions,
+            rotation: (rotation.wrapping_add(1) % (u32::MAX as usize)) as u32,
+        })
     }
 
     /// Commits offsets for a member, fenced by membership, generation and ownership.
@@ -493,10 +653,13 @@ impl Groups {
         }
         // The lock is held across the write: a rebalance cannot move these
         // partitions between the fencing check and the offsets landing.
-        self.log.commit_offsets(group, entries.clone()).await?;
+        let now = self.wall_ms();
+        self.log.commit_offsets(group, entries.clone(), now).await?;
         for (tp, (tid, _, offset)) in tps.into_iter().zip(entries) {
             data.committed.insert(tp, (tid, offset));
         }
+        data.in_use_ms = now;
+        data.stamped_ms = now;
         Ok(())
     }
 
@@ -512,6 +675,9 @@ impl Groups {
     ) -> Result<Vec<(TopicPartition, u64)>> {
         let cell = self.existing(group)?;
         let mut data = cell.state.lock().await;
+        if data.removed {
+            return Err(Error::UnknownGroup(group.to_owned()));
+        }
         let topics: BTreeSet<String> = match topic {
             Some(t) => BTreeSet::from([t.to_owned()]),
             None => {
@@ -547,10 +713,13 @@ impl Groups {
                 entries.push((t.id, p, offset));
             }
         }
-        self.log.commit_offsets(group, entries.clone()).await?;
+        let now = self.wall_ms();
+        self.log.commit_offsets(group, entries.clone(), now).await?;
         for ((tp, offset), (tid, ..)) in targets.iter().zip(&entries) {
             data.committed.insert(tp.clone(), (*tid, *offset));
         }
+        data.in_use_ms = now;
+        data.stamped_ms = now;
         data.group.reset_positions(&targets);
         drop(data);
         cell.notify();
@@ -564,6 +733,9 @@ impl Groups {
     pub async fn describe(&self, group: &str) -> Result<GroupInfo> {
         let cell = self.existing(group)?;
         let data = cell.state.lock().await;
+        if data.removed {
+            return Err(Error::UnknownGroup(group.to_owned()));
+        }
         let g = &data.group;
         let now = self.now();
         let members = g
@@ -604,13 +776,69 @@ impl Groups {
     /// Deletes an empty group and its committed offsets.
     pub async fn delete(&self, group: &str) -> Result<()> {
         let cell = self.existing(group)?;
-        let data = cell.state.lock().await;
+        let mut data = cell.state.lock().await;
+        if data.removed {
+            return Err(Error::UnknownGroup(group.to_owned()));
+        }
         if !data.group.is_empty() {
             return Err(Error::GroupNotEmpty(group.to_owned()));
         }
+        self.remove(group, &cell, &mut data).await
+    }
+
+    /// Removes an empty group and its committed offsets, from the store first.
+    async fn remove(&self, group: &str, cell: &Arc<GroupCell>, data: &mut GroupData) -> Result<()> {
         self.log.delete_group_offsets(group).await?;
-        self.groups.lock().remove(group);
+        data.removed = true;
+        let mut groups = self.groups.lock();
+        if groups.get(group).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            groups.remove(group);
+        }
         Ok(())
+    }
+
+    /// A topic was deleted (with every group's committed offsets for it, in the
+    /// store): forgets those offsets here too.
+    pub async fn topic_deleted(&self, topic_id: u32) {
+        let cells: Vec<Arc<GroupCell>> = self.groups.lock().values().cloned().collect();
+        for cell in cells {
+            cell.state.lock().await.committed.retain(|_, (tid, _)| *tid != topic_id);
+        }
+    }
+
+    /// Removes groups that have been empty for `offsets_retention_ms`, with their
+    /// offsets, and records that groups with members are in use (at most every
+    /// [`IN_USE_REFRESH_MS`]). Returns how many groups were removed.
+    pub async fn expire_groups(&self) -> usize {
+        let cells: Vec<(String, Arc<GroupCell>)> =
+            self.groups.lock().iter().map(|(id, c)| (id.clone(), c.clone())).collect();
+        let now = self.wall_ms();
+        let refresh = IN_USE_REFRESH_MS.min(self.settings.offsets_retention_ms / 4).max(1);
+        let mut removed = 0;
+        for (id, cell) in cells {
+            let mut data = cell.state.lock().await;
+            if data.removed {
+                continue;
+            }
+            if !data.group.is_empty() {
+                data.in_use_ms = now;
+                if now.saturating_sub(data.stamped_ms) >= refresh {
+                    self.stamp(&id, &mut data, now).await;
+                }
+                continue;
+            }
+            if now.saturating_sub(data.in_use_ms) < self.settings.offsets_retention_ms {
+                continue;
+            }
+            match self.remove(&id, &cell, &mut data).await {
+                Ok(()) => {
+                    tracing::info!(group = %id, "group expired: empty for offsets_retention_ms");
+                    removed += 1;
+                }
+                Err(e) => tracing::warn!(group = %id, error = %e, "could not remove an expired group"),
+            }
+        }
+        removed
     }
 
     /// Expires members whose session ran out, in every group. Returns how many.
@@ -621,6 +849,10 @@ impl Groups {
             let mut data = cell.state.lock().await;
             let counts = self.counts_for(&data.group, &[]);
             let gone = data.group.expire(self.now(), &counts);
+            if !gone.is_empty() && data.group.is_empty() {
+                let id = data.group.id.clone();
+                self.became_empty(&id, &mut data).await;
+            }
             drop(data);
             if !gone.is_empty() {
                 tracing::info!(members = ?gone, "session expired");
@@ -638,7 +870,10 @@ impl Groups {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => { self.expire_sessions().await; }
+                _ = tick.tick() => {
+                    self.expire_sessions().await;
+                    self.expire_groups().await;
+                }
             }
         }
     }
@@ -679,6 +914,7 @@ mod tests {
                 min_session_timeout_ms: 100,
                 max_session_timeout_ms: 10_000,
                 default_session_timeout_ms: 1000,
+                ..Default::default()
             },
         )
         .await

@@ -153,6 +153,7 @@ impl ApiError {
             Error::InvalidArgument { field, .. } => p.field = Some((*field).to_owned()),
             Error::InvalidParameter { field, .. } => p.field = field.clone(),
             Error::InvalidGroupId(_) => p.field = Some("group".into()),
+            Error::InvalidCursor(_) => p.field = Some("cursor".into()),
             // No context beyond the code and detail.
             Error::InvalidJson(_)
             | Error::InvalidRequest(_)

@@ -103,6 +103,8 @@ pub struct Joined {
     session_timeout_ms: u64,
     /// How often to poll or heartbeat at least (a third of the session timeout).
     heartbeat_interval_ms: u64,
+    /// Send this as `cursor` with the first poll (see the poll's `cursor`).
+    cursor: String,
 }
 
 /// Join a consumer group (creating it if needed).
@@ -139,6 +141,7 @@ async fn join(
         view: member_view(&joined.member_id, &joined.view),
         session_timeout_ms: joined.session_timeout_ms,
         heartbeat_interval_ms: joined.session_timeout_ms / 3,
+        cursor: joined.cursor,
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -154,6 +157,12 @@ pub struct PollParams {
     wait_ms: Option<u64>,
     /// `auto` (default) or `base64`, as for partition reads.
     encoding: Option<Encoding>,
+    /// The `cursor` of the last answer received (or of the join). The poll reads
+    /// from the positions it holds, so repeating a poll whose answer was lost
+    /// returns the same records. Without it the server-held positions are used,
+    /// and a lost answer's records come back only through the committed offset.
+    #[param(max_length = 262144)]
+    cursor: Option<String>,
 }
 
 /// A poll's answer.
@@ -164,12 +173,14 @@ pub struct PollAnswer {
     generation: u64,
     assignment: Vec<TopicPartitions>,
     revoked: Vec<TopicPartitions>,
-    /// Records from the member's partitions; the server remembers the position,
-    /// so the next poll continues after them.
+    /// Records from the member's partitions.
     records: Vec<RecordDoc>,
     /// Partitions that could not be read (`no_committed_offset` with
     /// `auto_offset_reset=none`, `offset_out_of_range`).
     errors: Vec<PartitionError>,
+    /// The member's positions after this answer (opaque, signed): send it as
+    /// `cursor` with the next poll.
+    cursor: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -184,6 +195,7 @@ struct PollHead<'a> {
     #[serde(flatten)]
     view: MemberView,
     errors: &'a [PartitionError],
+    cursor: &'a str,
 }
 
 /// Poll records for a member. Also a heartbeat.
@@ -191,7 +203,7 @@ struct PollHead<'a> {
     params(("group" = String, Path, description = "Group id"), ("member" = String, Path, description = "Member id"), PollParams),
     responses(
         (status = 200, description = "Records, generation and assignment", body = PollAnswer),
-        (status = 400, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid parameter, or a cursor not issued to this member (invalid_cursor)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group or member (unknown_member: rejoin)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn poll(
@@ -200,14 +212,15 @@ async fn poll(
     Path((group, member)): Path<(String, String)>,
     Query(params): Query<PollParams>,
 ) -> Result<Response, ApiError> {
-    let asked = ServicePollParams { max_records: params.max_records, wait_ms: params.wait_ms };
+    let asked =
+        ServicePollParams { max_records: params.max_records, wait_ms: params.wait_ms, cursor: params.cursor };
     let polled = state.service.poll(&ctx, &group, &member, asked).await?;
     let errors: Vec<PartitionError> = polled
         .errors
         .iter()
         .map(|(tp, code)| PartitionError { topic: tp.topic.clone(), partition: tp.partition, code: code.as_str() })
         .collect();
-    let head = PollHead { view: member_view(&member, &polled.view), errors: &errors };
+    let head = PollHead { view: member_view(&member, &polled.view), errors: &errors, cursor: &polled.cursor };
     let mut out = codec::to_json(&head)?.into_bytes();
     // Drop the closing brace: the records follow.
     if out.pop() != Some(b'}') {

@@ -605,9 +605,21 @@ impl Log {
     }
 
     /// Durably stores committed offsets `(topic id, partition, offset)` for a group.
-    pub async fn commit_offsets(&self, group: &str, offsets: Vec<(u32, u32, u64)>) -> Result<()> {
+    pub async fn commit_offsets(&self, group: &str, offsets: Vec<(u32, u32, u64)>, at_ms: u64) -> Result<()> {
         let group = group.to_owned();
-        self.command(|reply| Command::CommitOffsets { group, offsets, reply }).await
+        self.command(|reply| Command::CommitOffsets { group, offsets, at_ms, reply }).await
+    }
+
+    /// When each group was last known to be in use (wall-clock ms).
+    pub async fn load_group_times(&self) -> Result<Vec<(String, u64)>> {
+        let store = self.store.clone();
+        self.blocking(move || store.load_group_times()).await
+    }
+
+    /// The secret that signs poll cursors, created with the store.
+    pub async fn cursor_secret(&self) -> Result<Vec<u8>> {
+        let store = self.store.clone();
+        self.blocking(move || store.secret(crate::store::keys::CURSOR_SECRET)).await
     }
 
     /// Removes a group's committed offsets.

@@ -85,10 +85,12 @@ pub enum Command {
         cut: Cut,
         reply: Reply<()>,
     },
-    /// Stores committed offsets `(topic id, partition, offset)` of a group, synced.
+    /// Stores committed offsets `(topic id, partition, offset)` of a group, and
+    /// `at_ms` as the time the group was last in use, synced. No offsets: only the time.
     CommitOffsets {
         group: String,
         offsets: Vec<(u32, u32, u64)>,
+        at_ms: u64,
         reply: Reply<()>,
     },
     /// Removes a group's committed offsets, synced.
@@ -336,8 +338,8 @@ impl Writer {
                 let res = self.truncate(&topic, partition, cut);
                 self.reply(Some(r), res);
             }
-            Command::CommitOffsets { group, offsets, reply: r } => {
-                let res = self.commit_offsets(&group, &offsets);
+            Command::CommitOffsets { group, offsets, at_ms, reply: r } => {
+                let res = self.commit_offsets(&group, &offsets, at_ms);
                 self.reply(Some(r), res);
             }
             Command::DeleteGroup { group, reply: r } => {
@@ -427,8 +429,9 @@ impl Writer {
 }
 
 impl Writer {
-    fn commit_offsets(&self, group: &str, offsets: &[(u32, u32, u64)]) -> Result<()> {
+    fn commit_offsets(&self, group: &str, offsets: &[(u32, u32, u64)], at_ms: u64) -> Result<()> {
         let mut batch = self.store.batch();
+        batch.put_group_time(group, at_ms)?;
         for (tid, p, offset) in offsets {
             batch.put_offset(group, *tid, *p, *offset)?;
         }

@@ -161,12 +161,14 @@ pub struct Fetched {
 }
 
 /// What a poll asks for.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PollParams {
     /// Most records (default 500).
     pub max_records: Option<u32>,
     /// Wait up to this long when there is nothing to return (default 0).
     pub wait_ms: Option<u64>,
+    /// The cursor of the last answer received (or of the join): read from its positions.
+    pub cursor: Option<String>,
 }
 
 /// A poll's answer: what the member owns now, and what it was sent.
@@ -176,6 +178,8 @@ pub struct Polled {
     pub records: Vec<(TopicPartition, Records)>,
     /// Partitions that could not be read, with a stable code.
     pub errors: Vec<(TopicPartition, Code)>,
+    /// The member's positions after this answer, for the next poll.
+    pub cursor: String,
 }
 
 /// A group in a listing.
@@ -403,7 +407,11 @@ impl Service {
 
     pub async fn delete_topic(&self, ctx: &RequestCtx, name: &str) -> Result<()> {
         self.authorize(ctx, Operation::DeleteTopic(name))?;
-        self.log().delete_topic(name).await
+        let id = self.log().topic(name)?.id;
+        self.log().delete_topic(name).await?;
+        // The store dropped every group's offsets for it with the topic.
+        self.groups().topic_deleted(id).await;
+        Ok(())
     }
 
     pub fn describe_partition(&self, ctx: &RequestCtx, topic: &str, partition: u32) -> Result<PartitionInfo> {
@@ -514,7 +522,7 @@ impl Service {
         let wait = limits::wait("wait_ms", params.wait_ms, limits::MAX_WAIT_MS)?;
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
         self.spend(ctx, Spend::Consume, 0).await?;
-        let polled = self.groups().poll(group, member, max, wait).await?;
+        let polled = self.groups().poll(group, member, max, wait, params.cursor.as_deref()).await?;
         Ok(Polled {
             view: polled.view,
             records: polled
@@ -523,6 +531,7 @@ impl Service {
                 .map(|(tp, read)| (tp.clone(), self.records(ctx, &tp.topic, read)))
                 .collect(),
             errors: polled.errors,
+            cursor: polled.cursor,
         })
     }
 

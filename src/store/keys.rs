@@ -105,6 +105,22 @@ pub fn committed(group: &str, topic_id: u32, partition: u32) -> Vec<u8> {
 
 pub const COMMITTED_PREFIX: &[u8] = b"o/";
 
+/// `meta` column family: when a group was last known to be in use (wall-clock ms:
+/// its last commit, the moment it became empty, or a periodic refresh while it
+/// has members). An empty group's offsets expire `offsets_retention_ms` after it.
+pub fn group_time(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + group.len());
+    k.extend_from_slice(GROUP_TIME_PREFIX);
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k
+}
+
+pub const GROUP_TIME_PREFIX: &[u8] = b"a/";
+
+/// `meta` column family: the secret that signs poll cursors.
+pub const CURSOR_SECRET: &[u8] = b"k/cursor";
+
 /// Decodes a `committed` key into (group, topic id, partition).
 pub fn committed_entry(key: &[u8]) -> Option<(String, u32, u32)> {
     let rest = key.strip_prefix(COMMITTED_PREFIX)?;

@@ -389,6 +389,38 @@ impl Store {
         Ok(total)
     }
 
+    /// The secret stored under `key`, created (32 random bytes, synced) the first time.
+    pub fn secret(&self, key: &[u8]) -> Result<Vec<u8>> {
+        let meta = self.cf(CF_META)?;
+        if let Some(v) = self.db.get_cf(meta, key)? {
+            return Ok(v);
+        }
+        let mut secret = vec![0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| Error::Storage("the system's random source failed".into()))?;
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(meta, key, &secret, &wo)?;
+        Ok(secret)
+    }
+
+    /// When each group was last known to be in use (wall-clock ms).
+    pub fn load_group_times(&self) -> Result<Vec<(String, u64)>> {
+        let meta = self.cf(CF_META)?;
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(meta, IteratorMode::From(keys::GROUP_TIME_PREFIX, Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            let Some(rest) = k.strip_prefix(keys::GROUP_TIME_PREFIX) else { break };
+            let group = rest
+                .strip_suffix(&[0])
+                .and_then(|g| std::str::from_utf8(g).ok())
+                .ok_or_else(|| Error::Corrupt("group time key".into()))?;
+            out.push((group.to_owned(), decode_u64(&v)?));
+        }
+        Ok(out)
+    }
+
     /// Every committed offset: (group, topic id, partition, offset).
     pub fn load_offsets(&self) -> Result<Vec<(String, u32, u32, u64)>> {
         let meta = self.cf(CF_META)?;
@@ -483,6 +515,24 @@ impl StoreBatch<'_> {
         self.wb.delete_cf(meta, keys::topic_meta(name));
         let (lo, hi) = keys::log_start_topic_range(tid);
         self.wb.delete_range_cf(meta, lo, hi);
+        // Every group's committed offsets for the topic go with it.
+        let iter = self.store.db.iterator_cf(meta, IteratorMode::From(keys::COMMITTED_PREFIX, Direction::Forward));
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(keys::COMMITTED_PREFIX) {
+                break;
+            }
+            let (_, id, _) = keys::committed_entry(&k).ok_or_else(|| Error::Corrupt("committed offset key".into()))?;
+            if id == tid {
+                self.wb.delete_cf(meta, &k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records when a group was last known to be in use (wall-clock ms).
+    pub fn put_group_time(&mut self, group: &str, at_ms: u64) -> Result<()> {
+        self.wb.put_cf(self.store.cf(CF_META)?, keys::group_time(group), at_ms.to_le_bytes());
         Ok(())
     }
 
@@ -499,7 +549,9 @@ impl StoreBatch<'_> {
         if let Some(last) = hi.last_mut() {
             *last = 1;
         }
-        self.wb.delete_range_cf(self.store.cf(CF_META)?, lo, hi);
+        let meta = self.store.cf(CF_META)?;
+        self.wb.delete_range_cf(meta, lo, hi);
+        self.wb.delete_cf(meta, keys::group_time(group));
         Ok(())
     }
 
