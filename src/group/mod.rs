@@ -199,6 +199,11 @@ impl Groups {
     pub async fn open(log: Arc<Log>, settings: GroupSettings) -> Result<Arc<Groups>> {
         let wall_base_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Groups::open_at(log, settings, wall_base_ms).await
+    }
+
+    /// As [`Groups::open`], with the wall clock starting at `wall_base_ms`.
+    async fn open_at(log: Arc<Log>, settings: GroupSettings, wall_base_ms: u64) -> Result<Arc<Groups>> {
         let groups = Groups {
             log: log.clone(),
             groups: parking_lot::Mutex::new(BTreeMap::new()),
@@ -217,7 +222,8 @@ impl Groups {
         // Loaded groups have no members: each is empty since it was last known in
         // use (a store from before these times were kept: since now).
         for (group, at_ms) in log.load_group_times().await? {
-            if let Some(cell) = groups.groups.lock().get(&group).cloned() {
+            let cell = groups.groups.lock().get(&group).cloned();
+            if let Some(cell) = cell {
                 let mut data = cell.state.lock().await;
                 data.in_use_ms = at_ms;
                 data.stamped_ms = at_ms;
@@ -567,7 +573,8 @@ impl Groups {
             if budget == 0 {
                 continue;
             }
-            let req = |offset| ReadRequest { offset, max_records: budget, max_bytes: 1024 * 1024, wait: Duration::ZERO };
+            let req =
+                |offset| ReadRequest { offset, max_records: budget, max_bytes: 1024 * 1024, wait: Duration::ZERO };
             let mut read = self.log.read(&f.tp.topic, f.tp.partition, req(from)).await;
             if let Err(Error::OffsetOutOfRange { beginning, end, .. }) = read {
                 let to = match reset {
@@ -941,5 +948,121 @@ mod tests {
         assert_eq!(view.assignment.len(), 2, "b's partitions moved to a");
         stop.cancel();
         timer.await.unwrap();
+    }
+
+    /// Empty groups expire `offsets_retention_ms` after they became empty, with
+    /// their offsets; groups with members never do; a restart keeps the clock.
+    #[tokio::test(start_paused = true)]
+    async fn empty_groups_expire_after_offsets_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let settings = LogSettings {
+            auto_create_topics: false,
+            default_partitions: 1,
+            write_queue_bytes: 1 << 20,
+            write_queue_len: 16,
+        };
+        let log = Log::open(store, settings).unwrap();
+        log.create_topic("t", 1, &Default::default()).await.unwrap();
+        let group_settings = GroupSettings {
+            min_session_timeout_ms: 100,
+            max_session_timeout_ms: 1_000_000,
+            default_session_timeout_ms: 1_000_000,
+            offsets_retention_ms: 60_000,
+        };
+        let wall = 1_000_000_000;
+        let groups = Groups::open_at(log.clone(), group_settings, wall).await.unwrap();
+        let join = || JoinParams { topics: vec!["t".into()], ..Default::default() };
+        let mut members = BTreeMap::new();
+        for g in ["leaves", "stays", "after-restart"] {
+            let m = groups.join(g, join()).await.unwrap();
+            groups.commit(g, &m.member_id, m.view.generation, &[("t".into(), 0, 0)]).await.unwrap();
+            members.insert(g, m.member_id);
+        }
+        groups.leave("leaves", &members["leaves"]).await.unwrap();
+
+        // t = 50 s: the sweep records that the groups with members are in use.
+        tokio::time::sleep(Duration::from_millis(50_000)).await;
+        assert_eq!(groups.expire_groups().await, 0);
+        groups.leave("after-restart", &members["after-restart"]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(9_000)).await;
+        assert_eq!(groups.expire_groups().await, 0, "59 s < the 60 s retention");
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        assert_eq!(groups.expire_groups().await, 1);
+        assert_eq!(groups.list(), vec!["after-restart".to_string(), "stays".to_string()]);
+        let stored: BTreeSet<String> = log.load_offsets().await.unwrap().into_iter().map(|o| o.0).collect();
+        assert_eq!(stored, BTreeSet::from(["after-restart".to_string(), "stays".to_string()]), "offsets removed");
+        assert!(log.load_group_times().await.unwrap().iter().all(|(g, _)| g != "leaves"));
+        assert!(matches!(groups.describe("leaves").await, Err(Error::UnknownGroup(_))));
+        // t = 75 s: "stays" is recorded in use again (every quarter retention at most).
+        tokio::time::sleep(Duration::from_millis(14_000)).await;
+        assert_eq!(groups.expire_groups().await, 0);
+
+        // A restart at t = 80 s. "after-restart" became empty at 50 s and expires
+        // at 110 s, not 60 s after the restart. "stays" lost its member in the
+        // restart; it was last known in use at 75 s and expires at 135 s.
+        tokio::time::sleep(Duration::from_millis(5_000)).await;
+        drop(groups);
+        let groups = Groups::open_at(log.clone(), group_settings, wall + 80_000).await.unwrap();
+        assert_eq!(groups.list().len(), 2);
+        tokio::time::sleep(Duration::from_millis(29_000)).await;
+        assert_eq!(groups.expire_groups().await, 0);
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        assert_eq!(groups.expire_groups().await, 1);
+        assert_eq!(groups.list(), vec!["stays".to_string()]);
+        tokio::time::sleep(Duration::from_millis(25_000)).await;
+        assert_eq!(groups.expire_groups().await, 1);
+        assert!(groups.list().is_empty());
+        assert!(log.load_offsets().await.unwrap().is_empty());
+
+        // A group with members does not expire.
+        groups.join("busy", join()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120_000)).await;
+        assert_eq!(groups.expire_groups().await, 0, "a group with members does not expire");
+        assert_eq!(groups.list(), vec!["busy".to_string()]);
+    }
+
+    /// A cursor answers again what it answered, through a rebalance, for the
+    /// partitions the member kept; a forged one is refused.
+    #[tokio::test]
+    async fn a_cursor_repeats_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let settings = LogSettings {
+            auto_create_topics: false,
+            default_partitions: 1,
+            write_queue_bytes: 1 << 20,
+            write_queue_len: 16,
+        };
+        let log = Log::open(store, settings).unwrap();
+        log.create_topic("t", 2, &Default::default()).await.unwrap();
+        let records: Vec<crate::record::NewRecord> = (0..20u32)
+            .map(|i| crate::record::NewRecord {
+                key: None,
+                value: None,
+                headers: Vec::new(),
+                timestamp: None,
+                partition: Some(i % 2),
+            })
+            .collect();
+        log.produce("t", &records, None, crate::log::Acks::Leader).await.unwrap();
+        let groups = Groups::open(log.clone(), GroupSettings::default()).await.unwrap();
+        let join = || JoinParams {
+            topics: vec!["t".into()],
+            auto_offset_reset: Some(OffsetReset::Earliest),
+            ..Default::default()
+        };
+        let a = groups.join("g", join()).await.unwrap();
+        let count = |p: &Polled| p.records.iter().map(|(_, r)| r.records().unwrap().len()).sum::<usize>();
+        let first = groups.poll("g", &a.member_id, 6, Duration::ZERO, Some(&a.cursor)).await.unwrap();
+        assert_eq!(count(&first), 6);
+        let again = groups.poll("g", &a.member_id, 6, Duration::ZERO, Some(&a.cursor)).await.unwrap();
+        assert_eq!(again.cursor, first.cursor);
+        let next = groups.poll("g", &a.member_id, 100, Duration::ZERO, Some(&first.cursor)).await.unwrap();
+        assert_eq!(count(&next), 14, "the rest, after the repeated six");
+        assert!(matches!(
+            groups.poll("g", &a.member_id, 6, Duration::ZERO, Some("AAAA")).await,
+            Err(Error::InvalidCursor(_))
+        ));
     }
 }

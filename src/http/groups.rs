@@ -212,8 +212,7 @@ async fn poll(
     Path((group, member)): Path<(String, String)>,
     Query(params): Query<PollParams>,
 ) -> Result<Response, ApiError> {
-    let asked =
-        ServicePollParams { max_records: params.max_records, wait_ms: params.wait_ms, cursor: params.cursor };
+    let asked = ServicePollParams { max_records: params.max_records, wait_ms: params.wait_ms, cursor: params.cursor };
     let polled = state.service.poll(&ctx, &group, &member, asked).await?;
     let errors: Vec<PartitionError> = polled
         .errors

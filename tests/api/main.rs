@@ -8,6 +8,7 @@ mod helpers;
 mod architecture;
 mod browser;
 mod crash;
+mod cursors;
 mod errors;
 mod faults;
 mod groups;
