@@ -4,6 +4,8 @@
 //! before the upgrade, so a bad request gets a problem+json answer; then the
 //! socket is handed to `ws::conn::run`.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::extract::ws::{OnFailedUpgrade, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::response::Response;
@@ -62,6 +64,7 @@ impl StreamParams {
             credit: self.credit,
             encoding: self.encoding.unwrap_or_default(),
             ping_interval: state.ws_ping_interval,
+            max_poll_interval: Duration::from_millis(limits::DEFAULT_MAX_POLL_INTERVAL_MS),
         })
     }
 }
@@ -158,6 +161,11 @@ pub struct GroupStreamParams {
     assignor: Option<Assignor>,
     /// Static membership (KIP-345).
     instance_id: Option<String>,
+    /// With `credit`: when records have waited this long (ms) for credit the
+    /// client has not granted, the member leaves the group and the socket closes
+    /// with 4408 (Kafka's `max.poll.interval.ms`). Default 300000, 1000–86400000.
+    #[param(minimum = 1000, maximum = 86400000)]
+    max_poll_interval_ms: Option<u64>,
 }
 
 /// Join a consumer group over WebSocket: the socket is a member for as long as it is open.
@@ -168,6 +176,10 @@ pub struct GroupStreamParams {
 /// (the server commits the contiguous acknowledged prefix), `credit`, `produce` (naming its `topic`).
 /// On a revocation the server stops sending the revoked partitions at once, and releases them once the
 /// client has committed what it received from them (or after half the session timeout).
+/// A client that stops reading is bounded: a socket whose sends stall for two ping intervals, or that
+/// answers no ping for two, is closed (4408), and the member's session is kept only while the socket is
+/// served, so it expires after `session_timeout_ms` at most; a client that stops granting `credit` while
+/// records wait leaves the group after `max_poll_interval_ms` (4408). Granting credit, however slowly, keeps it.
 /// Close codes: 1001 shutting down, 4409 member fenced (reconnect), 4408 unresponsive, 1011 server error.
 #[utoipa::path(get, path = "/v1/groups/{group}/stream", tag = "streams",
     params(("group" = String, Path, description = "Group id"), GroupStreamParams, StreamParams),
@@ -186,7 +198,8 @@ async fn group_stream(
     Query(stream): Query<StreamParams>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let opts = stream.options(&state)?;
+    let mut opts = stream.options(&state)?;
+    opts.max_poll_interval = limits::max_poll_interval(params.max_poll_interval_ms)?;
     let ws = upgrade(ws)?;
     let topics: Vec<String> = params.topics.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
     let join = JoinParams {

@@ -15,6 +15,23 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 /// The longest a stream may linger to fill a frame.
 pub const MAX_LINGER_MS: u64 = 1_000;
 
+/// How long a WebSocket group member may hold records back (no credit) before
+/// it leaves its group: Kafka's `max.poll.interval.ms`, default and bounds.
+pub const DEFAULT_MAX_POLL_INTERVAL_MS: u64 = 300_000;
+pub const MIN_MAX_POLL_INTERVAL_MS: u64 = 1_000;
+pub const MAX_MAX_POLL_INTERVAL_MS: u64 = 86_400_000;
+
+/// A `max_poll_interval_ms` within its bounds, the default when absent.
+pub fn max_poll_interval(value: Option<u64>) -> Result<Duration> {
+    match value.unwrap_or(DEFAULT_MAX_POLL_INTERVAL_MS) {
+        ms @ MIN_MAX_POLL_INTERVAL_MS..=MAX_MAX_POLL_INTERVAL_MS => Ok(Duration::from_millis(ms)),
+        _ => Err(Error::parameter(
+            "max_poll_interval_ms",
+            format!("max_poll_interval_ms must be between {MIN_MAX_POLL_INTERVAL_MS} and {MAX_MAX_POLL_INTERVAL_MS}"),
+        )),
+    }
+}
+
 /// A record count within `1..=MAX_RECORDS`, `default` when absent.
 pub fn max_records(field: &str, value: Option<u32>, default: u32) -> Result<u32> {
     match value.unwrap_or(default) {

@@ -56,6 +56,9 @@ pub struct Options {
     pub credit: Option<u64>,
     pub encoding: Encoding,
     pub ping_interval: Duration,
+    /// A group member whose records wait this long for credit leaves its group
+    /// (Kafka's `max.poll.interval.ms`); topic streams just wait.
+    pub max_poll_interval: Duration,
 }
 
 /// What the connection follows.
@@ -81,8 +84,9 @@ struct Conn<S> {
     ctx: RequestCtx,
     opts: Options,
     credit: Option<u64>,
-    /// Counted in `gregor_ws_credit_stalled` now: records wait, the credit is spent.
-    credit_stalled: bool,
+    /// Since when records have waited for credit the client has not granted
+    /// (counted in `gregor_ws_credit_stalled` meanwhile).
+    credit_stalled: Option<Instant>,
     acks: AckTracker,
     /// When a revocation was announced and not yet released.
     revoking_since: Option<Instant>,
@@ -146,7 +150,7 @@ where
     let mut conn = Conn {
         sink,
         credit: opts.credit,
-        credit_stalled: false,
+        credit_stalled: None,
         opts,
         service,
         ctx,
@@ -166,6 +170,9 @@ where
         },
         Source::Topic(_) => None,
     };
+    // A member that holds records back for longer than this is not consuming:
+    // it leaves the group, so that its partitions move (Kafka's max.poll.interval.ms).
+    let is_member = matches!(source, Source::Group(_));
     let heartbeat_every = match &source {
         Source::Group(member) => crate::service::heartbeat_interval(member.session_timeout().as_millis() as u64),
         Source::Topic(_) => Duration::from_secs(3600),
@@ -254,6 +261,17 @@ where
             _ = heartbeat.tick() => {
                 if let Err(end) = conn.group_event(&mut source, true).await { break end; }
             }
+            _ = async {
+                match conn.credit_stalled {
+                    Some(since) if is_member => tokio::time::sleep_until(since + opts.max_poll_interval).await,
+                    _ => std::future::pending().await,
+                }
+            } => {
+                break End::Close(
+                    close::TIMEOUT,
+                    "records waited max_poll_interval_ms for credit; the member left the group: reconnect".into(),
+                );
+            }
             _ = data, if follow => {
                 if !can_send {
                     continue;
@@ -301,8 +319,8 @@ where
     /// Counts the connection in `gregor_ws_credit_stalled` while records wait
     /// for credit the client has not granted.
     fn set_credit_stalled(&mut self, stalled: bool) {
-        if stalled != self.credit_stalled {
-            self.credit_stalled = stalled;
+        if stalled != self.credit_stalled.is_some() {
+            self.credit_stalled = stalled.then(Instant::now);
             let gauge = &self.service.metrics().ws_credit_stalled;
             if stalled {
                 gauge.inc();

@@ -536,3 +536,49 @@ async fn latency_report() {
     })
     .await;
 }
+
+/// A group member that stops granting credit while records wait leaves the group
+/// after `max_poll_interval_ms` (4408), so its partitions move; one that grants
+/// credit slowly, but within the interval, stays however long that takes.
+#[tokio::test]
+async fn a_member_holding_records_back_leaves_after_max_poll_interval() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("held", 1).await;
+        let batch: Vec<Value> = (0..20).map(|i| json!({"value": i})).collect();
+        app.produce("held", json!(batch)).await;
+        let base = "/v1/groups/hg/stream?topics=held&auto_offset_reset=earliest&credit=1&max_poll_interval_ms=1000";
+
+        // Slow but consuming: one credit every 400 ms for 2.4 s, well past the interval.
+        let mut slow = connect(&app, base).await;
+        assert_eq!(frame(&mut slow).await["type"], "assignment");
+        let mut got = records(&mut slow, 1).await.len();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            send(&mut slow, json!({"type": "credit", "records": 1})).await;
+            got += records(&mut slow, 1).await.len();
+        }
+        assert_eq!(got, 7);
+        let (_, g) = app.get("/v1/groups/hg").await;
+        assert_eq!(g["members"].as_array().unwrap().len(), 1, "a slow member stays: {g}");
+
+        // Stalled: no more credit. The member leaves and the socket closes with 4408.
+        let started = std::time::Instant::now();
+        let close = loop {
+            match tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => break frame,
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        };
+        let close = close.expect("a close frame with a code");
+        assert_eq!(u16::from(close.code), 4408, "{close:?}");
+        assert!(started.elapsed() >= Duration::from_millis(500), "not before the interval");
+        let (_, g) = app.get("/v1/groups/hg").await;
+        assert!(g["members"].as_array().unwrap().is_empty(), "{g}");
+
+        let (status, problem) = app.get("/v1/groups/hg/stream?topics=held&max_poll_interval_ms=10").await;
+        assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_parameter")), "{problem}");
+    })
+    .await;
+}
