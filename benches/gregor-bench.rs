@@ -711,6 +711,92 @@ async fn store(s: &Settings) -> Vec<Row> {
     ]
 }
 
+/// A retention pass over 100,000 partitions (1,000 in smoke mode) holding five
+/// batches each, all under `retention_bytes`: what the timer pays every
+/// `retention_check_interval_ms` when nothing is due. Then a pass that cuts all
+/// but the newest batch from every partition.
+async fn retention(s: &Settings) -> Vec<Row> {
+    use gregor::log::Acks;
+    use gregor::record::{Blob, Format, NewRecord};
+    let (topics, per_topic, batches) = if s.smoke { (10u32, 100u32, 5) } else { (100, 1000, 5) };
+    let partitions = topics * per_topic;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    let config = gregor::topic::TopicConfigPatch {
+        retention_ms: Some(-1),
+        retention_bytes: Some(1 << 30),
+        max_message_bytes: None,
+    };
+    let value = vec![b'x'; 100];
+    for t in 0..topics {
+        let name = format!("r{t}");
+        log.create_topic(&name, per_topic, &config).await.unwrap();
+        // One record per partition per request: each request stores one batch in every partition.
+        let records: Vec<NewRecord> = (0..per_topic)
+            .map(|p| NewRecord {
+                key: None,
+                value: Some(Blob::new(Format::Binary, &value)),
+                headers: vec![],
+                timestamp: None,
+                partition: Some(p),
+            })
+            .collect();
+        for _ in 0..batches {
+            log.produce(&name, &records, None, Acks::Leader).await.unwrap();
+        }
+        progress(&format!("retention: {} of {partitions} partitions filled", (t + 1) * per_topic));
+    }
+    let now = gregor::log::now_ms();
+    let started = Instant::now();
+    let report = log.apply_retention(now).await;
+    let idle = started.elapsed();
+    assert_eq!(report.moved, 0);
+    progress(&format!("retention: a pass with nothing due took {:.0} ms", idle.as_secs_f64() * 1e3));
+    eprintln!();
+    for t in 0..topics {
+        // One byte: every batch but the newest goes.
+        let patch = gregor::topic::TopicConfigPatch { retention_bytes: Some(1), ..Default::default() };
+        log.update_topic(&format!("r{t}"), None, &patch).await.unwrap();
+    }
+    let started = Instant::now();
+    let report = log.apply_retention(now).await;
+    let cutting = started.elapsed();
+    assert_eq!(report.moved, partitions as usize);
+    // Reads after the cuts (a range tombstone per partition used to make each of them slow).
+    let started = Instant::now();
+    for t in 0..topics.min(10) {
+        for p in 0..per_topic {
+            let req = gregor::log::ReadRequest { offset: 4, max_records: 1, max_bytes: 1 << 20, wait: Duration::ZERO };
+            log.read(&format!("r{t}"), p, req).await.unwrap();
+        }
+    }
+    let reads = started.elapsed();
+    log.close().await.unwrap();
+    let row = |what: &str, took: Duration, note: String| Row {
+        scenario: format!("retention pass, {partitions} partitions, {what}"),
+        p50_us: Some(took.as_micros() as f64),
+        note,
+        ..Default::default()
+    };
+    vec![
+        row(
+            "nothing due",
+            idle,
+            format!("{:.0} ms for {} batches under retention_bytes", idle.as_secs_f64() * 1e3, partitions * batches),
+        ),
+        row(
+            "cutting four batches each",
+            cutting,
+            format!("{:.0} ms; {} partitions cut", cutting.as_secs_f64() * 1e3, report.moved),
+        ),
+        row(
+            "reads after the cut",
+            reads,
+            format!("{:.0} ms for {} one-record reads", reads.as_secs_f64() * 1e3, topics.min(10) * per_topic),
+        ),
+    ]
+}
+
 /// Fills a server with records over HTTP, stops it (gracefully, or with SIGKILL
 /// so that RocksDB replays its WAL), and times a new server process on the same
 /// data directory: from spawn until `/readyz` answers 200. Checks that the
@@ -931,6 +1017,9 @@ async fn main() {
     if settings.wants("restart") {
         progress("restart…");
         rows.extend(restart(&settings).await);
+    }
+    if settings.wants("retention") {
+        rows.extend(retention(&settings).await);
     }
     if settings.wants("security") {
         rows.extend(security(&settings).await);

@@ -596,8 +596,13 @@ impl Log {
         max_bytes: Option<u64>,
     ) -> Result<bool> {
         let (store, tid, p) = (self.store.clone(), topic.id, part.index);
-        let (start, end) = (part.start(), part.end());
-        let cut = self.blocking(move || store.retention_cut(tid, p, start, end, cutoff, max_bytes)).await?;
+        let (start, end, stored) = (part.start(), part.end(), part.stored_bytes());
+        if cutoff.is_none() && max_bytes.is_some_and(|limit| stored <= limit) {
+            // Within its size limit and no age limit: nothing to look up.
+            return Ok(false);
+        }
+        let cut =
+            self.blocking(move || store.retention_cut(tid, p, start, end, cutoff, max_bytes, stored)).await?;
         let Some(cut) = cut else { return Ok(false) };
         let t = topic.clone();
         self.command(|reply| Command::Truncate { topic: t, partition: p, cut, reply }).await?;
@@ -759,13 +764,53 @@ mod tests {
                 log.produce("r", &[record(v)], Some(p), Acks::Leader).await.unwrap();
             }
         }
-        store.corrupt_batch_index(topic.id, 0, 2).unwrap();
+        // The oldest batch: the one the size walk reads first.
+        store.corrupt_batch_index(topic.id, 0, 0).unwrap();
         let report = log.apply_retention(now_ms()).await;
         assert_eq!(report.moved, 1, "partition 1 was cut");
         assert_eq!(report.failed.len(), 1);
         assert!(matches!(&report.failed[0], (t, 0, Error::Corrupt(_)) if t == "r"), "{:?}", report.failed);
         assert_eq!(topic.partition(0).unwrap().start(), 0, "the failing partition keeps its records");
         assert_eq!(topic.partition(1).unwrap().start(), 2, "the other keeps only its newest batch");
+        log.close().await.unwrap();
+    }
+
+    /// The running size per partition follows appends and cuts, and a restart
+    /// recovers the same figure from the store.
+    #[tokio::test]
+    async fn partitions_keep_a_running_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = Log::open(store.clone(), settings()).unwrap();
+        let patch = TopicConfigPatch { retention_ms: Some(-1), ..Default::default() };
+        let topic = log.create_topic("s", 1, &patch).await.unwrap();
+        let part = topic.partition(0).unwrap();
+        assert_eq!(part.stored_bytes(), 0);
+        let mut sizes = Vec::new();
+        for v in ["a", "bb", "ccc", "dddd"] {
+            let before = part.stored_bytes();
+            log.produce("s", &[record(v)], None, Acks::Leader).await.unwrap();
+            sizes.push(part.stored_bytes() - before);
+        }
+        assert!(sizes.iter().all(|s| *s > 0));
+        let total: u64 = sizes.iter().sum();
+        assert_eq!(part.stored_bytes(), total);
+        assert_eq!(log.apply_retention(now_ms()).await.moved, 0, "no size limit: nothing cut");
+
+        // Room for the newest two batches.
+        let limit = sizes[2] + sizes[3];
+        let patch = TopicConfigPatch { retention_bytes: Some(limit as i64), ..Default::default() };
+        log.update_topic("s", None, &patch).await.unwrap();
+        assert_eq!(log.apply_retention(now_ms()).await.moved, 1);
+        assert_eq!((part.start(), part.stored_bytes()), (2, limit));
+        assert_eq!(log.apply_retention(now_ms()).await.moved, 0, "within the limit now");
+        log.close().await.unwrap();
+        drop((log, part, topic, store));
+
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = Log::open(store, settings()).unwrap();
+        let part = log.topic("s").unwrap().partition(0).unwrap();
+        assert_eq!((part.start(), part.stored_bytes()), (2, limit), "recovered from the store");
         log.close().await.unwrap();
     }
 

@@ -67,6 +67,8 @@ pub struct Partition {
     start: AtomicU64,
     /// Running max timestamp, `NO_TIMESTAMP` until the first append. Writer-only.
     max_timestamp: AtomicU64,
+    /// Bytes of the stored batches (what `retention_bytes` limits). Writer-only.
+    bytes: AtomicU64,
     tail: Mutex<TailCache>,
 }
 
@@ -77,8 +79,23 @@ impl Partition {
             end: watch::Sender::new(state.end),
             start: AtomicU64::new(state.start),
             max_timestamp: AtomicU64::new(state.max_timestamp.unwrap_or(NO_TIMESTAMP)),
+            bytes: AtomicU64::new(state.bytes),
             tail: Mutex::new(TailCache { batches: VecDeque::new(), bytes: 0, budget }),
         }
+    }
+
+    /// Bytes of the batches stored for this partition.
+    pub fn stored_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// The writer stored `n` more bytes of batches, or removed `n` (retention).
+    pub(crate) fn add_stored(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub(crate) fn remove_stored(&self, n: u64) {
+        let _ = self.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_sub(n)));
     }
 
     /// Called by the writer for every batch it stored, in offset order, before
@@ -258,7 +275,7 @@ impl Topic {
     pub(crate) fn grow(&self, count: u32) {
         let mut guard = self.partitions.write();
         let mut next: Vec<_> = guard.iter().cloned().collect();
-        let empty = PartitionState { start: 0, end: 0, max_timestamp: None };
+        let empty = PartitionState { start: 0, end: 0, max_timestamp: None, bytes: 0 };
         while (next.len() as u32) < count {
             next.push(Arc::new(Partition::new(next.len() as u32, empty, self.tail_budget.clone())));
         }
@@ -317,7 +334,7 @@ mod tests {
     }
 
     fn partition_in(budget: &TailBudget) -> Partition {
-        Partition::new(0, PartitionState { start: 0, end: 0, max_timestamp: None }, budget.clone())
+        Partition::new(0, PartitionState { start: 0, end: 0, max_timestamp: None, bytes: 0 }, budget.clone())
     }
 
     fn bases(v: &[(u64, BatchBytes)]) -> Vec<u64> {

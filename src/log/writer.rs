@@ -257,6 +257,7 @@ impl Writer {
                         let partitions = job.topic.partitions();
                         for ((p, enc), base) in job.batches.into_iter().zip(bases) {
                             if let Some(part) = partitions.get(p as usize) {
+                                part.add_stored(enc.bytes.len() as u64);
                                 part.cache_batch(*base, enc.count, enc.bytes);
                             }
                         }
@@ -368,7 +369,7 @@ impl Writer {
         batch.put_next_topic_id(meta.id + 1)?;
         self.write(batch, true)?;
         self.next_topic_id += 1;
-        let empty = PartitionState { start: 0, end: 0, max_timestamp: None };
+        let empty = PartitionState { start: 0, end: 0, max_timestamp: None, bytes: 0 };
         let topic = Arc::new(Topic::new(&meta, &vec![empty; partitions as usize], self.registry.tail_budget())?);
         self.registry.insert(topic.clone());
         Ok(topic)
@@ -420,10 +421,11 @@ impl Writer {
             return Ok(());
         }
         let mut batch = self.store.batch();
-        batch.truncate(topic.id, partition, cut)?;
+        let removed = batch.truncate(topic.id, partition, cut)?;
         // Not synced: a truncation lost in a crash is simply decided again.
         self.write(batch, false)?;
         part.set_start(cut.new_start);
+        part.remove_stored(removed);
         Ok(())
     }
 }

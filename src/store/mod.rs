@@ -52,6 +52,8 @@ pub struct PartitionState {
     pub end: u64,
     /// The largest timestamp ever appended (the time index's running max), if any.
     pub max_timestamp: Option<u64>,
+    /// Bytes of the batches stored (what `retention_bytes` counts).
+    pub bytes: u64,
 }
 
 #[derive(Debug)]
@@ -222,7 +224,20 @@ impl Store {
         it.seek_for_prev(keys::time(tid, p, u64::MAX, u64::MAX));
         let max_timestamp = it.key().and_then(|k| keys::time_entry(k, tid, p)).map(|(ts, _)| ts);
         it.status()?;
-        Ok(PartitionState { start, end, max_timestamp })
+        // The running size, summed once here from the small index entries; from
+        // now on appends add to it and retention subtracts what it removes.
+        let mut bytes = 0;
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_BATCHES)?);
+        it.seek(keys::batch(tid, p, 0));
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if keys::batch_base(k, tid, p).is_none() {
+                break;
+            }
+            bytes += batch_index_bytes(v)?;
+            it.next();
+        }
+        it.status()?;
+        Ok(PartitionState { start, end, max_timestamp, bytes })
     }
 
     /// Starts an atomic write.
@@ -325,7 +340,10 @@ impl Store {
     /// Decides where retention cuts a partition, or `None` when nothing is due.
     /// `cutoff_ms`: records whose partition-wide running max timestamp is below it
     /// are expired. `max_bytes`: the newest batches totalling at most this many
-    /// bytes are kept (and always the newest batch).
+    /// bytes are kept (and always the newest batch); `stored_bytes` is the
+    /// partition's running size, so a partition within its limit costs one seek,
+    /// and one over it a walk over the batches that go, never over those that stay.
+    #[allow(clippy::too_many_arguments)]
     pub fn retention_cut(
         &self,
         tid: u32,
@@ -334,6 +352,7 @@ impl Store {
         end: u64,
         cutoff_ms: Option<u64>,
         max_bytes: Option<u64>,
+        stored_bytes: u64,
     ) -> Result<Option<Cut>> {
         let batches = self.cf(CF_BATCHES)?;
         let mut it = self.db.raw_iterator_cf(batches);
@@ -351,20 +370,21 @@ impl Store {
             ti.status()?;
             cut = cut.max(kept.map_or(end, |(_, base)| base));
         }
-        if let Some(limit) = max_bytes {
-            let mut total = 0u64;
-            let mut newer_base = None;
+        if let Some(limit) = max_bytes
+            && stored_bytes > limit
+        {
+            // Drop the oldest batches until the rest fit; the newest is kept even
+            // when it alone is over the limit.
+            let mut remaining = stored_bytes;
+            it.seek(keys::batch(tid, p, 0));
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
                 let Some(base) = keys::batch_base(k, tid, p) else { break };
-                total += batch_index_bytes(v)?;
-                if total > limit {
-                    // Keep the newer batches; the newest is kept even when it alone
-                    // is over the limit (it used to keep everything then).
-                    cut = cut.max(newer_base.unwrap_or(base));
+                if remaining <= limit || base >= last_base {
+                    cut = cut.max(base);
                     break;
                 }
-                newer_base = Some(base);
-                it.prev();
+                remaining = remaining.saturating_sub(batch_index_bytes(v)?);
+                it.next();
             }
             it.status()?;
         }
@@ -460,6 +480,10 @@ impl Store {
         Ok(())
     }
 }
+
+/// Up to this many batches, a retention cut deletes keys one by one rather
+/// than with a range tombstone.
+const POINT_DELETES_MAX: usize = 256;
 
 /// An atomic group of changes, applied by [`Store::write`].
 pub struct StoreBatch<'a> {
@@ -557,27 +581,64 @@ impl StoreBatch<'_> {
 
     /// Applies a retention cut: deletes whole batches below `cut.keep_from_base`
     /// and their time-index entries, and records the new log start offset.
-    pub fn truncate(&mut self, tid: u32, p: u32, cut: Cut) -> Result<()> {
+    /// Returns the bytes of the batches it deletes.
+    pub fn truncate(&mut self, tid: u32, p: u32, cut: Cut) -> Result<u64> {
         let lo = keys::batch(tid, p, 0);
         let hi = keys::batch(tid, p, cut.keep_from_base);
-        self.wb.delete_range_cf(self.store.cf(CF_RECORDS)?, lo, hi);
-        self.wb.delete_range_cf(self.store.cf(CF_BATCHES)?, lo, hi);
+        let (records, batches) = (self.store.cf(CF_RECORDS)?, self.store.cf(CF_BATCHES)?);
+        let mut removed = 0;
+        let mut bases = Vec::new();
+        let mut it = self.store.db.raw_iterator_cf(batches);
+        it.seek(lo);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            match keys::batch_base(k, tid, p) {
+                Some(base) if base < cut.keep_from_base => {
+                    removed += batch_index_bytes(v)?;
+                    bases.push(base);
+                }
+                _ => break,
+            }
+            it.next();
+        }
+        it.status()?;
+        // A few batches (the usual cut) are deleted one by one: a range tombstone
+        // per partition would make every later read in the memtable re-fragment
+        // them all, which with many partitions costs more than the deletes.
+        let ranged = bases.len() > POINT_DELETES_MAX;
+        if ranged {
+            self.wb.delete_range_cf(records, lo, hi);
+            self.wb.delete_range_cf(batches, lo, hi);
+        } else {
+            for base in &bases {
+                let key = keys::batch(tid, p, *base);
+                self.wb.delete_cf(records, key);
+                self.wb.delete_cf(batches, key);
+            }
+        }
         // Index entries are ordered by timestamp and by base alike (both grow), so
         // the entries of deleted batches are a prefix of the partition's index.
         let index = self.store.cf(CF_TIMEINDEX)?;
         let mut it = self.store.db.raw_iterator_cf(index);
         it.seek(keys::time(tid, p, 0, 0));
         let mut upper = keys::time(tid, p, u64::MAX, u64::MAX);
+        let mut entries = Vec::new();
         while let Some((ts, base)) = it.key().and_then(|k| keys::time_entry(k, tid, p)) {
             if base >= cut.keep_from_base {
                 upper = keys::time(tid, p, ts, base);
                 break;
             }
+            entries.push((ts, base));
             it.next();
         }
         it.status()?;
-        self.wb.delete_range_cf(index, keys::time(tid, p, 0, 0), upper);
+        if ranged || entries.len() > POINT_DELETES_MAX {
+            self.wb.delete_range_cf(index, keys::time(tid, p, 0, 0), upper);
+        } else {
+            for (ts, base) in entries {
+                self.wb.delete_cf(index, keys::time(tid, p, ts, base));
+            }
+        }
         self.wb.put_cf(self.store.cf(CF_META)?, keys::log_start(tid, p), cut.new_start.to_le_bytes());
-        Ok(())
+        Ok(removed)
     }
 }
