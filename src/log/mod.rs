@@ -601,8 +601,7 @@ impl Log {
             // Within its size limit and no age limit: nothing to look up.
             return Ok(false);
         }
-        let cut =
-            self.blocking(move || store.retention_cut(tid, p, start, end, cutoff, max_bytes, stored)).await?;
+        let cut = self.blocking(move || store.retention_cut(tid, p, start, end, cutoff, max_bytes, stored)).await?;
         let Some(cut) = cut else { return Ok(false) };
         let t = topic.clone();
         self.command(|reply| Command::Truncate { topic: t, partition: p, cut, reply }).await?;
