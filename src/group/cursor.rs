@@ -22,8 +22,9 @@ use crate::error::{Error, Result};
 
 const VERSION: u8 = 1;
 const TAG_LEN: usize = 16;
-/// The longest token accepted (a cursor for many thousands of partitions fits).
-pub const MAX_TOKEN_LEN: usize = 256 * 1024;
+/// The longest token accepted: it travels in a URL, whose length hyper limits
+/// to 64 KiB. About 3,000 partitions' positions fit.
+pub const MAX_TOKEN_LEN: usize = 32 * 1024;
 
 /// Where a member is, as of one poll answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

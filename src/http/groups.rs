@@ -161,7 +161,7 @@ pub struct PollParams {
     /// from the positions it holds, so repeating a poll whose answer was lost
     /// returns the same records. Without it the server-held positions are used,
     /// and a lost answer's records come back only through the committed offset.
-    #[param(max_length = 262144)]
+    #[param(max_length = 32768, pattern = "^[A-Za-z0-9_-]*$")]
     cursor: Option<String>,
 }
 
