@@ -874,12 +874,18 @@ impl Groups {
     pub async fn run_expiry(self: Arc<Self>, every: Duration, stop: CancellationToken) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Empty groups expire on a scale of days: a sweep a second is plenty.
+        let sweep_every = every.max(Duration::from_secs(1));
+        let mut last_sweep: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
                     self.expire_sessions().await;
-                    self.expire_groups().await;
+                    if last_sweep.is_none_or(|at| at.elapsed() >= sweep_every) {
+                        last_sweep = Some(tokio::time::Instant::now());
+                        self.expire_groups().await;
+                    }
                 }
             }
         }
