@@ -181,10 +181,21 @@ async fn create_topic(client: &reqwest::Client, s: &Server, name: &str, partitio
 /// Produces batches of 10 records with unique values over REST until `stop`,
 /// cycling through acks none/leader/all, recording what was acknowledged.
 async fn rest_producer(base: String, topic: String, tag: String, acked: Shared, stop: Instant) {
+    rest_producer_with(base, topic, tag, acked, stop, &["none", "leader", "all"]).await
+}
+
+async fn rest_producer_with(
+    base: String,
+    topic: String,
+    tag: String,
+    acked: Shared,
+    stop: Instant,
+    cycle: &'static [&'static str],
+) {
     let client = reqwest::Client::new();
     let mut seq = 0u64;
     while Instant::now() < stop {
-        let acks = ["none", "leader", "all"][(seq % 3) as usize];
+        let acks = cycle[(seq % cycle.len() as u64) as usize];
         let values: Vec<String> = (0..10).map(|i| format!("{tag}-{seq}-{i}")).collect();
         let records: Vec<Value> = values.iter().map(|v| json!({"key": v, "value": v})).collect();
         seq += 1;
@@ -568,14 +579,133 @@ async fn eio(_quick: bool) -> Outcome {
     ))
 }
 
+/// Sets a sysctl for as long as it lives, then puts the old value back.
+struct Sysctl {
+    name: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(name: &'static str, value: &str) -> Result<Sysctl, Verdict> {
+        let old = sh(&format!("sysctl -n {name}"))?.trim().to_owned();
+        sh(&format!("sysctl -q -w {name}={value}"))?;
+        Ok(Sysctl { name, old })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = sh(&format!("sysctl -q -w {}={}", self.name, self.old));
+    }
+}
+
+/// A mount point that is unmounted (and its loop device freed) when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn loop_ext4(image: &Path, at: &Path, options: &str) -> Result<Mount, Verdict> {
+        std::fs::create_dir_all(at).or_fail("mount point")?;
+        sh(&format!("mount -o loop,{options} {} {}", image.display(), at.display()))?;
+        Ok(Mount(at.to_owned()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount {}", self.0.display()));
+    }
+}
+
+fn loop_mounts_work() -> Result<(), Verdict> {
+    if !is_root() {
+        return skip("needs root (loop mounts)");
+    }
+    for tool in ["losetup", "mkfs.ext4", "e2fsck", "mount"] {
+        if !have(tool) {
+            return skip(format!("{tool} is not installed (scripts/setup installs it)"));
+        }
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return skip("no loop devices on this machine (/dev/loop-control)");
+    }
+    Ok(())
+}
+
+/// 2. Power cut: the data directory on a loop-mounted ext4 image whose dirty
+/// pages are held in memory; the server is killed and the image copied as the
+/// "disk" holds it, without the page cache; then e2fsck and a restart on the copy.
+async fn power_cut(_quick: bool) -> Outcome {
+    loop_mounts_work()?;
+    let dir = tempfile::tempdir().or_fail("tempdir")?;
+    let (image, copy) = (dir.path().join("disk.img"), dir.path().join("after-cut.img"));
+    sh(&format!("truncate -s 512M {0} && mkfs.ext4 -q -F {0}", image.display()))?;
+    // Hold off periodic writeback and journal commits: only what is synced reaches the image.
+    let _writeback = Sysctl::set("vm.dirty_writeback_centisecs", "0")?;
+    let _expire = Sysctl::set("vm.dirty_expire_centisecs", "360000")?;
+    let mount = Mount::loop_ext4(&image, &dir.path().join("mnt"), "commit=600")?;
+    let data = mount.0.join("data");
+    let client = reqwest::Client::new();
+    let acked: Shared = Arc::default();
+    let s = Server::start(&data, None, &[]).await?;
+    create_topic(&client, &s, "p", 4).await?;
+    mixed_load(s.base.clone(), "p", "pg", 0, acked.clone(), Duration::from_millis(1500)).await;
+    // Then only acks=leader: nothing syncs the log any more, so what follows
+    // stays in the page cache, and the cut must lose it.
+    let stop = Instant::now() + Duration::from_secs(5);
+    let load =
+        tokio::spawn(rest_producer_with(s.base.clone(), "p".into(), "lead".into(), acked.clone(), stop, &["leader"]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The cut: the process dies, and the disk keeps only what reached it.
+    s.kill9().await?;
+    sh(&format!("cp --sparse=always {} {}", image.display(), copy.display()))?;
+    load.abort();
+    drop(mount);
+    let fsck = std::process::Command::new("e2fsck").args(["-f", "-y"]).arg(&copy).output().or_fail("e2fsck")?;
+    let code = fsck.status.code().unwrap_or(-1);
+    if !(0..4).contains(&code) {
+        return fail(format!("e2fsck could not repair the image (exit {code})"));
+    }
+    let after = Mount::loop_ext4(&copy, &dir.path().join("mnt2"), "defaults")?;
+    let s = Server::start(&after.0.join("data"), None, &[]).await?;
+    let stored = read_all(&client, &s, "p").await?;
+    let a = lock(&acked);
+    let at = |p: u64, off: u64| stored.get(&p).and_then(|r| r.iter().find(|(o, _)| *o == off)).map(|(_, v)| v);
+    for (p, records) in &stored {
+        for pair in records.windows(2) {
+            if pair[1].0 != pair[0].0 + 1 {
+                return fail(format!("partition {p}: offsets not dense ({} then {})", pair[0].0, pair[1].0));
+            }
+        }
+    }
+    for &(p, off) in &a.durable {
+        if at(p, off) != a.records.get(&(p, off)) {
+            return fail(format!("acks=all record {p}/{off} lost in the power cut"));
+        }
+    }
+    let leader: Vec<(u64, u64)> = a.records.keys().filter(|k| !a.durable.contains(k)).copied().collect();
+    let lost = leader.iter().filter(|&&(p, off)| at(p, off) != a.records.get(&(p, off))).count();
+    let total: usize = stored.values().map(Vec::len).sum();
+    s.kill9().await?;
+    drop(after);
+    Ok(format!(
+        "power cut (ext4 image copied without its page cache, e2fsck exit {code}): {} acks=all acknowledged, 0 lost; {} acks=leader acknowledged, {lost} lost (allowed); {total} stored",
+        a.durable.len(),
+        leader.len()
+    ))
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let quick = args.iter().any(|a| a == "--quick");
     type Scenario = fn(bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome>>>;
-    let scenarios: Vec<(&str, Scenario)> =
-        vec![("kill9", |q| Box::pin(kill9(q))), ("eio", |q| Box::pin(eio(q))), ("sigterm", |q| Box::pin(sigterm(q)))];
+    let scenarios: Vec<(&str, Scenario)> = vec![
+        ("kill9", |q| Box::pin(kill9(q))),
+        ("power-cut", |q| Box::pin(power_cut(q))),
+        ("eio", |q| Box::pin(eio(q))),
+        ("sigterm", |q| Box::pin(sigterm(q))),
+    ];
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for (name, run) in scenarios {
         if only.as_deref().is_some_and(|o| o != name) {
