@@ -694,6 +694,325 @@ async fn power_cut(_quick: bool) -> Outcome {
     ))
 }
 
+/// Sum of every partition's end offset.
+async fn stored_count(client: &reqwest::Client, s: &Server, topic: &str) -> Result<u64, Verdict> {
+    let meta: Value = client
+        .get(s.url(&format!("/v1/topics/{topic}")))
+        .send()
+        .await
+        .or_fail("describe")?
+        .json()
+        .await
+        .or_fail("describe")?;
+    Ok(meta["partitions"].as_array().or_fail("partitions")?.iter().filter_map(|p| p["end_offset"].as_u64()).sum())
+}
+
+async fn healthy(client: &reqwest::Client, s: &Server) -> bool {
+    client.get(s.url("/healthz")).send().await.is_ok_and(|r| r.status() == 200)
+}
+
+/// Writes raw bytes on a new connection and reads until the server answers or closes.
+async fn raw(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else { return Vec::new() };
+    let _ = tcp.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut out)).await;
+    out
+}
+
+/// A WebSocket handshake by hand on a raw connection, then `frame` as sent bytes.
+async fn raw_ws(addr: &str, path: &str, frame: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else { return Vec::new() };
+    let hello = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let _ = tcp.write_all(hello.as_bytes()).await;
+    let mut buf = vec![0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf)).await;
+    let _ = tcp.write_all(frame).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut out)).await;
+    out
+}
+
+/// A masked client frame with `opcode` and `payload` (lengths as RFC 6455).
+fn ws_frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(mask_bit | n as u8),
+        n if n < 65536 => {
+            f.push(mask_bit | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(mask_bit | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [1u8, 2, 3, 4];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// 7. Malformed HTTP and WebSocket input: errors, no crash, nothing stored.
+async fn malformed(_quick: bool) -> Outcome {
+    let dir = tempfile::tempdir().or_fail("tempdir")?;
+    let client = reqwest::Client::new();
+    let s = Server::start(dir.path(), None, &[]).await?;
+    create_topic(&client, &s, "m", 2).await?;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let before = stored_count(&client, &s, "m").await?;
+    let produce = "POST /v1/topics/m/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+    let nested = format!("{{\"records\":[{{\"value\":{}{}}}]}}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("binary garbage", (0..4096u32).map(|i| (i * 2654435761u32 >> 13) as u8).collect()),
+        ("a request line without a version", b"GET /v1/topics\r\n\r\n".to_vec()),
+        (
+            "a 1 MiB header",
+            format!("GET /v1/topics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20)).into_bytes(),
+        ),
+        ("100,000 headers", format!("GET /v1/topics HTTP/1.1\r\n{}\r\n", "X-A: b\r\n".repeat(100_000)).into_bytes()),
+        ("a body shorter than its length", format!("{produce}Content-Length: 100\r\n\r\n{{\"records\":[").into_bytes()),
+        ("broken chunked encoding", format!("{produce}Transfer-Encoding: chunked\r\n\r\nZZ\r\n{{\r\n").into_bytes()),
+        ("a negative length", format!("{produce}Content-Length: -5\r\n\r\n{{}}").into_bytes()),
+        ("JSON nested 100,000 deep", format!("{produce}Content-Length: {}\r\n\r\n{nested}", nested.len()).into_bytes()),
+        ("truncated JSON", format!("{produce}Content-Length: 12\r\n\r\n{{\"records\":[").into_bytes()),
+        (
+            "invalid UTF-8 in JSON",
+            [format!("{produce}Content-Length: 16\r\n\r\n").into_bytes(), b"{\"records\":[\"\xff\xfe\"]}".to_vec()]
+                .concat(),
+        ),
+    ];
+    let n_http = cases.len();
+    for (what, bytes) in cases {
+        let answer = raw(&addr, &bytes).await;
+        if !healthy(&client, &s).await {
+            return fail(format!("the server died after {what}"));
+        }
+        if answer.starts_with(b"HTTP/1.1 2") {
+            return fail(format!(
+                "{what} was answered with success: {}",
+                String::from_utf8_lossy(&answer[..answer.len().min(200)])
+            ));
+        }
+    }
+    let ws_cases: Vec<(&str, Vec<u8>)> = vec![
+        ("an unmasked frame", ws_frame(1, b"{\"type\":\"credit\",\"records\":1}", false)),
+        ("invalid UTF-8 in a text frame", ws_frame(1, b"\xff\xfe\xfd", true)),
+        ("a reserved opcode", ws_frame(3, b"x", true)),
+        ("reserved bits set", {
+            let mut f = ws_frame(1, b"{}", true);
+            f[0] |= 0x70;
+            f
+        }),
+        ("a frame claiming 2^62 bytes", {
+            let mut f = vec![0x81, 0xff];
+            f.extend_from_slice(&(1u64 << 62).to_be_bytes());
+            f.extend_from_slice(&[1, 2, 3, 4]);
+            f
+        }),
+        ("a produce frame that is not JSON", ws_frame(1, b"{\"type\":\"produce\",\"records\":[", true)),
+        (
+            "a produce frame with a bad record",
+            ws_frame(1, b"{\"type\":\"produce\",\"id\":1,\"records\":[{\"value_base64\":\"!!\"}]}", true),
+        ),
+        ("a fragmented control frame", {
+            let mut f = ws_frame(9, b"x", true);
+            f[0] &= 0x7f;
+            f
+        }),
+    ];
+    let n_ws = ws_cases.len();
+    for (what, frame) in ws_cases {
+        let _ = raw_ws(&addr, "/v1/topics/m/stream", &frame).await;
+        if !healthy(&client, &s).await {
+            return fail(format!("the server died after a WebSocket with {what}"));
+        }
+    }
+    let after = stored_count(&client, &s, "m").await?;
+    if after != before {
+        return fail(format!("malformed input stored {} records", after - before));
+    }
+    Ok(format!("malformed input: {n_http} HTTP and {n_ws} WebSocket cases refused, server up, 0 records stored"))
+}
+
+/// 8. SIGSTOP/SIGCONT for longer than a session: the member is fenced, rejoins,
+/// and the group consumes everything acknowledged.
+async fn sigstop(_quick: bool) -> Outcome {
+    let dir = tempfile::tempdir().or_fail("tempdir")?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().or_fail("client")?;
+    let s = Server::start(dir.path(), None, &[]).await?;
+    create_topic(&client, &s, "st", 2).await?;
+    let acked: Shared = Arc::default();
+    let stop = Instant::now() + Duration::from_secs(5);
+    let producer =
+        tokio::spawn(rest_producer_with(s.base.clone(), "st".into(), "st".into(), acked.clone(), stop, &["all"]));
+    let consumer = {
+        let base = s.base.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().ok()?;
+            let mut processed: BTreeSet<(u64, u64)> = BTreeSet::new();
+            let mut rejoins = 0;
+            let deadline = Instant::now() + Duration::from_secs(40);
+            'member: while Instant::now() < deadline {
+                let joined: Value = client
+                    .post(format!("{base}/v1/groups/sg/members"))
+                    .json(&json!({"topics": ["st"], "auto_offset_reset": "earliest", "session_timeout_ms": 1000}))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let member = joined["member_id"].as_str()?.to_owned();
+                let mut cursor = joined["cursor"].as_str()?.to_owned();
+                while Instant::now() < deadline {
+                    let res = client
+                        .get(format!("{base}/v1/groups/sg/members/{member}/records"))
+                        .query(&[("max_records", "500"), ("wait_ms", "100"), ("cursor", cursor.as_str())])
+                        .send()
+                        .await
+                        .ok()?;
+                    if res.status() == 404 {
+                        rejoins += 1;
+                        continue 'member;
+                    }
+                    let answer: Value = res.json().await.ok()?;
+                    cursor = answer["cursor"].as_str()?.to_owned();
+                    let got: Vec<(u64, u64)> = answer["records"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|r| Some((r["partition"].as_u64()?, r["offset"].as_u64()?)))
+                        .collect();
+                    let mut next: BTreeMap<u64, u64> = BTreeMap::new();
+                    for (p, o) in &got {
+                        let e = next.entry(*p).or_insert(o + 1);
+                        *e = (*e).max(o + 1);
+                    }
+                    if !next.is_empty() {
+                        let offsets: Vec<Value> =
+                            next.iter().map(|(p, o)| json!({"topic": "st", "partition": p, "offset": o})).collect();
+                        let res = client
+                            .post(format!("{base}/v1/groups/sg/offsets"))
+                            .json(&json!({"member_id": member, "generation": answer["generation"], "offsets": offsets}))
+                            .send()
+                            .await
+                            .ok()?;
+                        if res.status() == 200 {
+                            processed.extend(got.iter().copied());
+                        } else if res.status() == 404 {
+                            rejoins += 1;
+                            continue 'member;
+                        }
+                    }
+                    if Instant::now() > stop + Duration::from_secs(1) && got.is_empty() {
+                        return Some((processed, rejoins));
+                    }
+                }
+            }
+            Some((processed, rejoins))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.signal("STOP")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.signal("CONT")?;
+    let _ = producer.await;
+    let (processed, rejoins) = consumer.await.or_fail("consumer")?.or_fail("the consumer gave up")?;
+    let a = lock(&acked);
+    let missing = a.records.keys().filter(|k| !processed.contains(k)).count();
+    if missing > 0 {
+        return fail(format!("{missing} acknowledged records never consumed after SIGCONT"));
+    }
+    // Whether the member is fenced depends on what runs first after SIGCONT: its
+    // pending poll (a heartbeat) or the session timer. Either way nothing is lost.
+    Ok(format!(
+        "SIGSTOP 3 s (session 1 s): clients resumed, the member rejoined {rejoins}× after being fenced; {} acknowledged, all consumed and committed",
+        a.records.len()
+    ))
+}
+
+/// 5 and 6. Slow clients closed by the serving limits; 9,000 idle connections
+/// with the server still answering.
+async fn slow_and_idle(_quick: bool) -> Outcome {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().or_fail("tempdir")?;
+    let config = dir.path().join("gregor.toml");
+    std::fs::write(&config, "[http]\nheader_read_timeout_ms = 1000\n").or_fail("config")?;
+    let client = reqwest::Client::new();
+    let s = Server::start(&dir.path().join("a"), Some(&config), &[]).await?;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    // A dribbler: one header byte every 200 ms. Closed by the header timeout.
+    let started = Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.or_fail("connect")?;
+    let mut closed_after = None;
+    for b in b"GET /v1/topics HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        if tcp.write_all(&[*b]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf)).await {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let dribble = closed_after.or_fail("a client dribbling headers was never closed")?;
+    // An idle connection: closed after the same timeout.
+    let started = Instant::now();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.or_fail("connect")?;
+    let mut buf = [0u8; 16];
+    let idle_closed =
+        matches!(tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await, Ok(Ok(0) | Err(_)));
+    if !idle_closed {
+        return fail("an idle connection was not closed within 5 s (header timeout 1 s)");
+    }
+    let idle_after = started.elapsed();
+    s.kill9().await?;
+
+    // 9,000 idle connections, with an idle timeout long enough to keep them.
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    if limit < 9_500 {
+        return skip(format!("the open-file limit here is {limit}, fewer than 9,000 connections need"));
+    }
+    std::fs::write(&config, "[http]\nheader_read_timeout_ms = 120000\n").or_fail("config")?;
+    let s = Server::start(&dir.path().join("b"), Some(&config), &[]).await?;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(9_000);
+    for i in 0..9_000 {
+        match tokio::net::TcpStream::connect(&addr).await {
+            Ok(c) => conns.push(c),
+            Err(e) => return fail(format!("connection {i} of 9,000 failed: {e}")),
+        }
+    }
+    let opened = started.elapsed();
+    let t = Instant::now();
+    let res = client.get(s.url("/v1/topics")).send().await.or_fail("a request beside 9,000 idle connections")?;
+    let answered = t.elapsed();
+    if res.status() != 200 {
+        return fail(format!("with 9,000 idle connections /v1/topics answered {}", res.status()));
+    }
+    let gauge = client.get(s.url("/metrics")).send().await.or_fail("metrics")?.text().await.or_fail("metrics")?;
+    drop(conns);
+    Ok(format!(
+        "slow clients: a header dribbler closed after {:.1} s and an idle connection after {:.1} s (timeout 1 s); 9,000 idle connections opened in {:.1} s, a request beside them answered in {} ms (open-file limit {limit}){}",
+        dribble.as_secs_f64(),
+        idle_after.as_secs_f64(),
+        opened.as_secs_f64(),
+        answered.as_millis(),
+        if gauge.is_empty() { "" } else { "" }
+    ))
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -704,6 +1023,9 @@ async fn main() {
         ("kill9", |q| Box::pin(kill9(q))),
         ("power-cut", |q| Box::pin(power_cut(q))),
         ("eio", |q| Box::pin(eio(q))),
+        ("slow-clients", |q| Box::pin(slow_and_idle(q))),
+        ("malformed", |q| Box::pin(malformed(q))),
+        ("sigstop", |q| Box::pin(sigstop(q))),
         ("sigterm", |q| Box::pin(sigterm(q))),
     ];
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);

@@ -70,6 +70,16 @@ fn hash_password() -> ExitCode {
     }
 }
 
+/// Every connection is a file descriptor: raise the soft limit to the hard one
+/// (the usual soft default of 1,024 would cap connections far below
+/// `max_connections`), and say what it is.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
 fn serve(args: &ServeArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -86,6 +96,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
