@@ -147,7 +147,7 @@ impl Server {
 }
 
 /// What clients were told was stored.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Acked {
     /// (partition, offset) → value, for acks=leader and acks=all.
     records: BTreeMap<(u64, u64), String>,
@@ -160,6 +160,11 @@ struct Acked {
 }
 
 type Shared = Arc<Mutex<Acked>>;
+
+/// A copy of what was acknowledged so far (no lock held across awaits).
+fn snapshot(a: &Shared) -> Acked {
+    lock(a).clone()
+}
 
 fn lock(a: &Shared) -> std::sync::MutexGuard<'_, Acked> {
     a.lock().unwrap_or_else(|e| e.into_inner())
@@ -429,7 +434,7 @@ async fn mixed_load(base: String, topic: &str, group: &str, round: usize, acked:
     }
 }
 
-/// 1. Repeated kill -9 under mixed load.
+/// Scenario 1: Repeated kill -9 under mixed load.
 async fn kill9(quick: bool) -> Outcome {
     let rounds = if quick { 5 } else { 20 };
     let dir = tempfile::tempdir().or_fail("tempdir")?;
@@ -441,7 +446,7 @@ async fn kill9(quick: bool) -> Outcome {
         if round == 0 {
             create_topic(&client, &s, "k", 4).await?;
         } else {
-            stored = verify(&client, &s, "k", Some("kg"), &lock(&acked)).await?;
+            stored = verify(&client, &s, "k", Some("kg"), &snapshot(&acked)).await?;
         }
         // Kill at a random moment under load: the load runs on while the kill lands.
         let load =
@@ -452,17 +457,17 @@ async fn kill9(quick: bool) -> Outcome {
         let _ = load.await;
     }
     let s = Server::start(dir.path(), None, &[]).await?;
-    stored = stored.max(verify(&client, &s, "k", Some("kg"), &lock(&acked)).await?);
+    stored = stored.max(verify(&client, &s, "k", Some("kg"), &snapshot(&acked)).await?);
     let a = lock(&acked);
     Ok(format!(
-        "kill -9 ×{rounds} under load: {} acknowledged ({} acks=all), {} commits, {stored} stored, 0 lost, 0 duplicated, offsets dense",
+        "kill -9 ×{rounds} under load: {} acknowledged ({} acks=all), acknowledged commits on {} partitions all kept, {stored} stored, 0 lost, 0 duplicated, offsets dense",
         a.records.len(),
         a.durable.len(),
         a.commits.len()
     ))
 }
 
-/// 9. SIGTERM under load: exits 0 within shutdown_timeout, nothing acknowledged lost.
+/// Scenario 9: SIGTERM under load: exits 0 within shutdown_timeout, nothing acknowledged lost.
 async fn sigterm(_quick: bool) -> Outcome {
     let dir = tempfile::tempdir().or_fail("tempdir")?;
     let client = reqwest::Client::new();
@@ -484,7 +489,7 @@ async fn sigterm(_quick: bool) -> Outcome {
         return fail(format!("exit status {status}"));
     }
     let s = Server::start(dir.path(), None, &[]).await?;
-    let stored = verify(&client, &s, "t", Some("tg"), &lock(&acked)).await?;
+    let stored = verify(&client, &s, "t", Some("tg"), &snapshot(&acked)).await?;
     let a = lock(&acked);
     Ok(format!(
         "SIGTERM under load: exit 0 in {} ms; {} acknowledged, {stored} stored, 0 lost",
@@ -493,7 +498,7 @@ async fn sigterm(_quick: bool) -> Outcome {
     ))
 }
 
-/// 3. EIO from fsync/fdatasync/write, injected with libfiu into the live process.
+/// Scenario 3: EIO from fsync/fdatasync/write, injected with libfiu into the live process.
 async fn eio(_quick: bool) -> Outcome {
     if !have("fiu-run") || !have("fiu-ctrl") {
         return skip("libfiu's fiu-run/fiu-ctrl are not installed (scripts/setup installs fiu-utils)");
@@ -560,7 +565,7 @@ async fn eio(_quick: bool) -> Outcome {
     }
     s.kill9().await?;
     let s = Server::start(&data, None, &[]).await?;
-    let stored = verify(&client, &s, "e", None, &lock(&acked)).await?;
+    let stored = verify(&client, &s, "e", None, &snapshot(&acked)).await?;
     let (status, _) = {
         let res = client
             .post(s.url("/v1/topics/e/records?acks=all"))
@@ -631,9 +636,9 @@ fn loop_mounts_work() -> Result<(), Verdict> {
     Ok(())
 }
 
-/// 2. Power cut: the data directory on a loop-mounted ext4 image whose dirty
-/// pages are held in memory; the server is killed and the image copied as the
-/// "disk" holds it, without the page cache; then e2fsck and a restart on the copy.
+/// Scenario 2, power cut: the data directory on a loop-mounted ext4 image whose
+/// dirty pages are held in memory; the server is killed and the image copied as
+/// the "disk" holds it, without the page cache; then e2fsck and a restart on it.
 async fn power_cut(_quick: bool) -> Outcome {
     loop_mounts_work()?;
     let dir = tempfile::tempdir().or_fail("tempdir")?;
@@ -668,7 +673,7 @@ async fn power_cut(_quick: bool) -> Outcome {
     let after = Mount::loop_ext4(&copy, &dir.path().join("mnt2"), "defaults")?;
     let s = Server::start(&after.0.join("data"), None, &[]).await?;
     let stored = read_all(&client, &s, "p").await?;
-    let a = lock(&acked);
+    let a = snapshot(&acked);
     let at = |p: u64, off: u64| stored.get(&p).and_then(|r| r.iter().find(|(o, _)| *o == off)).map(|(_, v)| v);
     for (p, records) in &stored {
         for pair in records.windows(2) {
@@ -762,7 +767,7 @@ fn ws_frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     f
 }
 
-/// 7. Malformed HTTP and WebSocket input: errors, no crash, nothing stored.
+/// Scenario 7: Malformed HTTP and WebSocket input: errors, no crash, nothing stored.
 async fn malformed(_quick: bool) -> Outcome {
     let dir = tempfile::tempdir().or_fail("tempdir")?;
     let client = reqwest::Client::new();
@@ -773,7 +778,7 @@ async fn malformed(_quick: bool) -> Outcome {
     let produce = "POST /v1/topics/m/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
     let nested = format!("{{\"records\":[{{\"value\":{}{}}}]}}", "[".repeat(100_000), "]".repeat(100_000));
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("binary garbage", (0..4096u32).map(|i| (i * 2654435761u32 >> 13) as u8).collect()),
+        ("binary garbage", (0..4096u32).map(|i| ((i * 2654435761u32) >> 13) as u8).collect()),
         ("a request line without a version", b"GET /v1/topics\r\n\r\n".to_vec()),
         (
             "a 1 MiB header",
@@ -844,8 +849,8 @@ async fn malformed(_quick: bool) -> Outcome {
     Ok(format!("malformed input: {n_http} HTTP and {n_ws} WebSocket cases refused, server up, 0 records stored"))
 }
 
-/// 8. SIGSTOP/SIGCONT for longer than a session: the member is fenced, rejoins,
-/// and the group consumes everything acknowledged.
+/// Scenario 8, SIGSTOP/SIGCONT for longer than a session: clients resume (a
+/// fenced member rejoins) and the group consumes everything acknowledged.
 async fn sigstop(_quick: bool) -> Outcome {
     let dir = tempfile::tempdir().or_fail("tempdir")?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().or_fail("client")?;
@@ -940,7 +945,7 @@ async fn sigstop(_quick: bool) -> Outcome {
     ))
 }
 
-/// 5 and 6. Slow clients closed by the serving limits; 9,000 idle connections
+/// Scenarios 5 and 6: Slow clients closed by the serving limits; 9,000 idle connections
 /// with the server still answering.
 async fn slow_and_idle(_quick: bool) -> Outcome {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1001,15 +1006,192 @@ async fn slow_and_idle(_quick: bool) -> Outcome {
     if res.status() != 200 {
         return fail(format!("with 9,000 idle connections /v1/topics answered {}", res.status()));
     }
-    let gauge = client.get(s.url("/metrics")).send().await.or_fail("metrics")?.text().await.or_fail("metrics")?;
     drop(conns);
     Ok(format!(
-        "slow clients: a header dribbler closed after {:.1} s and an idle connection after {:.1} s (timeout 1 s); 9,000 idle connections opened in {:.1} s, a request beside them answered in {} ms (open-file limit {limit}){}",
+        "slow clients: a header dribbler closed after {:.1} s and an idle connection after {:.1} s (timeout 1 s); 9,000 idle connections opened in {:.1} s, a request beside them answered in {} ms (open-file limit {limit})",
         dribble.as_secs_f64(),
         idle_after.as_secs_f64(),
         opened.as_secs_f64(),
         answered.as_millis(),
-        if gauge.is_empty() { "" } else { "" }
+    ))
+}
+
+/// Scenario 4: Disk full on a small image: clear errors, reads keep working, no
+/// corruption; after space is freed and a restart, writes work again.
+async fn disk_full(_quick: bool) -> Outcome {
+    loop_mounts_work()?;
+    let dir = tempfile::tempdir().or_fail("tempdir")?;
+    let image = dir.path().join("small.img");
+    sh(&format!("truncate -s 256M {0} && mkfs.ext4 -q -F -m 0 {0}", image.display()))?;
+    let mount = Mount::loop_ext4(&image, &dir.path().join("mnt"), "defaults")?;
+    let ballast = mount.0.join("ballast");
+    sh(&format!("dd if=/dev/zero of={} bs=1M count=192 status=none", ballast.display()))?;
+    let data = mount.0.join("data");
+    let client = reqwest::Client::new();
+    let s = Server::start(&data, None, &[]).await?;
+    create_topic(&client, &s, "f", 1).await?;
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    let mut failure = None;
+    // 1 MiB requests (16 × 64 KiB records, distinct values) until the disk is full.
+    for n in 0..400u32 {
+        let values: Vec<String> =
+            (0..16).map(|i| format!("{n}-{i}-{}", "x".repeat(64 * 1024)).chars().rev().collect()).collect();
+        let records: Vec<Value> = values.iter().map(|v| json!({"value": v})).collect();
+        let res = client
+            .post(s.url("/v1/topics/f/records?acks=all"))
+            .json(&json!({"records": records}))
+            .send()
+            .await
+            .or_fail("produce")?;
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap_or_default();
+        if status != 200 {
+            failure = Some((n, status, body));
+            break;
+        }
+        for (o, v) in body["offsets"].as_array().into_iter().flatten().zip(values) {
+            if let Some(off) = o["offset"].as_u64() {
+                acked.insert(off, v);
+            }
+        }
+    }
+    let (n, status, body) = failure.or_fail("the disk never filled")?;
+    if status != 503 || body["code"] != "storage_error" {
+        return fail(format!("the write that found the disk full answered {status} {body}"));
+    }
+    if !healthy(&client, &s).await {
+        return fail("the server died with its disk full");
+    }
+    let first = acked.iter().next().map(|(o, _)| *o).or_fail("nothing was acknowledged")?;
+    let read = client
+        .get(s.url(&format!("/v1/topics/f/partitions/0/records?offset={first}&limit=1")))
+        .send()
+        .await
+        .or_fail("read")?;
+    if read.status() != 200 {
+        return fail(format!("reads stopped working with the disk full: {}", read.status()));
+    }
+    // Free space, restart: every acknowledged record is there, and writes work.
+    std::fs::remove_file(&ballast).or_fail("remove the ballast")?;
+    s.kill9().await?;
+    let s = Server::start(&data, None, &[]).await?;
+    let stored = read_all(&client, &s, "f").await?;
+    let records = stored.get(&0).or_fail("partition 0")?;
+    for (off, v) in &acked {
+        if records.iter().find(|(o, _)| o == off).map(|(_, val)| val) != Some(v) {
+            return fail(format!("acknowledged record {off} is missing after the disk filled"));
+        }
+    }
+    let res = client
+        .post(s.url("/v1/topics/f/records?acks=all"))
+        .json(&json!({"records": [{"value": "after"}]}))
+        .send()
+        .await
+        .or_fail("produce")?;
+    if res.status() != 200 {
+        return fail(format!("after freeing space and a restart, produce answered {}", res.status()));
+    }
+    s.kill9().await?;
+    drop(mount);
+    Ok(format!(
+        "disk full (256 MiB image, 192 MiB of ballast): request {n} answered 503 storage_error, reads kept working; after freeing space and a restart {} acknowledged records all there, writes work",
+        acked.len()
+    ))
+}
+
+/// A memory cgroup (v1) for as long as it lives.
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Scenario 10: A 256 MiB memory cgroup with 1,000 WebSocket subscribers, half of them
+/// stalled, under produce load: no OOM kill.
+async fn memory_limit(quick: bool) -> Outcome {
+    if !is_root() {
+        return skip("needs root (cgroups)");
+    }
+    let root = Path::new("/sys/fs/cgroup/memory");
+    if !root.join("memory.limit_in_bytes").exists() {
+        return skip("no cgroup v1 memory controller at /sys/fs/cgroup/memory");
+    }
+    let cg = Cgroup(root.join(format!("gregor-fault-{}", std::process::id())));
+    std::fs::create_dir_all(&cg.0).or_fail("create the cgroup")?;
+    let limit = std::env::var("FAULT_MEMORY_LIMIT").unwrap_or_else(|_| "268435456".into());
+    std::fs::write(cg.0.join("memory.limit_in_bytes"), limit).or_fail("set the limit")?;
+    let dir = tempfile::tempdir().or_fail("tempdir")?;
+    let client = reqwest::Client::new();
+    let s = Server::start(dir.path(), None, &[]).await?;
+    std::fs::write(cg.0.join("cgroup.procs"), s.pid.to_string()).or_fail("move the server into the cgroup")?;
+    create_topic(&client, &s, "mem", 4).await?;
+    let subscribers = if quick { 200 } else { 1_000 };
+    let ws_url = format!("{}/v1/topics/mem/stream?from=earliest", s.base.replace("http://", "ws://"));
+    let mut stalled = Vec::new();
+    let mut readers = Vec::new();
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for i in 0..subscribers {
+        let (ws, _) = tokio_tungstenite::connect_async(&ws_url).await.or_fail("subscribe")?;
+        if i % 2 == 0 {
+            stalled.push(ws); // never read
+        } else {
+            let received = received.clone();
+            readers.push(tokio::spawn(async move {
+                let mut ws = ws;
+                while let Some(Ok(_)) = ws.next().await {
+                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    let stop = Instant::now() + Duration::from_secs(if quick { 3 } else { 6 });
+    let value = "v".repeat(1000);
+    let mut producers = Vec::new();
+    for _ in 0..4 {
+        let (client, url, value) = (client.clone(), s.url("/v1/topics/mem/records?acks=leader"), value.clone());
+        producers.push(tokio::spawn(async move {
+            let records: Vec<Value> = (0..100).map(|i| json!({"key": format!("k{i}"), "value": value})).collect();
+            let body = json!({"records": records});
+            let mut sent = 0u64;
+            while Instant::now() < stop {
+                if client.post(&url).json(&body).send().await.is_ok_and(|r| r.status() == 200) {
+                    sent += 100;
+                }
+            }
+            sent
+        }));
+    }
+    let mut produced = 0;
+    for p in producers {
+        produced += p.await.unwrap_or(0);
+    }
+    let oom = std::fs::read_to_string(cg.0.join("memory.oom_control")).or_fail("oom_control")?;
+    let kills: u64 =
+        oom.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+    let peak = std::fs::read_to_string(cg.0.join("memory.max_usage_in_bytes")).unwrap_or_default();
+    let peak_mb = peak.trim().parse::<f64>().unwrap_or(0.0) / 1_048_576.0;
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", s.pid))
+        .ok()
+        .and_then(|st| {
+            st.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let alive = healthy(&client, &s).await;
+    drop(stalled);
+    for r in readers {
+        r.abort();
+    }
+    if kills > 0 || !alive {
+        return fail(format!("OOM kills: {kills}, server alive: {alive}"));
+    }
+    let _ = std::fs::write(root.join("cgroup.procs"), s.pid.to_string());
+    s.kill9().await?;
+    Ok(format!(
+        "256 MiB memory cgroup, {subscribers} subscribers ({} stalled): {produced} records produced, {} frames to readers, 0 OOM kills, peak RSS {rss}, cgroup peak {peak_mb:.0} MiB (page cache included)",
+        subscribers / 2,
+        received.load(std::sync::atomic::Ordering::Relaxed)
     ))
 }
 
@@ -1026,6 +1208,8 @@ async fn main() {
         ("slow-clients", |q| Box::pin(slow_and_idle(q))),
         ("malformed", |q| Box::pin(malformed(q))),
         ("sigstop", |q| Box::pin(sigstop(q))),
+        ("disk-full", |q| Box::pin(disk_full(q))),
+        ("memory-limit", |q| Box::pin(memory_limit(q))),
         ("sigterm", |q| Box::pin(sigterm(q))),
     ];
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);

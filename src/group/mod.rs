@@ -50,6 +50,9 @@ impl Default for GroupSettings {
     }
 }
 
+/// The most record bytes one partition read of a poll takes.
+const POLL_MAX_BYTES: usize = 1024 * 1024;
+
 /// How often a group with members records that it is in use, at most: after a
 /// crash, its retention counts from no earlier than this before the crash.
 const IN_USE_REFRESH_MS: u64 = 3_600_000;
@@ -406,7 +409,8 @@ impl Groups {
                 .collect();
             // Read only what this answer will list as the assignment: a partition handed
             // over since the heartbeat is announced (and read) in the next answer.
-            let read = self.read_for(&cell, member, max_records, Some(&view.assignment), cursor.as_ref()).await?;
+            let read =
+                self.read_for(&cell, member, max_records, usize::MAX, Some(&view.assignment), cursor.as_ref()).await?;
             let now = tokio::time::Instant::now();
             if !read.records.is_empty()
                 || !view.revoked.is_empty()
@@ -451,10 +455,12 @@ impl Groups {
         group: &str,
         member: &str,
         max_records: u32,
+        max_bytes: usize,
         only: &BTreeSet<TopicPartition>,
     ) -> Result<Polled> {
         let cell = self.existing(group)?;
-        let ReadFor { records, errors, .. } = self.read_for(&cell, member, max_records, Some(only), None).await?;
+        let ReadFor { records, errors, .. } =
+            self.read_for(&cell, member, max_records, max_bytes, Some(only), None).await?;
         let data = cell.state.lock().await;
         let m = data.group.member(member)?;
         let view = View {
@@ -506,6 +512,7 @@ impl Groups {
         cell: &GroupCell,
         member: &str,
         max_records: u32,
+        max_bytes: usize,
         only: Option<&BTreeSet<TopicPartition>>,
         cursor: Option<&Cursor>,
     ) -> Result<ReadFor> {
@@ -559,6 +566,7 @@ impl Groups {
         let mut records = Vec::new();
         let mut errors = Vec::new();
         let mut budget = max_records;
+        let mut bytes_left = max_bytes;
         // Start at a different partition each poll so that none starves; a cursor
         // fixes the order, so that a repeated poll reads the same records.
         let rotation = cursor.map_or(self.now() as usize, |c| c.rotation as usize);
@@ -570,11 +578,11 @@ impl Groups {
                 continue;
             };
             starts.insert(f.tp.clone(), from);
-            if budget == 0 {
+            if budget == 0 || bytes_left == 0 {
                 continue;
             }
-            let req =
-                |offset| ReadRequest { offset, max_records: budget, max_bytes: 1024 * 1024, wait: Duration::ZERO };
+            let per_read = bytes_left.min(POLL_MAX_BYTES);
+            let req = |offset| ReadRequest { offset, max_records: budget, max_bytes: per_read, wait: Duration::ZERO };
             let mut read = self.log.read(&f.tp.topic, f.tp.partition, req(from)).await;
             if let Err(Error::OffsetOutOfRange { beginning, end, .. }) = read {
                 let to = match reset {
@@ -595,7 +603,11 @@ impl Groups {
             }
             match read {
                 Ok(read) => {
-                    let n = read.records()?.len() as u32;
+                    let got = read.records()?;
+                    let n = got.len() as u32;
+                    let size: usize = got.iter().map(|(_, r)| crate::log::stored_size(r)).sum();
+                    drop(got);
+                    bytes_left = bytes_left.saturating_sub(size);
                     if n > 0 {
                         budget -= n;
                         records.push((f.tp.clone(), read, f.epoch, from, n));

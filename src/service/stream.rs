@@ -299,10 +299,13 @@ impl MemberStream {
 
     /// Reads up to `budget` records from the partitions the member was told it
     /// owns into `sink`, recording the deliveries (positions advance).
-    pub async fn fetch(&mut self, sink: &mut impl RecordSink, budget: usize) -> Result<FetchSummary> {
+    pub async fn fetch(&mut self, sink: &mut impl RecordSink, budget: usize, max_bytes: usize) -> Result<FetchSummary> {
         self.service.authorize(&self.ctx, Operation::ConsumeGroup(&self.group))?;
-        let polled =
-            self.service.groups().read(&self.group, &self.member, budget as u32, &self.view.assignment).await?;
+        let polled = self
+            .service
+            .groups()
+            .read(&self.group, &self.member, budget as u32, max_bytes, &self.view.assignment)
+            .await?;
         let mut summary = FetchSummary { delivered: Vec::new(), errors: polled.errors };
         for (tp, read) in polled.records {
             let records = self.service.records(&self.ctx, &tp.topic, read);

@@ -22,6 +22,16 @@ use crate::codec::{self, Encoding};
 use crate::error::{Code, Error, Result};
 use crate::service::{Acks, MemberStream, Produced, RequestCtx, Service, TopicPartition, TopicStream, Watch};
 
+/// Record bytes of all connections' frames together, at most (each frame gets
+/// an equal share, and never less than `MIN_FRAME_BYTES`).
+const FRAMES_BUDGET: usize = 32 * 1024 * 1024;
+const MIN_FRAME_BYTES: usize = 16 * 1024;
+
+/// A connection's frame size when `connections` share `FRAMES_BUDGET`.
+fn frame_share(requested: usize, connections: usize) -> usize {
+    requested.min((FRAMES_BUDGET / connections.max(1)).max(MIN_FRAME_BYTES))
+}
+
 /// Produce frames handled concurrently per connection.
 pub const MAX_PENDING_PRODUCES: usize = 64;
 
@@ -344,13 +354,24 @@ where
         }
     }
 
+    /// The record bytes of the next frame: the client's `max_bytes`, shrunk so
+    /// that all connections' frames together stay near `FRAMES_BUDGET`. A frame
+    /// in flight is held (and, once sent, its size stays reserved in the
+    /// socket's write buffer), so with a thousand subscribers at 1 MiB a frame,
+    /// half of them stalled, the server held over a gigabyte (the fault suite's
+    /// 256 MiB memory-limit scenario was OOM-killed).
+    fn frame_bytes(&self) -> usize {
+        frame_share(self.opts.max_bytes, self.service.metrics().ws_connections.get().max(1) as usize)
+    }
+
     async fn send_records(&mut self, source: &mut Source) -> Result<(), End> {
         let mut frame = RecordsFrame::new(self.opts.encoding);
         let budget = self.budget();
+        let max_bytes = self.frame_bytes();
         match source {
-            Source::Topic(stream) => stream.fetch(&mut frame, budget, self.opts.max_bytes).await?,
+            Source::Topic(stream) => stream.fetch(&mut frame, budget, max_bytes).await?,
             Source::Group(member) => {
-                let summary = member.fetch(&mut frame, budget).await?;
+                let summary = member.fetch(&mut frame, budget, max_bytes).await?;
                 for (tp, code) in &summary.errors {
                     if self.reported.insert(tp.clone()) {
                         let msg = format!("cannot read {}/{}", tp.topic, tp.partition);
@@ -540,5 +561,23 @@ async fn produce(
         Ok(Produced::Accepted { records }) => frames::produced(id, None, records),
         Ok(Produced::Written(meta)) => frames::produced(id, Some(&meta), meta.len()),
         Err(e) => frames::error(e.code(), &e.public_detail(), Some(id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// All connections' frames together stay within the budget (the fault
+    /// suite's memory-limit scenario was OOM-killed before), and a few
+    /// connections keep the frames their clients asked for.
+    #[test]
+    fn frames_shrink_as_connections_grow() {
+        assert_eq!(frame_share(1 << 20, 1), 1 << 20);
+        assert_eq!(frame_share(1 << 20, 32), 1 << 20);
+        assert_eq!(frame_share(1 << 20, 1_000), FRAMES_BUDGET / 1_000);
+        assert!(frame_share(1 << 20, 1_000) * 1_000 <= FRAMES_BUDGET);
+        assert_eq!(frame_share(1 << 20, 100_000), MIN_FRAME_BYTES, "never below the floor");
+        assert_eq!(frame_share(4_096, 1_000), 4_096, "never above what the client asked");
     }
 }

@@ -582,3 +582,42 @@ async fn a_member_holding_records_back_leaves_after_max_poll_interval() {
     })
     .await;
 }
+
+/// With many subscribers, each one's frames shrink so that all frames together
+/// stay within the server's budget (32 MiB): 1 MiB frames for a thousand
+/// stalled subscribers got the server OOM-killed in a 256 MiB cgroup.
+#[tokio::test]
+async fn frames_shrink_as_subscribers_grow() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("wide", 1).await;
+        let value = "v".repeat(10_000);
+        let batch: Vec<Value> = (0..100).map(|_| json!({"value": value})).collect();
+        app.produce("wide", json!(batch)).await;
+        let mut alone = connect(&app, "/v1/topics/wide/stream?from=earliest").await;
+        assert_eq!(first_records_frame(&mut alone).await, 100, "one subscriber: the whole MiB in one frame");
+        drop(alone);
+        app.wait_for_metric("gregor_ws_connections", 0.0).await;
+        // Two thousand sockets (both ends in this process) need more than the usual 1,024 files.
+        let _ = rlimit::increase_nofile_limit(u64::MAX);
+        let mut crowd = Vec::new();
+        for _ in 0..999 {
+            crowd.push(connect(&app, "/v1/topics/wide/stream?from=latest").await);
+        }
+        let mut last = connect(&app, "/v1/topics/wide/stream?from=earliest").await;
+        let n = first_records_frame(&mut last).await;
+        // 32 MiB / 1,000 connections = 33 KiB: three 10 KB records (at least one).
+        assert!((1..=4).contains(&n), "a frame of {n} records among 1,000 subscribers");
+    })
+    .await;
+}
+
+/// The number of records in the first `records` frame.
+async fn first_records_frame(ws: &mut Ws) -> usize {
+    loop {
+        let f = frame(ws).await;
+        if f["type"] == "records" {
+            return f["records"].as_array().unwrap().len();
+        }
+    }
+}
