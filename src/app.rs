@@ -120,6 +120,7 @@ impl App {
             }
             _ => AppError::Store { path: path.clone(), source },
         })?;
+        log.set_idempotency_window(config.idempotency_window);
         let mut group_settings = config.groups;
         // The default session timeout must lie within the configured bounds.
         group_settings.default_session_timeout_ms = group_settings

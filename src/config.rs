@@ -72,6 +72,7 @@ struct FileConfig {
     min_session_timeout_ms: Option<u64>,
     max_session_timeout_ms: Option<u64>,
     offsets_retention_ms: Option<u64>,
+    idempotency_window_ms: Option<u64>,
     ws_ping_interval_ms: Option<u64>,
     socket_send_buffer_bytes: Option<usize>,
     http: Option<FileHttp>,
@@ -207,6 +208,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Bounds and default of consumer group members' session timeouts.
     pub groups: GroupSettings,
+    /// How long a produce's `Idempotency-Key` replays its first answer.
+    pub idempotency_window: Duration,
     /// How often expired group sessions are looked for.
     pub session_check_interval: Duration,
     /// How often WebSocket connections are pinged; a client silent for two
@@ -246,6 +249,7 @@ impl Config {
             retention_check_interval: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             groups: GroupSettings::default(),
+            idempotency_window: Duration::from_millis(crate::log::DEFAULT_IDEMPOTENCY_WINDOW_MS),
             session_check_interval: Duration::from_millis(100),
             ws_ping_interval: Duration::from_secs(15),
             socket_send_buffer_bytes: DEFAULT_SOCKET_SEND_BUFFER,
@@ -296,6 +300,9 @@ impl Config {
         }
         if let Some(ms) = file.offsets_retention_ms {
             c.groups.offsets_retention_ms = ms;
+        }
+        if let Some(ms) = file.idempotency_window_ms {
+            c.idempotency_window = Duration::from_millis(ms);
         }
         if let Some(ms) = file.ws_ping_interval_ms {
             c.ws_ping_interval = Duration::from_millis(ms);

@@ -70,6 +70,10 @@ pub enum Error {
     #[error("the member does not own partition {partition} of topic '{topic}'")]
     NotOwner { topic: String, partition: u32 },
 
+    /// An idempotency key sent again with a different request.
+    #[error("idempotency key '{0}' was used for a different request; use a new key for a new request")]
+    IdempotencyKeyReused(String),
+
     /// A poll cursor that this server did not issue to this member, or that does not decode.
     #[error("invalid cursor: {0}")]
     InvalidCursor(String),
@@ -136,6 +140,7 @@ impl Error {
             Error::IllegalGeneration { .. } => Code::IllegalGeneration,
             Error::NotOwner { .. } => Code::NotOwner,
             Error::InvalidCursor(_) => Code::InvalidCursor,
+            Error::IdempotencyKeyReused(_) => Code::IdempotencyKeyReused,
             Error::GroupNotEmpty(_) => Code::GroupNotEmpty,
             Error::InconsistentAssignor { .. } => Code::InconsistentAssignor,
             Error::Unauthenticated(_) => Code::Unauthenticated,
@@ -191,6 +196,7 @@ pub enum Code {
     InvalidGroupId,
     InvalidCursor,
     InvalidRecord,
+    IdempotencyKeyReused,
     RecordTooLarge,
     RequestTooLarge,
     MethodNotAllowed,
@@ -259,6 +265,7 @@ impl Code {
             Code::InvalidGroupId => info("invalid_group_id", 400, "Invalid group id"),
             Code::InvalidCursor => info("invalid_cursor", 400, "Invalid cursor"),
             Code::InvalidRecord => info("invalid_record", 422, "Invalid record"),
+            Code::IdempotencyKeyReused => info("idempotency_key_reused", 422, "Idempotency key reused"),
             Code::RecordTooLarge => info("record_too_large", 413, "Record too large"),
             Code::RequestTooLarge => info("request_too_large", 413, "Request too large"),
             Code::MethodNotAllowed => info("method_not_allowed", 405, "Method not allowed"),
@@ -320,6 +327,7 @@ impl Code {
         Code::InvalidGroupId,
         Code::InvalidCursor,
         Code::InvalidRecord,
+        Code::IdempotencyKeyReused,
         Code::RecordTooLarge,
         Code::RequestTooLarge,
         Code::MethodNotAllowed,

@@ -25,5 +25,9 @@ pub async fn run(log: Arc<Log>, every: Duration, stop: CancellationToken) {
         for (topic, partition, e) in &report.failed {
             tracing::error!(topic, partition, error = %e, "retention failed for a partition; it keeps its records");
         }
+        // Idempotency keys past their window are forgotten on the same timer.
+        if let Err(e) = log.expire_idempotency_keys(now_ms()).await {
+            tracing::error!(error = %e, "expiring idempotency keys failed");
+        }
     }
 }

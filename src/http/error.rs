@@ -154,6 +154,7 @@ impl ApiError {
             Error::InvalidParameter { field, .. } => p.field = field.clone(),
             Error::InvalidGroupId(_) => p.field = Some("group".into()),
             Error::InvalidCursor(_) => p.field = Some("cursor".into()),
+            Error::IdempotencyKeyReused(_) => p.field = Some("Idempotency-Key".into()),
             // No context beyond the code and detail.
             Error::InvalidJson(_)
             | Error::InvalidRequest(_)

@@ -2,7 +2,7 @@
 //! `/v1/topics/{topic}/partitions/{partition}/records`.
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -101,7 +101,8 @@ pub struct ProduceAccepted {
     post,
     path = "/v1/topics/{topic}/records",
     tag = "records",
-    params(("topic" = String, Path, description = "Topic name"), ProduceParams),
+    params(("topic" = String, Path, description = "Topic name"), ProduceParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the produce idempotent: a retry with the same key (per principal and topic, within `idempotency_window_ms`) gets the first answer again, with `Idempotent-Replayed: true`, and writes nothing. 1–255 visible ASCII characters.")),
     request_body(content = ProduceRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Written (acks=leader|all)", body = ProduceResponse),
@@ -109,7 +110,7 @@ pub struct ProduceAccepted {
         (status = 400, description = "Malformed JSON or parameters", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown topic or partition", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Record or request too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid record (bad base64, two forms of one field, …)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid record (bad base64, two forms of one field, …), or an idempotency key reused for another request (idempotency_key_reused)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Write queue full or shutting down; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -118,9 +119,10 @@ async fn produce(
     Caller(ctx): Caller,
     Path(topic): Path<String>,
     Query(params): Query<ProduceParams>,
+    headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    produce_records(&state, &ctx, &topic, None, params, &body).await
+    produce_records(&state, &ctx, &topic, None, params, &headers, &body).await
 }
 
 /// Produce records to one partition.
@@ -131,7 +133,8 @@ async fn produce(
     params(
         ("topic" = String, Path, description = "Topic name"),
         ("partition" = u32, Path, description = "Partition"),
-        ProduceParams
+        ProduceParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "As for `POST /v1/topics/{topic}/records`.")
     ),
     request_body(content = ProduceRequest, content_type = "application/json"),
     responses(
@@ -140,7 +143,7 @@ async fn produce(
         (status = 400, description = "Malformed JSON or parameters", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown topic or partition", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Record or request too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid record", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid record, or an idempotency key reused for another request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Write queue full or shutting down; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -149,9 +152,10 @@ async fn produce_to_partition(
     Caller(ctx): Caller,
     Path((topic, partition)): Path<(String, u32)>,
     Query(params): Query<ProduceParams>,
+    headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    produce_records(&state, &ctx, &topic, Some(partition), params, &body).await
+    produce_records(&state, &ctx, &topic, Some(partition), params, &headers, &body).await
 }
 
 async fn produce_records(
@@ -160,11 +164,19 @@ async fn produce_records(
     topic: &str,
     partition: Option<u32>,
     params: ProduceParams,
+    headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let records = codec::parse_produce_body(body)?;
     let acks = params.acks.unwrap_or_default();
-    Ok(match state.service.produce(ctx, topic, partition, acks, &records).await? {
+    let (produced, replayed) = match headers.get(IDEMPOTENCY_KEY) {
+        None => (state.service.produce(ctx, topic, partition, acks, &records).await?, false),
+        Some(key) => {
+            let key = key.to_str().unwrap_or("\u{fffd}");
+            state.service.produce_idempotent(ctx, topic, partition, acks, &records, key).await?
+        }
+    };
+    let mut response = match produced {
         Produced::Accepted { records } => {
             (StatusCode::ACCEPTED, axum::Json(ProduceAccepted { accepted: records })).into_response()
         }
@@ -175,8 +187,17 @@ async fn produce_records(
             out.push('}');
             ([(header::CONTENT_TYPE, "application/json")], out).into_response()
         }
-    })
+    };
+    if replayed {
+        response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
+
+/// The request header that makes a produce idempotent.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on an answer that repeats the first answer to its idempotency key.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

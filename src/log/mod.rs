@@ -7,8 +7,9 @@
 mod topic;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -173,7 +174,39 @@ pub struct Log {
     writer_state: Arc<WriterState>,
     /// Reads waiting in a long-poll (`gregor_reads_waiting`).
     reads_waiting: AtomicUsize,
+    /// How long an idempotency key's first answer is replayed (ms).
+    idempotency_window_ms: AtomicU64,
+    /// Per idempotency key in use, a lock: a retry racing its original waits
+    /// for it, then replays its answer.
+    idempotency_locks: parking_lot::Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// A produce's idempotency key, scoped to the principal that sent it.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey<'a> {
+    pub principal: &'a str,
+    pub key: &'a str,
+}
+
+/// The first answer to an idempotent produce, as stored beside its records
+/// (written in the same atomic write).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct IdempotentAnswer {
+    /// SHA-256 of the request: a key reused for another request is refused.
+    pub fingerprint: String,
+    /// When it was written (ms since the epoch).
+    pub at_ms: u64,
+    /// `acks=none`: how many records were accepted (no offsets were promised).
+    pub accepted: Option<usize>,
+    pub placement: Vec<(usize, u32)>,
+    pub timestamps: Vec<u64>,
+    pub partitions: Vec<u32>,
+    /// Filled in by the writer.
+    pub bases: Vec<u64>,
+}
+
+/// Default replay window of idempotency keys: a day, as common HTTP APIs keep them.
+pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = 86_400_000;
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,8 +251,80 @@ impl Log {
             shutdown: CancellationToken::new(),
             writer_state,
             reads_waiting: AtomicUsize::new(0),
+            idempotency_window_ms: AtomicU64::new(DEFAULT_IDEMPOTENCY_WINDOW_MS),
+            idempotency_locks: parking_lot::Mutex::new(HashMap::new()),
         };
         Ok(Arc::new(log))
+    }
+
+    /// How long an idempotency key's first answer is replayed.
+    pub fn set_idempotency_window(&self, window: std::time::Duration) {
+        self.idempotency_window_ms.store(window.as_millis() as u64, Ordering::Release);
+    }
+
+    /// Appends records once per idempotency key: a request repeating a key sent
+    /// within the window gets the first answer again and writes nothing
+    /// (`true`: replayed). The key and the first answer are stored in the same
+    /// atomic write as the records, so a crash keeps both or neither.
+    pub async fn produce_idempotent(
+        &self,
+        topic: &str,
+        records: &[NewRecord<'_>],
+        partition: Option<u32>,
+        acks: Acks,
+        key: &IdempotencyKey<'_>,
+    ) -> Result<(Produced, bool)> {
+        let store_key = crate::store::keys::idempotency(key.principal, topic, key.key);
+        let fingerprint = fingerprint(topic, records, partition, acks);
+        let lock = self.idempotency_locks.lock().entry(store_key.clone()).or_default().clone();
+        let result = async {
+            let _held = lock.lock().await;
+            let store = self.store.clone();
+            let k = store_key.clone();
+            let stored = self.blocking(move || store.get_meta(&k)).await?;
+            let window = self.idempotency_window_ms.load(Ordering::Acquire);
+            if let Some(bytes) = stored {
+                let first: IdempotentAnswer =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("idempotency record: {e}")))?;
+                if now_ms().saturating_sub(first.at_ms) < window {
+                    if first.fingerprint != fingerprint {
+                        return Err(Error::IdempotencyKeyReused(key.key.to_owned()));
+                    }
+                    let answer = match first.accepted {
+                        Some(records) => Produced::Accepted { records },
+                        None => Produced::Written(record_metadata(
+                            &first.placement,
+                            &first.timestamps,
+                            &first.partitions,
+                            &first.bases,
+                        )?),
+                    };
+                    return Ok((answer, true));
+                }
+            }
+            let pending = IdempotentAnswer { fingerprint, at_ms: now_ms(), ..Default::default() };
+            let produced =
+                self.produce_with(topic, records, partition, acks, Some((store_key.clone(), pending))).await?;
+            Ok((produced, false))
+        }
+        .await;
+        let mut locks = self.idempotency_locks.lock();
+        if locks.get(&store_key).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            locks.remove(&store_key);
+        }
+        result
+    }
+
+    /// Forgets idempotency keys older than the window. Returns how many.
+    pub async fn expire_idempotency_keys(&self, now_ms: u64) -> Result<usize> {
+        let cutoff = now_ms.saturating_sub(self.idempotency_window_ms.load(Ordering::Acquire));
+        let store = self.store.clone();
+        self.blocking(move || {
+            store.expire_idempotency(|value| {
+                serde_json::from_slice::<IdempotentAnswer>(value).map_or(true, |a| a.at_ms < cutoff)
+            })
+        })
+        .await
     }
 
     /// True while the log accepts writes (not shutting down, store not failed).
@@ -380,6 +485,17 @@ impl Log {
         partition: Option<u32>,
         acks: Acks,
     ) -> Result<Produced> {
+        self.produce_with(topic, records, partition, acks, None).await
+    }
+
+    async fn produce_with(
+        &self,
+        topic: &str,
+        records: &[NewRecord<'_>],
+        partition: Option<u32>,
+        acks: Acks,
+        idempotent: Option<(Vec<u8>, IdempotentAnswer)>,
+    ) -> Result<Produced> {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -395,8 +511,17 @@ impl Log {
             }
             None => return Err(Error::UnknownTopic(topic.to_owned())),
         };
-        let (job, placement, timestamps) = self.encode(&topic, records, partition, acks)?;
+        let (mut job, placement, timestamps) = self.encode(&topic, records, partition, acks)?;
         let count = records.len();
+        if let Some((key, mut answer)) = idempotent {
+            answer.placement.clone_from(&placement);
+            answer.timestamps.clone_from(&timestamps);
+            answer.partitions = job.batches.iter().map(|(p, _)| *p).collect();
+            if acks == Acks::None {
+                answer.accepted = Some(count);
+            }
+            job.idempotent = Some((key, answer));
+        }
         let rx = self.enqueue(job)?;
         let Some((rx, partitions)) = rx else { return Ok(Produced::Accepted { records: count }) };
         let bases = self.reply(rx).await?;
@@ -480,7 +605,7 @@ impl Log {
             timestamps.push(timestamp);
         }
         let batches = slots.into_iter().map(|(p, b)| (p, b.finish())).collect();
-        Ok((PendingJob { topic: topic.clone(), batches, acks }, placement, timestamps))
+        Ok((PendingJob { topic: topic.clone(), batches, acks, idempotent: None }, placement, timestamps))
     }
 
     #[allow(clippy::type_complexity)]
@@ -502,6 +627,7 @@ impl Log {
             sync: job.acks == Acks::All,
             reply,
             permit,
+            idempotent: job.idempotent,
         });
         self.tx.try_send(cmd).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::WriteQueueFull,
@@ -711,6 +837,45 @@ struct PendingJob {
     topic: Arc<Topic>,
     batches: Vec<(u32, record::EncodedBatch)>,
     acks: Acks,
+    idempotent: Option<(Vec<u8>, IdempotentAnswer)>,
+}
+
+/// SHA-256 over everything that makes a produce request what it is.
+fn fingerprint(topic: &str, records: &[NewRecord<'_>], partition: Option<u32>, acks: Acks) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let blob = |h: &mut sha2::Sha256, b: Option<&record::Blob<'_>>| match b {
+        Some(b) => {
+            h.update([1]);
+            h.update(format!("{:?}", b.format).as_bytes());
+            h.update((b.bytes.len() as u64).to_le_bytes());
+            h.update(&b.bytes[..]);
+        }
+        None => h.update([0]),
+    };
+    let field = |h: &mut sha2::Sha256, bytes: Option<&[u8]>| match bytes {
+        Some(b) => {
+            h.update([1]);
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        }
+        None => h.update([0]),
+    };
+    field(&mut h, Some(topic.as_bytes()));
+    field(&mut h, partition.map(|p| p.to_le_bytes()).as_ref().map(|b| &b[..]));
+    h.update([acks as u8]);
+    for r in records {
+        blob(&mut h, r.key.as_ref());
+        blob(&mut h, r.value.as_ref());
+        h.update((r.headers.len() as u64).to_le_bytes());
+        for hd in &r.headers {
+            field(&mut h, Some(hd.name.as_bytes()));
+            blob(&mut h, hd.value.as_ref());
+        }
+        field(&mut h, r.timestamp.map(|t| t.to_le_bytes()).as_ref().map(|b| &b[..]));
+        field(&mut h, r.partition.map(|p| p.to_le_bytes()).as_ref().map(|b| &b[..]));
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -810,6 +975,31 @@ mod tests {
         let log = Log::open(store, settings()).unwrap();
         let part = log.topic("s").unwrap().partition(0).unwrap();
         assert_eq!((part.start(), part.stored_bytes()), (2, limit), "recovered from the store");
+        log.close().await.unwrap();
+    }
+
+    /// An idempotency key is forgotten once its window has passed: the same key
+    /// then writes again.
+    #[tokio::test]
+    async fn idempotency_keys_expire_after_their_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = Log::open(store, settings()).unwrap();
+        log.create_topic("t", 1, &TopicConfigPatch::default()).await.unwrap();
+        log.set_idempotency_window(std::time::Duration::from_secs(60));
+        let key = IdempotencyKey { principal: "User:a", key: "k" };
+        let other = IdempotencyKey { principal: "User:b", key: "k" };
+        let (_, replayed) = log.produce_idempotent("t", &[record("x")], None, Acks::All, &key).await.unwrap();
+        assert!(!replayed);
+        let (_, replayed) = log.produce_idempotent("t", &[record("x")], None, Acks::All, &key).await.unwrap();
+        assert!(replayed);
+        let (_, replayed) = log.produce_idempotent("t", &[record("x")], None, Acks::All, &other).await.unwrap();
+        assert!(!replayed, "keys are scoped to their principal");
+        assert_eq!(log.expire_idempotency_keys(now_ms()).await.unwrap(), 0, "within the window");
+        assert_eq!(log.expire_idempotency_keys(now_ms() + 61_000).await.unwrap(), 2);
+        let (_, replayed) = log.produce_idempotent("t", &[record("x")], None, Acks::All, &key).await.unwrap();
+        assert!(!replayed, "an expired key writes again");
+        assert_eq!(log.topic("t").unwrap().partition(0).unwrap().end(), 3);
         log.close().await.unwrap();
     }
 

@@ -57,6 +57,8 @@ pub struct AppendJob {
     pub reply: Option<Reply<Vec<u64>>>,
     /// The job's share of the write-queue byte budget, released once written.
     pub permit: OwnedSemaphorePermit,
+    /// An idempotency key and the answer to store under it, in the same write.
+    pub idempotent: Option<(Vec<u8>, super::IdempotentAnswer)>,
 }
 
 #[derive(Debug)]
@@ -233,7 +235,16 @@ impl Writer {
                     outcomes.push(Err(e));
                     continue;
                 }
-                match self.stage(job, &mut batch, &mut touched) {
+                let staged = self.stage(job, &mut batch, &mut touched).and_then(|bases| {
+                    if let Some((key, answer)) = &job.idempotent {
+                        let mut answer = answer.clone();
+                        answer.bases.clone_from(&bases);
+                        let bytes = serde_json::to_vec(&answer).map_err(|e| Error::Internal(e.to_string()))?;
+                        batch.put_meta(key, &bytes)?;
+                    }
+                    Ok(bases)
+                });
+                match staged {
                     Ok(bases) => {
                         sync |= job.sync;
                         outcomes.push(Ok(bases));
@@ -512,7 +523,7 @@ mod tests {
     fn job(topic: &Arc<Topic>, batches: Vec<(u32, EncodedBatch)>) -> (AppendJob, oneshot::Receiver<Result<Vec<u64>>>) {
         let (tx, rx) = oneshot::channel();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        (AppendJob { topic: topic.clone(), batches, sync: false, reply: Some(tx), permit }, rx)
+        (AppendJob { topic: topic.clone(), batches, sync: false, reply: Some(tx), permit, idempotent: None }, rx)
     }
 
     fn stored_values(store: &Store, tid: u32, p: u32, end: u64) -> Vec<(u64, String)> {

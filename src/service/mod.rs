@@ -37,7 +37,7 @@ use crate::auth::quota::{Slot, Throttle};
 use crate::auth::{Credentials, Security};
 use crate::error::{Code, Error, Result};
 use crate::group::{CommittedInfo, Groups};
-use crate::log::{Log, ReadRequest, ReadResult, Topic};
+use crate::log::{IdempotencyKey, Log, ReadRequest, ReadResult, Topic};
 use crate::metrics::{GroupTopicLabels, Metrics};
 use crate::record::{NewRecord, StoredRecord};
 use crate::topic::{TopicConfig, TopicConfigPatch};
@@ -456,6 +456,38 @@ impl Service {
         let produced = self.log().produce(topic, records, partition, acks).await?;
         self.0.metrics.records_in(topic, records.len());
         Ok(produced)
+    }
+
+    /// As [`Service::produce`], once per `key`: a request repeating a key its
+    /// principal sent within the window gets the first answer again and writes
+    /// nothing (`true`: replayed); the key with another request is
+    /// `idempotency_key_reused`.
+    pub async fn produce_idempotent(
+        &self,
+        ctx: &RequestCtx,
+        topic: &str,
+        partition: Option<u32>,
+        acks: Acks,
+        records: &[NewRecord<'_>],
+        key: &str,
+    ) -> Result<(Produced, bool)> {
+        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::InvalidParameter {
+                field: Some("Idempotency-Key".into()),
+                reason: "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+            });
+        }
+        self.authorize(ctx, Operation::Produce(topic))?;
+        if self.log().auto_creates() && self.log().topic(topic).is_err() {
+            self.authorize(ctx, Operation::CreateTopic(topic))?;
+        }
+        self.spend(ctx, Spend::Produce, records.iter().map(|r| r.size() as u64).sum()).await?;
+        let scope = IdempotencyKey { principal: ctx.principal.as_str(), key };
+        let (produced, replayed) = self.log().produce_idempotent(topic, records, partition, acks, &scope).await?;
+        if !replayed {
+            self.0.metrics.records_in(topic, records.len());
+        }
+        Ok((produced, replayed))
     }
 
     /// Reads one partition from an offset, long-polling up to `wait_ms` at its end.

@@ -118,6 +118,21 @@ pub fn group_time(group: &str) -> Vec<u8> {
 
 pub const GROUP_TIME_PREFIX: &[u8] = b"a/";
 
+/// `meta` column family: a produce's idempotency key (scoped to its principal
+/// and topic) → the first answer (`log::IdempotentAnswer`, JSON).
+pub fn idempotency(principal: &str, topic: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + principal.len() + topic.len() + key.len());
+    k.extend_from_slice(IDEMPOTENCY_PREFIX);
+    for part in [principal, topic] {
+        k.extend_from_slice(part.as_bytes());
+        k.push(0);
+    }
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub const IDEMPOTENCY_PREFIX: &[u8] = b"i/";
+
 /// `meta` column family: the secret that signs poll cursors.
 pub const CURSOR_SECRET: &[u8] = b"k/cursor";
 

@@ -424,6 +424,33 @@ impl Store {
         Ok(secret)
     }
 
+    /// A `meta` value.
+    pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_META)?, key)?)
+    }
+
+    /// Deletes the idempotency records `expired` says are past their window.
+    pub fn expire_idempotency(&self, expired: impl Fn(&[u8]) -> bool) -> Result<usize> {
+        let meta = self.cf(CF_META)?;
+        let mut wb = WriteBatch::default();
+        let mut n = 0;
+        let iter = self.db.iterator_cf(meta, IteratorMode::From(keys::IDEMPOTENCY_PREFIX, Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(keys::IDEMPOTENCY_PREFIX) {
+                break;
+            }
+            if expired(&v) {
+                wb.delete_cf(meta, &k);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.db.write(wb)?;
+        }
+        Ok(n)
+    }
+
     /// When each group was last known to be in use (wall-clock ms).
     pub fn load_group_times(&self) -> Result<Vec<(String, u64)>> {
         let meta = self.cf(CF_META)?;
@@ -551,6 +578,12 @@ impl StoreBatch<'_> {
                 self.wb.delete_cf(meta, &k);
             }
         }
+        Ok(())
+    }
+
+    /// Stages a `meta` value.
+    pub fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.wb.put_cf(self.store.cf(CF_META)?, key, value);
         Ok(())
     }
 

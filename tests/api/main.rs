@@ -12,6 +12,7 @@ mod cursors;
 mod errors;
 mod faults;
 mod groups;
+mod idempotency;
 mod jwt;
 mod metrics;
 mod openapi;
