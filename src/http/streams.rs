@@ -103,7 +103,7 @@ fn parse_partitions(list: &str) -> Result<Vec<u32>> {
 ///
 /// Server → client frames: `{"type":"records","records":[{topic,partition,offset,timestamp,key,value,headers},…]}`,
 /// `{"type":"produced","id":…,"offsets":[…]}`, `{"type":"error","code":…,"message":…}`.
-/// Client → server: `{"type":"credit","records":N}`, `{"type":"produce","id":…,"records":[…],"acks":"all"}`.
+/// Client → server: `{"type":"credit","records":N}`, `{"type":"produce","id":…,"records":[…],"acks":"all","idempotency_key":"…"}`.
 /// Close codes: 1001 server shutting down, 4404 topic deleted, 4408 client unresponsive, 1011 server error.
 #[utoipa::path(get, path = "/v1/topics/{topic}/stream", tag = "streams",
     params(("topic" = String, Path, description = "Topic name"), TopicStreamParams, StreamParams),

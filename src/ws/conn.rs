@@ -445,7 +445,7 @@ where
                 self.credit = Some(self.credit.unwrap_or(0).saturating_add(records));
                 Ok(())
             }
-            ClientFrame::Produce { id, topic, partition, acks, records } => {
+            ClientFrame::Produce { id, topic, partition, acks, idempotency_key, records } => {
                 let topic = match (topic, &*source) {
                     (Some(t), _) => t,
                     (None, Source::Topic(stream)) => stream.topic().to_owned(),
@@ -459,7 +459,8 @@ where
                     (self.service.clone(), self.ctx.clone(), out.clone(), records.get().to_owned());
                 tokio::spawn(async move {
                     let acks = acks.unwrap_or_default();
-                    let frame = produce(&service, &ctx, &topic, partition, acks, &records, &id).await;
+                    let key = idempotency_key.as_deref();
+                    let frame = produce(&service, &ctx, &topic, partition, acks, key, &records, &id).await;
                     let _ = out.send(frame).await;
                     drop(permit);
                 });
@@ -544,22 +545,25 @@ where
 
 /// Handles one produce frame through the service's one produce path; returns
 /// the `produced` or `error` frame.
+#[allow(clippy::too_many_arguments)]
 async fn produce(
     service: &Service,
     ctx: &RequestCtx,
     topic: &str,
     partition: Option<u32>,
     acks: Acks,
+    idempotency_key: Option<&str>,
     records: &str,
     id: &serde_json::Value,
 ) -> Result<String> {
-    let produced = match codec::parse_record_list(records) {
-        Ok(records) => service.produce(ctx, topic, partition, acks, &records).await,
-        Err(e) => Err(e),
+    let produced = match (codec::parse_record_list(records), idempotency_key) {
+        (Ok(records), None) => service.produce(ctx, topic, partition, acks, &records).await.map(|p| (p, false)),
+        (Ok(records), Some(key)) => service.produce_idempotent(ctx, topic, partition, acks, &records, key).await,
+        (Err(e), _) => Err(e),
     };
     match produced {
-        Ok(Produced::Accepted { records }) => frames::produced(id, None, records),
-        Ok(Produced::Written(meta)) => frames::produced(id, Some(&meta), meta.len()),
+        Ok((Produced::Accepted { records }, replayed)) => frames::produced(id, None, records, replayed),
+        Ok((Produced::Written(meta), replayed)) => frames::produced(id, Some(&meta), meta.len(), replayed),
         Err(e) => frames::error(e.code(), &e.public_detail(), Some(id)),
     }
 }

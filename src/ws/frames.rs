@@ -32,6 +32,8 @@ pub enum ClientFrame<'a> {
         topic: Option<String>,
         partition: Option<u32>,
         acks: Option<Acks>,
+        /// As REST's `Idempotency-Key`: a retried frame gets the first answer.
+        idempotency_key: Option<String>,
         records: &'a RawValue,
     },
 }
@@ -97,6 +99,8 @@ struct ProduceFrame<'a> {
     partition: Option<u32>,
     #[serde(default)]
     acks: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
     #[serde(borrow)]
     records: &'a RawValue,
 }
@@ -137,7 +141,14 @@ impl<'a> ClientFrame<'a> {
                         return Err(FrameError { code: Code::InvalidFrame, message: e.to_string(), id: Some(f.id) });
                     }
                 };
-                Ok(ClientFrame::Produce { id: f.id, topic: f.topic, partition: f.partition, acks, records: f.records })
+                Ok(ClientFrame::Produce {
+                    id: f.id,
+                    topic: f.topic,
+                    partition: f.partition,
+                    acks,
+                    idempotency_key: f.idempotency_key,
+                    records: f.records,
+                })
             }
             Some(other) => Err(FrameError {
                 code: Code::InvalidFrame,
@@ -233,7 +244,12 @@ pub fn committed(offsets: &[OffsetEntry]) -> Result<String> {
 
 /// The answer to a produce frame: `accepted` records, and where they landed
 /// (`offsets`, absent for `acks=none`).
-pub fn produced(id: &serde_json::Value, offsets: Option<&[RecordMetadata]>, accepted: usize) -> Result<String> {
+pub fn produced(
+    id: &serde_json::Value,
+    offsets: Option<&[RecordMetadata]>,
+    accepted: usize,
+    replayed: bool,
+) -> Result<String> {
     let mut out = String::with_capacity(64 + offsets.map_or(0, |o| o.len() * 64));
     out.push_str("{\"type\":\"produced\",\"id\":");
     out.push_str(&to_json(id)?);
@@ -243,6 +259,10 @@ pub fn produced(id: &serde_json::Value, offsets: Option<&[RecordMetadata]>, acce
     }
     out.push_str(",\"accepted\":");
     out.push_str(itoa::Buffer::new().format(accepted));
+    if replayed {
+        // The first answer to this frame's idempotency key, again.
+        out.push_str(",\"replayed\":true");
+    }
     out.push('}');
     Ok(out)
 }
@@ -375,9 +395,13 @@ mod tests {
         let mut frame = RecordsFrame::new(Encoding::Auto);
         frame.push("t", 0, 0, &rec);
         assert!(matches!(frame.finish(), Err(Error::Corrupt(_))));
-        let produced =
-            produced(&serde_json::json!("p1"), Some(&[RecordMetadata { partition: 1, offset: 2, timestamp: 3 }]), 1)
-                .unwrap();
+        let produced = produced(
+            &serde_json::json!("p1"),
+            Some(&[RecordMetadata { partition: 1, offset: 2, timestamp: 3 }]),
+            1,
+            false,
+        )
+        .unwrap();
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&produced).unwrap(),
             serde_json::json!({"type":"produced","id":"p1","offsets":[{"partition":1,"offset":2,"timestamp":3}],"accepted":1})

@@ -90,3 +90,36 @@ async fn concurrent_retries_write_once() {
     })
     .await;
 }
+
+/// A WebSocket `produce` frame with an `idempotency_key` is written once; its
+/// retry is answered with the first offsets and `"replayed":true`.
+#[tokio::test]
+async fn websocket_produce_frames_take_an_idempotency_key() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("wsidem", 1).await;
+        let url = format!("{}/v1/topics/wsidem/stream?from=latest", app.base.replace("http://", "ws://"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let mut answers = Vec::new();
+        for id in [1, 2] {
+            let frame = json!({"type": "produce", "id": id, "acks": "all", "idempotency_key": "ws-1",
+                               "records": [{"value": "once"}]});
+            ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+            loop {
+                let Some(Ok(Message::Text(t))) = ws.next().await else { panic!("socket ended") };
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "produced" {
+                    answers.push(v);
+                    break;
+                }
+            }
+        }
+        assert_eq!(answers[0]["offsets"], answers[1]["offsets"]);
+        assert_eq!(answers[0].get("replayed"), None);
+        assert_eq!(answers[1]["replayed"], true);
+        assert_eq!(end_offsets(&app, "wsidem").await, 1, "written once");
+    })
+    .await;
+}
