@@ -31,7 +31,7 @@ pub use crate::group::{
     Assignor, GroupInfo, GroupState, JoinParams, Joined, OffsetReset, ResetTo, TopicPartition, View,
 };
 pub use crate::log::{Acks, Produced, RecordMetadata, TimestampOffset};
-pub use stream::{FetchSummary, MemberStream, RecordSink, StreamStart, TopicStream, Watch};
+pub use stream::{FetchSummary, Keepalive, MemberStream, RecordSink, StreamStart, TopicStream, Watch};
 
 use crate::auth::quota::{Slot, Throttle};
 use crate::auth::{Credentials, Security};

@@ -215,6 +215,20 @@ pub struct FetchSummary {
     pub errors: Vec<(TopicPartition, Code)>,
 }
 
+/// Keeps a member's session alive (see [`MemberStream::keepalive`]).
+#[derive(Debug, Clone)]
+pub struct Keepalive {
+    service: Service,
+    group: String,
+    member: String,
+}
+
+impl Keepalive {
+    pub async fn touch(&self) -> Result<()> {
+        self.service.groups().touch(&self.group, &self.member).await
+    }
+}
+
 /// A consumer-group member whose lifetime is a connection's.
 #[derive(Debug)]
 pub struct MemberStream {
@@ -323,6 +337,12 @@ impl MemberStream {
     /// Keeps the session alive without a heartbeat's release step.
     pub async fn touch(&self) -> Result<()> {
         self.service.groups().touch(&self.group, &self.member).await
+    }
+
+    /// A handle that keeps this member's session alive while the transport is
+    /// busy elsewhere (a send waiting on a slow client).
+    pub fn keepalive(&self) -> Keepalive {
+        Keepalive { service: self.service.clone(), group: self.group.clone(), member: self.member.clone() }
     }
 
     /// Whether a heartbeat would tell the member something new.

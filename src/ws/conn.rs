@@ -20,7 +20,9 @@ use tokio::time::Instant;
 use super::frames::{self, AckError, AckTracker, ClientFrame, OffsetEntry, RecordsFrame};
 use crate::codec::{self, Encoding};
 use crate::error::{Code, Error, Result};
-use crate::service::{Acks, MemberStream, Produced, RequestCtx, Service, TopicPartition, TopicStream, Watch};
+use crate::service::{
+    Acks, Keepalive, MemberStream, Produced, RequestCtx, Service, TopicPartition, TopicStream, Watch,
+};
 
 /// Record bytes of all connections' frames together, at most (each frame gets
 /// an equal share, and never less than `MIN_FRAME_BYTES`).
@@ -103,6 +105,10 @@ struct Conn<S> {
     /// Partitions whose read errors were already reported to the client.
     reported: BTreeSet<TopicPartition>,
     last_heard: Instant,
+    /// A group member's session keeper, and how often to use it: a send that
+    /// waits on a slow client keeps the member alive meanwhile (the loop that
+    /// heartbeats is waiting on the send).
+    keepalive: Option<(Keepalive, Duration)>,
 }
 
 /// Why the loop ended.
@@ -168,6 +174,13 @@ where
         revoking_since: None,
         reported: BTreeSet::new(),
         last_heard: Instant::now(),
+        keepalive: match &source {
+            Source::Group(member) => Some((
+                member.keepalive(),
+                crate::service::heartbeat_interval(member.session_timeout().as_millis() as u64),
+            )),
+            Source::Topic(_) => None,
+        },
     };
     let (out_tx, mut out_rx) = mpsc::channel::<Result<String>>(MAX_PENDING_PRODUCES);
     let produce_slots = Arc::new(Semaphore::new(MAX_PENDING_PRODUCES));
@@ -317,12 +330,25 @@ where
         let metrics = self.service.metrics().clone();
         let _counted = metrics.buffer(size);
         let shutdown = self.service.shutdown_token();
-        tokio::select! {
-            res = tokio::time::timeout(self.opts.ping_interval * 2, self.sink.send(msg)) => match res {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(()),
-            },
-            _ = shutdown.cancelled() => Err(()),
+        let send = tokio::time::timeout(self.opts.ping_interval * 2, self.sink.send(msg));
+        tokio::pin!(send);
+        let every = self.keepalive.as_ref().map_or(Duration::from_secs(3600), |(_, every)| *every);
+        let mut tick = tokio::time::interval(every);
+        tick.reset();
+        loop {
+            tokio::select! {
+                res = &mut send => return match res {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(()),
+                },
+                _ = tick.tick(), if self.keepalive.is_some() => {
+                    if let Some((keepalive, _)) = &self.keepalive {
+                        // A failure (the member was fenced) surfaces at the loop's next group event.
+                        let _ = keepalive.touch().await;
+                    }
+                }
+                _ = shutdown.cancelled() => return Err(()),
+            }
         }
     }
 

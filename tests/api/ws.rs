@@ -621,3 +621,34 @@ async fn first_records_frame(ws: &mut Ws) -> usize {
         }
     }
 }
+
+/// A group member whose client reads slowly, so that a send waits on its full
+/// socket for longer than its session, stays a member: the waiting send keeps
+/// the session alive. Once the client reads again, it gets everything.
+#[tokio::test]
+async fn a_slow_reader_keeps_its_session_while_a_send_waits() {
+    crate::helpers::within(async {
+        let app = spawn_app_with(|c| {
+            c.groups.min_session_timeout_ms = 100;
+            c.session_check_interval = Duration::from_millis(20);
+            c.ws_ping_interval = Duration::from_secs(30);
+        })
+        .await;
+        app.create_topic("slow", 1).await;
+        // 24 MB: far more than the sockets' buffers hold.
+        let value = "v".repeat(100_000);
+        for _ in 0..12 {
+            let batch: Vec<Value> = (0..20).map(|_| json!({"value": value})).collect();
+            app.produce("slow", json!(batch)).await;
+        }
+        let mut ws =
+            connect(&app, "/v1/groups/sg/stream?topics=slow&auto_offset_reset=earliest&session_timeout_ms=1000").await;
+        assert_eq!(frame(&mut ws).await["type"], "assignment");
+        // Three sessions without reading: the server's send waits on the full socket.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (_, g) = app.get("/v1/groups/sg").await;
+        assert_eq!(g["members"].as_array().unwrap().len(), 1, "still a member: {g}");
+        assert_eq!(records(&mut ws, 240).await.len(), 240);
+    })
+    .await;
+}
