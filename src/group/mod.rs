@@ -920,9 +920,8 @@ mod tests {
     use crate::log::LogSettings;
     use crate::store::Store;
 
-    /// The session timer at the edge, on tokio's paused clock: no sleeps.
-    #[tokio::test(start_paused = true)]
-    async fn the_session_timer_expires_silent_members() {
+    /// A log on a fresh store, and the directory that holds it.
+    fn test_log() -> (tempfile::TempDir, Arc<Log>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let settings = LogSettings {
@@ -931,7 +930,13 @@ mod tests {
             write_queue_bytes: 1 << 20,
             write_queue_len: 16,
         };
-        let log = Log::open(store, settings).unwrap();
+        (dir, Log::open(store, settings).unwrap())
+    }
+
+    /// The session timer at the edge, on tokio's paused clock: no sleeps.
+    #[tokio::test(start_paused = true)]
+    async fn the_session_timer_expires_silent_members() {
+        let (_dir, log) = test_log();
         log.create_topic("t", 2, &Default::default()).await.unwrap();
         let groups = Groups::open(
             log.clone(),
@@ -972,15 +977,7 @@ mod tests {
     /// their offsets; groups with members never do; a restart keeps the clock.
     #[tokio::test(start_paused = true)]
     async fn empty_groups_expire_after_offsets_retention() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let settings = LogSettings {
-            auto_create_topics: false,
-            default_partitions: 1,
-            write_queue_bytes: 1 << 20,
-            write_queue_len: 16,
-        };
-        let log = Log::open(store, settings).unwrap();
+        let (_dir, log) = test_log();
         log.create_topic("t", 1, &Default::default()).await.unwrap();
         let group_settings = GroupSettings {
             min_session_timeout_ms: 100,
@@ -1044,15 +1041,7 @@ mod tests {
     /// partitions the member kept; a forged one is refused.
     #[tokio::test]
     async fn a_cursor_repeats_its_answer() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let settings = LogSettings {
-            auto_create_topics: false,
-            default_partitions: 1,
-            write_queue_bytes: 1 << 20,
-            write_queue_len: 16,
-        };
-        let log = Log::open(store, settings).unwrap();
+        let (_dir, log) = test_log();
         log.create_topic("t", 2, &Default::default()).await.unwrap();
         let records: Vec<crate::record::NewRecord> = (0..20u32)
             .map(|i| crate::record::NewRecord {

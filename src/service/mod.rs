@@ -446,16 +446,21 @@ impl Service {
         acks: Acks,
         records: &[NewRecord<'_>],
     ) -> Result<Produced> {
-        self.authorize(ctx, Operation::Produce(topic))?;
-        // Producing to a missing topic creates it when auto-create is on: as in
-        // Kafka, that needs `create` as well as `write`.
-        if self.log().auto_creates() && self.log().topic(topic).is_err() {
-            self.authorize(ctx, Operation::CreateTopic(topic))?;
-        }
-        self.spend(ctx, Spend::Produce, records.iter().map(|r| r.size() as u64).sum()).await?;
+        self.admit_produce(ctx, topic, records).await?;
         let produced = self.log().produce(topic, records, partition, acks).await?;
         self.0.metrics.records_in(topic, records.len());
         Ok(produced)
+    }
+
+    /// What every produce passes first: `write` on the topic (and `create` when
+    /// producing creates it: auto-create needs both, as in Kafka), then the
+    /// principal's produce quota.
+    async fn admit_produce(&self, ctx: &RequestCtx, topic: &str, records: &[NewRecord<'_>]) -> Result<()> {
+        self.authorize(ctx, Operation::Produce(topic))?;
+        if self.log().auto_creates() && self.log().topic(topic).is_err() {
+            self.authorize(ctx, Operation::CreateTopic(topic))?;
+        }
+        self.spend(ctx, Spend::Produce, records.iter().map(|r| r.size() as u64).sum()).await
     }
 
     /// As [`Service::produce`], once per `key`: a request repeating a key its
@@ -477,11 +482,7 @@ impl Service {
                 reason: "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
             });
         }
-        self.authorize(ctx, Operation::Produce(topic))?;
-        if self.log().auto_creates() && self.log().topic(topic).is_err() {
-            self.authorize(ctx, Operation::CreateTopic(topic))?;
-        }
-        self.spend(ctx, Spend::Produce, records.iter().map(|r| r.size() as u64).sum()).await?;
+        self.admit_produce(ctx, topic, records).await?;
         let scope = IdempotencyKey { principal: ctx.principal.as_str(), key };
         let (produced, replayed) = self.log().produce_idempotent(topic, records, partition, acks, &scope).await?;
         if !replayed {
