@@ -56,6 +56,8 @@ struct Inner {
     /// (an allocation and two hashes) on every request.
     request_counters:
         parking_lot::RwLock<std::collections::HashMap<String, prometheus_client::metrics::counter::Counter>>,
+    /// Principals named in metric labels so far (bounded, see `MAX_LABELLED_PRINCIPALS`).
+    labelled_principals: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The service every transport calls. Cheap to clone.
@@ -145,8 +147,23 @@ enum Spend {
     Consume,
 }
 
-fn principal_labels(ctx: &RequestCtx) -> crate::metrics::PrincipalLabels {
-    crate::metrics::PrincipalLabels { principal: ctx.principal.to_string() }
+/// Distinct principals named in metric labels, at most: past it (many JWT
+/// subjects, say) the rest are counted together, so a scrape stays bounded.
+const MAX_LABELLED_PRINCIPALS: usize = 1_000;
+/// The label of the principals past `MAX_LABELLED_PRINCIPALS`.
+const OTHER_PRINCIPALS: &str = "User:(others)";
+
+/// The label for `name`: itself while it is one of the first `cap` distinct
+/// names seen, otherwise `OTHER_PRINCIPALS`.
+fn bounded_label(known: &mut std::collections::HashSet<String>, name: &str, cap: usize) -> String {
+    if known.contains(name) {
+        return name.to_owned();
+    }
+    if known.len() < cap {
+        known.insert(name.to_owned());
+        return name.to_owned();
+    }
+    OTHER_PRINCIPALS.to_owned()
 }
 
 /// The answer to a read of one partition.
@@ -208,6 +225,7 @@ impl Service {
             authorizer: Authorizer::new(security),
             metrics,
             request_counters: parking_lot::RwLock::new(std::collections::HashMap::new()),
+            labelled_principals: parking_lot::Mutex::new(std::collections::HashSet::new()),
         }))
     }
 
@@ -248,12 +266,19 @@ impl Service {
         Ok(())
     }
 
+    fn principal_labels(&self, ctx: &RequestCtx) -> crate::metrics::PrincipalLabels {
+        let mut known = self.0.labelled_principals.lock();
+        crate::metrics::PrincipalLabels {
+            principal: bounded_label(&mut known, ctx.principal.as_str(), MAX_LABELLED_PRINCIPALS),
+        }
+    }
+
     fn count_request(&self, ctx: &RequestCtx) {
         if let Some(counter) = self.0.request_counters.read().get(ctx.principal.as_str()) {
             counter.inc();
             return;
         }
-        let counter = self.0.metrics.principal_requests.get_or_create(&principal_labels(ctx)).clone();
+        let counter = self.0.metrics.principal_requests.get_or_create(&self.principal_labels(ctx)).clone();
         counter.inc();
         let mut counters = self.0.request_counters.write();
         // Bounded like the metric family it mirrors: principals come and go (JWT subjects).
@@ -264,7 +289,7 @@ impl Service {
     }
 
     fn over_quota(&self, ctx: &RequestCtx, what: &'static str, retry_after: std::time::Duration) -> Error {
-        self.0.metrics.principal_denied.get_or_create(&principal_labels(ctx)).inc();
+        self.0.metrics.principal_denied.get_or_create(&self.principal_labels(ctx)).inc();
         Error::QuotaExceeded { principal: ctx.principal.to_string(), what, retry_after }
     }
 
@@ -291,7 +316,7 @@ impl Service {
                     self.0
                         .metrics
                         .principal_throttle_seconds
-                        .get_or_create(&principal_labels(ctx))
+                        .get_or_create(&self.principal_labels(ctx))
                         .inc_by(wait.as_secs_f64());
                     tokio::time::sleep(wait).await;
                 }
@@ -325,7 +350,7 @@ impl Service {
     fn authorize(&self, ctx: &RequestCtx, op: Operation<'_>) -> Result<()> {
         let decided = self.0.authorizer.check(ctx, op);
         if decided.is_err() {
-            self.0.metrics.principal_denied.get_or_create(&principal_labels(ctx)).inc();
+            self.0.metrics.principal_denied.get_or_create(&self.principal_labels(ctx)).inc();
         }
         decided
     }
@@ -705,4 +730,20 @@ fn distinct_topics<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
 /// How long a WebSocket waits between heartbeats: a third of its session.
 pub fn heartbeat_interval(session_ms: u64) -> Duration {
     Duration::from_millis((session_ms / 3).max(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metric labels name at most `cap` principals; the rest share one label.
+    #[test]
+    fn principal_labels_are_bounded() {
+        let mut known = std::collections::HashSet::new();
+        assert_eq!(bounded_label(&mut known, "User:a", 2), "User:a");
+        assert_eq!(bounded_label(&mut known, "User:b", 2), "User:b");
+        assert_eq!(bounded_label(&mut known, "User:c", 2), OTHER_PRINCIPALS);
+        assert_eq!(bounded_label(&mut known, "User:a", 2), "User:a", "known principals keep their label");
+        assert_eq!(known.len(), 2);
+    }
 }
