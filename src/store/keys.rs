@@ -133,6 +133,13 @@ pub fn idempotency(principal: &str, topic: &str, key: &str) -> Vec<u8> {
 
 pub const IDEMPOTENCY_PREFIX: &[u8] = b"i/";
 
+/// The topic name in an `idempotency` key.
+pub fn idempotency_topic(key: &[u8]) -> Option<&[u8]> {
+    let rest = key.strip_prefix(IDEMPOTENCY_PREFIX)?;
+    let after_principal = &rest[rest.iter().position(|b| *b == 0)? + 1..];
+    Some(&after_principal[..after_principal.iter().position(|b| *b == 0)?])
+}
+
 /// `meta` column family: the secret that signs poll cursors.
 pub const CURSOR_SECRET: &[u8] = b"k/cursor";
 

@@ -578,6 +578,18 @@ impl StoreBatch<'_> {
                 self.wb.delete_cf(meta, &k);
             }
         }
+        // And every idempotency key sent for it: a topic created again under the
+        // name must not replay the old topic's answers.
+        let iter = self.store.db.iterator_cf(meta, IteratorMode::From(keys::IDEMPOTENCY_PREFIX, Direction::Forward));
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(keys::IDEMPOTENCY_PREFIX) {
+                break;
+            }
+            if keys::idempotency_topic(&k) == Some(name.as_bytes()) {
+                self.wb.delete_cf(meta, &k);
+            }
+        }
         Ok(())
     }
 

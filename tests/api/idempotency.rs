@@ -61,6 +61,14 @@ async fn a_retried_produce_is_answered_again_and_written_once() {
         assert_eq!((status, replayed), (200, true));
         assert_eq!(after, first);
         assert_eq!(end_offsets(&app, "idem").await, 6);
+
+        // Deleting the topic forgets its keys: a new topic of that name writes.
+        let res = app.client.delete(app.url("/v1/topics/idem")).send().await.unwrap();
+        assert_eq!(res.status(), 204);
+        app.create_topic("idem", 3).await;
+        let (status, _, replayed) = produce_with_key(&app, "idem", "order-7", &body).await;
+        assert_eq!((status, replayed), (200, false), "no answer of the deleted topic is replayed");
+        assert_eq!(end_offsets(&app, "idem").await, 3);
     })
     .await;
 }
