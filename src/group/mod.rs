@@ -826,7 +826,7 @@ impl Groups {
     }
 
     /// Removes groups that have been empty for `offsets_retention_ms`, with their
-    /// offsets, and records that groups with members are in use (at most every
+    /// offsets (and at once those that hold no offsets), and records that groups with members are in use (at most every
     /// [`IN_USE_REFRESH_MS`]). Returns how many groups were removed.
     pub async fn expire_groups(&self) -> usize {
         let cells: Vec<(String, Arc<GroupCell>)> =
@@ -846,7 +846,9 @@ impl Groups {
                 }
                 continue;
             }
-            if now.saturating_sub(data.in_use_ms) < self.settings.offsets_retention_ms {
+            // No members and no offsets: nothing to keep (Kafka's Dead state).
+            let holds_offsets = !data.committed.is_empty();
+            if holds_offsets && now.saturating_sub(data.in_use_ms) < self.settings.offsets_retention_ms {
                 continue;
             }
             match self.remove(&id, &cell, &mut data).await {
@@ -1029,6 +1031,13 @@ mod tests {
         assert_eq!(groups.expire_groups().await, 1);
         assert!(groups.list().is_empty());
         assert!(log.load_offsets().await.unwrap().is_empty());
+
+        // A group that never committed holds nothing: it goes at the next sweep.
+        let m = groups.join("fleeting", join()).await.unwrap();
+        assert_eq!(groups.expire_groups().await, 0, "it has a member");
+        groups.leave("fleeting", &m.member_id).await.unwrap();
+        assert_eq!(groups.expire_groups().await, 1);
+        assert!(groups.list().is_empty());
 
         // A group with members does not expire.
         groups.join("busy", join()).await.unwrap();

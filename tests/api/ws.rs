@@ -482,7 +482,9 @@ async fn unresponsive_clients_are_detected_and_cleaned_up() {
         assert_eq!(g["members"].as_array().unwrap().len(), 1);
         assert!(
             crate::helpers::eventually(Duration::from_secs(10), || async {
-                app.get("/v1/groups/deadg").await.1["members"].as_array().is_some_and(|m| m.is_empty())
+                // Empty, or already removed (a group that never committed holds nothing).
+                let (status, g) = app.get("/v1/groups/deadg").await;
+                status == 404 || g["members"].as_array().is_some_and(|m| m.is_empty())
             })
             .await,
             "the member left with its dead socket, long before its 60 s session expired"
@@ -574,8 +576,9 @@ async fn a_member_holding_records_back_leaves_after_max_poll_interval() {
         let close = close.expect("a close frame with a code");
         assert_eq!(u16::from(close.code), 4408, "{close:?}");
         assert!(started.elapsed() >= Duration::from_millis(500), "not before the interval");
-        let (_, g) = app.get("/v1/groups/hg").await;
-        assert!(g["members"].as_array().unwrap().is_empty(), "{g}");
+        let (status, g) = app.get("/v1/groups/hg").await;
+        // Empty, or already removed (a group that never committed holds nothing).
+        assert!(status == 404 || g["members"].as_array().unwrap().is_empty(), "{g}");
 
         let (status, problem) = app.get("/v1/groups/hg/stream?topics=held&max_poll_interval_ms=10").await;
         assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_parameter")), "{problem}");
