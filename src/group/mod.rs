@@ -388,6 +388,7 @@ impl Groups {
         group: &str,
         member: &str,
         max_records: u32,
+        max_bytes: usize,
         wait: Duration,
         cursor: Option<&str>,
     ) -> Result<Polled> {
@@ -410,7 +411,7 @@ impl Groups {
             // Read only what this answer will list as the assignment: a partition handed
             // over since the heartbeat is announced (and read) in the next answer.
             let read =
-                self.read_for(&cell, member, max_records, usize::MAX, Some(&view.assignment), cursor.as_ref()).await?;
+                self.read_for(&cell, member, max_records, max_bytes, Some(&view.assignment), cursor.as_ref()).await?;
             let now = tokio::time::Instant::now();
             if !read.records.is_empty()
                 || !view.revoked.is_empty()
@@ -1070,14 +1071,14 @@ mod tests {
         };
         let a = groups.join("g", join()).await.unwrap();
         let count = |p: &Polled| p.records.iter().map(|(_, r)| r.records().unwrap().len()).sum::<usize>();
-        let first = groups.poll("g", &a.member_id, 6, Duration::ZERO, Some(&a.cursor)).await.unwrap();
+        let first = groups.poll("g", &a.member_id, 6, usize::MAX, Duration::ZERO, Some(&a.cursor)).await.unwrap();
         assert_eq!(count(&first), 6);
-        let again = groups.poll("g", &a.member_id, 6, Duration::ZERO, Some(&a.cursor)).await.unwrap();
+        let again = groups.poll("g", &a.member_id, 6, usize::MAX, Duration::ZERO, Some(&a.cursor)).await.unwrap();
         assert_eq!(again.cursor, first.cursor);
-        let next = groups.poll("g", &a.member_id, 100, Duration::ZERO, Some(&first.cursor)).await.unwrap();
+        let next = groups.poll("g", &a.member_id, 100, usize::MAX, Duration::ZERO, Some(&first.cursor)).await.unwrap();
         assert_eq!(count(&next), 14, "the rest, after the repeated six");
         assert!(matches!(
-            groups.poll("g", &a.member_id, 6, Duration::ZERO, Some("AAAA")).await,
+            groups.poll("g", &a.member_id, 6, usize::MAX, Duration::ZERO, Some("AAAA")).await,
             Err(Error::InvalidCursor(_))
         ));
     }

@@ -157,6 +157,10 @@ pub struct PollParams {
     wait_ms: Option<u64>,
     /// `auto` (default) or `base64`, as for partition reads.
     encoding: Option<Encoding>,
+    /// Most record bytes in the answer (default 50 MiB, at most 64 MiB, Kafka's
+    /// `fetch.max.bytes`); at least one record is returned when one is available.
+    #[param(minimum = 1, maximum = 67108864)]
+    max_bytes: Option<usize>,
     /// The `cursor` of the last answer received (or of the join). The poll reads
     /// from the positions it holds, so repeating a poll whose answer was lost
     /// returns the same records. Without it the server-held positions are used,
@@ -212,7 +216,12 @@ async fn poll(
     Path((group, member)): Path<(String, String)>,
     Query(params): Query<PollParams>,
 ) -> Result<Response, ApiError> {
-    let asked = ServicePollParams { max_records: params.max_records, wait_ms: params.wait_ms, cursor: params.cursor };
+    let asked = ServicePollParams {
+        max_records: params.max_records,
+        wait_ms: params.wait_ms,
+        max_bytes: params.max_bytes,
+        cursor: params.cursor,
+    };
     let polled = state.service.poll(&ctx, &group, &member, asked).await?;
     let errors: Vec<PartitionError> = polled
         .errors

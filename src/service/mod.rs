@@ -184,6 +184,9 @@ pub struct PollParams {
     pub max_records: Option<u32>,
     /// Wait up to this long when there is nothing to return (default 0).
     pub wait_ms: Option<u64>,
+    /// Most record bytes in the answer (default 50 MiB, Kafka's `fetch.max.bytes`);
+    /// at least one record is returned when one is available.
+    pub max_bytes: Option<usize>,
     /// The cursor of the last answer received (or of the join): read from its positions.
     pub cursor: Option<String>,
 }
@@ -580,7 +583,8 @@ impl Service {
         let wait = limits::wait("wait_ms", params.wait_ms, limits::MAX_WAIT_MS)?;
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
         self.spend(ctx, Spend::Consume, 0).await?;
-        let polled = self.groups().poll(group, member, max, wait, params.cursor.as_deref()).await?;
+        let max_bytes = limits::max_bytes("max_bytes", params.max_bytes, 50 * 1024 * 1024, limits::MAX_READ_BYTES)?;
+        let polled = self.groups().poll(group, member, max, max_bytes, wait, params.cursor.as_deref()).await?;
         Ok(Polled {
             view: polled.view,
             records: polled

@@ -374,3 +374,30 @@ async fn deleting_a_topic_drops_every_groups_offsets_for_it() {
     })
     .await;
 }
+
+/// `max_bytes` bounds a poll's answer (at least one record), and the cursor
+/// continues after what was returned.
+#[tokio::test]
+async fn max_bytes_bounds_a_poll() {
+    crate::helpers::within(async {
+        let app = group_app().await;
+        app.create_topic("bytes", 1).await;
+        produce_n(&app, "bytes", 5).await;
+        let m = join(&app, "g", json!({"topics": ["bytes"], "auto_offset_reset": "earliest"})).await;
+        let url = |cursor: &str, max_bytes: u64| {
+            let mut u = app.url(&format!("/v1/groups/g/members/{}/records?max_bytes={max_bytes}", m.id));
+            u.push_str("&cursor=");
+            u.push_str(cursor);
+            u
+        };
+        let (status, one) = crate::helpers::status_json(app.client.get(url(&m.cursor, 1)).send().await.unwrap()).await;
+        assert_eq!(status, 200, "{one}");
+        assert_eq!(offsets(&one), vec![(0, 0)], "one record, however small the limit");
+        let next = one["cursor"].as_str().unwrap();
+        let (_, rest) = crate::helpers::status_json(app.client.get(url(next, 1 << 20)).send().await.unwrap()).await;
+        assert_eq!(offsets(&rest), vec![(0, 1), (0, 2), (0, 3), (0, 4)]);
+        let (status, problem) = crate::helpers::status_json(app.client.get(url(next, 0)).send().await.unwrap()).await;
+        assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_parameter")), "{problem}");
+    })
+    .await;
+}
