@@ -332,17 +332,30 @@ where
         let shutdown = self.service.shutdown_token();
         let send = tokio::time::timeout(self.opts.ping_interval * 2, self.sink.send(msg));
         tokio::pin!(send);
-        let every = self.keepalive.as_ref().map_or(Duration::from_secs(3600), |(_, every)| *every);
-        let mut tick = tokio::time::interval(every);
-        tick.reset();
+        let sent = |res: Result<Result<(), axum::Error>, _>| if matches!(res, Ok(Ok(()))) { Ok(()) } else { Err(()) };
+        // Most sends finish at once (the socket has room): no timer for those.
+        if let std::task::Poll::Ready(res) = futures_util::poll!(&mut send) {
+            return sent(res);
+        }
+        // A send that waits keeps a group member's session alive meanwhile.
+        let mut keepalive = self.keepalive.as_ref().map(|(keepalive, every)| {
+            let mut tick = tokio::time::interval(*every);
+            tick.reset();
+            (keepalive, tick)
+        });
         loop {
             tokio::select! {
-                res = &mut send => return match res {
-                    Ok(Ok(())) => Ok(()),
-                    _ => Err(()),
-                },
-                _ = tick.tick(), if self.keepalive.is_some() => {
-                    if let Some((keepalive, _)) = &self.keepalive {
+                res = &mut send => return sent(res),
+                keepalive = async {
+                    match keepalive.as_mut() {
+                        Some((keepalive, tick)) => {
+                            tick.tick().await;
+                            Some(*keepalive)
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(keepalive) = keepalive {
                         // A failure (the member was fenced) surfaces at the loop's next group event.
                         let _ = keepalive.touch().await;
                     }
