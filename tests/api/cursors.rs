@@ -230,22 +230,7 @@ async fn randomized_lost_answers_lose_nothing() {
         let app = Arc::new(group_app().await);
         app.create_topic("flaky", 6).await;
         let stop = Instant::now() + Duration::from_secs(4);
-        let producer = {
-            let app = app.clone();
-            tokio::spawn(async move {
-                let mut produced = BTreeSet::new();
-                let mut n = 0u64;
-                while Instant::now() < stop {
-                    let records: Vec<Value> = (0..30).map(|i| json!({"key": format!("k{}", n * 30 + i)})).collect();
-                    for o in app.produce("flaky", json!(records)).await {
-                        produced.insert((o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap()));
-                    }
-                    n += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                produced
-            })
-        };
+        let producer = crate::helpers::spawn_producer(app.clone(), "flaky", 30, Duration::from_millis(20), stop);
         // (partition, offset, generation) → members whose received answers held it.
         type Deliveries = HashMap<(u64, u64, u64), BTreeSet<String>>;
         let delivered: Arc<Mutex<Deliveries>> = Arc::default();
@@ -256,13 +241,7 @@ async fn randomized_lost_answers_lose_nothing() {
             let (app, delivered, processed, dropped) =
                 (app.clone(), delivered.clone(), processed.clone(), dropped.clone());
             slots.push(tokio::spawn(async move {
-                let mut rng = (slot + 7).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                let mut next = move || {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    rng
-                };
+                let mut next = crate::helpers::xorshift(slot + 7);
                 let body = json!({"topics": ["flaky"], "auto_offset_reset": "earliest", "session_timeout_ms": 1000});
                 while Instant::now() < stop {
                     let mut m = join(&app, "lg", body.clone()).await;
@@ -291,7 +270,7 @@ async fn randomized_lost_answers_lose_nothing() {
                         }
                     }
                     // Leave half the time; otherwise just vanish and let the session expire.
-                    if next() % 2 == 0 {
+                    if next().is_multiple_of(2) {
                         let _ = app.client.delete(app.url(&format!("/v1/groups/lg/members/{}", m.id))).send().await;
                     }
                 }

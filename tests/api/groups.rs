@@ -368,23 +368,7 @@ async fn randomized_membership_churn_keeps_the_guarantees() {
         app.create_topic("churn", 6).await;
         let stop = Instant::now() + Duration::from_secs(4);
 
-        let producer = {
-            let app = app.clone();
-            tokio::spawn(async move {
-                let mut produced = BTreeSet::new();
-                let mut n = 0u64;
-                while Instant::now() < stop {
-                    let records: Vec<Value> =
-                        (0..6).map(|i| json!({"key": format!("k{}", n * 6 + i), "value": n * 6 + i})).collect();
-                    for o in app.produce("churn", json!(records)).await {
-                        produced.insert((o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap()));
-                    }
-                    n += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                produced
-            })
-        };
+        let producer = crate::helpers::spawn_producer(app.clone(), "churn", 6, Duration::from_millis(10), stop);
 
         // (member, partition, per response: its time if the member held the partition).
         let holdings: Arc<Mutex<Vec<Holding>>> = Arc::new(Mutex::new(Vec::new()));
@@ -393,13 +377,7 @@ async fn randomized_membership_churn_keeps_the_guarantees() {
         for slot in 0..3u64 {
             let (app, holdings, processed) = (app.clone(), holdings.clone(), processed.clone());
             slots.push(tokio::spawn(async move {
-                let mut rng = slot.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                let mut next = move || {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    rng
-                };
+                let mut next = crate::helpers::xorshift(slot);
                 while Instant::now() < stop {
                     let mut m = join(
                         &app,

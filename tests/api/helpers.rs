@@ -197,3 +197,41 @@ pub fn project_root() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
+
+/// A small deterministic random source (xorshift64) for randomized tests.
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    }
+}
+
+/// Produces batches of `per_batch` keyed records (`k0`, `k1`, …, each with its
+/// number as value) to `topic` every `pause` until `stop`; resolves to the
+/// (partition, offset) of every record written.
+pub fn spawn_producer(
+    app: Arc<TestApp>,
+    topic: &'static str,
+    per_batch: u64,
+    pause: Duration,
+    stop: std::time::Instant,
+) -> JoinHandle<std::collections::BTreeSet<(u64, u64)>> {
+    tokio::spawn(async move {
+        let mut produced = std::collections::BTreeSet::new();
+        let mut n = 0u64;
+        while std::time::Instant::now() < stop {
+            let records: Vec<Value> = (0..per_batch)
+                .map(|i| json!({"key": format!("k{}", n * per_batch + i), "value": n * per_batch + i}))
+                .collect();
+            for o in app.produce(topic, json!(records)).await {
+                produced.insert((o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap()));
+            }
+            n += 1;
+            tokio::time::sleep(pause).await;
+        }
+        produced
+    })
+}
