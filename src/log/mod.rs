@@ -97,6 +97,8 @@ pub struct ReadRequest {
 #[derive(Debug)]
 pub struct ReadResult {
     batches: Vec<(u64, BatchBytes)>,
+    /// Per batch: its records inflated, for compressed batches once a reader decodes them.
+    inflated: Vec<record::Inflated>,
     from: u64,
     max_records: u32,
     max_bytes: usize,
@@ -112,16 +114,16 @@ impl ReadResult {
     pub fn records(&self) -> Result<Vec<(u64, StoredRecord<'_>)>> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        'batches: for (base, data) in &self.batches {
-            for (i, rec) in record::decode(data)?.enumerate() {
-                let offset = base + i as u64;
+        'batches: for ((base, data), cell) in self.batches.iter().zip(&self.inflated) {
+            for rec in record::decode_into(data, cell)? {
+                let (delta, rec) = rec?;
+                let offset = base + delta;
                 if offset < self.from {
                     continue;
                 }
                 if offset >= self.end_offset || out.len() >= self.max_records as usize {
                     break 'batches;
                 }
-                let rec = rec?;
                 let size = stored_size(&rec);
                 if !out.is_empty() && bytes + size > self.max_bytes {
                     break 'batches;
@@ -227,6 +229,10 @@ impl Log {
     }
 
     pub fn open(store: Arc<Store>, settings: LogSettings) -> Result<Arc<Log>> {
+        let migrated = store.migrate()?;
+        if migrated > 0 {
+            tracing::info!(batches = migrated, "migrated stored batches to Kafka's RecordBatch v2");
+        }
         let recovered = store.recover()?;
         let registry = Arc::new(Registry::default());
         for (meta, states) in &recovered.topics {
@@ -674,7 +680,8 @@ impl Log {
                 self.blocking(read).await?.into_iter().map(|(base, bytes)| (base, Arc::new(bytes))).collect()
             }
         };
-        Ok(ReadResult { batches, from, max_records, max_bytes, beginning_offset: start, end_offset: end })
+        let inflated = batches.iter().map(|_| record::Inflated::new()).collect();
+        Ok(ReadResult { batches, inflated, from, max_records, max_bytes, beginning_offset: start, end_offset: end })
     }
 
     /// Kafka's offsetsForTimes for one partition.

@@ -209,7 +209,7 @@ impl Writer {
         reply(to, res);
     }
 
-    fn append(&mut self, group: Vec<AppendJob>) {
+    fn append(&mut self, mut group: Vec<AppendJob>) {
         if let Some(e) = self.poisoned() {
             for job in group {
                 self.reply(job.reply, Err(clone_err(&e)));
@@ -225,7 +225,7 @@ impl Writer {
             let mut sync = false;
             let mut touched = Touched::new();
             let mut outcomes: Vec<Result<Vec<u64>>> = Vec::with_capacity(group.len());
-            for (i, job) in group.iter().enumerate() {
+            for (i, job) in group.iter_mut().enumerate() {
                 if let Some(e) = &refused[i] {
                     outcomes.push(Err(clone_err(e)));
                     continue;
@@ -294,13 +294,13 @@ impl Writer {
     /// the write holds part of the job and must be rebuilt without it.
     fn stage(
         &self,
-        job: &AppendJob,
+        job: &mut AppendJob,
         batch: &mut crate::store::StoreBatch<'_>,
         touched: &mut Touched,
     ) -> Result<Vec<u64>> {
         let partitions = job.topic.partitions();
         let mut bases = Vec::with_capacity(job.batches.len());
-        for (p, enc) in &job.batches {
+        for (p, enc) in &mut job.batches {
             let part = partitions
                 .get(*p as usize)
                 .ok_or_else(|| Error::UnknownPartition { topic: job.topic.name.to_string(), partition: *p })?;
@@ -310,6 +310,8 @@ impl Writer {
                 max_timestamp: part.max_timestamp(),
             });
             let base = staged.end;
+            // The base offset lies outside the batch's CRC: set here, as Kafka's broker does.
+            crate::record::set_base_offset(&mut enc.bytes, base);
             let raises = staged.max_timestamp.is_none_or(|m| enc.max_timestamp > m);
             batch.append(job.topic.id, *p, base, enc, raises.then_some(enc.max_timestamp))?;
             staged.end = base + enc.count as u64;
@@ -529,7 +531,7 @@ mod tests {
     fn stored_values(store: &Store, tid: u32, p: u32, end: u64) -> Vec<(u64, String)> {
         let mut out = Vec::new();
         for (base, bytes) in store.read(tid, p, 0, end, 1000, 1 << 20).unwrap() {
-            for (i, rec) in crate::record::decode(&bytes).unwrap().enumerate() {
+            for (i, rec) in crate::record::decode(&bytes).unwrap().iter().map(|r| r.map(|(_, r)| r)).enumerate() {
                 let value = rec.unwrap().value.unwrap();
                 out.push((base + i as u64, String::from_utf8(value.bytes.to_vec()).unwrap()));
             }

@@ -21,6 +21,18 @@ pub fn batch_base(key: &[u8], topic_id: u32, partition: u32) -> Option<u64> {
     Some(u64::from_be_bytes(b))
 }
 
+/// Decodes a `batch` key into (topic id, partition, base offset).
+pub fn batch_parts(key: &[u8]) -> Option<(u32, u32, u64)> {
+    let k: &[u8; 16] = key.try_into().ok()?;
+    let (t, rest) = k.split_at(4);
+    let (p, b) = rest.split_at(4);
+    Some((
+        u32::from_be_bytes(t.try_into().ok()?),
+        u32::from_be_bytes(p.try_into().ok()?),
+        u64::from_be_bytes(b.try_into().ok()?),
+    ))
+}
+
 /// `timeindex` column family: topic id, partition, running max timestamp, base offset.
 pub fn time(topic_id: u32, partition: u32, timestamp: u64, base: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
@@ -66,6 +78,10 @@ pub const TOPIC_META_PREFIX: &[u8] = b"t/";
 
 /// `meta` column family: the next topic id to hand out (ids are never reused).
 pub const NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
+
+/// `meta`: the format of stored batches (`2`: RecordBatch v2); absent in data directories
+/// written before it, whose batches `Store::migrate` rewrites.
+pub const BATCH_FORMAT: &[u8] = b"batch_format";
 
 /// `meta` column family: a partition's log start offset, once retention has moved it.
 pub fn log_start(topic_id: u32, partition: u32) -> [u8; 10] {

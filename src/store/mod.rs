@@ -124,6 +124,15 @@ impl ReadWindow {
     }
 }
 
+/// A batch's entry in the `batches` family: `count:u32 bytes:u32 max_timestamp:u64`.
+fn batch_index(batch: &EncodedBatch) -> [u8; 16] {
+    let mut idx = [0u8; 16];
+    idx[0..4].copy_from_slice(&batch.count.to_le_bytes());
+    idx[4..8].copy_from_slice(&(batch.bytes.len() as u32).to_le_bytes());
+    idx[8..16].copy_from_slice(&batch.max_timestamp.to_le_bytes());
+    idx
+}
+
 impl Store {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<Store> {
@@ -167,6 +176,58 @@ impl Store {
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily> {
         self.db.cf_handle(name).ok_or_else(|| Error::Storage(format!("column family '{name}' is missing")))
+    }
+
+    /// Rewrites batches stored in the format before RecordBatch v2 (`record::v1`) as v2
+    /// batches under the same keys, with their index entries, then records that the store
+    /// is v2. A migration cut short resumes: each batch says which format it is in.
+    /// Returns the number of batches rewritten.
+    pub fn migrate(&self) -> Result<u64> {
+        let meta = self.cf(CF_META)?;
+        if self.db.get_cf(meta, keys::BATCH_FORMAT)?.as_deref() == Some(&[record::MAGIC][..]) {
+            return Ok(0);
+        }
+        let records = self.cf(CF_RECORDS)?;
+        let mut it = self.db.raw_iterator_cf(records);
+        it.seek_to_first();
+        let mut migrated = 0u64;
+        let mut wb = WriteBatch::default();
+        let mut pending = 0usize;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if record::v1::is_v1(v) {
+                let (_, _, base) =
+                    keys::batch_parts(k).ok_or_else(|| Error::Corrupt("a records key is not a batch key".into()))?;
+                let mut builder = record::BatchBuilder::new();
+                for rec in record::v1::decode(v)? {
+                    let rec = rec?;
+                    let new = record::NewRecord {
+                        key: rec.key,
+                        value: rec.value,
+                        headers: rec.headers,
+                        timestamp: Some(rec.timestamp),
+                        partition: None,
+                    };
+                    builder.push(&new, rec.timestamp);
+                }
+                let mut batch = builder.finish();
+                record::set_base_offset(&mut batch.bytes, base);
+                wb.put_cf(records, k, &batch.bytes);
+                wb.put_cf(self.cf(CF_BATCHES)?, k, batch_index(&batch));
+                pending += batch.bytes.len();
+                migrated += 1;
+                if pending >= 4 * 1024 * 1024 {
+                    self.db.write(std::mem::take(&mut wb))?;
+                    pending = 0;
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        wb.put_cf(meta, keys::BATCH_FORMAT, [record::MAGIC]);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo)?;
+        Ok(migrated)
     }
 
     /// Rebuilds every partition's offsets from what is stored.
@@ -323,9 +384,9 @@ impl Store {
                 break;
             }
             for (b, bytes) in &batches {
-                for (i, rec) in record::decode(bytes)?.enumerate() {
-                    let offset = b + i as u64;
-                    let rec = rec?;
+                for rec in record::decode(bytes)?.iter() {
+                    let (delta, rec) = rec?;
+                    let offset = b + delta;
                     if offset >= from && offset < end && rec.timestamp >= ts {
                         return Ok(Some((offset, rec.timestamp)));
                     }
@@ -534,11 +595,7 @@ impl StoreBatch<'_> {
         }
         let key = keys::batch(tid, p, base);
         self.wb.put_cf(self.store.cf(CF_RECORDS)?, key, &batch.bytes);
-        let mut idx = [0u8; 16];
-        idx[0..4].copy_from_slice(&batch.count.to_le_bytes());
-        idx[4..8].copy_from_slice(&(batch.bytes.len() as u32).to_le_bytes());
-        idx[8..16].copy_from_slice(&batch.max_timestamp.to_le_bytes());
-        self.wb.put_cf(self.store.cf(CF_BATCHES)?, key, idx);
+        self.wb.put_cf(self.store.cf(CF_BATCHES)?, key, batch_index(batch));
         if let Some(ts) = index_timestamp {
             self.wb.put_cf(self.store.cf(CF_TIMEINDEX)?, keys::time(tid, p, ts, base), []);
         }

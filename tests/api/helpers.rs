@@ -37,6 +37,12 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
     start(dir, config).await
 }
 
+/// A server on an existing data directory (a fixture copied into `dir`).
+pub async fn spawn_app_in(dir: TempDir) -> TestApp {
+    let config = Config::for_data_dir(dir.path());
+    start(dir, config).await
+}
+
 async fn start(dir: TempDir, config: Config) -> TestApp {
     let app = App::build(config.clone()).await.expect("server starts");
     let base = format!("http://{}", app.local_addr());
