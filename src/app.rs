@@ -47,6 +47,8 @@ pub enum AppError {
 /// A bound, recovered server, ready to run.
 pub struct App {
     listener: TcpListener,
+    /// The Kafka protocol listener, unless turned off.
+    kafka: Option<TcpListener>,
     log: Arc<Log>,
     groups: Arc<Groups>,
     security: Arc<Security>,
@@ -130,15 +132,24 @@ impl App {
             .await
             .map_err(|source| AppError::Store { path: path.clone(), source })?;
         let listener = serve::bind(config.listen).map_err(|source| AppError::Bind { addr: config.listen, source })?;
+        let kafka = match config.kafka.listen {
+            Some(addr) => Some(crate::kafka::bind(addr).map_err(|source| AppError::Bind { addr, source })?),
+            None => None,
+        };
         let config = Config { data_dir: path, ..config };
         let security = Arc::new(Security::new(&config.auth));
         let tls = config.tls.clone().map(Tls::load).transpose().map_err(AppError::Tls)?.map(Arc::new);
-        Ok(App { listener, log, groups, security, tls, config })
+        Ok(App { listener, kafka, log, groups, security, tls, config })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// The Kafka listener's bound address, if it is on.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// `https` with `[tls]`, else `http`.
@@ -166,7 +177,7 @@ impl App {
     /// stops the retention and session timers, writes everything still queued,
     /// and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
-        let App { listener, log, groups, security, tls, config } = self;
+        let App { listener, kafka, log, groups, security, tls, config } = self;
         let stop_timers = CancellationToken::new();
         let retention =
             tokio::spawn(crate::retention::run(log.clone(), config.retention_check_interval, stop_timers.clone()));
@@ -175,6 +186,7 @@ impl App {
         let connections = TaskTracker::new();
         let metrics = Arc::new(Metrics::new());
         let service = Service::embedded(log.clone(), groups, metrics.clone(), security);
+        let service_for_kafka = service.clone();
         let bound = listener.local_addr().unwrap_or(config.listen);
         let scheme = if tls.is_some() { "https" } else { "http" };
         let guard =
@@ -199,6 +211,9 @@ impl App {
                 stop_serving.cancel();
             });
         }
+        let kafka = kafka.map(|listener| {
+            tokio::spawn(crate::kafka::serve(listener, service_for_kafka, config.kafka.clone(), stop_serving.clone()))
+        });
         let mut server = tokio::spawn(serve::serve(listener, app, limits, metrics, stop_serving));
         let served = tokio::select! {
             res = &mut server => res,
@@ -209,6 +224,11 @@ impl App {
             }
         };
 
+        if let Some(kafka) = kafka
+            && tokio::time::timeout(config.shutdown_timeout, kafka).await.is_err()
+        {
+            tracing::warn!("some Kafka connections did not close within the shutdown timeout");
+        }
         // WebSockets saw the shutdown token: they send close frames and end.
         connections.close();
         if tokio::time::timeout(config.shutdown_timeout, connections.wait()).await.is_err() {

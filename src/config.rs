@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Create a topic (with `default_partitions`) on the first produce to it.
     #[arg(long, env = "GREGOR_AUTO_CREATE_TOPICS")]
     pub auto_create_topics: Option<bool>,
+    /// Address of the Kafka protocol listener (default 127.0.0.1:9092; `off` turns it off).
+    #[arg(long, env = "GREGOR_KAFKA_LISTEN")]
+    pub kafka_listen: Option<String>,
 }
 
 /// The TOML file: every field optional, unknown fields refused.
@@ -80,6 +83,16 @@ struct FileConfig {
     acl: Option<Vec<FileAcl>>,
     tls: Option<FileTls>,
     quotas: Option<Vec<FileQuota>>,
+    kafka: Option<FileKafka>,
+}
+
+/// `[kafka]`: the Kafka protocol listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKafka {
+    listen: Option<String>,
+    advertised_listener: Option<String>,
+    max_request_bytes: Option<usize>,
 }
 
 /// One `[[quotas]]` entry.
@@ -227,9 +240,12 @@ pub struct Config {
     pub file: Option<PathBuf>,
     /// Serve HTTPS (`[tls]`); certificates reloaded on SIGHUP.
     pub tls: Option<TlsSettings>,
+    /// The Kafka protocol listener (`[kafka]`).
+    pub kafka: crate::kafka::KafkaSettings,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 pub const DEFAULT_DATA_DIR: &str = "gregor-data";
 /// 256 KiB: ample for loopback and LAN; over a long fat link a connection's
 /// throughput is at most this much per round trip (0 restores autotuning).
@@ -257,6 +273,11 @@ impl Config {
             auth: AuthSettings::default(),
             file: None,
             tls: None,
+            // Embedded servers and tests: the Kafka listener on an ephemeral loopback port.
+            kafka: crate::kafka::KafkaSettings {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                ..Default::default()
+            },
         }
     }
 
@@ -274,6 +295,26 @@ impl Config {
             .parse()
             .map_err(|_| ConfigError(format!("listen: '{listen}' is not an address:port such as 127.0.0.1:8080")))?;
         c.auto_create_topics = args.auto_create_topics.or(file.auto_create_topics).unwrap_or(false);
+        let kafka = file.kafka.unwrap_or_default();
+        let kafka_listen =
+            args.kafka_listen.clone().or(kafka.listen).unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.to_owned());
+        c.kafka.listen = match kafka_listen.as_str() {
+            "off" | "none" | "" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                ConfigError(format!("kafka.listen: '{addr}' is not an address:port such as 127.0.0.1:9092, or 'off'"))
+            })?),
+        };
+        if let Some(adv) = kafka.advertised_listener {
+            let (host, port) = adv
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']').to_owned(), p.parse().ok()?)))
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| ConfigError(format!("kafka.advertised_listener: '{adv}' is not host:port")))?;
+            c.kafka.advertised = Some((host, port));
+        }
+        if let Some(n) = kafka.max_request_bytes {
+            c.kafka.max_request_bytes = n;
+        }
         if let Some(n) = file.default_partitions {
             c.default_partitions = n;
         }

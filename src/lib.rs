@@ -28,6 +28,7 @@ pub mod error;
 pub mod faults;
 pub mod group;
 pub mod http;
+pub mod kafka;
 pub mod log;
 pub mod metrics;
 pub mod partitioner;

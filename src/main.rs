@@ -111,6 +111,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
         let addr = app.local_addr();
         let scheme = app.scheme();
         println!("gregor {} listening on {scheme}://{addr}", env!("CARGO_PKG_VERSION"));
+        if let Some(kafka) = app.kafka_addr() {
+            println!("kafka listener on {kafka}");
+        }
         println!("data directory: {}", app.data_dir().display());
         println!("Swagger UI: {scheme}://{addr}/docs");
         app.run(shutdown_signal()).await

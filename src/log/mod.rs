@@ -109,6 +109,12 @@ pub struct ReadResult {
 }
 
 impl ReadResult {
+    /// The stored batches the read found, as stored (what Kafka's Fetch sends): the first
+    /// holds the requested offset, none starts at or past the end offset.
+    pub fn raw_batches(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.batches.iter().filter(|(base, _)| *base < self.end_offset).map(|(base, b)| (*base, b.as_slice()))
+    }
+
     /// The records, in offset order, within the request's count and byte limits
     /// (at least one record when any is available, as Kafka does).
     pub fn records(&self) -> Result<Vec<(u64, StoredRecord<'_>)>> {
@@ -612,6 +618,64 @@ impl Log {
         }
         let batches = slots.into_iter().map(|(p, b)| (p, b.finish())).collect();
         Ok((PendingJob { topic: topic.clone(), batches, acks, idempotent: None }, placement, timestamps))
+    }
+
+    /// Appends batches a Kafka producer sent (checked by `record::check_produced`), stored as
+    /// sent, in one write: `(partition, batch)` in request order. Returns each batch's base
+    /// offset, or `None` with `acks=none`.
+    pub async fn append_batches(
+        &self,
+        topic: &str,
+        batches: Vec<(u32, record::EncodedBatch)>,
+        acks: Acks,
+    ) -> Result<Option<Vec<u64>>> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let topic = self.topic(topic)?;
+        let partitions = topic.partitions().len() as u32;
+        if let Some((p, _)) = batches.iter().find(|(p, _)| *p >= partitions) {
+            return Err(Error::UnknownPartition { topic: topic.name.to_string(), partition: *p });
+        }
+        let job = PendingJob { topic, batches, acks, idempotent: None };
+        match self.enqueue(job)? {
+            None => Ok(None),
+            Some((rx, _)) => Ok(Some(self.reply(rx).await?)),
+        }
+    }
+
+    /// Waits until one of `positions` (topic, partition, offset) has a record at or past its
+    /// offset, `timeout` passes, or shutdown begins (Kafka's Fetch `max_wait_ms`).
+    pub async fn wait_any(&self, positions: &[(String, u32, u64)], timeout: Duration) {
+        let mut waits = Vec::with_capacity(positions.len());
+        for (topic, p, offset) in positions {
+            let Ok(part) = self.topic(topic).and_then(|t| t.partition(*p)) else { return };
+            let mut rx = part.subscribe();
+            let offset = *offset;
+            if *rx.borrow_and_update() > offset {
+                return;
+            }
+            waits.push(Box::pin(async move {
+                let _ = rx.wait_for(|e| *e > offset).await;
+            }));
+        }
+        if waits.is_empty() {
+            return;
+        }
+        let _waiting = Waiting::count(&self.reads_waiting);
+        tokio::select! {
+            _ = tokio::time::timeout(timeout, futures_util::future::select_all(waits)) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+
+    /// The largest timestamp in a partition and the first offset holding it (Kafka's
+    /// `MAX_TIMESTAMP` ListOffsets query), or `None` when it is empty.
+    pub async fn max_timestamp_offset(&self, topic: &str, partition: u32) -> Result<Option<TimestampOffset>> {
+        let max = self.topic(topic)?.partition(partition)?.max_timestamp();
+        let Some(max) = max else { return Ok(None) };
+        let found = self.offset_for_timestamp(topic, partition, max).await?;
+        Ok(found.timestamp.is_some().then_some(found))
     }
 
     #[allow(clippy::type_complexity)]

@@ -536,6 +536,72 @@ impl Service {
         Ok(Fetched { records: self.records(ctx, topic, read), offset, beginning_offset, end_offset })
     }
 
+    // ---- the Kafka listener's record paths ----
+
+    /// Appends batches a Kafka producer sent to one topic (see `Log::append_batches`):
+    /// `write` on the topic, then the produce quota on their bytes.
+    pub async fn produce_batches(
+        &self,
+        ctx: &RequestCtx,
+        topic: &str,
+        batches: Vec<(u32, crate::record::EncodedBatch)>,
+        acks: Acks,
+    ) -> Result<Option<Vec<u64>>> {
+        self.authorize(ctx, Operation::Produce(topic))?;
+        let bytes = batches.iter().map(|(_, b)| b.bytes.len() as u64).sum();
+        self.spend(ctx, Spend::Produce, bytes).await?;
+        let records: usize = batches.iter().map(|(_, b)| b.count as usize).sum();
+        let bases = self.log().append_batches(topic, batches, acks).await?;
+        self.0.metrics.records_in(topic, records);
+        Ok(bases)
+    }
+
+    /// The largest batch a Kafka producer may send to `topic` (its `max_message_bytes`, as
+    /// Kafka's `max.message.bytes` bounds a batch); asking needs `write` on the topic.
+    pub fn max_batch_bytes(&self, ctx: &RequestCtx, topic: &str) -> Result<usize> {
+        self.authorize(ctx, Operation::Produce(topic))?;
+        Ok(self.log().topic(topic)?.config().max_message_bytes as usize)
+    }
+
+    /// Reads stored batches from `offset` on, up to `max_bytes` (at least one batch), without
+    /// waiting: what Kafka's Fetch sends, as stored.
+    pub async fn fetch_batches(
+        &self,
+        ctx: &RequestCtx,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
+        self.authorize(ctx, Operation::ReadTopic(topic))?;
+        let req = ReadRequest { offset, max_records: u32::MAX, max_bytes, wait: Duration::ZERO };
+        let read = self.log().read(topic, partition, req).await?;
+        let bytes: usize = read.raw_batches().map(|(_, b)| b.len()).sum();
+        self.spend(ctx, Spend::Consume, bytes as u64).await?;
+        Ok(read)
+    }
+
+    /// Waits until one of the positions has records, `timeout` passes or shutdown begins.
+    pub async fn wait_any(&self, positions: &[(String, u32, u64)], timeout: Duration) {
+        self.log().wait_any(positions, timeout).await
+    }
+
+    /// Kafka's `MAX_TIMESTAMP` query for one partition.
+    pub async fn max_timestamp_offset(
+        &self,
+        ctx: &RequestCtx,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<TimestampOffset>> {
+        self.authorize(ctx, Operation::DescribeTopic(topic))?;
+        self.log().max_timestamp_offset(topic, partition).await
+    }
+
+    /// Whether producing to or asking about a missing topic creates it.
+    pub fn auto_creates_topics(&self) -> bool {
+        self.log().auto_creates()
+    }
+
     // ---- groups ----
 
     pub async fn list_groups(&self, ctx: &RequestCtx) -> Result<Vec<GroupSummary>> {

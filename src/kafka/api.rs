@@ -1,0 +1,614 @@
+//! One handler per Kafka API, each calling the service layer with the connection's principal.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    TopicName, api_versions_response, create_partitions_response, create_topics_response, delete_topics_response,
+    describe_configs_response, fetch_response, find_coordinator_response, list_offsets_response, metadata_response,
+    produce_response,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+use super::errors::{self, code};
+use super::{ConnError, Shared};
+use crate::error::Error;
+use crate::log::Acks;
+use crate::service::{RequestCtx, Service};
+use crate::topic::TopicConfigPatch;
+
+/// The APIs and versions gregor serves (further clamped to what the codec crate knows).
+/// Produce stops before v13 and Fetch before v13: those name topics by id only.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+];
+
+/// The node id gregor calls itself: one broker, leader of every partition.
+const NODE_ID: i32 = 0;
+/// The leader epoch of every partition (gregor never changes leaders).
+const LEADER_EPOCH: i32 = 0;
+
+/// A connection's state: who it is, and whether it is closing.
+#[derive(Debug)]
+pub struct Session {
+    pub ctx: RequestCtx,
+    pub closing: bool,
+}
+
+impl Session {
+    pub fn new(_service: &Service) -> Session {
+        Session { ctx: RequestCtx::anonymous().delayed(), closing: false }
+    }
+}
+
+/// What a request produced.
+#[derive(Debug)]
+pub enum Answer {
+    /// A response body and the response header version to frame it with.
+    Body { body: Bytes, header_version: i16 },
+    /// Nothing goes back (Produce with `acks=0`).
+    Nothing,
+}
+
+/// The versions of `key` gregor serves, if any.
+fn served(key: ApiKey) -> Option<(i16, i16)> {
+    let (_, min, max) = SUPPORTED.iter().find(|(k, _, _)| *k == key)?;
+    let crate_range = key.valid_versions();
+    let (min, max) = ((*min).max(crate_range.min), (*max).min(crate_range.max));
+    (min <= max).then_some((min, max))
+}
+
+fn decode<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, ConnError> {
+    T::decode(buf, version).map_err(|e| ConnError::Malformed(e.to_string()))
+}
+
+fn encode<T: Encodable + HeaderVersion>(message: &T, version: i16) -> Result<Answer, ConnError> {
+    let mut buf = BytesMut::new();
+    message.encode(&mut buf, version).map_err(|e| ConnError::Malformed(format!("encoding the answer: {e}")))?;
+    Ok(Answer::Body { body: buf.freeze(), header_version: T::header_version(version) })
+}
+
+fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(str_bytes(s))
+}
+
+/// Decodes the request in `frame` (header included) and runs it.
+pub async fn dispatch(
+    api_key: i16,
+    version: i16,
+    frame: &mut Bytes,
+    shared: &Shared,
+    session: &mut Session,
+) -> Result<Answer, ConnError> {
+    let key = ApiKey::try_from(api_key).ok();
+    let range = key.and_then(served);
+    let Some((key, (min, max))) = key.zip(range) else {
+        // An API gregor does not serve at all.
+        return unsupported(api_key, version);
+    };
+    if key == ApiKey::ApiVersions && !(min..=max).contains(&version) {
+        // Kafka's rule: answer in v0 with the error and the versions served, so the
+        // client can pick one it knows.
+        let answer = api_versions(errors::UNSUPPORTED_VERSION);
+        return encode(&answer, 0).map(|a| match a {
+            Answer::Body { body, .. } => Answer::Body { body, header_version: 0 },
+            other => other,
+        });
+    }
+    if !(min..=max).contains(&version) {
+        return unsupported(api_key, version);
+    }
+    let header_version = key.request_header_version(version);
+    let _header: kafka_protocol::messages::RequestHeader = decode(frame, header_version)?;
+    let service = &shared.service;
+    let ctx = &session.ctx;
+    match key {
+        ApiKey::ApiVersions => {
+            let _req: ApiVersionsRequest = decode(frame, version)?;
+            let answer = encode(&api_versions(errors::NONE), version)?;
+            // ApiVersions answers with header v0 at every version (clients read it before
+            // they know whether the broker speaks flexible headers).
+            Ok(match answer {
+                Answer::Body { body, .. } => Answer::Body { body, header_version: 0 },
+                other => other,
+            })
+        }
+        ApiKey::Metadata => encode(&metadata(decode(frame, version)?, version, shared, ctx).await, version),
+        ApiKey::Produce => {
+            let req: ProduceRequest = decode(frame, version)?;
+            let acks = req.acks;
+            let answer = produce(req, service, ctx).await;
+            if acks == 0 { Ok(Answer::Nothing) } else { encode(&answer, version) }
+        }
+        ApiKey::Fetch => encode(&fetch(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::ListOffsets => encode(&list_offsets(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::CreateTopics => encode(&create_topics(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::DeleteTopics => encode(&delete_topics(decode(frame, version)?, version, service, ctx).await, version),
+        ApiKey::CreatePartitions => encode(&create_partitions(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::DescribeConfigs => encode(&describe_configs(decode(frame, version)?, service, ctx), version),
+        ApiKey::FindCoordinator => encode(&find_coordinator(decode(frame, version)?, version, shared), version),
+        _ => unsupported(api_key, version),
+    }
+}
+
+/// The answer to an API or version gregor does not serve: UNSUPPORTED_VERSION, as the
+/// bare error code clients of any API read first when they cannot parse more.
+fn unsupported(api_key: i16, version: i16) -> Result<Answer, ConnError> {
+    tracing::debug!(api_key, version, "kafka: unsupported API or version");
+    let mut body = BytesMut::new();
+    body.extend_from_slice(&errors::UNSUPPORTED_VERSION.to_be_bytes());
+    Ok(Answer::Body { body: body.freeze(), header_version: 0 })
+}
+
+fn api_versions(error_code: i16) -> ApiVersionsResponse {
+    let api_keys = SUPPORTED
+        .iter()
+        .filter_map(|(key, _, _)| {
+            served(*key).map(|(min, max)| {
+                api_versions_response::ApiVersion::default()
+                    .with_api_key(*key as i16)
+                    .with_min_version(min)
+                    .with_max_version(max)
+            })
+        })
+        .collect();
+    ApiVersionsResponse::default().with_error_code(error_code).with_api_keys(api_keys)
+}
+
+fn broker(shared: &Shared) -> metadata_response::MetadataResponseBroker {
+    metadata_response::MetadataResponseBroker::default()
+        .with_node_id(BrokerId(NODE_ID))
+        .with_host(str_bytes(shared.host.clone()))
+        .with_port(i32::from(shared.port))
+}
+
+/// A stable topic id derived from the topic's name and creation time (Metadata v10+).
+fn topic_id(name: &str, created_ms: u64) -> uuid::Uuid {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{name}\0{created_ms}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(b).into_uuid()
+}
+
+async fn metadata(req: MetadataRequest, version: i16, shared: &Shared, ctx: &RequestCtx) -> MetadataResponse {
+    let service = &shared.service;
+    // v0: an empty list means every topic; v1+: null means every topic.
+    let wanted: Option<Vec<String>> = match req.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(t.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
+    };
+    let names = match wanted {
+        Some(names) => names,
+        None => service.list_topics(ctx).map(|ts| ts.into_iter().map(|t| t.name).collect()).unwrap_or_default(),
+    };
+    let mut topics = Vec::with_capacity(names.len());
+    for name in names {
+        let mut described = service.describe_topic(ctx, &name);
+        if matches!(described, Err(Error::UnknownTopic(_))) && req.allow_auto_topic_creation && service.auto_creates_topics()
+        {
+            let created = service.create_topic(ctx, &name, 0, &TopicConfigPatch::default()).await;
+            described = match created {
+                Err(Error::TopicExists(_)) => service.describe_topic(ctx, &name),
+                other => other,
+            };
+        }
+        let topic = metadata_response::MetadataResponseTopic::default().with_name(Some(topic_name(&name)));
+        topics.push(match described {
+            Ok(d) => topic.with_topic_id(topic_id(&name, d.created_ms)).with_partitions(
+                (0..d.partition_count as i32)
+                    .map(|p| {
+                        metadata_response::MetadataResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_leader_id(BrokerId(NODE_ID))
+                            .with_leader_epoch(LEADER_EPOCH)
+                            .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                            .with_isr_nodes(vec![BrokerId(NODE_ID)])
+                    })
+                    .collect(),
+            ),
+            Err(e) => topic.with_error_code(code(&e)),
+        });
+    }
+    MetadataResponse::default()
+        .with_brokers(vec![broker(shared)])
+        .with_cluster_id(Some(str_bytes("gregor")))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_topics(topics)
+}
+
+async fn produce(req: ProduceRequest, service: &Service, ctx: &RequestCtx) -> ProduceResponse {
+    let acks = match req.acks {
+        0 => Some(Acks::None),
+        1 => Some(Acks::Leader),
+        -1 => Some(Acks::All),
+        _ => None,
+    };
+    let mut responses = Vec::with_capacity(req.topic_data.len());
+    for topic in req.topic_data {
+        let name = topic.name.0.to_string();
+        let partitions: Vec<(i32, Option<Bytes>)> =
+            topic.partition_data.into_iter().map(|p| (p.index, p.records)).collect();
+        let results = match (acks, req.transactional_id.is_some()) {
+            (None, _) => partitions.iter().map(|(p, _)| (*p, Err(errors::INVALID_REQUIRED_ACKS))).collect(),
+            (_, true) => partitions.iter().map(|(p, _)| (*p, Err(errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED))).collect(),
+            (Some(acks), false) => produce_topic(service, ctx, &name, partitions, acks).await,
+        };
+        let partition_responses = results
+            .into_iter()
+            .map(|(p, r)| {
+                let part = produce_response::PartitionProduceResponse::default().with_index(p);
+                match r {
+                    Ok(base) => part.with_base_offset(base).with_log_append_time_ms(-1).with_log_start_offset(-1),
+                    Err(c) => part.with_error_code(c).with_base_offset(-1).with_log_start_offset(-1),
+                }
+            })
+            .collect();
+        responses.push(
+            produce_response::TopicProduceResponse::default()
+                .with_name(topic_name(&name))
+                .with_partition_responses(partition_responses),
+        );
+    }
+    ProduceResponse::default().with_responses(responses)
+}
+
+/// Checks each partition's batch, then appends the good ones in one write.
+async fn produce_topic(
+    service: &Service,
+    ctx: &RequestCtx,
+    topic: &str,
+    partitions: Vec<(i32, Option<Bytes>)>,
+    acks: Acks,
+) -> Vec<(i32, Result<i64, i16>)> {
+    let max = match service.max_batch_bytes(ctx, topic) {
+        Ok(max) => max,
+        Err(e) => return partitions.iter().map(|(p, _)| (*p, Err(code(&e)))).collect(),
+    };
+    let mut results: Vec<(i32, Result<i64, i16>)> = Vec::with_capacity(partitions.len());
+    let mut batches = Vec::with_capacity(partitions.len());
+    for (p, records) in partitions {
+        let Ok(index) = u32::try_from(p) else {
+            results.push((p, Err(errors::UNKNOWN_TOPIC_OR_PARTITION)));
+            continue;
+        };
+        let bytes = records.map(|b| b.to_vec()).unwrap_or_default();
+        match crate::record::check_produced(bytes, max) {
+            Ok(checked) => {
+                results.push((p, Ok(0)));
+                batches.push((index, checked.batch));
+            }
+            Err(e) => results.push((p, Err(errors::batch_code(&e)))),
+        }
+    }
+    if batches.is_empty() {
+        return results;
+    }
+    match service.produce_batches(ctx, topic, batches, acks).await {
+        Ok(bases) => {
+            let mut bases = bases.unwrap_or_default().into_iter();
+            for (_, r) in results.iter_mut().filter(|(_, r)| r.is_ok()) {
+                *r = Ok(bases.next().map_or(-1, |b| b as i64));
+            }
+        }
+        Err(e) => {
+            let c = code(&e);
+            for (_, r) in results.iter_mut().filter(|(_, r)| r.is_ok()) {
+                *r = Err(c);
+            }
+        }
+    }
+    results
+}
+
+async fn fetch(req: FetchRequest, service: &Service, ctx: &RequestCtx) -> FetchResponse {
+    let wait = Duration::from_millis(req.max_wait_ms.clamp(0, 60_000) as u64);
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let max_bytes = if req.max_bytes > 0 { req.max_bytes as usize } else { 50 * 1024 * 1024 };
+    let mut waited = wait.is_zero();
+    loop {
+        let mut total = 0usize;
+        let mut positions = Vec::new();
+        let mut responses = Vec::with_capacity(req.topics.len());
+        for topic in &req.topics {
+            let name = topic.topic.0.to_string();
+            let mut partitions = Vec::with_capacity(topic.partitions.len());
+            for p in &topic.partitions {
+                let data = fetch_response::PartitionData::default().with_partition_index(p.partition);
+                let (Ok(index), Ok(offset)) = (u32::try_from(p.partition), u64::try_from(p.fetch_offset)) else {
+                    partitions.push(data.with_error_code(errors::OFFSET_OUT_OF_RANGE).with_high_watermark(-1));
+                    continue;
+                };
+                // Every partition may send its first batch whole; the total bound applies after.
+                let room = max_bytes.saturating_sub(total).max(1);
+                let limit = (p.partition_max_bytes.max(1) as usize).min(room);
+                match service.fetch_batches(ctx, &name, index, offset, limit).await {
+                    Ok(read) => {
+                        let mut records = BytesMut::new();
+                        for (_, batch) in read.raw_batches() {
+                            if !records.is_empty() && records.len() + batch.len() > limit {
+                                break;
+                            }
+                            records.extend_from_slice(batch);
+                        }
+                        total += records.len();
+                        positions.push((name.clone(), index, offset));
+                        partitions.push(
+                            data.with_high_watermark(read.end_offset as i64)
+                                .with_last_stable_offset(read.end_offset as i64)
+                                .with_log_start_offset(read.beginning_offset as i64)
+                                .with_records(Some(records.freeze())),
+                        );
+                    }
+                    Err(Error::OffsetOutOfRange { beginning, end, .. }) => partitions.push(
+                        data.with_error_code(errors::OFFSET_OUT_OF_RANGE)
+                            .with_high_watermark(end as i64)
+                            .with_last_stable_offset(end as i64)
+                            .with_log_start_offset(beginning as i64),
+                    ),
+                    Err(e) => partitions.push(data.with_error_code(code(&e)).with_high_watermark(-1)),
+                }
+            }
+            responses.push(
+                fetch_response::FetchableTopicResponse::default()
+                    .with_topic(topic.topic.clone())
+                    .with_partitions(partitions),
+            );
+        }
+        if waited || total >= min_bytes.max(1) || positions.is_empty() {
+            return FetchResponse::default().with_responses(responses);
+        }
+        service.wait_any(&positions, wait).await;
+        waited = true;
+    }
+}
+
+async fn list_offsets(req: ListOffsetsRequest, service: &Service, ctx: &RequestCtx) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for topic in req.topics {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            let part = list_offsets_response::ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_leader_epoch(LEADER_EPOCH);
+            let answer = list_offset(service, ctx, &name, p.partition_index, p.timestamp).await;
+            partitions.push(match answer {
+                Ok((offset, ts)) => part.with_offset(offset).with_timestamp(ts),
+                Err(e) => part.with_error_code(code(&e)).with_offset(-1).with_timestamp(-1),
+            });
+        }
+        topics.push(
+            list_offsets_response::ListOffsetsTopicResponse::default()
+                .with_name(topic_name(&name))
+                .with_partitions(partitions),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// (offset, timestamp) for one ListOffsets query: -1 latest, -2 earliest, -3 the largest
+/// timestamp, else the first offset whose timestamp is at least the one given.
+async fn list_offset(
+    service: &Service,
+    ctx: &RequestCtx,
+    topic: &str,
+    partition: i32,
+    timestamp: i64,
+) -> Result<(i64, i64), Error> {
+    let partition = u32::try_from(partition)
+        .map_err(|_| Error::UnknownPartition { topic: topic.to_owned(), partition: u32::MAX })?;
+    match timestamp {
+        -1 | -2 => {
+            let info = service.describe_partition(ctx, topic, partition)?;
+            let offset = if timestamp == -1 { info.end_offset } else { info.beginning_offset };
+            Ok((offset as i64, -1))
+        }
+        -3 => match service.max_timestamp_offset(ctx, topic, partition).await? {
+            Some(found) => Ok((found.offset as i64, found.timestamp.map_or(-1, |t| t as i64))),
+            None => Ok((-1, -1)),
+        },
+        ts if ts >= 0 => {
+            let found = service.offset_for_timestamp(ctx, topic, partition, ts as u64).await?;
+            Ok(match found.timestamp {
+                Some(t) => (found.offset as i64, t as i64),
+                None => (-1, -1),
+            })
+        }
+        _ => Err(Error::InvalidRequest(format!("ListOffsets timestamp {timestamp} is not supported"))),
+    }
+}
+
+/// Kafka topic configuration names gregor maps onto its own.
+fn config_patch(configs: &[(String, Option<String>)]) -> Result<TopicConfigPatch, String> {
+    let mut patch = TopicConfigPatch::default();
+    for (name, value) in configs {
+        let value = value.as_deref().unwrap_or_default();
+        let num = || value.parse::<i64>().map_err(|_| format!("{name}: '{value}' is not a number"));
+        match name.as_str() {
+            "retention.ms" => patch.retention_ms = Some(num()?),
+            "retention.bytes" => patch.retention_bytes = Some(num()?),
+            "max.message.bytes" => {
+                patch.max_message_bytes = Some(u32::try_from(num()?).map_err(|_| format!("{name}: out of range"))?)
+            }
+            "cleanup.policy" if value == "delete" => {}
+            "cleanup.policy" => return Err(format!("cleanup.policy '{value}' is not supported (only delete)")),
+            other => {
+                return Err(format!(
+                    "config '{other}' is not supported (retention.ms, retention.bytes, max.message.bytes, cleanup.policy=delete)"
+                ));
+            }
+        }
+    }
+    Ok(patch)
+}
+
+async fn create_topics(req: CreateTopicsRequest, service: &Service, ctx: &RequestCtx) -> CreateTopicsResponse {
+    let mut results = Vec::with_capacity(req.topics.len());
+    for topic in req.topics {
+        let name = topic.name.0.to_string();
+        let result = create_topics_response::CreatableTopicResult::default().with_name(topic.name.clone());
+        let configs: Vec<(String, Option<String>)> =
+            topic.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))).collect();
+        let outcome: Result<(i32, i16), (i16, String)> = async {
+            if topic.replication_factor > 1 {
+                return Err((errors::INVALID_REPLICATION_FACTOR, "gregor is one broker: replication factor 1".into()));
+            }
+            if !topic.assignments.is_empty() {
+                return Err((errors::INVALID_REQUEST, "manual replica assignments are not supported".into()));
+            }
+            let patch = config_patch(&configs).map_err(|m| (errors::INVALID_CONFIG, m))?;
+            let partitions = u32::try_from(topic.num_partitions).unwrap_or(0);
+            if req.validate_only {
+                return match service.describe_topic(ctx, &name) {
+                    Ok(_) => Err((errors::TOPIC_ALREADY_EXISTS, format!("topic '{name}' already exists"))),
+                    Err(_) => Ok((topic.num_partitions, 1)),
+                };
+            }
+            let created =
+                service.create_topic(ctx, &name, partitions, &patch).await.map_err(|e| (code(&e), e.to_string()))?;
+            Ok((created.partition_count as i32, 1))
+        }
+        .await;
+        results.push(match outcome {
+            Ok((partitions, rf)) => result.with_num_partitions(partitions).with_replication_factor(rf),
+            Err((c, message)) => result.with_error_code(c).with_error_message(Some(str_bytes(message))),
+        });
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+async fn delete_topics(
+    req: DeleteTopicsRequest,
+    version: i16,
+    service: &Service,
+    ctx: &RequestCtx,
+) -> DeleteTopicsResponse {
+    let names: Vec<String> = if version >= 6 {
+        req.topics.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()
+    } else {
+        req.topic_names.into_iter().map(|n| n.0.to_string()).collect()
+    };
+    let mut responses = Vec::with_capacity(names.len());
+    for name in names {
+        let result = delete_topics_response::DeletableTopicResult::default().with_name(Some(topic_name(&name)));
+        responses.push(match service.delete_topic(ctx, &name).await {
+            Ok(()) => result,
+            Err(e) => result.with_error_code(code(&e)).with_error_message(Some(str_bytes(e.to_string()))),
+        });
+    }
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+async fn create_partitions(
+    req: CreatePartitionsRequest,
+    service: &Service,
+    ctx: &RequestCtx,
+) -> CreatePartitionsResponse {
+    let mut results = Vec::with_capacity(req.topics.len());
+    for topic in req.topics {
+        let name = topic.name.0.to_string();
+        let result = create_partitions_response::CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+        let outcome = async {
+            let count = u32::try_from(topic.count).map_err(|_| Error::InvalidPartitions("count is negative".into()))?;
+            let current = service.describe_topic(ctx, &name)?.partition_count;
+            if count <= current {
+                return Err(Error::InvalidPartitions(format!(
+                    "topic '{name}' has {current} partitions; the new count must be larger"
+                )));
+            }
+            if req.validate_only {
+                return Ok(());
+            }
+            service.alter_topic(ctx, &name, Some(count), &TopicConfigPatch::default()).await.map(|_| ())
+        }
+        .await;
+        results.push(match outcome {
+            Ok(()) => result,
+            Err(e) => result.with_error_code(code(&e)).with_error_message(Some(str_bytes(e.to_string()))),
+        });
+    }
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+fn describe_configs(req: DescribeConfigsRequest, service: &Service, ctx: &RequestCtx) -> DescribeConfigsResponse {
+    const TOPIC: i8 = 2;
+    let mut results = Vec::with_capacity(req.resources.len());
+    for resource in req.resources {
+        let result = describe_configs_response::DescribeConfigsResult::default()
+            .with_resource_type(resource.resource_type)
+            .with_resource_name(resource.resource_name.clone());
+        if resource.resource_type != TOPIC {
+            // Brokers and others: gregor has nothing to describe there.
+            results.push(result);
+            continue;
+        }
+        let name = resource.resource_name.to_string();
+        results.push(match service.describe_topic(ctx, &name) {
+            Ok(d) => {
+                let entries = [
+                    ("retention.ms", d.config.retention_ms.to_string(), false),
+                    ("retention.bytes", d.config.retention_bytes.to_string(), false),
+                    ("max.message.bytes", d.config.max_message_bytes.to_string(), false),
+                    ("cleanup.policy", "delete".to_owned(), true),
+                    ("message.timestamp.type", "CreateTime".to_owned(), true),
+                ];
+                let wanted = resource.configuration_keys.as_ref();
+                let configs = entries
+                    .into_iter()
+                    .filter(|(n, _, _)| wanted.is_none_or(|keys| keys.iter().any(|k| &**k == *n)))
+                    .map(|(n, v, read_only)| {
+                        describe_configs_response::DescribeConfigsResourceResult::default()
+                            .with_name(str_bytes(n))
+                            .with_value(Some(str_bytes(v)))
+                            .with_read_only(read_only)
+                            // DYNAMIC_TOPIC_CONFIG
+                            .with_config_source(1)
+                    })
+                    .collect();
+                result.with_configs(configs)
+            }
+            Err(e) => result.with_error_code(code(&e)).with_error_message(Some(str_bytes(e.to_string()))),
+        });
+    }
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+fn find_coordinator(req: FindCoordinatorRequest, version: i16, shared: &Shared) -> FindCoordinatorResponse {
+    let host = str_bytes(shared.host.clone());
+    let port = i32::from(shared.port);
+    if version >= 4 {
+        let coordinators = req
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                find_coordinator_response::Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(BrokerId(NODE_ID))
+                    .with_host(host.clone())
+                    .with_port(port)
+            })
+            .collect();
+        FindCoordinatorResponse::default().with_coordinators(coordinators)
+    } else {
+        FindCoordinatorResponse::default().with_node_id(BrokerId(NODE_ID)).with_host(host).with_port(port)
+    }
+}

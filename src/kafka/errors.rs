@@ -1,0 +1,66 @@
+//! gregor's errors as Kafka's error codes (the numbers Kafka's clients know).
+
+use crate::error::Error;
+use crate::record::BatchError;
+
+pub const NONE: i16 = 0;
+pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+pub const CORRUPT_MESSAGE: i16 = 2;
+pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+pub const REQUEST_TIMED_OUT: i16 = 7;
+pub const MESSAGE_TOO_LARGE: i16 = 10;
+pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+pub const INVALID_REQUIRED_ACKS: i16 = 21;
+pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+pub const INVALID_TIMESTAMP: i16 = 32;
+pub const UNSUPPORTED_VERSION: i16 = 35;
+pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+pub const INVALID_PARTITIONS: i16 = 37;
+pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+pub const INVALID_REQUEST: i16 = 42;
+pub const INVALID_CONFIG: i16 = 40;
+pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+pub const KAFKA_STORAGE_ERROR: i16 = 56;
+pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
+pub const INVALID_RECORD: i16 = 87;
+pub const THROTTLING_QUOTA_EXCEEDED: i16 = 89;
+
+/// What a topic or partition operation's error is called in Kafka.
+pub fn code(e: &Error) -> i16 {
+    match e {
+        Error::UnknownTopic(_) | Error::UnknownPartition { .. } => UNKNOWN_TOPIC_OR_PARTITION,
+        Error::TopicExists(_) => TOPIC_ALREADY_EXISTS,
+        Error::InvalidTopicName(_) => INVALID_TOPIC_EXCEPTION,
+        Error::InvalidPartitions(_) => INVALID_PARTITIONS,
+        Error::InvalidConfig(_) => INVALID_CONFIG,
+        Error::OffsetOutOfRange { .. } => OFFSET_OUT_OF_RANGE,
+        Error::RecordTooLarge { .. } => MESSAGE_TOO_LARGE,
+        Error::InvalidRecord { .. } => INVALID_RECORD,
+        Error::Forbidden { resource, .. } if resource.starts_with("Group:") => GROUP_AUTHORIZATION_FAILED,
+        Error::Forbidden { resource, .. } if resource.starts_with("Cluster:") => CLUSTER_AUTHORIZATION_FAILED,
+        Error::Forbidden { .. } => TOPIC_AUTHORIZATION_FAILED,
+        Error::QuotaExceeded { .. } => THROTTLING_QUOTA_EXCEEDED,
+        // Retriable: the client backs off and tries again.
+        Error::WriteQueueFull => REQUEST_TIMED_OUT,
+        Error::ShuttingDown => NOT_LEADER_OR_FOLLOWER,
+        Error::Storage(_) | Error::Corrupt(_) => KAFKA_STORAGE_ERROR,
+        Error::InvalidArgument { .. } | Error::InvalidParameter { .. } | Error::InvalidRequest(_) => INVALID_REQUEST,
+        _ => UNKNOWN_SERVER_ERROR,
+    }
+}
+
+/// What a refused produced batch is called in Kafka.
+pub fn batch_code(e: &BatchError) -> i16 {
+    match e {
+        BatchError::Corrupt(_) => CORRUPT_MESSAGE,
+        BatchError::TooLarge { .. } => MESSAGE_TOO_LARGE,
+        BatchError::UnsupportedCompression(_) => UNSUPPORTED_COMPRESSION_TYPE,
+        BatchError::Transactional => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        BatchError::InvalidRecord(_) => INVALID_RECORD,
+        BatchError::InvalidTimestamp(_) => INVALID_TIMESTAMP,
+    }
+}
