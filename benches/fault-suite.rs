@@ -101,7 +101,7 @@ impl Server {
             }
             None => Command::new(bin),
         };
-        command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }

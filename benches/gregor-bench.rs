@@ -101,7 +101,7 @@ impl Server {
         // GREGOR_BENCH_SERVER runs another build of the server (an A/B run against an older binary).
         let server = std::env::var_os("GREGOR_BENCH_SERVER").unwrap_or_else(|| env!("CARGO_BIN_EXE_gregor").into());
         let mut command = Command::new(server);
-        command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
         if let Some(config) = config.or(SERVER_CONFIG.get().map(|p| p.as_path())) {
             command.arg("--config").arg(config);
         }

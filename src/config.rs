@@ -426,6 +426,24 @@ impl Config {
                 g.offsets_retention_ms
             )));
         }
+        // The Kafka listener has no SASL yet: its connections are anonymous. Off loopback it
+        // would be an open door unless anonymous access is what the configuration asks for.
+        if let Some(addr) = self.kafka.listen
+            && !addr.ip().is_loopback()
+            && !self.auth.allow_anonymous
+        {
+            return Err(ConfigError(format!(
+                "kafka.listen: {addr} is not a loopback address, and the Kafka listener does not \
+                 authenticate yet (no SASL): keep it on 127.0.0.1/::1, turn it off with 'off', \
+                 or set auth.allow_anonymous (its connections then act as User:ANONYMOUS, under the ACLs)"
+            )));
+        }
+        if self.kafka.max_request_bytes < 1024 || self.kafka.max_request_bytes > 1 << 30 {
+            return Err(ConfigError(format!(
+                "kafka.max_request_bytes: must be between 1024 and 1073741824, not {}",
+                self.kafka.max_request_bytes
+            )));
+        }
         let h = &self.http;
         if !(100..=3_600_000).contains(&h.header_read_timeout.as_millis()) {
             return Err(ConfigError(format!(
@@ -638,6 +656,23 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(!c.auto_create_topics);
+        assert_eq!(c.kafka.listen.map(|a| a.to_string()).as_deref(), Some(DEFAULT_KAFKA_LISTEN));
+    }
+
+    #[test]
+    fn the_kafka_listener_is_configured_and_kept_off_public_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gregor.toml");
+        std::fs::write(&path, "[kafka]\nlisten = \"127.0.0.1:9093\"\nadvertised_listener = \"kafka.example:19092\"\n")
+            .unwrap();
+        let c = Config::load(&ServeArgs { config: Some(path.clone()), ..Default::default() }).unwrap();
+        assert_eq!(c.kafka.listen.unwrap().port(), 9093);
+        assert_eq!(c.kafka.advertised, Some(("kafka.example".to_owned(), 19092)));
+        let off = Config::load(&ServeArgs { kafka_listen: Some("off".into()), ..Default::default() }).unwrap();
+        assert!(off.kafka.listen.is_none());
+        let public = ServeArgs { kafka_listen: Some("0.0.0.0:9092".into()), ..Default::default() };
+        let err = Config::load(&public).unwrap_err().0;
+        assert!(err.contains("kafka.listen") && err.contains("SASL"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use super::errors::{self, code};
 use super::{ConnError, Shared};
 use crate::error::Error;
-use crate::log::Acks;
+use crate::service::Acks;
 use crate::service::{RequestCtx, Service};
 use crate::topic::TopicConfigPatch;
 
@@ -203,7 +203,9 @@ async fn metadata(req: MetadataRequest, version: i16, shared: &Shared, ctx: &Req
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
         let mut described = service.describe_topic(ctx, &name);
-        if matches!(described, Err(Error::UnknownTopic(_))) && req.allow_auto_topic_creation && service.auto_creates_topics()
+        if matches!(described, Err(Error::UnknownTopic(_)))
+            && req.allow_auto_topic_creation
+            && service.auto_creates_topics()
         {
             let created = service.create_topic(ctx, &name, 0, &TopicConfigPatch::default()).await;
             described = match created {
@@ -249,7 +251,9 @@ async fn produce(req: ProduceRequest, service: &Service, ctx: &RequestCtx) -> Pr
             topic.partition_data.into_iter().map(|p| (p.index, p.records)).collect();
         let results = match (acks, req.transactional_id.is_some()) {
             (None, _) => partitions.iter().map(|(p, _)| (*p, Err(errors::INVALID_REQUIRED_ACKS))).collect(),
-            (_, true) => partitions.iter().map(|(p, _)| (*p, Err(errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED))).collect(),
+            (_, true) => {
+                partitions.iter().map(|(p, _)| (*p, Err(errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED))).collect()
+            }
             (Some(acks), false) => produce_topic(service, ctx, &name, partitions, acks).await,
         };
         let partition_responses = results

@@ -110,6 +110,11 @@ pub(crate) enum ConnError {
 }
 
 async fn connection(stream: TcpStream, shared: Arc<Shared>, stop: CancellationToken) -> Result<(), ConnError> {
+    // No SASL yet: a connection is anonymous, and only where anonymous requests are allowed.
+    if let Err(e) = shared.service.authenticate(&crate::auth::Credentials::None).await {
+        tracing::warn!(error = %e, "kafka connection refused: credentials are required and SASL is not served yet");
+        return Ok(());
+    }
     let (mut rd, wr) = stream.into_split();
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let mut session = api::Session::new(&shared.service);

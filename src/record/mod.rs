@@ -14,10 +14,10 @@
 //! outside it, as in Kafka.
 //!
 //! **Forms.** A REST or WebSocket producer sends each byte string as JSON, text or binary, and
-//! reads it back in that form. The form travels in the record's `attributes` byte, which Kafka
-//! leaves unused and its clients ignore: bits 0-1 the key's form, 2-3 the value's, 4-5 the
-//! header values' (when they share one), each 1 binary, 2 text, 3 JSON, and 0 for "not
-//! stated". Records from Kafka clients state nothing; their forms are detected when read
+//! reads it back in that form. The form travels in the record's `attributes` byte, which
+//! Kafka leaves unused: bits 0-1 the key's form, 4-5 the value's, 6-7 the header values'
+//! (when they share one), each 1 binary, 2 text, 3 JSON, and 0 for "not stated". Bits 2-3 stay
+//! clear (librdkafka reads bit 3 as log-append time; see `VALUE_FORM_SHIFT`). Records from Kafka clients state nothing; their forms are detected when read
 //! ([`detect`]): JSON when the bytes are a JSON document other than a string or `null`,
 //! otherwise text when they are UTF-8 without control characters (tab and line breaks
 //! allowed), otherwise binary; header values are text or binary, never JSON. Either way the bytes are returned
@@ -59,6 +59,12 @@ mod at {
     pub const BASE_SEQUENCE: usize = 53;
     pub const COUNT: usize = 57;
 }
+
+/// Where the forms sit in a record's attributes: key in bits 0-1, value in 4-5, header values
+/// in 6-7. Bits 2-3 stay clear: librdkafka reads record bit 3 as "log append time" (a v1
+/// message attribute) and would then report the batch's largest timestamp for every record.
+const VALUE_FORM_SHIFT: u8 = 4;
+const HEADER_FORM_SHIFT: u8 = 6;
 
 /// Batch attribute bits (Kafka's).
 const ATTR_COMPRESSION: i16 = 0x07;
@@ -187,7 +193,9 @@ impl BatchBuilder {
         let ts_delta = timestamp.saturating_sub(self.base_timestamp);
         let offset_delta = i64::from(self.count);
         let header_form = uniform_form(&record.headers);
-        let attributes = form_bits(record.key.as_ref()) | (form_bits(record.value.as_ref()) << 2) | (header_form << 4);
+        let attributes = form_bits(record.key.as_ref())
+            | (form_bits(record.value.as_ref()) << VALUE_FORM_SHIFT)
+            | (header_form << HEADER_FORM_SHIFT);
         let mut body = 1 + varint_len(ts_delta) + varint_len(offset_delta);
         body += blob_len(record.key.as_ref()) + blob_len(record.value.as_ref());
         body += varint_len(record.headers.len() as i64);
@@ -644,7 +652,7 @@ impl<'a> Reader<'a> {
             bytes.map(|b| Blob { format: Format::from_tag(tag & 3, b), bytes: Cow::Borrowed(b) })
         };
         let key = blob(r.bytes()?, attributes);
-        let value = blob(r.bytes()?, attributes >> 2);
+        let value = blob(r.bytes()?, attributes >> VALUE_FORM_SHIFT);
         let n = r.varint()?;
         let n = usize::try_from(n).map_err(|_| Error::Corrupt(format!("negative header count {n}")))?;
         // Each header takes at least two bytes: the claimed count is bounded by what is left.
@@ -653,7 +661,7 @@ impl<'a> Reader<'a> {
             let name = r.bytes()?.ok_or_else(|| Error::Corrupt("null header name".into()))?;
             let name = std::str::from_utf8(name).map_err(|_| Error::Corrupt("header name is not UTF-8".into()))?;
             let value = r.bytes()?;
-            let tag = (attributes >> 4) & 3;
+            let tag = (attributes >> HEADER_FORM_SHIFT) & 3;
             let value = value.map(|b| Blob {
                 // Header values are text unless binary: detection never calls them JSON.
                 format: match tag {
@@ -747,6 +755,25 @@ mod tests {
         assert_eq!(set.records[2].timestamp, 9);
         assert_eq!(set.records[0].value.as_deref(), Some(&br#"{"n": 1}"#[..]));
         assert_eq!(set.records[0].key.as_deref(), Some(&[0u8, 255, 0][..]));
+    }
+
+    #[test]
+    fn forms_leave_the_bits_clients_read_clear() {
+        let mut b = BatchBuilder::new();
+        let text = |s: &'static str| Some(Blob::new(Format::Json, s.as_bytes()));
+        let rec = NewRecord {
+            key: text("1"),
+            value: text("2"),
+            headers: vec![Header { name: "h".into(), value: text("3") }],
+            timestamp: None,
+            partition: None,
+        };
+        b.push(&rec, 5);
+        let enc = b.finish();
+        // The record's attributes byte follows its one-byte length varint.
+        let attributes = enc.bytes[HEADER_LEN + 1];
+        assert_eq!(attributes & 0x0c, 0, "bits 2-3 clear: {attributes:#010b}");
+        assert_eq!(attributes, 0b1111_0011);
     }
 
     #[test]

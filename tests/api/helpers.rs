@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 
 pub struct TestApp {
     pub base: String,
+    /// The Kafka listener's `host:port` (on by default, on an ephemeral port).
+    pub kafka: Option<String>,
     pub client: reqwest::Client,
     pub dir: TempDir,
     /// Faults to inject into this server's store and writer.
@@ -46,6 +48,7 @@ pub async fn spawn_app_in(dir: TempDir) -> TestApp {
 async fn start(dir: TempDir, config: Config) -> TestApp {
     let app = App::build(config.clone()).await.expect("server starts");
     let base = format!("http://{}", app.local_addr());
+    let kafka = app.kafka_addr().map(|a| a.to_string());
     let faults = app.faults();
     let reloader = app.reloader();
     let (tx, rx) = oneshot::channel::<()>();
@@ -54,6 +57,7 @@ async fn start(dir: TempDir, config: Config) -> TestApp {
     }));
     TestApp {
         base,
+        kafka,
         client: reqwest::Client::new(),
         dir,
         faults,

@@ -14,6 +14,7 @@ mod faults;
 mod groups;
 mod idempotency;
 mod jwt;
+mod kafka;
 mod metrics;
 mod openapi;
 mod produce;

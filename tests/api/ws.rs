@@ -13,7 +13,7 @@ use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn connect(app: &TestApp, path: &str) -> Ws {
+pub(crate) async fn connect(app: &TestApp, path: &str) -> Ws {
     let url = format!("{}{}", app.base.replace("http://", "ws://"), path);
     connect_async(&url).await.unwrap_or_else(|e| panic!("connect {url}: {e}")).0
 }
@@ -40,7 +40,7 @@ async fn send(ws: &mut Ws, v: Value) {
 }
 
 /// Collects records frames until `n` records arrived.
-async fn records(ws: &mut Ws, n: usize) -> Vec<Value> {
+pub(crate) async fn records(ws: &mut Ws, n: usize) -> Vec<Value> {
     let mut out = Vec::new();
     while out.len() < n {
         let f = frame(ws).await;

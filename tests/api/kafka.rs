@@ -1,0 +1,262 @@
+//! The Kafka listener against real clients: confluent-kafka (librdkafka) and kafka-python,
+//! run from `.venv` (made by scripts/setup) by tests/kafka/clients.py, with what they wrote
+//! checked over REST and WebSocket here. Plus a fuzzer of the frame decoder.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{TestApp, project_root, spawn_app};
+
+/// Runs one scenario of tests/kafka/clients.py against `app` and returns its JSON line.
+async fn clients(app: &TestApp, scenario: &str) -> Value {
+    let python = project_root().join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup", python.display());
+    let bootstrap = app.kafka.clone().expect("the Kafka listener is on");
+    let out = tokio::process::Command::new(&python)
+        .arg(project_root().join("tests/kafka/clients.py"))
+        .arg(scenario)
+        .arg(&bootstrap)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scenario {scenario} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("scenario {scenario} printed no JSON ({e}): {stdout}"))
+}
+
+#[tokio::test]
+async fn kafka_admin_clients_manage_the_topics_rest_sees() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        let out = clients(&app, "admin").await;
+        assert_eq!(out["topics"], json!(["adm-a"]));
+        let (status, body) = app.get("/v1/topics/adm-a").await;
+        assert_eq!(status, 200);
+        assert_eq!(body["partition_count"], 5);
+        assert_eq!(body["config"]["retention_ms"], 3_600_000);
+        assert_eq!(app.get("/v1/topics/adm-b").await.0, 404);
+        assert_eq!(app.get("/v1/topics/adm-c").await.0, 404);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kafka_produce_with_every_codec_reads_back_over_rest_and_websocket() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic_with("codecs", 4, json!({"retention_ms": -1})).await;
+        let out = clients(&app, "produce_codecs").await;
+        let delivered = out["delivered"].as_array().unwrap();
+        assert_eq!(delivered.len(), 200);
+        let mut by_partition = std::collections::BTreeMap::<u64, Vec<Value>>::new();
+        for p in 0..4 {
+            by_partition.insert(p, app.read_all("codecs", p as u32, 0).await);
+        }
+        assert_eq!(by_partition.values().map(Vec::len).sum::<usize>(), 200, "no duplicate, nothing lost");
+        for d in delivered {
+            let (p, offset, key) =
+                (d["partition"].as_u64().unwrap(), d["offset"].as_u64().unwrap(), d["key"].as_str().unwrap());
+            let rec = &by_partition[&p][offset as usize];
+            assert_eq!(rec["offset"], offset);
+            assert_eq!(rec["key"], key, "keys are text");
+            let (codec, i) = key.rsplit_once('-').unwrap();
+            let i: u64 = i.parse().unwrap();
+            if i.is_multiple_of(2) {
+                assert_eq!(rec["value"], json!({"codec": codec, "i": i}), "JSON bytes read back as JSON");
+            } else {
+                assert_eq!(rec["value"], format!("text {codec} {i}"), "other UTF-8 reads back as text");
+            }
+            assert_eq!(rec["headers"], json!([{"name": "codec", "value": codec}]));
+        }
+        // murmur2: REST places each key where the Kafka client (murmur2_random) did.
+        let records: Vec<Value> = delivered.iter().map(|d| json!({"key": d["key"], "value": 1})).collect();
+        let offsets = app.produce("codecs", Value::Array(records)).await;
+        for (d, o) in delivered.iter().zip(&offsets) {
+            assert_eq!(d["partition"], o["partition"], "key {}", d["key"]);
+        }
+        // A WebSocket stream delivers the Kafka client's records (compressed or not) as well.
+        let mut ws = crate::ws::connect(&app, "/v1/topics/codecs/stream?from=earliest").await;
+        let streamed = crate::ws::records(&mut ws, 400).await;
+        assert_eq!(streamed.len(), 400);
+        assert!(streamed.iter().any(|r| r["key"] == "zstd-0" && r["value"] == json!({"codec": "zstd", "i": 0})));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rest_records_reach_kafka_consumers_as_their_bytes() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic_with("from-rest", 3, json!({"retention_ms": -1})).await;
+        app.produce(
+            "from-rest",
+            json!([
+                {"key": "j", "value": {"a": 1}, "partition": 0, "timestamp": 1000},
+                {"key": "t", "value": "hello", "partition": 0, "timestamp": 2000,
+                 "headers": [{"name": "h", "value": "x"}]},
+                {"value_base64": "aGk=", "partition": 0, "timestamp": 3000},
+                {"key": "n", "value": null, "partition": 1},
+                {"value": [1, 2], "partition": 2}
+            ]),
+        )
+        .await;
+        let out = clients(&app, "consume_assign").await;
+        let recs = out["records"].as_array().unwrap();
+        assert_eq!(recs.len(), 5);
+        let p0: Vec<&Value> = recs.iter().filter(|r| r["partition"] == 0).collect();
+        assert_eq!(p0[0]["value"], r#"{"a":1}"#, "a REST JSON value is its JSON text");
+        assert_eq!(p0[0]["key"], "j");
+        assert_eq!(p0[0]["timestamp"], 1000);
+        assert_eq!(p0[1]["value"], "hello");
+        assert_eq!(p0[1]["headers"], json!([["h", "x"]]));
+        assert_eq!(p0[2]["value"], "hi");
+        assert_eq!(p0[2]["key"], Value::Null);
+        let p1 = recs.iter().find(|r| r["partition"] == 1).unwrap();
+        assert_eq!(p1["value"], Value::Null, "a null value stays a tombstone");
+        assert_eq!(recs.iter().find(|r| r["partition"] == 2).unwrap()["value"], "[1,2]");
+        assert_eq!(out["watermarks"], json!([0, 3]));
+        assert_eq!(out["offset_for_1500"], 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kafka_python_produces_and_consumes() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("kp", 2).await;
+        let out = clients(&app, "kafka_python").await;
+        assert_eq!(out["values"].as_array().unwrap().len(), 30);
+        assert_eq!(app.read_all("kp", 1, 0).await[0]["value"], "value 1");
+    })
+    .await;
+}
+
+/// Sends one frame (size prefix included in `bytes`) and reads the answer's body, if any.
+async fn exchange(stream: &mut TcpStream, bytes: &[u8]) -> Option<Vec<u8>> {
+    stream.write_all(bytes).await.ok()?;
+    let mut len = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut len)).await.ok()?.ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).await.ok()?;
+    Some(body)
+}
+
+/// An ApiVersions v0 request with correlation id `id`.
+fn api_versions(id: i32) -> Vec<u8> {
+    let mut req = Vec::new();
+    req.extend_from_slice(&18i16.to_be_bytes());
+    req.extend_from_slice(&0i16.to_be_bytes());
+    req.extend_from_slice(&id.to_be_bytes());
+    req.extend_from_slice(&(-1i16).to_be_bytes());
+    let mut framed = (req.len() as i32).to_be_bytes().to_vec();
+    framed.extend(req);
+    framed
+}
+
+/// Random, truncated and lying frames: each gets an error answer or a closed connection,
+/// never a crash or an allocation of what it claims; the server still answers and nothing
+/// was created or stored.
+#[tokio::test]
+async fn the_frame_decoder_survives_random_truncated_and_huge_frames() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("f", 1).await;
+        let addr = app.kafka.clone().unwrap();
+        let mut rng = crate::helpers::xorshift(0x006b_6166_6b61);
+        // Valid request headers for APIs with arrays, followed by garbage bodies (huge counts).
+        let apis: [(i16, i16); 8] = [(0, 9), (1, 12), (2, 7), (3, 12), (19, 7), (20, 5), (32, 4), (37, 3)];
+        for round in 0..600u32 {
+            let mut stream = TcpStream::connect(&addr).await.unwrap();
+            let mut body = Vec::new();
+            match round % 4 {
+                0 => {
+                    let (key, version) = apis[(rng() as usize) % apis.len()];
+                    body.extend_from_slice(&key.to_be_bytes());
+                    body.extend_from_slice(&version.to_be_bytes());
+                    body.extend_from_slice(&(round as i32).to_be_bytes());
+                    body.extend_from_slice(&(-1i16).to_be_bytes());
+                    if version >= 9 {
+                        body.push(0);
+                    }
+                    for _ in 0..(rng() % 40) {
+                        // Mostly 0xff and 0x7f runs: lengths and counts near their maxima.
+                        body.push(match rng() % 3 {
+                            0 => 0xff,
+                            1 => 0x7f,
+                            _ => rng() as u8,
+                        });
+                    }
+                }
+                1 => body.extend((0..(rng() % 64)).map(|_| rng() as u8)),
+                2 => {
+                    // A real request cut short.
+                    let full = api_versions(7);
+                    body.extend_from_slice(&full[4..4 + (rng() as usize % (full.len() - 4))]);
+                }
+                _ => {
+                    // A length prefix claiming far more than will come, or more than allowed.
+                    let claim = if rng().is_multiple_of(2) { i32::MAX } else { 1 << 20 };
+                    stream.write_all(&claim.to_be_bytes()).await.unwrap();
+                    let _ = stream.write_all(&[0u8; 16]).await;
+                    drop(stream);
+                    continue;
+                }
+            }
+            let mut framed = (body.len() as i32).to_be_bytes().to_vec();
+            framed.extend(&body);
+            let _ = exchange(&mut stream, &framed).await;
+        }
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let answer = exchange(&mut stream, &api_versions(42)).await.expect("ApiVersions still answers");
+        assert_eq!(&answer[..4], &42i32.to_be_bytes(), "correlation id");
+        assert_eq!(&answer[4..6], &0i16.to_be_bytes(), "error code NONE");
+        let (_, topics) = app.get("/v1/topics").await;
+        assert_eq!(topics["topics"].as_array().map(Vec::len), Some(1), "nothing created: {topics}");
+        assert_eq!(app.partition("f", 0).await["end_offset"], 0, "nothing stored");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unsupported_apis_and_versions_get_unsupported_version() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        let mut stream = TcpStream::connect(app.kafka.clone().unwrap()).await.unwrap();
+        // ApiVersions at a version from the future: v0 answer, error 35, and the versions served.
+        let mut req = Vec::new();
+        req.extend_from_slice(&18i16.to_be_bytes());
+        req.extend_from_slice(&99i16.to_be_bytes());
+        req.extend_from_slice(&5i32.to_be_bytes());
+        req.extend_from_slice(&(-1i16).to_be_bytes());
+        let mut framed = (req.len() as i32).to_be_bytes().to_vec();
+        framed.extend(req);
+        let answer = exchange(&mut stream, &framed).await.unwrap();
+        assert_eq!(&answer[..4], &5i32.to_be_bytes());
+        assert_eq!(&answer[4..6], &35i16.to_be_bytes());
+        // An API gregor does not serve (EndTxn, 26): error 35, and the connection stays open.
+        let mut req = Vec::new();
+        req.extend_from_slice(&26i16.to_be_bytes());
+        req.extend_from_slice(&0i16.to_be_bytes());
+        req.extend_from_slice(&6i32.to_be_bytes());
+        req.extend_from_slice(&(-1i16).to_be_bytes());
+        let mut framed = (req.len() as i32).to_be_bytes().to_vec();
+        framed.extend(req);
+        let answer = exchange(&mut stream, &framed).await.unwrap();
+        assert_eq!(&answer[..4], &6i32.to_be_bytes());
+        assert_eq!(&answer[4..6], &35i16.to_be_bytes());
+        let answer = exchange(&mut stream, &api_versions(7)).await.expect("the connection still serves");
+        assert_eq!(&answer[4..6], &0i16.to_be_bytes());
+    })
+    .await;
+}

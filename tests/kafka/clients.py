@@ -1,0 +1,129 @@
+"""Real Kafka clients against a running gregor: `clients.py SCENARIO BOOTSTRAP`.
+
+Run by the Rust integration tests (tests/api/kafka.rs), which start gregor on ephemeral ports,
+prepare what a scenario reads, and check over REST and WebSocket what it wrote. Each scenario
+asserts what the clients saw and prints one JSON line for the Rust side; a failed assertion
+exits non-zero with the reason.
+"""
+
+import json
+import sys
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+
+TIMEOUT = 20
+
+
+def admin(bs):
+    a = AdminClient({"bootstrap.servers": bs})
+    futures = a.create_topics(
+        [
+            NewTopic("adm-a", num_partitions=2, replication_factor=1, config={"retention.ms": "3600000"}),
+            NewTopic("adm-b", num_partitions=1, replication_factor=1),
+        ]
+    )
+    for f in futures.values():
+        f.result(TIMEOUT)
+    # Creating it again is Kafka's TOPIC_ALREADY_EXISTS; a config gregor lacks is INVALID_CONFIG.
+    again = a.create_topics([NewTopic("adm-a", num_partitions=1, replication_factor=1)])["adm-a"]
+    try:
+        again.result(TIMEOUT)
+        raise AssertionError("a second create succeeded")
+    except KafkaException as e:
+        assert e.args[0].name() == "TOPIC_ALREADY_EXISTS", e
+    bad = a.create_topics([NewTopic("adm-c", 1, 1, config={"cleanup.policy": "compact"})])["adm-c"]
+    try:
+        bad.result(TIMEOUT)
+        raise AssertionError("cleanup.policy=compact was accepted")
+    except KafkaException as e:
+        assert e.args[0].name() == "INVALID_CONFIG", e
+    a.create_partitions([NewPartitions("adm-a", 5)])["adm-a"].result(TIMEOUT)
+    md = a.list_topics(timeout=TIMEOUT)
+    assert len(md.topics["adm-a"].partitions) == 5, md.topics["adm-a"].partitions
+    assert "adm-c" not in md.topics
+    configs = a.describe_configs([ConfigResource("TOPIC", "adm-a")])
+    entries = list(configs.values())[0].result(TIMEOUT)
+    assert entries["retention.ms"].value == "3600000", entries["retention.ms"]
+    a.delete_topics(["adm-b"])["adm-b"].result(TIMEOUT)
+    md = a.list_topics(timeout=TIMEOUT)
+    assert "adm-b" not in md.topics
+    print(json.dumps({"topics": sorted(md.topics.keys())}))
+
+
+def produce_codecs(bs):
+    """Keyed records with every codec, placed by Kafka's murmur2 as REST places keys."""
+    delivered = []
+
+    def on_delivery(err, msg):
+        assert err is None, err
+        delivered.append({"key": msg.key().decode(), "partition": msg.partition(), "offset": msg.offset()})
+
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"]:
+        p = Producer(
+            {
+                "bootstrap.servers": bs,
+                "compression.type": codec,
+                "partitioner": "murmur2_random",
+                "acks": "all",
+                "linger.ms": 20,
+            }
+        )
+        for i in range(40):
+            value = json.dumps({"codec": codec, "i": i}) if i % 2 == 0 else f"text {codec} {i}"
+            p.produce("codecs", key=f"{codec}-{i}", value=value, headers=[("codec", codec.encode())], on_delivery=on_delivery)
+        assert p.flush(TIMEOUT) == 0
+    assert len(delivered) == 200, len(delivered)
+    print(json.dumps({"delivered": delivered}))
+
+
+def consume_assign(bs):
+    """Reads what REST produced to `from-rest` (3 partitions) by assignment, from the start."""
+    c = Consumer({"bootstrap.servers": bs, "group.id": "unused", "enable.auto.commit": False})
+    c.assign([TopicPartition("from-rest", p, 0) for p in range(3)])
+    records = []
+    while True:
+        m = c.poll(3)
+        if m is None:
+            break
+        assert m.error() is None, m.error()
+        records.append(
+            {
+                "partition": m.partition(),
+                "offset": m.offset(),
+                "key": m.key().decode() if m.key() is not None else None,
+                "value": m.value().decode() if m.value() is not None else None,
+                "headers": [[k, v.decode()] for k, v in (m.headers() or [])],
+                "timestamp": m.timestamp()[1],
+            }
+        )
+    low, high = c.get_watermark_offsets(TopicPartition("from-rest", 0), timeout=TIMEOUT)
+    found = c.offsets_for_times([TopicPartition("from-rest", 0, 1_500)], timeout=TIMEOUT)[0]
+    c.close()
+    print(json.dumps({"records": records, "watermarks": [low, high], "offset_for_1500": found.offset}))
+
+
+def kafka_python(bs):
+    """The other client library: produce with gzip, read back by assignment."""
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import TopicPartition as KTP
+
+    p = KafkaProducer(bootstrap_servers=bs, acks="all", compression_type="gzip")
+    futures = [p.send("kp", key=b"k%d" % i, value=b"value %d" % i, partition=i % 2) for i in range(30)]
+    p.flush()
+    offsets = [f.get(TIMEOUT).offset for f in futures]
+    assert offsets[:4] == [0, 0, 1, 1], offsets[:4]
+    c = KafkaConsumer(bootstrap_servers=bs, auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    c.assign([KTP("kp", 0), KTP("kp", 1)])
+    values = sorted(m.value.decode() for m in c)
+    assert len(values) == 30, len(values)
+    ends = c.end_offsets([KTP("kp", 0), KTP("kp", 1)])
+    assert sorted(ends.values()) == [15, 15], ends
+    c.close()
+    print(json.dumps({"values": values}))
+
+
+SCENARIOS = {f.__name__: f for f in [admin, produce_codecs, consume_assign, kafka_python]}
+
+if __name__ == "__main__":
+    SCENARIOS[sys.argv[1]](sys.argv[2])
