@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 
 async fn start_process(dir: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gregor"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .env("GREGOR_LOG", "warn")
         .stdout(Stdio::piped())
