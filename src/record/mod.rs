@@ -68,7 +68,6 @@ const HEADER_FORM_SHIFT: u8 = 6;
 
 /// Batch attribute bits (Kafka's).
 const ATTR_COMPRESSION: i16 = 0x07;
-const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
 
@@ -378,10 +377,6 @@ impl BatchHeader {
     pub fn is_control(&self) -> bool {
         self.attributes & ATTR_CONTROL != 0
     }
-
-    pub fn log_append_time(&self) -> bool {
-        self.attributes & ATTR_LOG_APPEND_TIME != 0
-    }
 }
 
 fn be_i16(b: &[u8], at: usize) -> i16 {
@@ -495,19 +490,21 @@ pub struct Decoded<'a> {
 impl Decoded<'_> {
     /// The records with their offset deltas, in offset order.
     pub fn iter(&self) -> BatchIter<'_> {
-        BatchIter {
-            r: Reader { data: &self.records, pos: 0 },
-            remaining: self.header.record_count.max(0) as u32,
-            base_timestamp: self.header.base_timestamp,
-        }
+        BatchIter::new(&self.header, &self.records)
     }
+}
+
+/// A batch's header, its records' bytes as stored, and how they are compressed.
+fn open(bytes: &[u8]) -> Result<(BatchHeader, &[u8], Compression), Error> {
+    let header = BatchHeader::parse(bytes)?;
+    let compression = header.compression()?;
+    Ok((header, &bytes[HEADER_LEN..], compression))
 }
 
 /// Opens a stored batch (inflating it if it is compressed, up to [`MAX_INFLATED_BYTES`]).
 pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, Error> {
-    let header = BatchHeader::parse(bytes)?;
-    let body = &bytes[HEADER_LEN..];
-    let records = match header.compression()? {
+    let (header, body, codec) = open(bytes)?;
+    let records = match codec {
         Compression::None => Cow::Borrowed(body),
         codec => Cow::Owned(compression::inflate(codec, body, MAX_INFLATED_BYTES)?),
     };
@@ -521,20 +518,15 @@ pub type Inflated = std::sync::OnceLock<Result<Vec<u8>, String>>;
 /// Opens a stored batch like [`decode`], keeping inflated records in `cell` (which must
 /// belong to this batch) so they outlive the call.
 pub fn decode_into<'a>(bytes: &'a [u8], cell: &'a Inflated) -> Result<BatchIter<'a>, Error> {
-    let header = BatchHeader::parse(bytes)?;
-    let body = &bytes[HEADER_LEN..];
-    let records = match header.compression()? {
+    let (header, body, codec) = open(bytes)?;
+    let records = match codec {
         Compression::None => body,
         codec => cell
             .get_or_init(|| compression::inflate(codec, body, MAX_INFLATED_BYTES).map_err(|e| e.to_string()))
             .as_deref()
             .map_err(|e| Error::Corrupt(e.clone()))?,
     };
-    Ok(BatchIter {
-        r: Reader { data: records, pos: 0 },
-        remaining: header.record_count.max(0) as u32,
-        base_timestamp: header.base_timestamp,
-    })
+    Ok(BatchIter::new(&header, records))
 }
 
 #[derive(Debug)]
@@ -542,6 +534,16 @@ pub struct BatchIter<'a> {
     r: Reader<'a>,
     remaining: u32,
     base_timestamp: i64,
+}
+
+impl<'a> BatchIter<'a> {
+    fn new(header: &BatchHeader, records: &'a [u8]) -> BatchIter<'a> {
+        BatchIter {
+            r: Reader { data: records, pos: 0 },
+            remaining: header.record_count.max(0) as u32,
+            base_timestamp: header.base_timestamp,
+        }
+    }
 }
 
 impl<'a> Iterator for BatchIter<'a> {
@@ -565,6 +567,7 @@ impl<'a> Iterator for BatchIter<'a> {
     }
 }
 
+/// A bounds-checked cursor over a batch's bytes (the old format's reader in `v1` shares it).
 #[derive(Debug)]
 struct Reader<'a> {
     data: &'a [u8],

@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use super::{BatchInfo, Blob, Format, Header, StoredRecord};
+use super::{BatchInfo, Blob, Format, Header, Reader, StoredRecord};
 use crate::error::Error;
 
 const VERSION: u8 = 1;
@@ -32,11 +32,11 @@ pub fn is_v1(bytes: &[u8]) -> bool {
 
 pub fn batch_info(bytes: &[u8]) -> Result<BatchInfo, Error> {
     let mut r = Reader { data: bytes, pos: 0 };
-    let version = r.u8()?;
+    let version = r.le_u8()?;
     if version != VERSION {
         return Err(Error::Corrupt(format!("unknown batch version {version}")));
     }
-    Ok(BatchInfo { count: r.u32()?, max_timestamp: r.u64()? })
+    Ok(BatchInfo { count: r.le_u32()?, max_timestamp: r.le_u64()? })
 }
 
 /// Iterates the records of a stored batch in offset order.
@@ -59,7 +59,7 @@ impl<'a> Iterator for BatchIter<'a> {
             return None;
         }
         self.remaining -= 1;
-        let rec = self.r.record();
+        let rec = self.r.v1_record();
         if rec.is_err() {
             self.remaining = 0;
         }
@@ -71,65 +71,47 @@ impl<'a> Iterator for BatchIter<'a> {
     }
 }
 
-#[derive(Debug)]
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
+/// The old format's fields, read with the v2 reader's bounds-checked `take`.
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
-        match end {
-            Some(end) => {
-                let s = &self.data[self.pos..end];
-                self.pos = end;
-                Ok(s)
-            }
-            None => {
-                Err(Error::Corrupt(format!("batch truncated: wanted {n} bytes at {} of {}", self.pos, self.data.len())))
-            }
-        }
-    }
-    fn u8(&mut self) -> Result<u8, Error> {
+    fn le_u8(&mut self) -> Result<u8, Error> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, Error> {
+    fn le_u16(&mut self) -> Result<u16, Error> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> Result<u32, Error> {
+    fn le_u32(&mut self) -> Result<u32, Error> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> Result<u64, Error> {
+    fn le_u64(&mut self) -> Result<u64, Error> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
-    fn blob(&mut self) -> Result<Option<Blob<'a>>, Error> {
-        let format = match self.u8()? {
+    fn v1_blob(&mut self) -> Result<Option<Blob<'a>>, Error> {
+        let format = match self.le_u8()? {
             0 => return Ok(None),
             1 => Format::Binary,
             2 => Format::Text,
             3 => Format::Json,
             t => return Err(Error::Corrupt(format!("unknown blob tag {t}"))),
         };
-        let len = self.u32()? as usize;
+        let len = self.le_u32()? as usize;
         Ok(Some(Blob { format, bytes: Cow::Borrowed(self.take(len)?) }))
     }
-    fn record(&mut self) -> Result<StoredRecord<'a>, Error> {
-        let timestamp = self.u64()?;
-        let key = self.blob()?;
-        let value = self.blob()?;
-        let n = self.u16()? as usize;
+    fn v1_record(&mut self) -> Result<StoredRecord<'a>, Error> {
+        let timestamp = self.le_u64()?;
+        let key = self.v1_blob()?;
+        let value = self.v1_blob()?;
+        let n = self.le_u16()? as usize;
         let mut headers = Vec::with_capacity(n);
         for _ in 0..n {
-            let len = self.u16()? as usize;
+            let len = self.le_u16()? as usize;
             let name =
                 std::str::from_utf8(self.take(len)?).map_err(|_| Error::Corrupt("header name is not UTF-8".into()))?;
-            headers.push(Header { name: Cow::Borrowed(name), value: self.blob()? });
+            headers.push(Header { name: Cow::Borrowed(name), value: self.v1_blob()? });
         }
         Ok(StoredRecord { timestamp, key, value, headers })
     }
