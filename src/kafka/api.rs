@@ -275,7 +275,7 @@ async fn produce(req: ProduceRequest, service: &Service, ctx: &RequestCtx) -> Pr
     ProduceResponse::default().with_responses(responses)
 }
 
-/// Checks each partition's batch, then appends the good ones in one write.
+/// Appends each partition's batch (checked by the service; the good ones in one write).
 async fn produce_topic(
     service: &Service,
     ctx: &RequestCtx,
@@ -283,42 +283,32 @@ async fn produce_topic(
     partitions: Vec<(i32, Option<Bytes>)>,
     acks: Acks,
 ) -> Vec<(i32, Result<i64, i16>)> {
-    let max = match service.max_batch_bytes(ctx, topic) {
-        Ok(max) => max,
-        Err(e) => return partitions.iter().map(|(p, _)| (*p, Err(code(&e)))).collect(),
-    };
     let mut results: Vec<(i32, Result<i64, i16>)> = Vec::with_capacity(partitions.len());
     let mut batches = Vec::with_capacity(partitions.len());
     for (p, records) in partitions {
-        let Ok(index) = u32::try_from(p) else {
-            results.push((p, Err(errors::UNKNOWN_TOPIC_OR_PARTITION)));
-            continue;
-        };
-        let bytes = records.map(|b| b.to_vec()).unwrap_or_default();
-        match crate::record::check_produced(bytes, max) {
-            Ok(checked) => {
-                results.push((p, Ok(0)));
-                batches.push((index, checked.batch));
+        match u32::try_from(p) {
+            Ok(index) => {
+                results.push((p, Ok(-1)));
+                batches.push((index, records.map(|b| b.to_vec()).unwrap_or_default()));
             }
-            Err(e) => results.push((p, Err(errors::batch_code(&e)))),
+            Err(_) => results.push((p, Err(errors::UNKNOWN_TOPIC_OR_PARTITION))),
         }
     }
     if batches.is_empty() {
         return results;
     }
-    match service.produce_batches(ctx, topic, batches, acks).await {
-        Ok(bases) => {
-            let mut bases = bases.unwrap_or_default().into_iter();
-            for (_, r) in results.iter_mut().filter(|(_, r)| r.is_ok()) {
-                *r = Ok(bases.next().map_or(-1, |b| b as i64));
+    let outcomes = service.produce_batches(ctx, topic, batches, acks).await;
+    let produced = results.iter_mut().filter(|(_, r)| r.is_ok()).map(|(_, r)| r);
+    match outcomes {
+        Ok(outcomes) => {
+            for (r, outcome) in produced.zip(outcomes) {
+                *r = match outcome {
+                    Ok(base) => Ok(base.map_or(-1, |b| b as i64)),
+                    Err(e) => Err(errors::batch_code(&e)),
+                };
             }
         }
-        Err(e) => {
-            let c = code(&e);
-            for (_, r) in results.iter_mut().filter(|(_, r)| r.is_ok()) {
-                *r = Err(c);
-            }
-        }
+        Err(e) => produced.for_each(|r| *r = Err(code(&e))),
     }
     results
 }

@@ -1,7 +1,7 @@
 //! gregor's errors as Kafka's error codes (the numbers Kafka's clients know).
 
 use crate::error::Error;
-use crate::record::BatchError;
+use crate::service::BatchError;
 
 pub const NONE: i16 = 0;
 pub const UNKNOWN_SERVER_ERROR: i16 = -1;

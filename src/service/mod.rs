@@ -39,6 +39,8 @@ use crate::error::{Code, Error, Result};
 use crate::group::{CommittedInfo, Groups};
 use crate::log::{IdempotencyKey, Log, ReadRequest, ReadResult, Topic};
 use crate::metrics::{GroupTopicLabels, Metrics};
+/// Why a batch a Kafka producer sent was refused.
+pub use crate::record::BatchError;
 use crate::record::{NewRecord, StoredRecord};
 use crate::topic::{TopicConfig, TopicConfigPatch};
 
@@ -538,29 +540,47 @@ impl Service {
 
     // ---- the Kafka listener's record paths ----
 
-    /// Appends batches a Kafka producer sent to one topic (see `Log::append_batches`):
-    /// `write` on the topic, then the produce quota on their bytes.
+    /// Appends the batches a Kafka producer sent to one topic, one per partition: `write` on
+    /// the topic, then each batch is checked (`record::check_produced`, bounded by the topic's
+    /// `max_message_bytes`, as Kafka's `max.message.bytes` bounds a batch), the produce quota
+    /// is spent on the good ones' bytes, and they are stored as sent in one write. Answers,
+    /// in request order, each batch's base offset (`None` with `acks=none`) or why it was
+    /// refused; an `Err` is the whole request's.
     pub async fn produce_batches(
         &self,
         ctx: &RequestCtx,
         topic: &str,
-        batches: Vec<(u32, crate::record::EncodedBatch)>,
+        batches: Vec<(u32, Vec<u8>)>,
         acks: Acks,
-    ) -> Result<Option<Vec<u64>>> {
+    ) -> Result<Vec<std::result::Result<Option<u64>, BatchError>>> {
         self.authorize(ctx, Operation::Produce(topic))?;
-        let bytes = batches.iter().map(|(_, b)| b.bytes.len() as u64).sum();
+        let max = self.log().topic(topic)?.config().max_message_bytes as usize;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        let mut good = Vec::with_capacity(batches.len());
+        for (p, bytes) in batches {
+            match crate::record::check_produced(bytes, max) {
+                Ok(checked) => {
+                    outcomes.push(Ok(None));
+                    good.push((p, checked.batch));
+                }
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        if good.is_empty() {
+            return Ok(outcomes);
+        }
+        let bytes = good.iter().map(|(_, b)| b.bytes.len() as u64).sum();
         self.spend(ctx, Spend::Produce, bytes).await?;
-        let records: usize = batches.iter().map(|(_, b)| b.count as usize).sum();
-        let bases = self.log().append_batches(topic, batches, acks).await?;
+        let records: usize = good.iter().map(|(_, b)| b.count as usize).sum();
+        let bases = self.log().append_batches(topic, good, acks).await?;
         self.0.metrics.records_in(topic, records);
-        Ok(bases)
-    }
-
-    /// The largest batch a Kafka producer may send to `topic` (its `max_message_bytes`, as
-    /// Kafka's `max.message.bytes` bounds a batch); asking needs `write` on the topic.
-    pub fn max_batch_bytes(&self, ctx: &RequestCtx, topic: &str) -> Result<usize> {
-        self.authorize(ctx, Operation::Produce(topic))?;
-        Ok(self.log().topic(topic)?.config().max_message_bytes as usize)
+        if let Some(bases) = bases {
+            let mut bases = bases.into_iter();
+            for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                *outcome = Ok(bases.next());
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Reads stored batches from `offset` on, up to `max_bytes` (at least one batch), without

@@ -152,16 +152,22 @@ async fn exchange(stream: &mut TcpStream, bytes: &[u8]) -> Option<Vec<u8>> {
     Some(body)
 }
 
-/// An ApiVersions v0 request with correlation id `id`.
-fn api_versions(id: i32) -> Vec<u8> {
+/// A framed request with an empty body and a v1 header (no client id): `api_key` at
+/// `version` with correlation id `id`.
+fn request(api_key: i16, version: i16, id: i32) -> Vec<u8> {
     let mut req = Vec::new();
-    req.extend_from_slice(&18i16.to_be_bytes());
-    req.extend_from_slice(&0i16.to_be_bytes());
+    req.extend_from_slice(&api_key.to_be_bytes());
+    req.extend_from_slice(&version.to_be_bytes());
     req.extend_from_slice(&id.to_be_bytes());
     req.extend_from_slice(&(-1i16).to_be_bytes());
     let mut framed = (req.len() as i32).to_be_bytes().to_vec();
     framed.extend(req);
     framed
+}
+
+/// An ApiVersions v0 request with correlation id `id`.
+fn api_versions(id: i32) -> Vec<u8> {
+    request(18, 0, id)
 }
 
 /// Random, truncated and lying frames: each gets an error answer or a closed connection,
@@ -234,25 +240,11 @@ async fn unsupported_apis_and_versions_get_unsupported_version() {
         let app = spawn_app().await;
         let mut stream = TcpStream::connect(app.kafka.clone().unwrap()).await.unwrap();
         // ApiVersions at a version from the future: v0 answer, error 35, and the versions served.
-        let mut req = Vec::new();
-        req.extend_from_slice(&18i16.to_be_bytes());
-        req.extend_from_slice(&99i16.to_be_bytes());
-        req.extend_from_slice(&5i32.to_be_bytes());
-        req.extend_from_slice(&(-1i16).to_be_bytes());
-        let mut framed = (req.len() as i32).to_be_bytes().to_vec();
-        framed.extend(req);
-        let answer = exchange(&mut stream, &framed).await.unwrap();
+        let answer = exchange(&mut stream, &request(18, 99, 5)).await.unwrap();
         assert_eq!(&answer[..4], &5i32.to_be_bytes());
         assert_eq!(&answer[4..6], &35i16.to_be_bytes());
         // An API gregor does not serve (EndTxn, 26): error 35, and the connection stays open.
-        let mut req = Vec::new();
-        req.extend_from_slice(&26i16.to_be_bytes());
-        req.extend_from_slice(&0i16.to_be_bytes());
-        req.extend_from_slice(&6i32.to_be_bytes());
-        req.extend_from_slice(&(-1i16).to_be_bytes());
-        let mut framed = (req.len() as i32).to_be_bytes().to_vec();
-        framed.extend(req);
-        let answer = exchange(&mut stream, &framed).await.unwrap();
+        let answer = exchange(&mut stream, &request(26, 0, 6)).await.unwrap();
         assert_eq!(&answer[..4], &6i32.to_be_bytes());
         assert_eq!(&answer[4..6], &35i16.to_be_bytes());
         let answer = exchange(&mut stream, &api_versions(7)).await.expect("the connection still serves");
