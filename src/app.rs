@@ -123,6 +123,7 @@ impl App {
             _ => AppError::Store { path: path.clone(), source },
         })?;
         log.set_idempotency_window(config.idempotency_window);
+        log.set_producer_expiry(config.kafka.producer_id_expiration);
         let mut group_settings = config.groups;
         // The default session timeout must lie within the configured bounds.
         group_settings.default_session_timeout_ms = group_settings

@@ -93,6 +93,7 @@ struct FileKafka {
     listen: Option<String>,
     advertised_listener: Option<String>,
     max_request_bytes: Option<usize>,
+    producer_id_expiration_ms: Option<u64>,
 }
 
 /// One `[[quotas]]` entry.
@@ -311,6 +312,9 @@ impl Config {
                 .filter(|(h, _)| !h.is_empty())
                 .ok_or_else(|| ConfigError(format!("kafka.advertised_listener: '{adv}' is not host:port")))?;
             c.kafka.advertised = Some((host, port));
+        }
+        if let Some(ms) = kafka.producer_id_expiration_ms {
+            c.kafka.producer_id_expiration = Duration::from_millis(ms);
         }
         if let Some(n) = kafka.max_request_bytes {
             c.kafka.max_request_bytes = n;

@@ -29,5 +29,11 @@ pub async fn run(log: Arc<Log>, every: Duration, stop: CancellationToken) {
         if let Err(e) = log.expire_idempotency_keys(now_ms()).await {
             tracing::error!(error = %e, "expiring idempotency keys failed");
         }
+        // And idempotent producers that stopped sending.
+        match log.expire_producers(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(states = n, "forgot idempotent producers past their expiry"),
+            Err(e) => tracing::error!(error = %e, "expiring idempotent producers failed"),
+        }
     }
 }

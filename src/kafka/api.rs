@@ -7,10 +7,10 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
     DescribeConfigsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    TopicName, api_versions_response, create_partitions_response, create_topics_response, delete_topics_response,
-    describe_configs_response, fetch_response, find_coordinator_response, list_offsets_response, metadata_response,
-    produce_response,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, TopicName, api_versions_response,
+    create_partitions_response, create_topics_response, delete_topics_response, describe_configs_response,
+    fetch_response, find_coordinator_response, list_offsets_response, metadata_response, produce_response,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -34,6 +34,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// The node id gregor calls itself: one broker, leader of every partition.
@@ -144,6 +145,7 @@ pub async fn dispatch(
         ApiKey::CreatePartitions => encode(&create_partitions(decode(frame, version)?, service, ctx).await, version),
         ApiKey::DescribeConfigs => encode(&describe_configs(decode(frame, version)?, service, ctx), version),
         ApiKey::FindCoordinator => encode(&find_coordinator(decode(frame, version)?, version, shared), version),
+        ApiKey::InitProducerId => encode(&init_producer_id(decode(frame, version)?, service, ctx).await, version),
         _ => unsupported(api_key, version),
     }
 }
@@ -604,5 +606,21 @@ fn find_coordinator(req: FindCoordinatorRequest, version: i16, shared: &Shared) 
         FindCoordinatorResponse::default().with_coordinators(coordinators)
     } else {
         FindCoordinatorResponse::default().with_node_id(BrokerId(NODE_ID)).with_host(host).with_port(port)
+    }
+}
+
+/// A new idempotent producer id, epoch 0, whatever id and epoch the request names (as
+/// Kafka's broker does without a transactional id). Transactions are not served: a
+/// transactional id is refused.
+async fn init_producer_id(req: InitProducerIdRequest, service: &Service, ctx: &RequestCtx) -> InitProducerIdResponse {
+    let refused = |code: i16| {
+        InitProducerIdResponse::default().with_error_code(code).with_producer_id(ProducerId(-1)).with_producer_epoch(-1)
+    };
+    if req.transactional_id.is_some() {
+        return refused(errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    }
+    match service.init_producer_id(ctx).await {
+        Ok(id) => InitProducerIdResponse::default().with_producer_id(ProducerId(id)).with_producer_epoch(0),
+        Err(e) => refused(code(&e)),
     }
 }

@@ -23,6 +23,8 @@ pub const INVALID_PARTITIONS: i16 = 37;
 pub const INVALID_REPLICATION_FACTOR: i16 = 38;
 pub const INVALID_REQUEST: i16 = 42;
 pub const INVALID_CONFIG: i16 = 40;
+pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+pub const INVALID_PRODUCER_EPOCH: i16 = 47;
 pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 pub const KAFKA_STORAGE_ERROR: i16 = 56;
 pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
@@ -62,5 +64,7 @@ pub fn batch_code(e: &BatchError) -> i16 {
         BatchError::Transactional => TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
         BatchError::InvalidRecord(_) => INVALID_RECORD,
         BatchError::InvalidTimestamp(_) => INVALID_TIMESTAMP,
+        BatchError::OutOfOrderSequence { .. } => OUT_OF_ORDER_SEQUENCE_NUMBER,
+        BatchError::InvalidProducerEpoch { .. } => INVALID_PRODUCER_EPOCH,
     }
 }

@@ -33,11 +33,19 @@ pub struct KafkaSettings {
     pub advertised: Option<(String, u16)>,
     /// The largest request frame accepted (Kafka's `socket.request.max.bytes`).
     pub max_request_bytes: usize,
+    /// How long an idempotent producer's state outlives its last batch on a partition
+    /// (Kafka's `producer.id.expiration.ms`).
+    pub producer_id_expiration: std::time::Duration,
 }
 
 impl Default for KafkaSettings {
     fn default() -> Self {
-        KafkaSettings { listen: None, advertised: None, max_request_bytes: 100 * 1024 * 1024 }
+        KafkaSettings {
+            listen: None,
+            advertised: None,
+            max_request_bytes: 100 * 1024 * 1024,
+            producer_id_expiration: std::time::Duration::from_millis(crate::log::DEFAULT_PRODUCER_EXPIRY_MS),
+        }
     }
 }
 

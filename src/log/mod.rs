@@ -4,6 +4,7 @@
 //! reads run on tokio's blocking pool against RocksDB directly, so they never wait
 //! behind writes.
 
+pub mod producers;
 mod topic;
 pub mod writer;
 
@@ -184,6 +185,8 @@ pub struct Log {
     reads_waiting: AtomicUsize,
     /// How long an idempotency key's first answer is replayed (ms).
     idempotency_window_ms: AtomicU64,
+    /// How long an idempotent producer's state outlives its last batch on a partition (ms).
+    producer_expiry_ms: AtomicU64,
     /// Per idempotency key in use, a lock: a retry racing its original waits
     /// for it, then replays its answer.
     idempotency_locks: parking_lot::Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
@@ -216,6 +219,10 @@ pub struct IdempotentAnswer {
 /// Default replay window of idempotency keys: a day, as common HTTP APIs keep them.
 pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = 86_400_000;
 
+/// Default lifetime of an idempotent producer's state after its last batch: a day, as
+/// Kafka's `producer.id.expiration.ms`.
+pub const DEFAULT_PRODUCER_EXPIRY_MS: u64 = 86_400_000;
+
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Log").field("store", &self.store).finish_non_exhaustive()
@@ -246,7 +253,9 @@ impl Log {
         }
         let writer_state = Arc::new(WriterState::default());
         let (tx, rx) = mpsc::channel(settings.write_queue_len.max(1));
-        let writer = Writer::new(store.clone(), registry.clone(), recovered.next_topic_id, writer_state.clone());
+        let producers = producers::Producers::load(&store)?;
+        let writer =
+            Writer::new(store.clone(), registry.clone(), recovered.next_topic_id, writer_state.clone(), producers);
         let handle = std::thread::Builder::new()
             .name("gregor-writer".into())
             .spawn(move || writer.run(rx))
@@ -264,6 +273,7 @@ impl Log {
             writer_state,
             reads_waiting: AtomicUsize::new(0),
             idempotency_window_ms: AtomicU64::new(DEFAULT_IDEMPOTENCY_WINDOW_MS),
+            producer_expiry_ms: AtomicU64::new(DEFAULT_PRODUCER_EXPIRY_MS),
             idempotency_locks: parking_lot::Mutex::new(HashMap::new()),
         };
         Ok(Arc::new(log))
@@ -325,6 +335,27 @@ impl Log {
             locks.remove(&store_key);
         }
         result
+    }
+
+    /// A new idempotent producer id (Kafka's InitProducerId without a transactional id;
+    /// its epoch is 0). Ids are never handed out twice, across restarts too.
+    pub async fn init_producer_id(&self) -> Result<i64> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        self.command(|reply| Command::InitProducerId { reply }).await
+    }
+
+    /// Forgets idempotent producers that stored nothing on a partition for
+    /// `producer_expiry_ms` (Kafka's `producer.id.expiration.ms`). Returns how many states.
+    pub async fn expire_producers(&self, now_ms: u64) -> Result<usize> {
+        let before_ms = now_ms.saturating_sub(self.producer_expiry_ms.load(Ordering::Acquire));
+        self.command(|reply| Command::ExpireProducers { before_ms, reply }).await
+    }
+
+    /// How long an idempotent producer's state outlives its last batch on a partition.
+    pub fn set_producer_expiry(&self, expiry: std::time::Duration) {
+        self.producer_expiry_ms.store(expiry.as_millis() as u64, Ordering::Release);
     }
 
     /// Forgets idempotency keys older than the window. Returns how many.
@@ -536,7 +567,12 @@ impl Log {
         }
         let rx = self.enqueue(job)?;
         let Some((rx, partitions)) = rx else { return Ok(Produced::Accepted { records: count }) };
-        let bases = self.reply(rx).await?;
+        let bases = self
+            .reply(rx)
+            .await?
+            .into_iter()
+            .collect::<std::result::Result<Vec<u64>, _>>()
+            .map_err(|e| Error::Internal(format!("a batch without a producer id was refused: {e}")))?;
         let metadata = record_metadata(&placement, &timestamps, &partitions, &bases)?;
         Ok(Produced::Written(metadata))
     }
@@ -622,13 +658,14 @@ impl Log {
 
     /// Appends batches a Kafka producer sent (checked by `record::check_produced`), stored as
     /// sent, in one write: `(partition, batch)` in request order. Returns each batch's base
-    /// offset, or `None` with `acks=none`.
+    /// offset (an idempotent producer's retry: the first one's, nothing written) or why the
+    /// idempotent producer rules refused it ([`producers`]); `None` with `acks=none`.
     pub async fn append_batches(
         &self,
         topic: &str,
         batches: Vec<(u32, record::EncodedBatch)>,
         acks: Acks,
-    ) -> Result<Option<Vec<u64>>> {
+    ) -> Result<Option<Vec<writer::Placed>>> {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -679,7 +716,7 @@ impl Log {
     }
 
     #[allow(clippy::type_complexity)]
-    fn enqueue(&self, job: PendingJob) -> Result<Option<(oneshot::Receiver<Result<Vec<u64>>>, Vec<u32>)>> {
+    fn enqueue(&self, job: PendingJob) -> Result<Option<(oneshot::Receiver<Result<Vec<writer::Placed>>>, Vec<u32>)>> {
         let bytes: usize = job.batches.iter().map(|(_, b)| b.bytes.len()).sum();
         let permits = bytes.clamp(1, self.budget_total) as u32;
         let permit = self.budget.clone().try_acquire_many_owned(permits).map_err(|_| Error::WriteQueueFull)?;

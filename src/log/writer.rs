@@ -22,8 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::error::{Error, Result};
+use crate::log::producers::{self, Check, ProducerState, Producers};
 use crate::log::topic::{Partition, Registry, Topic};
-use crate::record::EncodedBatch;
+use crate::record::{BatchError, EncodedBatch};
 use crate::store::{Cut, PartitionState, Store, TopicMeta};
 use crate::topic::TopicConfig;
 
@@ -45,6 +46,25 @@ struct Staged {
 /// Partitions touched by the write being built, by (topic id, partition).
 type Touched = HashMap<(u32, u32), Staged>;
 
+/// Idempotent producers' states as the write being built will leave them, by
+/// (topic id, partition, producer id); kept only once the write has succeeded.
+type StagedProducers = HashMap<(u32, u32, i64), ProducerState>;
+
+/// What became of one batch of a job.
+#[derive(Debug)]
+enum Placement {
+    /// Written at this base offset.
+    Written(u64),
+    /// A retry of an idempotent producer's batch stored at this base offset: not written again.
+    Duplicate(u64),
+    /// Refused by the idempotent producer rules; nothing written.
+    Refused(BatchError),
+}
+
+/// A batch's answer: its base offset (a retried batch's is the first one's) or why the
+/// idempotent producer rules refused it.
+pub type Placed = std::result::Result<u64, BatchError>;
+
 /// One produce request, encoded, waiting for its offsets.
 #[derive(Debug)]
 pub struct AppendJob {
@@ -53,8 +73,8 @@ pub struct AppendJob {
     pub batches: Vec<(u32, EncodedBatch)>,
     /// Fsync the WAL before answering (`acks=all`).
     pub sync: bool,
-    /// Base offset of each batch, in `batches` order; `None` for `acks=none`.
-    pub reply: Option<Reply<Vec<u64>>>,
+    /// Each batch's answer, in `batches` order; `None` for `acks=none`.
+    pub reply: Option<Reply<Vec<Placed>>>,
     /// The job's share of the write-queue byte budget, released once written.
     pub permit: OwnedSemaphorePermit,
     /// An idempotency key and the answer to store under it, in the same write.
@@ -100,6 +120,15 @@ pub enum Command {
         group: String,
         reply: Reply<()>,
     },
+    /// Hands out a new producer id (Kafka's InitProducerId without a transactional id).
+    InitProducerId {
+        reply: Reply<i64>,
+    },
+    /// Forgets idempotent producers whose last batch on a partition is older than `before_ms`.
+    ExpireProducers {
+        before_ms: u64,
+        reply: Reply<usize>,
+    },
     /// Writes everything queued before it, flushes the store and stops the thread.
     Shutdown {
         reply: Reply<()>,
@@ -119,6 +148,7 @@ pub struct Writer {
     registry: Arc<Registry>,
     next_topic_id: u32,
     state: Arc<WriterState>,
+    producers: Producers,
 }
 
 /// Poisons the log if the writer thread unwinds: whatever it was doing may be
@@ -135,8 +165,14 @@ impl Drop for PoisonOnUnwind {
 }
 
 impl Writer {
-    pub fn new(store: Arc<Store>, registry: Arc<Registry>, next_topic_id: u32, state: Arc<WriterState>) -> Self {
-        Writer { store, registry, next_topic_id, state }
+    pub fn new(
+        store: Arc<Store>,
+        registry: Arc<Registry>,
+        next_topic_id: u32,
+        state: Arc<WriterState>,
+        producers: Producers,
+    ) -> Self {
+        Writer { store, registry, next_topic_id, state, producers }
     }
 
     /// Runs until a `Shutdown` command arrives or every sender is gone.
@@ -220,11 +256,13 @@ impl Writer {
         // nothing behind, so the write is rebuilt from scratch without it; each
         // pass drops at least one job, so this ends.
         let mut refused: Vec<Option<Error>> = group.iter().map(|_| None).collect();
-        let (batch, touched, outcomes, sync) = 'build: loop {
+        let now = super::now_ms();
+        let (batch, touched, staged_producers, outcomes, sync) = 'build: loop {
             let mut batch = self.store.batch();
             let mut sync = false;
             let mut touched = Touched::new();
-            let mut outcomes: Vec<Result<Vec<u64>>> = Vec::with_capacity(group.len());
+            let mut staged_producers = StagedProducers::new();
+            let mut outcomes: Vec<Result<Vec<Placement>>> = Vec::with_capacity(group.len());
             for (i, job) in group.iter_mut().enumerate() {
                 if let Some(e) = &refused[i] {
                     outcomes.push(Err(clone_err(e)));
@@ -235,19 +273,19 @@ impl Writer {
                     outcomes.push(Err(e));
                     continue;
                 }
-                let staged = self.stage(job, &mut batch, &mut touched).and_then(|bases| {
+                let staged = self.stage(job, &mut batch, &mut touched, &mut staged_producers, now).and_then(|placed| {
                     if let Some((key, answer)) = &job.idempotent {
                         let mut answer = answer.clone();
-                        answer.bases.clone_from(&bases);
+                        answer.bases = placed.iter().filter_map(Placement::base).collect();
                         let bytes = serde_json::to_vec(&answer).map_err(|e| Error::Internal(e.to_string()))?;
                         batch.put_meta(key, &bytes)?;
                     }
-                    Ok(bases)
+                    Ok(placed)
                 });
                 match staged {
-                    Ok(bases) => {
+                    Ok(placed) => {
                         sync |= job.sync;
-                        outcomes.push(Ok(bases));
+                        outcomes.push(Ok(placed));
                     }
                     Err(e) => {
                         tracing::error!(error = %e, topic = %job.topic.name, "staging a produce request failed");
@@ -256,7 +294,7 @@ impl Writer {
                     }
                 }
             }
-            break (batch, touched, outcomes, sync);
+            break (batch, touched, staged_producers, outcomes, sync);
         };
         let written = if outcomes.iter().any(|o| o.is_ok()) { self.write(batch, sync) } else { Ok(()) };
         match written {
@@ -264,17 +302,21 @@ impl Writer {
                 // Cache first, then publish: a woken reader must find its batches.
                 let mut replies = Vec::with_capacity(group.len());
                 for (job, outcome) in group.into_iter().zip(outcomes) {
-                    if let Ok(bases) = &outcome {
+                    let answer = outcome.map(|placed| {
                         let partitions = job.topic.partitions();
-                        for ((p, enc), base) in job.batches.into_iter().zip(bases) {
-                            if let Some(part) = partitions.get(p as usize) {
+                        let mut answers = Vec::with_capacity(placed.len());
+                        for ((p, enc), placement) in job.batches.into_iter().zip(placed) {
+                            if let (Placement::Written(base), Some(part)) = (&placement, partitions.get(p as usize)) {
                                 part.add_stored(enc.bytes.len() as u64);
                                 part.cache_batch(*base, enc.count, enc.bytes);
                             }
+                            answers.push(placement.into_placed());
                         }
-                    }
-                    replies.push((job.reply, outcome));
+                        answers
+                    });
+                    replies.push((job.reply, answer));
                 }
+                self.producers.states.extend(staged_producers);
                 for s in touched.into_values() {
                     s.partition.publish_end(s.end, s.max_timestamp);
                 }
@@ -290,20 +332,39 @@ impl Writer {
         }
     }
 
-    /// Assigns offsets to one job and adds its batches to the write. On an error
-    /// the write holds part of the job and must be rebuilt without it.
+    /// Assigns offsets to one job and adds its batches to the write; an idempotent
+    /// producer's batch is first checked against its state (`producers::check`), and its
+    /// new state joins the write. On an error the write holds part of the job and must
+    /// be rebuilt without it.
     fn stage(
         &self,
         job: &mut AppendJob,
         batch: &mut crate::store::StoreBatch<'_>,
         touched: &mut Touched,
-    ) -> Result<Vec<u64>> {
+        staged_producers: &mut StagedProducers,
+        now_ms: u64,
+    ) -> Result<Vec<Placement>> {
         let partitions = job.topic.partitions();
-        let mut bases = Vec::with_capacity(job.batches.len());
+        let mut placed = Vec::with_capacity(job.batches.len());
         for (p, enc) in &mut job.batches {
             let part = partitions
                 .get(*p as usize)
                 .ok_or_else(|| Error::UnknownPartition { topic: job.topic.name.to_string(), partition: *p })?;
+            let producer = enc.producer.map(|seq| ((job.topic.id, *p, seq.id), seq));
+            if let Some((key, seq)) = &producer {
+                let state = staged_producers.get(key).or_else(|| self.producers.states.get(key));
+                match producers::check(state, seq) {
+                    Check::Append => {}
+                    Check::Duplicate(base) => {
+                        placed.push(Placement::Duplicate(base));
+                        continue;
+                    }
+                    Check::Refused(e) => {
+                        placed.push(Placement::Refused(e));
+                        continue;
+                    }
+                }
+            }
             let staged = touched.entry((job.topic.id, *p)).or_insert_with(|| Staged {
                 partition: part.clone(),
                 end: part.end(),
@@ -318,9 +379,15 @@ impl Writer {
             if raises {
                 staged.max_timestamp = Some(enc.max_timestamp);
             }
-            bases.push(base);
+            if let Some((key, seq)) = producer {
+                let state = staged_producers.get(&key).or_else(|| self.producers.states.get(&key));
+                let state = producers::advance(state, &seq, base, now_ms);
+                batch.put_producer(key.0, key.1, key.2, Some(&state.encode()))?;
+                staged_producers.insert(key, state);
+            }
+            placed.push(Placement::Written(base));
         }
-        Ok(bases)
+        Ok(placed)
     }
 
     /// Applies a non-append command. Returns true when the thread should stop.
@@ -358,6 +425,14 @@ impl Writer {
             }
             Command::DeleteGroup { group, reply: r } => {
                 let res = self.delete_group(&group);
+                self.reply(Some(r), res);
+            }
+            Command::InitProducerId { reply: r } => {
+                let res = self.init_producer_id();
+                self.reply(Some(r), res);
+            }
+            Command::ExpireProducers { before_ms, reply: r } => {
+                let res = self.expire_producers(before_ms);
                 self.reply(Some(r), res);
             }
             Command::Append(job) => self.append(vec![job]),
@@ -422,6 +497,7 @@ impl Writer {
         self.write(batch, true)?;
         self.registry.remove(name);
         topic.mark_deleted();
+        self.producers.states.retain(|(tid, _, _), _| *tid != topic.id);
         Ok(())
     }
 
@@ -458,6 +534,52 @@ impl Writer {
         batch.delete_group(group)?;
         self.write(batch, true)
     }
+
+    /// A new producer id, its successor stored (synced) before it is handed out, so an id
+    /// is never handed out twice.
+    fn init_producer_id(&mut self) -> Result<i64> {
+        let id = self.producers.next_id;
+        let next = id.checked_add(1).ok_or_else(|| Error::Internal("producer ids are exhausted".into()))?;
+        let mut batch = self.store.batch();
+        batch.put_next_producer_id(next)?;
+        self.write(batch, true)?;
+        self.producers.next_id = next;
+        Ok(id)
+    }
+
+    fn expire_producers(&mut self, before_ms: u64) -> Result<usize> {
+        let expired: Vec<(u32, u32, i64)> =
+            self.producers.states.iter().filter(|(_, s)| s.last_ms < before_ms).map(|(k, _)| *k).collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = self.store.batch();
+        for (tid, p, id) in &expired {
+            batch.put_producer(*tid, *p, *id, None)?;
+        }
+        // Not synced: an expiry lost in a crash is simply decided again.
+        self.write(batch, false)?;
+        for key in &expired {
+            self.producers.states.remove(key);
+        }
+        Ok(expired.len())
+    }
+}
+
+impl Placement {
+    fn base(&self) -> Option<u64> {
+        match self {
+            Placement::Written(b) | Placement::Duplicate(b) => Some(*b),
+            Placement::Refused(_) => None,
+        }
+    }
+
+    fn into_placed(self) -> Placed {
+        match self {
+            Placement::Written(b) | Placement::Duplicate(b) => Ok(b),
+            Placement::Refused(e) => Err(e),
+        }
+    }
 }
 
 fn group_bytes(group: &[AppendJob]) -> usize {
@@ -486,6 +608,8 @@ fn refuse(cmd: Command, err: impl Fn() -> Error) {
         | Command::CommitOffsets { reply: r, .. }
         | Command::DeleteGroup { reply: r, .. }
         | Command::Shutdown { reply: r } => reply(Some(r), Err(err())),
+        Command::InitProducerId { reply: r } => reply(Some(r), Err(err())),
+        Command::ExpireProducers { reply: r, .. } => reply(Some(r), Err(err())),
         Command::Append(job) => reply(job.reply, Err(err())),
     }
 }
@@ -522,7 +646,10 @@ mod tests {
         b.finish()
     }
 
-    fn job(topic: &Arc<Topic>, batches: Vec<(u32, EncodedBatch)>) -> (AppendJob, oneshot::Receiver<Result<Vec<u64>>>) {
+    fn job(
+        topic: &Arc<Topic>,
+        batches: Vec<(u32, EncodedBatch)>,
+    ) -> (AppendJob, oneshot::Receiver<Result<Vec<Placed>>>) {
         let (tx, rx) = oneshot::channel();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         (AppendJob { topic: topic.clone(), batches, sync: false, reply: Some(tx), permit, idempotent: None }, rx)
@@ -547,7 +674,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let registry = Arc::new(Registry::default());
-        let mut writer = Writer::new(store.clone(), registry, 1, Arc::default());
+        let mut writer = Writer::new(store.clone(), registry, 1, Arc::default(), Producers::default());
         let topic = writer.create_topic("t".into(), 2, TopicConfig::default(), 0).unwrap();
         let (a, mut ra) = job(&topic, vec![(0, batch(&["a0"]))]);
         let (b, mut rb) = job(&topic, vec![(0, batch(&["b0", "b1"])), (1, batch(&["b2"]))]);
@@ -555,9 +682,9 @@ mod tests {
         // a's append and b's first go through; b's second fails.
         store.faults().fail_append_after(2);
         writer.append(vec![a, b, c]);
-        assert_eq!(ra.try_recv().unwrap().unwrap(), vec![0]);
+        assert_eq!(ra.try_recv().unwrap().unwrap(), vec![Ok(0)]);
         assert!(matches!(rb.try_recv().unwrap(), Err(Error::Storage(_))));
-        assert_eq!(rc.try_recv().unwrap().unwrap(), vec![1, 0], "c follows a directly");
+        assert_eq!(rc.try_recv().unwrap().unwrap(), vec![Ok(1), Ok(0)], "c follows a directly");
         let (p0, p1) = (topic.partition(0).unwrap(), topic.partition(1).unwrap());
         assert_eq!((p0.end(), p1.end()), (2, 1));
         assert_eq!(stored_values(&store, topic.id, 0, 10), vec![(0, "a0".into()), (1, "c0".into())]);
@@ -568,13 +695,52 @@ mod tests {
         assert!(!writer.state.failed.load(Ordering::Acquire), "a staging failure is that job's, not the store's");
     }
 
+    /// An idempotent producer's batch and its retry in the same write: the retry answers the
+    /// first one's offset and stores nothing; the next batch follows on; a gap is refused
+    /// without failing the other batches of its job. The states load back from the store.
+    #[test]
+    fn idempotent_batches_in_one_write_are_checked_against_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut writer = Writer::new(store.clone(), Arc::default(), 1, Arc::default(), Producers::default());
+        let topic = writer.create_topic("t".into(), 2, TopicConfig::default(), 0).unwrap();
+        let from = |values: &[&str], first: i32| {
+            let mut b = batch(values);
+            let last = first + values.len() as i32 - 1;
+            b.producer = Some(crate::record::ProducerSeq { id: 9, epoch: 0, first, last });
+            b
+        };
+        let (a, mut ra) = job(&topic, vec![(0, from(&["a0", "a1"], 0))]);
+        let (b, mut rb) = job(&topic, vec![(0, from(&["a0", "a1"], 0))]);
+        let (c, mut rc) = job(&topic, vec![(0, from(&["c0"], 5)), (1, from(&["c1"], 0))]);
+        let (d, mut rd) = job(&topic, vec![(0, from(&["d0"], 2))]);
+        writer.append(vec![a, b, c, d]);
+        assert_eq!(ra.try_recv().unwrap().unwrap(), vec![Ok(0)]);
+        assert_eq!(rb.try_recv().unwrap().unwrap(), vec![Ok(0)], "the retry answers the first offset");
+        let c_answer = rc.try_recv().unwrap().unwrap();
+        assert!(matches!(c_answer[0], Err(BatchError::OutOfOrderSequence { expected: 2, received: 5 })));
+        assert_eq!(c_answer[1], Ok(0), "the same producer on another partition starts its own sequence");
+        assert_eq!(rd.try_recv().unwrap().unwrap(), vec![Ok(2)]);
+        assert_eq!(stored_values(&store, topic.id, 0, 10), vec![(0, "a0".into()), (1, "a1".into()), (2, "d0".into())]);
+        assert_eq!(topic.partition(0).unwrap().end(), 3);
+        let loaded = Producers::load(&store).unwrap();
+        assert_eq!(loaded.states, writer.producers.states);
+        assert_eq!(loaded.states[&(topic.id, 0, 9)].recent.len(), 2);
+        assert_eq!(writer.init_producer_id().unwrap(), 0);
+        assert_eq!(writer.init_producer_id().unwrap(), 1);
+        assert_eq!(Producers::load(&store).unwrap().next_id, 2, "the next id is stored");
+        assert_eq!(writer.expire_producers(u64::MAX).unwrap(), 2);
+        assert!(Producers::load(&store).unwrap().states.is_empty());
+    }
+
     /// A failed store write (a real RocksDB error) poisons the writer: later
     /// writes are refused even though the store would take them.
     #[test]
     fn a_failed_write_poisons_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let mut writer = Writer::new(store.clone(), Arc::new(Registry::default()), 1, Arc::default());
+        let mut writer =
+            Writer::new(store.clone(), Arc::new(Registry::default()), 1, Arc::default(), Producers::default());
         let topic = writer.create_topic("t".into(), 1, TopicConfig::default(), 0).unwrap();
         store.faults().fail_writes(1);
         let (a, mut ra) = job(&topic, vec![(0, batch(&["a"]))]);

@@ -240,7 +240,7 @@ impl BatchBuilder {
         b[at::COUNT..HEADER_LEN].copy_from_slice(&(self.count as i32).to_be_bytes());
         let crc = crc32c::crc32c(&b[at::ATTRIBUTES..]);
         b[at::CRC..at::ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
-        EncodedBatch { bytes: self.buf, count: self.count, max_timestamp: self.max_timestamp }
+        EncodedBatch { bytes: self.buf, count: self.count, max_timestamp: self.max_timestamp, producer: None }
     }
 }
 
@@ -307,6 +307,27 @@ pub struct EncodedBatch {
     pub bytes: Vec<u8>,
     pub count: u32,
     pub max_timestamp: u64,
+    /// The idempotent producer that sent it and the sequences it spans (Kafka producers only).
+    pub producer: Option<ProducerSeq>,
+}
+
+/// Who sent an idempotent batch and which sequence numbers its records carry: the writer
+/// checks them against the last batches it stored from that producer on that partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSeq {
+    pub id: i64,
+    pub epoch: i16,
+    /// The first record's sequence number.
+    pub first: i32,
+    /// The last record's: `first + count - 1`, wrapping past `i32::MAX` to 0 as Kafka's do.
+    pub last: i32,
+}
+
+impl ProducerSeq {
+    /// The sequence number that follows `seq` (Kafka wraps from `i32::MAX` to 0).
+    pub fn next(seq: i32) -> i32 {
+        if seq == i32::MAX { 0 } else { seq + 1 }
+    }
 }
 
 /// A record read back from a stored batch, borrowing the batch's bytes.
@@ -417,6 +438,10 @@ pub enum BatchError {
     InvalidRecord(String),
     #[error("invalid timestamp {0}")]
     InvalidTimestamp(i64),
+    #[error("out of order sequence number: expected {expected}, received {received}")]
+    OutOfOrderSequence { expected: i32, received: i32 },
+    #[error("producer epoch {received} is older than the current epoch {current}")]
+    InvalidProducerEpoch { current: i16, received: i16 },
 }
 
 /// A batch a Kafka producer sent, checked and ready to store as sent.
@@ -476,7 +501,25 @@ pub fn check_produced(bytes: Vec<u8>, max_batch_bytes: usize) -> Result<CheckedB
     }
     let count = header.record_count as u32;
     let max_timestamp = max_timestamp.max(0) as u64;
-    Ok(CheckedBatch { header, batch: EncodedBatch { bytes, count, max_timestamp } })
+    let producer = producer_seq(&header)?;
+    Ok(CheckedBatch { header, batch: EncodedBatch { bytes, count, max_timestamp, producer } })
+}
+
+/// The producer fields of a checked batch: none for a plain producer (id -1), a
+/// well-formed triple for an idempotent one.
+fn producer_seq(h: &BatchHeader) -> Result<Option<ProducerSeq>, BatchError> {
+    if h.producer_id < 0 {
+        return Ok(None);
+    }
+    if h.producer_epoch < 0 || h.base_sequence < 0 {
+        return Err(BatchError::InvalidRecord(format!(
+            "producer id {} with epoch {} and base sequence {}",
+            h.producer_id, h.producer_epoch, h.base_sequence
+        )));
+    }
+    // lastOffsetDelta was checked against the record count (at least 1) by the caller.
+    let last = (i64::from(h.base_sequence) + i64::from(h.last_offset_delta)) % (i64::from(i32::MAX) + 1);
+    Ok(Some(ProducerSeq { id: h.producer_id, epoch: h.producer_epoch, first: h.base_sequence, last: last as i32 }))
 }
 
 /// A stored batch opened for reading: its header and its records' bytes (inflated when the

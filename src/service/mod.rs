@@ -574,13 +574,19 @@ impl Service {
         let records: usize = good.iter().map(|(_, b)| b.count as usize).sum();
         let bases = self.log().append_batches(topic, good, acks).await?;
         self.0.metrics.records_in(topic, records);
-        if let Some(bases) = bases {
-            let mut bases = bases.into_iter();
+        if let Some(placed) = bases {
+            let mut placed = placed.into_iter();
             for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
-                *outcome = Ok(bases.next());
+                *outcome = placed.next().transpose();
             }
         }
         Ok(outcomes)
+    }
+
+    /// Hands an idempotent Kafka producer its id (epoch 0). Nothing beyond a session is
+    /// needed: each produce is authorized on its topic.
+    pub async fn init_producer_id(&self, _ctx: &RequestCtx) -> Result<i64> {
+        self.log().init_producer_id().await
     }
 
     /// Reads stored batches from `offset` on, up to `max_bytes` (at least one batch), without

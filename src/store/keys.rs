@@ -156,6 +156,43 @@ pub fn idempotency_topic(key: &[u8]) -> Option<&[u8]> {
     Some(&after_principal[..after_principal.iter().position(|b| *b == 0)?])
 }
 
+/// `meta` column family: an idempotent producer's state on a partition
+/// (`log::producers::ProducerState`), by topic id, partition and producer id.
+pub fn producer(topic_id: u32, partition: u32, producer_id: i64) -> [u8; 18] {
+    let mut k = [0u8; 18];
+    k[0..2].copy_from_slice(PRODUCER_PREFIX);
+    k[2..10].copy_from_slice(&partition_prefix(topic_id, partition));
+    k[10..18].copy_from_slice(&producer_id.to_be_bytes());
+    k
+}
+
+pub const PRODUCER_PREFIX: &[u8] = b"p/";
+
+/// The (topic id, partition, producer id) of a `producer` key.
+pub fn producer_entry(key: &[u8]) -> Option<(u32, u32, i64)> {
+    let rest: &[u8; 16] = key.strip_prefix(PRODUCER_PREFIX)?.try_into().ok()?;
+    let tid = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    let p = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&rest[8..16]);
+    Some((tid, p, i64::from_be_bytes(id)))
+}
+
+/// The key range of every producer state of a topic.
+pub fn producer_topic_range(topic_id: u32) -> ([u8; 6], [u8; 6]) {
+    let (a, b) = topic_range(topic_id);
+    let mut lo = [0u8; 6];
+    let mut hi = [0u8; 6];
+    lo[0..2].copy_from_slice(PRODUCER_PREFIX);
+    hi[0..2].copy_from_slice(PRODUCER_PREFIX);
+    lo[2..6].copy_from_slice(&a);
+    hi[2..6].copy_from_slice(&b);
+    (lo, hi)
+}
+
+/// `meta` column family: the next producer id InitProducerId hands out (never reused).
+pub const NEXT_PRODUCER_ID: &[u8] = b"next_producer_id";
+
 /// `meta` column family: the secret that signs poll cursors.
 pub const CURSOR_SECRET: &[u8] = b"k/cursor";
 

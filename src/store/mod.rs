@@ -529,6 +529,31 @@ impl Store {
         Ok(out)
     }
 
+    /// Every idempotent producer's stored state: ((topic id, partition, producer id), state bytes).
+    #[allow(clippy::type_complexity)]
+    pub fn load_producers(&self) -> Result<Vec<((u32, u32, i64), Vec<u8>)>> {
+        let meta = self.cf(CF_META)?;
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(meta, IteratorMode::From(keys::PRODUCER_PREFIX, Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(keys::PRODUCER_PREFIX) {
+                break;
+            }
+            let id = keys::producer_entry(&k).ok_or_else(|| Error::Corrupt("producer state key".into()))?;
+            out.push((id, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The next producer id to hand out (0 in a store that never handed one out).
+    pub fn next_producer_id(&self) -> Result<i64> {
+        match self.get_meta(keys::NEXT_PRODUCER_ID)? {
+            Some(v) => Ok(decode_u64(&v)? as i64),
+            None => Ok(0),
+        }
+    }
+
     /// Every committed offset: (group, topic id, partition, offset).
     pub fn load_offsets(&self) -> Result<Vec<(String, u32, u32, u64)>> {
         let meta = self.cf(CF_META)?;
@@ -623,6 +648,8 @@ impl StoreBatch<'_> {
         self.wb.delete_cf(meta, keys::topic_meta(name));
         let (lo, hi) = keys::log_start_topic_range(tid);
         self.wb.delete_range_cf(meta, lo, hi);
+        let (lo, hi) = keys::producer_topic_range(tid);
+        self.wb.delete_range_cf(meta, lo, hi);
         // Every group's committed offsets for the topic go with it.
         let iter = self.store.db.iterator_cf(meta, IteratorMode::From(keys::COMMITTED_PREFIX, Direction::Forward));
         for item in iter {
@@ -653,6 +680,22 @@ impl StoreBatch<'_> {
     /// Stages a `meta` value.
     pub fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.wb.put_cf(self.store.cf(CF_META)?, key, value);
+        Ok(())
+    }
+
+    /// Stores an idempotent producer's state on a partition (`None`: forgets it).
+    pub fn put_producer(&mut self, tid: u32, p: u32, producer_id: i64, state: Option<&[u8]>) -> Result<()> {
+        let (meta, key) = (self.store.cf(CF_META)?, keys::producer(tid, p, producer_id));
+        match state {
+            Some(bytes) => self.wb.put_cf(meta, key, bytes),
+            None => self.wb.delete_cf(meta, key),
+        }
+        Ok(())
+    }
+
+    /// Stores the next producer id to hand out.
+    pub fn put_next_producer_id(&mut self, id: i64) -> Result<()> {
+        self.wb.put_cf(self.store.cf(CF_META)?, keys::NEXT_PRODUCER_ID, (id as u64).to_le_bytes());
         Ok(())
     }
 

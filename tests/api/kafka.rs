@@ -4,6 +4,13 @@
 
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader, TopicName, produce_request,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -12,13 +19,19 @@ use crate::helpers::{TestApp, project_root, spawn_app};
 
 /// Runs one scenario of tests/kafka/clients.py against `app` and returns its JSON line.
 async fn clients(app: &TestApp, scenario: &str) -> Value {
+    let bootstrap = app.kafka.clone().expect("the Kafka listener is on");
+    clients_at(&bootstrap, scenario, &[]).await
+}
+
+/// Runs one scenario of tests/kafka/clients.py against `bootstrap` with extra arguments.
+pub(crate) async fn clients_at(bootstrap: &str, scenario: &str, args: &[&str]) -> Value {
     let python = project_root().join(".venv/bin/python");
     assert!(python.exists(), "{} is missing: run scripts/setup", python.display());
-    let bootstrap = app.kafka.clone().expect("the Kafka listener is on");
     let out = tokio::process::Command::new(&python)
         .arg(project_root().join("tests/kafka/clients.py"))
         .arg(scenario)
-        .arg(&bootstrap)
+        .arg(bootstrap)
+        .args(args)
         .kill_on_drop(true)
         .output()
         .await
@@ -249,6 +262,114 @@ async fn unsupported_apis_and_versions_get_unsupported_version() {
         assert_eq!(&answer[4..6], &35i16.to_be_bytes());
         let answer = exchange(&mut stream, &api_versions(7)).await.expect("the connection still serves");
         assert_eq!(&answer[4..6], &0i16.to_be_bytes());
+    })
+    .await;
+}
+
+/// Encodes a request body behind its header and the frame's size prefix.
+fn framed<T: Encodable + HeaderVersion>(key: ApiKey, version: i16, id: i32, body: &T) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(id);
+    header.encode(&mut buf, key.request_header_version(version)).unwrap();
+    body.encode(&mut buf, version).unwrap();
+    let mut out = (buf.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&buf);
+    out
+}
+
+/// Decodes an answer body (after the size prefix) to `key` at `version`.
+fn answer<T: Decodable>(key: ApiKey, version: i16, body: Vec<u8>) -> T {
+    let mut buf = Bytes::from(body);
+    ResponseHeader::decode(&mut buf, key.response_header_version(version)).unwrap();
+    T::decode(&mut buf, version).unwrap()
+}
+
+async fn init_producer_id(stream: &mut TcpStream) -> i64 {
+    let req = framed(
+        ApiKey::InitProducerId,
+        4,
+        1,
+        &InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(-1),
+    );
+    let res: InitProducerIdResponse = answer(ApiKey::InitProducerId, 4, exchange(stream, &req).await.unwrap());
+    assert_eq!(res.error_code, 0);
+    assert_eq!(res.producer_epoch, 0);
+    res.producer_id.0
+}
+
+/// Produces one idempotent batch of `count` records to `topic`/0 (acks=all); answers
+/// (error code, base offset).
+async fn produce_idempotent(stream: &mut TcpStream, topic: &str, pid: i64, epoch: i16, first: i32) -> (i16, i64) {
+    let count = 3;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let records: Vec<Record> = (0..count)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: pid,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i64::from(i),
+            sequence: first + i,
+            timestamp: now,
+            key: None,
+            value: Some(Bytes::from(format!("{pid}/{epoch}/{}", first + i))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut batch = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    RecordBatchEncoder::encode(&mut batch, &records, &options).unwrap();
+    let partition = produce_request::PartitionProduceData::default().with_index(0).with_records(Some(batch.freeze()));
+    let data = produce_request::TopicProduceData::default()
+        .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+        .with_partition_data(vec![partition]);
+    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5_000).with_topic_data(vec![data]);
+    let res: ProduceResponse =
+        answer(ApiKey::Produce, 9, exchange(stream, &framed(ApiKey::Produce, 9, 2, &req)).await.unwrap());
+    let p = &res.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// Kafka's idempotent producer rules on the wire, and across a restart: a retried batch
+/// gets its first offset and is not stored again, a gap is OUT_OF_ORDER_SEQUENCE_NUMBER
+/// (45), an older epoch INVALID_PRODUCER_EPOCH (47); producer ids are never handed out twice.
+#[tokio::test]
+async fn idempotent_batches_are_stored_once_and_out_of_order_ones_refused() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("idem", 1).await;
+        let mut s = TcpStream::connect(app.kafka.clone().unwrap()).await.unwrap();
+        let pid = init_producer_id(&mut s).await;
+        assert_eq!(init_producer_id(&mut s).await, pid + 1, "a new id each time");
+        assert_eq!(produce_idempotent(&mut s, "idem", pid, 0, 0).await, (0, 0));
+        assert_eq!(produce_idempotent(&mut s, "idem", pid, 0, 0).await, (0, 0), "a retry: its first offset");
+        assert_eq!(produce_idempotent(&mut s, "idem", pid, 0, 3).await, (0, 3));
+        assert_eq!(produce_idempotent(&mut s, "idem", pid, 0, 9).await.0, 45, "a gap");
+        assert_eq!(produce_idempotent(&mut s, "idem", pid + 1, 0, 0).await, (0, 6), "another producer");
+        assert_eq!(produce_idempotent(&mut s, "idem", pid, 1, 3).await.0, 45, "a new epoch starts at 0");
+        assert_eq!(produce_idempotent(&mut s, "idem", pid, 1, 0).await, (0, 9));
+        assert_eq!(produce_idempotent(&mut s, "idem", pid, 0, 6).await.0, 47, "the old epoch is fenced");
+        assert_eq!(app.partition("idem", 0).await["end_offset"], 12);
+        drop(s);
+
+        let app = app.restart().await;
+        let mut s = TcpStream::connect(app.kafka.clone().unwrap()).await.unwrap();
+        assert_eq!(produce_idempotent(&mut s, "idem", pid, 1, 0).await, (0, 9), "remembered across a restart");
+        assert_eq!(produce_idempotent(&mut s, "idem", pid, 1, 6).await.0, 45);
+        assert_eq!(produce_idempotent(&mut s, "idem", pid, 1, 3).await, (0, 12));
+        assert_eq!(init_producer_id(&mut s).await, pid + 2, "ids are not handed out again");
+        let values: Vec<Value> = app.read_all("idem", 0, 0).await.iter().map(|r| r["value"].clone()).collect();
+        let want: Vec<String> = [(pid, 0, 0), (pid, 0, 3), (pid + 1, 0, 0), (pid, 1, 0), (pid, 1, 3)]
+            .iter()
+            .flat_map(|(p, e, f)| (0..3).map(move |i| format!("{p}/{e}/{}", f + i)))
+            .collect();
+        assert_eq!(values, want.iter().map(|v| json!(v)).collect::<Vec<_>>(), "each batch once, in order");
     })
     .await;
 }

@@ -66,6 +66,7 @@ def produce_codecs(bs):
                 "compression.type": codec,
                 "partitioner": "murmur2_random",
                 "acks": "all",
+                "enable.idempotence": True,
                 "linger.ms": 20,
             }
         )
@@ -123,7 +124,49 @@ def kafka_python(bs):
     print(json.dumps({"values": values}))
 
 
-SCENARIOS = {f.__name__: f for f in [admin, produce_codecs, consume_assign, kafka_python]}
+def idempotent_stream(bs, count="20000"):
+    """An idempotent producer writing "0".."count-1" to `killed`/0, paced, while the Rust side
+    kills gregor with SIGKILL and starts it again on the same port: librdkafka retries what
+    was in flight, and the partition must end up holding every value once, in order."""
+    count = int(count)
+    errors = []
+    delivered = [0]
+
+    def on_delivery(err, msg):
+        if err is not None:
+            errors.append(str(err))
+        else:
+            delivered[0] += 1
+
+    p = Producer(
+        {
+            "bootstrap.servers": bs,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "batch.num.messages": 50,
+            "message.timeout.ms": 60000,
+            "reconnect.backoff.ms": 50,
+            "reconnect.backoff.max.ms": 500,
+        }
+    )
+    for i in range(count):
+        while True:
+            try:
+                p.produce("killed", value=str(i), partition=0, on_delivery=on_delivery)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 50 == 49:
+            p.poll(0.005)
+    left = p.flush(90)
+    assert left == 0, f"{left} records never delivered"
+    assert not errors, errors[:5]
+    assert delivered[0] == count, delivered[0]
+    print(json.dumps({"delivered": delivered[0]}))
+
+
+SCENARIOS = {f.__name__: f for f in [admin, produce_codecs, consume_assign, kafka_python, idempotent_stream]}
 
 if __name__ == "__main__":
-    SCENARIOS[sys.argv[1]](sys.argv[2])
+    SCENARIOS[sys.argv[1]](*sys.argv[2:])
