@@ -94,6 +94,7 @@ struct FileKafka {
     advertised_listener: Option<String>,
     max_request_bytes: Option<usize>,
     producer_id_expiration_ms: Option<u64>,
+    group_initial_rebalance_delay_ms: Option<u64>,
 }
 
 /// One `[[quotas]]` entry.
@@ -265,7 +266,7 @@ impl Config {
             write_queue_len: 4096,
             retention_check_interval: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
-            groups: GroupSettings::default(),
+            groups: GroupSettings { initial_rebalance_delay_ms: 0, ..GroupSettings::default() },
             idempotency_window: Duration::from_millis(crate::log::DEFAULT_IDEMPOTENCY_WINDOW_MS),
             session_check_interval: Duration::from_millis(100),
             ws_ping_interval: Duration::from_secs(15),
@@ -313,6 +314,8 @@ impl Config {
                 .ok_or_else(|| ConfigError(format!("kafka.advertised_listener: '{adv}' is not host:port")))?;
             c.kafka.advertised = Some((host, port));
         }
+        // Kafka's default; embedded servers and tests (`for_data_dir`) start at once.
+        c.groups.initial_rebalance_delay_ms = kafka.group_initial_rebalance_delay_ms.unwrap_or(3_000);
         if let Some(ms) = kafka.producer_id_expiration_ms {
             c.kafka.producer_id_expiration = Duration::from_millis(ms);
         }

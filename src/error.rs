@@ -81,6 +81,10 @@ pub enum Error {
     #[error("group '{0}' has active members; it can be deleted only when empty")]
     GroupNotEmpty(String),
 
+    /// The group id is in use by members of the other protocol (REST/WebSocket vs Kafka).
+    #[error("group '{0}' is in use by Kafka consumers; use another group id or wait until they leave")]
+    GroupProtocolConflict(String),
+
     #[error("group '{group}' uses the {current} assignor; a member cannot join with {requested}")]
     InconsistentAssignor { group: String, current: &'static str, requested: &'static str },
 
@@ -142,6 +146,7 @@ impl Error {
             Error::InvalidCursor(_) => Code::InvalidCursor,
             Error::IdempotencyKeyReused(_) => Code::IdempotencyKeyReused,
             Error::GroupNotEmpty(_) => Code::GroupNotEmpty,
+            Error::GroupProtocolConflict(_) => Code::GroupProtocolConflict,
             Error::InconsistentAssignor { .. } => Code::InconsistentAssignor,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Forbidden { .. } => Code::Forbidden,
@@ -208,6 +213,7 @@ pub enum Code {
     IllegalGeneration,
     NotOwner,
     GroupNotEmpty,
+    GroupProtocolConflict,
     InconsistentAssignor,
     // Security.
     Unauthenticated,
@@ -276,6 +282,7 @@ impl Code {
             Code::IllegalGeneration => info("illegal_generation", 409, "Illegal generation"),
             Code::NotOwner => info("not_owner", 409, "Partition not owned by the member"),
             Code::GroupNotEmpty => info("group_not_empty", 409, "Group not empty"),
+            Code::GroupProtocolConflict => info("group_protocol_conflict", 409, "Group used by the other protocol"),
             Code::InconsistentAssignor => info("inconsistent_assignor", 409, "Assignor differs from the group's"),
             Code::Unauthenticated => info("unauthenticated", 401, "Authentication required"),
             Code::Forbidden => info("forbidden", 403, "Forbidden"),
@@ -338,6 +345,7 @@ impl Code {
         Code::IllegalGeneration,
         Code::NotOwner,
         Code::GroupNotEmpty,
+        Code::GroupProtocolConflict,
         Code::InconsistentAssignor,
         Code::Unauthenticated,
         Code::Forbidden,

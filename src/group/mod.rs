@@ -7,8 +7,10 @@
 //! land; polls hold it only to decide and to record deliveries, never across reads.
 
 pub mod assignor;
+pub mod classic;
 pub mod coordinator;
 pub mod cursor;
+pub mod kafka;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,6 +39,9 @@ pub struct GroupSettings {
     /// How long a group without members keeps its committed offsets before it
     /// is removed (Kafka's `offsets.retention.minutes`; default 7 days).
     pub offsets_retention_ms: u64,
+    /// How long a Kafka group's first rebalance waits for more members (Kafka's
+    /// `group.initial.rebalance.delay.ms`).
+    pub initial_rebalance_delay_ms: u64,
 }
 
 impl Default for GroupSettings {
@@ -46,6 +51,7 @@ impl Default for GroupSettings {
             max_session_timeout_ms: 1_800_000,
             default_session_timeout_ms: 45_000,
             offsets_retention_ms: 7 * 24 * 3_600_000,
+            initial_rebalance_delay_ms: 3_000,
         }
     }
 }
@@ -145,6 +151,8 @@ struct GroupCell {
 
 struct GroupData {
     group: Group,
+    /// The group's Kafka (classic protocol) members; empty while gregor members are in it.
+    classic: classic::Classic,
     /// Committed offsets, with the id of the topic they were committed for: a
     /// topic deleted and created again under the same name does not inherit them.
     committed: BTreeMap<TopicPartition, (u32, u64)>,
@@ -159,10 +167,11 @@ struct GroupData {
 }
 
 impl GroupCell {
-    fn new(id: &str, now_ms: u64) -> Self {
+    fn new(id: &str, now_ms: u64, initial_rebalance_delay_ms: u64) -> Self {
         GroupCell {
             state: tokio::sync::Mutex::new(GroupData {
                 group: Group::new(id),
+                classic: classic::Classic::new(initial_rebalance_delay_ms),
                 committed: BTreeMap::new(),
                 in_use_ms: now_ms,
                 stamped_ms: 0,
@@ -251,8 +260,8 @@ impl Groups {
     }
 
     fn cell(&self, id: &str) -> Arc<GroupCell> {
-        let now = self.wall_ms();
-        self.groups.lock().entry(id.to_owned()).or_insert_with(|| Arc::new(GroupCell::new(id, now))).clone()
+        let (now, delay) = (self.wall_ms(), self.settings.initial_rebalance_delay_ms);
+        self.groups.lock().entry(id.to_owned()).or_insert_with(|| Arc::new(GroupCell::new(id, now, delay))).clone()
     }
 
     fn existing(&self, id: &str) -> Result<Arc<GroupCell>> {
@@ -303,6 +312,9 @@ impl Groups {
             if data.removed {
                 // Expired between the look-up and the lock: the next look-up makes a new one.
                 continue;
+            }
+            if !data.classic.is_empty() {
+                return Err(Error::GroupProtocolConflict(group.to_owned()));
             }
             let counts = self.counts_for(&data.group, &params.topics);
             let view = data.group.join(
@@ -698,6 +710,10 @@ impl Groups {
         if data.removed {
             return Err(Error::UnknownGroup(group.to_owned()));
         }
+        if !data.classic.is_empty() {
+            // Kafka members hold their positions themselves: they would not see the move.
+            return Err(Error::GroupNotEmpty(group.to_owned()));
+        }
         let topics: BTreeSet<String> = match topic {
             Some(t) => BTreeSet::from([t.to_owned()]),
             None => {
@@ -800,7 +816,7 @@ impl Groups {
         if data.removed {
             return Err(Error::UnknownGroup(group.to_owned()));
         }
-        if !data.group.is_empty() {
+        if data.has_members() {
             return Err(Error::GroupNotEmpty(group.to_owned()));
         }
         self.remove(group, &cell, &mut data).await
@@ -840,7 +856,7 @@ impl Groups {
             if data.removed {
                 continue;
             }
-            if !data.group.is_empty() {
+            if data.has_members() {
                 data.in_use_ms = now;
                 if now.saturating_sub(data.stamped_ms) >= refresh {
                     self.stamp(&id, &mut data, now).await;
@@ -870,12 +886,19 @@ impl Groups {
         for cell in cells {
             let mut data = cell.state.lock().await;
             let counts = self.counts_for(&data.group, &[]);
-            let gone = data.group.expire(self.now(), &counts);
-            if !gone.is_empty() && data.group.is_empty() {
+            let mut gone = data.group.expire(self.now(), &counts);
+            let before = (data.classic.generation, data.classic.state);
+            gone.extend(data.classic.expire(self.now()));
+            let moved = before != (data.classic.generation, data.classic.state);
+            if !gone.is_empty() && !data.has_members() {
                 let id = data.group.id.clone();
                 self.became_empty(&id, &mut data).await;
             }
             drop(data);
+            if moved && gone.is_empty() {
+                // A Kafka rebalance whose time was up completed: its waiters must hear.
+                cell.notify();
+            }
             if !gone.is_empty() {
                 tracing::info!(members = ?gone, "session expired");
                 expired += gone.len();
@@ -976,6 +999,65 @@ mod tests {
         timer.await.unwrap();
     }
 
+    /// Kafka members on the same session timer, on tokio's paused clock: a JoinGroup waits
+    /// for the rebalance, a silent member expires, and the survivor is told to rejoin.
+    #[tokio::test(start_paused = true)]
+    async fn kafka_members_wait_for_the_rebalance_and_expire_on_the_session_timer() {
+        let (_dir, log) = test_log();
+        let settings = GroupSettings {
+            min_session_timeout_ms: 100,
+            max_session_timeout_ms: 10_000,
+            initial_rebalance_delay_ms: 500,
+            ..Default::default()
+        };
+        let groups = Groups::open(log.clone(), settings).await.unwrap();
+        let req = |member: &str| classic::JoinRequest {
+            member_id: member.to_owned(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: String::new(),
+            session_timeout_ms: 1_000,
+            rebalance_timeout_ms: 2_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), bytes::Bytes::new())],
+            require_known_member_id: false,
+        };
+        let started = tokio::time::Instant::now();
+        let (a, b) = tokio::join!(groups.kafka_join("k", req("")), groups.kafka_join("k", req("")));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(started.elapsed(), Duration::from_millis(500), "both waited out the initial delay together");
+        assert_eq!((a.generation, b.generation), (1, 1));
+        let (leader, follower) = if a.leader == a.member_id { (a, b) } else { (b, a) };
+        let assignments = vec![(leader.member_id.clone(), bytes::Bytes::from("L"))];
+        let (l, f) = tokio::join!(
+            groups.kafka_sync("k", &leader.member_id, 1, assignments),
+            groups.kafka_sync("k", &follower.member_id, 1, vec![])
+        );
+        assert_eq!((l.unwrap(), f.unwrap()), (bytes::Bytes::from("L"), bytes::Bytes::new()));
+        assert!(matches!(
+            groups.kafka_sync("k", "stranger", 1, vec![]).await,
+            Err(classic::ClassicError::UnknownMemberId)
+        ));
+
+        let stop = CancellationToken::new();
+        let timer = tokio::spawn(groups.clone().run_expiry(Duration::from_millis(100), stop.clone()));
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            if let Err(e) = groups.kafka_heartbeat("k", &leader.member_id, 1).await {
+                assert!(matches!(e, classic::ClassicError::RebalanceInProgress), "{e}");
+                break;
+            }
+        }
+        assert!(matches!(
+            groups.kafka_heartbeat("k", &follower.member_id, 1).await,
+            Err(classic::ClassicError::UnknownMemberId)
+        ));
+        let again = groups.kafka_join("k", req(&leader.member_id)).await.unwrap();
+        assert_eq!((again.generation, again.members.len()), (2, 1), "the survivor alone in generation 2");
+        stop.cancel();
+        timer.await.unwrap();
+    }
+
     /// Empty groups expire `offsets_retention_ms` after they became empty, with
     /// their offsets; groups with members never do; a restart keeps the clock.
     #[tokio::test(start_paused = true)]
@@ -987,6 +1069,7 @@ mod tests {
             max_session_timeout_ms: 1_000_000,
             default_session_timeout_ms: 1_000_000,
             offsets_retention_ms: 60_000,
+            initial_rebalance_delay_ms: 0,
         };
         let wall = 1_000_000_000;
         let groups = Groups::open_at(log.clone(), group_settings, wall).await.unwrap();

@@ -161,6 +161,7 @@ impl ApiError {
             | Error::UnknownGroup(_)
             | Error::UnknownMember { .. }
             | Error::GroupNotEmpty(_)
+            | Error::GroupProtocolConflict(_)
             | Error::InconsistentAssignor { .. }
             | Error::WriteQueueFull
             | Error::ShuttingDown

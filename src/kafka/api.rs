@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use super::errors::{self, code};
-use super::{ConnError, Shared};
+use super::{ConnError, Shared, groups};
 use crate::error::Error;
 use crate::service::Acks;
 use crate::service::{RequestCtx, Service};
@@ -35,6 +35,15 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 /// The node id gregor calls itself: one broker, leader of every partition.
@@ -47,11 +56,14 @@ const LEADER_EPOCH: i32 = 0;
 pub struct Session {
     pub ctx: RequestCtx,
     pub closing: bool,
+    /// The client's address as Kafka shows it (`/127.0.0.1`).
+    pub peer: String,
 }
 
 impl Session {
-    pub fn new(_service: &Service) -> Session {
-        Session { ctx: RequestCtx::anonymous().delayed(), closing: false }
+    pub fn new(_service: &Service, peer: Option<std::net::SocketAddr>) -> Session {
+        let peer = peer.map_or_else(String::new, |a| format!("/{}", a.ip()));
+        Session { ctx: RequestCtx::anonymous().delayed(), closing: false, peer }
     }
 }
 
@@ -117,7 +129,8 @@ pub async fn dispatch(
         return unsupported(api_key, version);
     }
     let header_version = key.request_header_version(version);
-    let _header: kafka_protocol::messages::RequestHeader = decode(frame, header_version)?;
+    let header: kafka_protocol::messages::RequestHeader = decode(frame, header_version)?;
+    let client_id = header.client_id.as_deref().unwrap_or_default();
     let service = &shared.service;
     let ctx = &session.ctx;
     match key {
@@ -146,6 +159,22 @@ pub async fn dispatch(
         ApiKey::DescribeConfigs => encode(&describe_configs(decode(frame, version)?, service, ctx), version),
         ApiKey::FindCoordinator => encode(&find_coordinator(decode(frame, version)?, version, shared), version),
         ApiKey::InitProducerId => encode(&init_producer_id(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::JoinGroup => {
+            let req = decode(frame, version)?;
+            encode(&groups::join_group(req, version, client_id, service, ctx, &session.peer).await, version)
+        }
+        ApiKey::SyncGroup => encode(&groups::sync_group(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::Heartbeat => encode(&groups::heartbeat(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::LeaveGroup => {
+            encode(&groups::leave_group(decode(frame, version)?, version, service, ctx).await, version)
+        }
+        ApiKey::OffsetCommit => encode(&groups::offset_commit(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::OffsetFetch => encode(&groups::offset_fetch(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::ListGroups => encode(&groups::list_groups(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::DescribeGroups => {
+            encode(&groups::describe_groups(decode(frame, version)?, service, ctx).await, version)
+        }
+        ApiKey::DeleteGroups => encode(&groups::delete_groups(decode(frame, version)?, service, ctx).await, version),
         _ => unsupported(api_key, version),
     }
 }

@@ -10,9 +10,16 @@ pub const CORRUPT_MESSAGE: i16 = 2;
 pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 pub const REQUEST_TIMED_OUT: i16 = 7;
+pub const NOT_COORDINATOR: i16 = 16;
 pub const MESSAGE_TOO_LARGE: i16 = 10;
 pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
 pub const INVALID_REQUIRED_ACKS: i16 = 21;
+pub const ILLEGAL_GENERATION: i16 = 22;
+pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+pub const INVALID_GROUP_ID: i16 = 24;
+pub const UNKNOWN_MEMBER_ID: i16 = 25;
+pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+pub const REBALANCE_IN_PROGRESS: i16 = 27;
 pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
 pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
@@ -27,6 +34,10 @@ pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 pub const INVALID_PRODUCER_EPOCH: i16 = 47;
 pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 pub const KAFKA_STORAGE_ERROR: i16 = 56;
+pub const NON_EMPTY_GROUP: i16 = 68;
+pub const GROUP_ID_NOT_FOUND: i16 = 69;
+pub const MEMBER_ID_REQUIRED: i16 = 79;
+pub const FENCED_INSTANCE_ID: i16 = 82;
 pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
 pub const INVALID_RECORD: i16 = 87;
 pub const THROTTLING_QUOTA_EXCEEDED: i16 = 89;
@@ -42,8 +53,9 @@ pub fn code(e: &Error) -> i16 {
         Error::OffsetOutOfRange { .. } => OFFSET_OUT_OF_RANGE,
         Error::RecordTooLarge { .. } => MESSAGE_TOO_LARGE,
         Error::InvalidRecord { .. } => INVALID_RECORD,
-        Error::Forbidden { resource, .. } if resource.starts_with("Group:") => GROUP_AUTHORIZATION_FAILED,
-        Error::Forbidden { resource, .. } if resource.starts_with("Cluster:") => CLUSTER_AUTHORIZATION_FAILED,
+        // `auth::Security::check` names the resource: "group 'g'", "topic 't'", "the cluster".
+        Error::Forbidden { resource, .. } if resource.starts_with("group ") => GROUP_AUTHORIZATION_FAILED,
+        Error::Forbidden { resource, .. } if resource == "the cluster" => CLUSTER_AUTHORIZATION_FAILED,
         Error::Forbidden { .. } => TOPIC_AUTHORIZATION_FAILED,
         Error::QuotaExceeded { .. } => THROTTLING_QUOTA_EXCEEDED,
         // Retriable: the client backs off and tries again.

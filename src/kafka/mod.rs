@@ -10,6 +10,7 @@
 
 mod api;
 mod errors;
+mod groups;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -123,9 +124,10 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, stop: CancellationTo
         tracing::warn!(error = %e, "kafka connection refused: credentials are required and SASL is not served yet");
         return Ok(());
     }
+    let peer = stream.peer_addr().ok();
     let (mut rd, wr) = stream.into_split();
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-    let mut session = api::Session::new(&shared.service);
+    let mut session = api::Session::new(&shared.service, peer);
     loop {
         let mut len = [0u8; 4];
         tokio::select! {

@@ -13,6 +13,7 @@
 //! - [`stream`]: topic streams and group-member streams (what a WebSocket follows).
 
 pub mod authz;
+pub mod kafka_groups;
 pub mod limits;
 pub mod stream;
 

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, TopicName, produce_request,
+    ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId,
+    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader, TopicName, join_group_request, produce_request,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
@@ -370,6 +372,128 @@ async fn idempotent_batches_are_stored_once_and_out_of_order_ones_refused() {
             .flat_map(|(p, e, f)| (0..3).map(move |i| format!("{p}/{e}/{}", f + i)))
             .collect();
         assert_eq!(values, want.iter().map(|v| json!(v)).collect::<Vec<_>>(), "each batch once, in order");
+    })
+    .await;
+}
+
+/// Two confluent-kafka consumers in one group split a topic's partitions, commit, and when
+/// one leaves the other takes every partition; what they committed is the group's committed
+/// offsets over REST, and after a restart a new member resumes there. Run with the eager
+/// (range) and the cooperative (cooperative-sticky) assignors.
+async fn group_members_split_rebalance_commit_and_resume(strategy: &str) {
+    let app = spawn_app().await;
+    app.create_topic_with("grp", 4, json!({"retention_ms": -1})).await;
+    for p in 0..4u32 {
+        let records: Vec<Value> = (0..10).map(|i| json!({"value": format!("p{p}-{i}"), "partition": p})).collect();
+        app.produce("grp", json!(records)).await;
+    }
+    let bootstrap = app.kafka.clone().unwrap();
+    let out = clients_at(&bootstrap, "group_split", &[strategy]).await;
+    assert_eq!(out["committed"], json!([12, 12, 12, 12]), "{out}");
+    let group = format!("kg-{strategy}");
+    let (status, body) = app.get(&format!("/v1/groups/{group}")).await;
+    assert_eq!(status, 200, "{body}");
+    let committed: Vec<(u64, u64)> = body["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["partition"].as_u64().unwrap(), o["committed_offset"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(committed, vec![(0, 12), (1, 12), (2, 12), (3, 12)], "{body}");
+
+    let app = app.restart().await;
+    let records: Vec<Value> = (0..4u32).map(|p| json!({"value": format!("new-{p}"), "partition": p})).collect();
+    app.produce("grp", json!(records)).await;
+    let out = clients_at(&app.kafka.clone().unwrap(), "group_resume", &[&group]).await;
+    assert_eq!(out["values"], json!(["new-0", "new-1", "new-2", "new-3"]), "resumed at the committed offsets");
+}
+
+#[tokio::test]
+async fn kafka_group_with_the_range_assignor() {
+    crate::helpers::within(group_members_split_rebalance_commit_and_resume("range")).await;
+}
+
+#[tokio::test]
+async fn kafka_group_with_the_cooperative_sticky_assignor() {
+    crate::helpers::within(group_members_split_rebalance_commit_and_resume("cooperative-sticky")).await;
+}
+
+/// A raw JoinGroup v3 (no member id round trip) for `group`, and the answer.
+async fn raw_join(stream: &mut TcpStream, group: &str, member: &str) -> JoinGroupResponse {
+    let protocol = join_group_request::JoinGroupRequestProtocol::default()
+        .with_name(StrBytes::from_static_str("range"))
+        .with_metadata(Bytes::from_static(b"\0\0\0\0\0\x01\0\x03grp\0\0\0\0"));
+    let req = JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+        .with_session_timeout_ms(30_000)
+        .with_rebalance_timeout_ms(30_000)
+        .with_member_id(StrBytes::from_string(member.to_owned()))
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![protocol]);
+    answer(ApiKey::JoinGroup, 3, exchange(stream, &framed(ApiKey::JoinGroup, 3, 3, &req)).await.unwrap())
+}
+
+async fn raw_delete_group(stream: &mut TcpStream, group: &str) -> i16 {
+    let req = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
+    let res: DeleteGroupsResponse =
+        answer(ApiKey::DeleteGroups, 2, exchange(stream, &framed(ApiKey::DeleteGroups, 2, 4, &req)).await.unwrap());
+    res.results[0].error_code
+}
+
+/// One group id, one protocol at a time: a Kafka JoinGroup to a group with REST members is
+/// INCONSISTENT_GROUP_PROTOCOL, a REST join to a group with Kafka members is `409
+/// group_protocol_conflict`; Kafka's tools list and describe both kinds, and delete only
+/// empty ones.
+#[tokio::test]
+async fn a_group_id_is_used_by_one_protocol_at_a_time() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("grp", 2).await;
+        let (status, _) = app.post("/v1/groups/rest-owned/members", json!({"topics": ["grp"]})).await;
+        assert_eq!(status, 201);
+        let mut s = TcpStream::connect(app.kafka.clone().unwrap()).await.unwrap();
+        assert_eq!(raw_join(&mut s, "rest-owned", "").await.error_code, 23, "INCONSISTENT_GROUP_PROTOCOL");
+
+        let joined = raw_join(&mut s, "kafka-owned", "").await;
+        assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+        assert_eq!(joined.leader, joined.member_id, "the only member leads");
+        assert_eq!(joined.members.len(), 1);
+        let (status, body) = app.post("/v1/groups/kafka-owned/members", json!({"topics": ["grp"]})).await;
+        assert_eq!((status, body["code"].as_str()), (409, Some("group_protocol_conflict")), "{body}");
+
+        let req = ListGroupsRequest::default();
+        let listed: ListGroupsResponse =
+            answer(ApiKey::ListGroups, 4, exchange(&mut s, &framed(ApiKey::ListGroups, 4, 5, &req)).await.unwrap());
+        let mut groups: Vec<(String, String)> =
+            listed.groups.iter().map(|g| (g.group_id.0.to_string(), g.protocol_type.to_string())).collect();
+        groups.sort();
+        assert_eq!(groups, vec![("kafka-owned".into(), "consumer".into()), ("rest-owned".into(), "gregor".into())]);
+        let req = DescribeGroupsRequest::default().with_groups(vec![
+            GroupId(StrBytes::from_static_str("kafka-owned")),
+            GroupId(StrBytes::from_static_str("none")),
+        ]);
+        let described: DescribeGroupsResponse = answer(
+            ApiKey::DescribeGroups,
+            5,
+            exchange(&mut s, &framed(ApiKey::DescribeGroups, 5, 6, &req)).await.unwrap(),
+        );
+        assert_eq!(described.groups[0].group_state.as_str(), "CompletingRebalance");
+        assert_eq!(described.groups[0].protocol_data.as_str(), "range");
+        assert_eq!(described.groups[0].members[0].member_id, joined.member_id);
+        assert_eq!(described.groups[1].group_state.as_str(), "Dead", "an unknown group");
+
+        assert_eq!(raw_delete_group(&mut s, "kafka-owned").await, 68, "NON_EMPTY_GROUP");
+        let leave = LeaveGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("kafka-owned")))
+            .with_member_id(joined.member_id.clone());
+        let left: LeaveGroupResponse =
+            answer(ApiKey::LeaveGroup, 2, exchange(&mut s, &framed(ApiKey::LeaveGroup, 2, 7, &leave)).await.unwrap());
+        assert_eq!(left.error_code, 0);
+        let (status, _) = app.post("/v1/groups/kafka-owned/members", json!({"topics": ["grp"]})).await;
+        assert_eq!(status, 201, "free once the Kafka member left");
+        let m = raw_join(&mut s, "kafka-owned", &joined.member_id).await;
+        assert_eq!(m.error_code, 23, "and now REST holds it");
+        assert_eq!(raw_delete_group(&mut s, "never-was").await, 69, "GROUP_ID_NOT_FOUND");
     })
     .await;
 }
