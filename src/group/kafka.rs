@@ -43,6 +43,48 @@ impl GroupData {
 }
 
 impl Groups {
+    /// A Kafka group as gregor's describe shows it: members with the topics and partitions
+    /// their consumer-protocol metadata and assignment name.
+    pub(super) fn describe_kafka(&self, data: &GroupData) -> super::GroupInfo {
+        let c = &data.classic;
+        let now = self.now();
+        let members: Vec<super::MemberInfo> = c
+            .members()
+            .iter()
+            .map(|m| {
+                let metadata = m.protocols.iter().find(|(n, _)| Some(n) == c.protocol.as_ref()).map(|(_, b)| b);
+                super::MemberInfo {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    topics: metadata.map(subscribed_topics).unwrap_or_default(),
+                    assignment: assigned_partitions(&m.assignment),
+                    revoking: Default::default(),
+                    session_timeout_ms: m.session_timeout_ms,
+                    last_seen_ms_ago: now.saturating_sub(m.last_seen),
+                    generation: c.generation.max(0) as u64,
+                }
+            })
+            .collect();
+        let topics = members.iter().flat_map(|m| m.topics.iter().cloned()).collect();
+        let owner =
+            |tp: &TopicPartition| members.iter().find(|m| m.assignment.contains(tp)).map(|m| m.member_id.clone());
+        let offsets = self.offsets_of(data, topics, owner);
+        let state = match c.state {
+            ClassicState::Stable => super::GroupState::Stable,
+            ClassicState::Empty => super::GroupState::Empty,
+            _ => super::GroupState::Rebalancing,
+        };
+        super::GroupInfo {
+            group: data.group.id.clone(),
+            state,
+            generation: c.generation.max(0) as u64,
+            protocol: "kafka",
+            assignor: c.protocol.clone().unwrap_or_default(),
+            members,
+            offsets,
+        }
+    }
+
     fn instant(&self, ms: u64) -> tokio::time::Instant {
         self.clock + Duration::from_millis(ms)
     }
@@ -296,4 +338,46 @@ fn view(group: &str, data: &GroupData) -> KafkaGroupView {
         protocol: c.protocol.clone().unwrap_or_default(),
         members: c.members().to_vec(),
     }
+}
+
+/// The topics a consumer-protocol member subscribes to (its JoinGroup metadata); empty when
+/// the metadata is not the consumer protocol's.
+pub(super) fn subscribed_topics(metadata: &Bytes) -> std::collections::BTreeSet<String> {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    decode_versioned::<ConsumerProtocolSubscription>(metadata)
+        .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// The partitions a consumer-protocol member was assigned (its SyncGroup assignment).
+pub(super) fn assigned_partitions(assignment: &Bytes) -> std::collections::BTreeSet<TopicPartition> {
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    decode_versioned::<ConsumerProtocolAssignment>(assignment)
+        .map(|a| {
+            a.assigned_partitions
+                .iter()
+                .flat_map(|tp| {
+                    let topic = tp.topic.0.to_string();
+                    tp.partitions
+                        .iter()
+                        .filter_map(move |p| Some(TopicPartition::new(topic.clone(), u32::try_from(*p).ok()?)))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Decodes a consumer-protocol message: a version (i16), then the body. Versions newer
+/// than the codec knows are read as its newest (Kafka's rule: later versions only append).
+fn decode_versioned<T: kafka_protocol::protocol::Decodable + kafka_protocol::protocol::Message>(
+    bytes: &Bytes,
+) -> Option<T> {
+    let mut buf = bytes.clone();
+    if buf.len() < 2 {
+        return None;
+    }
+    let version = i16::from_be_bytes([buf[0], buf[1]]);
+    let _ = bytes::Buf::get_i16(&mut buf);
+    let version = version.clamp(T::VERSIONS.min, T::VERSIONS.max);
+    T::decode(&mut buf, version).ok()
 }

@@ -128,7 +128,10 @@ pub struct GroupInfo {
     pub group: String,
     pub state: GroupState,
     pub generation: u64,
-    pub assignor: Assignor,
+    /// `gregor` (REST and WebSocket members) or `kafka` (Kafka clients' classic protocol).
+    pub protocol: &'static str,
+    /// The assignor: gregor's, or the one a Kafka group's members chose.
+    pub assignor: String,
     pub members: Vec<MemberInfo>,
     pub offsets: Vec<CommittedInfo>,
 }
@@ -772,6 +775,9 @@ impl Groups {
         if data.removed {
             return Err(Error::UnknownGroup(group.to_owned()));
         }
+        if !data.classic.is_empty() {
+            return Ok(self.describe_kafka(&data));
+        }
         let g = &data.group;
         let now = self.now();
         let members = g
@@ -787,7 +793,26 @@ impl Groups {
                 generation: m.generation,
             })
             .collect();
-        let mut topics = g.subscribed_topics();
+        let offsets = self.offsets_of(&data, g.subscribed_topics(), |tp| g.owner(tp).map(str::to_owned));
+        Ok(GroupInfo {
+            group: g.id.clone(),
+            state: g.state(),
+            generation: g.generation,
+            protocol: "gregor",
+            assignor: g.assignor.name().to_owned(),
+            members,
+            offsets,
+        })
+    }
+
+    /// Committed offsets and lag of every partition of `topics` and of the topics the group
+    /// committed for, with each one's owner.
+    fn offsets_of(
+        &self,
+        data: &GroupData,
+        mut topics: BTreeSet<String>,
+        owner: impl Fn(&TopicPartition) -> Option<String>,
+    ) -> Vec<CommittedInfo> {
         topics.extend(data.committed.keys().map(|tp| tp.topic.clone()));
         let mut offsets = Vec::new();
         for name in &topics {
@@ -795,18 +820,11 @@ impl Groups {
             for part in t.partitions().iter() {
                 let tp = TopicPartition::new(name.clone(), part.index);
                 let committed = data.committed.get(&tp).filter(|(tid, _)| *tid == t.id).map(|(_, o)| *o);
-                let owner = g.owner(&tp).map(str::to_owned);
+                let owner = owner(&tp);
                 offsets.push(CommittedInfo { tp, committed, end_offset: part.end(), owner });
             }
         }
-        Ok(GroupInfo {
-            group: g.id.clone(),
-            state: g.state(),
-            generation: g.generation,
-            assignor: g.assignor,
-            members,
-            offsets,
-        })
+        offsets
     }
 
     /// Deletes an empty group and its committed offsets.

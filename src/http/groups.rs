@@ -433,7 +433,10 @@ pub struct GroupDescription {
     group: String,
     state: GroupState,
     generation: u64,
-    assignor: Assignor,
+    /// `gregor` (REST and WebSocket members) or `kafka` (Kafka clients, classic protocol).
+    protocol: &'static str,
+    /// The group's assignor: gregor's, or the one a Kafka group's members chose.
+    assignor: String,
     members: Vec<MemberDescription>,
     offsets: Vec<OffsetDescription>,
 }
@@ -481,6 +484,7 @@ async fn describe_group(
         group: info.group,
         state: info.state,
         generation: info.generation,
+        protocol: info.protocol,
         assignor: info.assignor,
         members: info
             .members

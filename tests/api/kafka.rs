@@ -460,6 +460,10 @@ async fn a_group_id_is_used_by_one_protocol_at_a_time() {
         assert_eq!(joined.members.len(), 1);
         let (status, body) = app.post("/v1/groups/kafka-owned/members", json!({"topics": ["grp"]})).await;
         assert_eq!((status, body["code"].as_str()), (409, Some("group_protocol_conflict")), "{body}");
+        let (_, body) = app.get("/v1/groups/kafka-owned").await;
+        assert_eq!((body["protocol"].as_str(), body["assignor"].as_str()), (Some("kafka"), Some("range")), "{body}");
+        assert_eq!(body["members"][0]["member_id"], json!(joined.member_id.as_str()));
+        assert_eq!(body["members"][0]["topics"], json!(["grp"]), "read from the consumer protocol metadata");
 
         let req = ListGroupsRequest::default();
         let listed: ListGroupsResponse =
