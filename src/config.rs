@@ -433,16 +433,17 @@ impl Config {
                 g.offsets_retention_ms
             )));
         }
-        // The Kafka listener has no SASL yet: its connections are anonymous. Off loopback it
-        // would be an open door unless anonymous access is what the configuration asks for.
+        // Off loopback the Kafka listener must not be an open door: SASL/PLAIN required (users
+        // configured), or anonymous access asked for.
         if let Some(addr) = self.kafka.listen
             && !addr.ip().is_loopback()
             && !self.auth.allow_anonymous
+            && self.auth.users.is_empty()
         {
             return Err(ConfigError(format!(
-                "kafka.listen: {addr} is not a loopback address, and the Kafka listener does not \
-                 authenticate yet (no SASL): keep it on 127.0.0.1/::1, turn it off with 'off', \
-                 or set auth.allow_anonymous (its connections then act as User:ANONYMOUS, under the ACLs)"
+                "kafka.listen: {addr} is not a loopback address and no [[auth.users]] are configured for \
+                 SASL/PLAIN: add users, keep it on 127.0.0.1/::1, turn it off with 'off', or set \
+                 auth.allow_anonymous (its connections then act as User:ANONYMOUS, under the ACLs)"
             )));
         }
         if self.kafka.max_request_bytes < 1024 || self.kafka.max_request_bytes > 1 << 30 {

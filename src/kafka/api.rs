@@ -8,9 +8,10 @@ use kafka_protocol::messages::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
     DescribeConfigsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse,
     InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, TopicName, api_versions_response,
-    create_partitions_response, create_topics_response, delete_topics_response, describe_configs_response,
-    fetch_response, find_coordinator_response, list_offsets_response, metadata_response, produce_response,
+    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, SaslAuthenticateRequest, SaslAuthenticateResponse,
+    SaslHandshakeRequest, SaslHandshakeResponse, TopicName, api_versions_response, create_partitions_response,
+    create_topics_response, delete_topics_response, describe_configs_response, fetch_response,
+    find_coordinator_response, list_offsets_response, metadata_response, produce_response,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -44,6 +45,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The node id gregor calls itself: one broker, leader of every partition.
@@ -58,12 +61,21 @@ pub struct Session {
     pub closing: bool,
     /// The client's address as Kafka shows it (`/127.0.0.1`).
     pub peer: String,
+    /// Requests other than ApiVersions and SASL may be served: the connection is
+    /// authenticated (SASL/PLAIN), or anonymous connections are allowed.
+    pub authenticated: bool,
+    /// A SaslHandshake chose PLAIN: a SaslAuthenticate may follow.
+    pub handshaken: bool,
 }
 
 impl Session {
-    pub fn new(_service: &Service, peer: Option<std::net::SocketAddr>) -> Session {
+    /// A new connection: anonymous when `anonymous` is given (credentials are not required),
+    /// otherwise waiting for SASL/PLAIN.
+    pub fn new(anonymous: Option<RequestCtx>, peer: Option<std::net::SocketAddr>) -> Session {
         let peer = peer.map_or_else(String::new, |a| format!("/{}", a.ip()));
-        Session { ctx: RequestCtx::anonymous().delayed(), closing: false, peer }
+        let authenticated = anonymous.is_some();
+        let ctx = anonymous.unwrap_or_else(RequestCtx::anonymous).delayed();
+        Session { ctx, closing: false, peer, authenticated, handshaken: false }
     }
 }
 
@@ -131,6 +143,11 @@ pub async fn dispatch(
     let header_version = key.request_header_version(version);
     let header: kafka_protocol::messages::RequestHeader = decode(frame, header_version)?;
     let client_id = header.client_id.as_deref().unwrap_or_default();
+    if !session.authenticated && !matches!(key, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
+    {
+        // Kafka's broker does the same: a request before authentication ends the connection.
+        return Err(ConnError::Unauthenticated(key));
+    }
     let service = &shared.service;
     let ctx = &session.ctx;
     match key {
@@ -158,6 +175,10 @@ pub async fn dispatch(
         ApiKey::CreatePartitions => encode(&create_partitions(decode(frame, version)?, service, ctx).await, version),
         ApiKey::DescribeConfigs => encode(&describe_configs(decode(frame, version)?, service, ctx), version),
         ApiKey::FindCoordinator => encode(&find_coordinator(decode(frame, version)?, version, shared), version),
+        ApiKey::SaslHandshake => encode(&sasl_handshake(decode(frame, version)?, session), version),
+        ApiKey::SaslAuthenticate => {
+            encode(&sasl_authenticate(decode(frame, version)?, service, session).await, version)
+        }
         ApiKey::InitProducerId => encode(&init_producer_id(decode(frame, version)?, service, ctx).await, version),
         ApiKey::JoinGroup => {
             let req = decode(frame, version)?;
@@ -651,5 +672,62 @@ async fn init_producer_id(req: InitProducerIdRequest, service: &Service, ctx: &R
     match service.init_producer_id(ctx).await {
         Ok(id) => InitProducerIdResponse::default().with_producer_id(ProducerId(id)).with_producer_epoch(0),
         Err(e) => refused(code(&e)),
+    }
+}
+
+/// The one SASL mechanism served.
+const PLAIN: &str = "PLAIN";
+
+fn sasl_handshake(req: SaslHandshakeRequest, session: &mut Session) -> SaslHandshakeResponse {
+    let answer = SaslHandshakeResponse::default().with_mechanisms(vec![str_bytes(PLAIN)]);
+    if req.mechanism.as_str() == PLAIN {
+        session.handshaken = true;
+        answer
+    } else {
+        answer.with_error_code(errors::UNSUPPORTED_SASL_MECHANISM)
+    }
+}
+
+/// SASL/PLAIN (RFC 4616): `authzid NUL authcid NUL password`, checked against gregor's
+/// users (`[[auth.users]]`) as HTTP Basic credentials are. The connection then acts as
+/// that principal; a failure answers SASL_AUTHENTICATION_FAILED and closes the connection.
+async fn sasl_authenticate(
+    req: SaslAuthenticateRequest,
+    service: &Service,
+    session: &mut Session,
+) -> SaslAuthenticateResponse {
+    let failed = |session: &mut Session, message: &str| {
+        session.closing = true;
+        SaslAuthenticateResponse::default()
+            .with_error_code(errors::SASL_AUTHENTICATION_FAILED)
+            .with_error_message(Some(str_bytes(message)))
+    };
+    if !session.handshaken {
+        session.closing = true;
+        return SaslAuthenticateResponse::default()
+            .with_error_code(errors::ILLEGAL_SASL_STATE)
+            .with_error_message(Some(str_bytes("SaslAuthenticate before a SaslHandshake choosing PLAIN")));
+    }
+    session.handshaken = false;
+    let parts: Vec<&[u8]> = req.auth_bytes.split(|b| *b == 0).collect();
+    let [authzid, user, password] = parts.as_slice() else {
+        return failed(session, "malformed PLAIN message: expected authzid NUL user NUL password");
+    };
+    let (Ok(authzid), Ok(user), Ok(password)) =
+        (std::str::from_utf8(authzid), std::str::from_utf8(user), std::str::from_utf8(password))
+    else {
+        return failed(session, "malformed PLAIN message: not UTF-8");
+    };
+    if !authzid.is_empty() && authzid != user {
+        return failed(session, "authorization id must be empty or the user");
+    }
+    let credentials = crate::auth::Credentials::Basic { user: user.to_owned(), password: password.to_owned() };
+    match service.authenticate(&credentials).await {
+        Ok(ctx) => {
+            session.ctx = ctx.delayed();
+            session.authenticated = true;
+            SaslAuthenticateResponse::default().with_auth_bytes(Bytes::new())
+        }
+        Err(_) => failed(session, "authentication failed: invalid username or password"),
     }
 }

@@ -116,18 +116,17 @@ pub(crate) enum ConnError {
     TooLarge { size: i64, max: usize },
     #[error("malformed request: {0}")]
     Malformed(String),
+    #[error("{0:?} request before SASL authentication")]
+    Unauthenticated(kafka_protocol::messages::ApiKey),
 }
 
 async fn connection(stream: TcpStream, shared: Arc<Shared>, stop: CancellationToken) -> Result<(), ConnError> {
-    // No SASL yet: a connection is anonymous, and only where anonymous requests are allowed.
-    if let Err(e) = shared.service.authenticate(&crate::auth::Credentials::None).await {
-        tracing::warn!(error = %e, "kafka connection refused: credentials are required and SASL is not served yet");
-        return Ok(());
-    }
+    // Anonymous where credentials are not required; otherwise SASL/PLAIN first.
+    let anonymous = shared.service.authenticate(&crate::auth::Credentials::None).await.ok();
     let peer = stream.peer_addr().ok();
     let (mut rd, wr) = stream.into_split();
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-    let mut session = api::Session::new(&shared.service, peer);
+    let mut session = api::Session::new(anonymous, peer);
     loop {
         let mut len = [0u8; 4];
         tokio::select! {

@@ -501,3 +501,69 @@ async fn a_group_id_is_used_by_one_protocol_at_a_time() {
     })
     .await;
 }
+
+/// SASL/PLAIN with gregor's users, under the ACLs of SPEC §8: the principal may write and
+/// read what its ACLs allow and gets TOPIC_/GROUP_AUTHORIZATION_FAILED elsewhere; a wrong
+/// password and a client without SASL are refused.
+#[tokio::test]
+async fn sasl_plain_users_are_held_to_their_acls() {
+    crate::helpers::within(async {
+        const PASSWORD: &str = "alice-kafka-pw-9";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gregor.toml");
+        let hash = gregor::auth::hash_password(PASSWORD).unwrap();
+        let toml = format!(
+            r#"
+[auth]
+superusers = ["User:admin"]
+
+[[auth.users]]
+name = "kafka-alice"
+password_hash = "{hash}"
+
+[[auth.users]]
+name = "admin"
+password_hash = "{hash}"
+
+[[acl]]
+principal = "User:kafka-alice"
+resource = "topic"
+name = "sasl-ok"
+operations = ["read", "write", "describe"]
+
+[[acl]]
+principal = "User:kafka-alice"
+resource = "group"
+name = "sasl-g"
+operations = ["read", "describe"]
+"#
+        );
+        std::fs::write(&file, toml).unwrap();
+        let auth = gregor::config::load_auth(&file).unwrap();
+        let app = crate::helpers::spawn_app_with(move |c| c.auth = auth).await;
+        for topic in ["sasl-ok", "sasl-no"] {
+            let res = app
+                .client
+                .post(app.url("/v1/topics"))
+                .basic_auth("admin", Some(PASSWORD))
+                .json(&json!({"name": topic, "partitions": 1}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+        }
+        let out = clients_at(&app.kafka.clone().unwrap(), "sasl", &[PASSWORD]).await;
+        assert_eq!(out["wrong_password"], "_AUTHENTICATION");
+        let read = |topic: &'static str| {
+            let app = &app;
+            async move {
+                let url = app.url(&format!("/v1/topics/{topic}/partitions/0"));
+                let res = app.client.get(url).basic_auth("admin", Some(PASSWORD)).send().await.unwrap();
+                res.json::<Value>().await.unwrap()["end_offset"].clone()
+            }
+        };
+        assert_eq!(read("sasl-ok").await, 1, "the allowed record is stored");
+        assert_eq!(read("sasl-no").await, 0, "nothing stored where denied");
+    })
+    .await;
+}

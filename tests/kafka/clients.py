@@ -260,9 +260,82 @@ def group_resume(bs, group):
     print(json.dumps({"values": sorted(v for (_, _, v) in got)}))
 
 
+def sasl(bs, password):
+    """SASL/PLAIN as gregor's user `kafka-alice`: allowed to write and read `sasl-ok` in group
+    `sasl-g`; denied `sasl-no` and other groups; a wrong password and no SASL are refused."""
+    from confluent_kafka import KafkaError
+
+    def conf(pw, **extra):
+        c = {
+            "bootstrap.servers": bs,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": "kafka-alice",
+            "sasl.password": pw,
+        }
+        c.update(extra)
+        return c
+
+    outcomes = {}
+
+    def on_delivery(err, msg):
+        outcomes[msg.topic()] = err.name() if err else "ok"
+
+    p = Producer(conf(password, **{"enable.idempotence": True, "message.timeout.ms": 10000}))
+    p.produce("sasl-ok", key="k", value="allowed", on_delivery=on_delivery)
+    assert p.flush(TIMEOUT) == 0
+    p2 = Producer(conf(password, **{"message.timeout.ms": 5000}))
+    p2.produce("sasl-no", value="denied", on_delivery=on_delivery)
+    p2.flush(TIMEOUT)
+    assert outcomes == {"sasl-ok": "ok", "sasl-no": "TOPIC_AUTHORIZATION_FAILED"}, outcomes
+
+    c = Consumer(conf(password, **{"group.id": "sasl-g", "auto.offset.reset": "earliest", "enable.auto.commit": False}))
+    c.subscribe(["sasl-ok"])
+    got = None
+    for _ in range(100):
+        m = c.poll(0.2)
+        if m is not None:
+            assert m.error() is None, m.error()
+            got = m.value().decode()
+            break
+    assert got == "allowed", got
+    c.commit(asynchronous=False)
+    c.close()
+
+    denied_group = None
+    c = Consumer(conf(password, **{"group.id": "not-hers", "auto.offset.reset": "earliest"}))
+    c.subscribe(["sasl-ok"])
+    for _ in range(50):
+        m = c.poll(0.2)
+        if m is not None and m.error() is not None:
+            denied_group = m.error().name()
+            break
+    c.close()
+    assert denied_group == "GROUP_AUTHORIZATION_FAILED", denied_group
+
+    def refused(config):
+        """What the client reports when it cannot get in: the errors its error_cb saw."""
+        seen = []
+        config = dict(config, error_cb=lambda e: seen.append(e.name()), log_level=0)
+        a = AdminClient(config)
+        try:
+            a.list_topics(timeout=3)
+            return "listed"
+        except KafkaException as e:
+            seen.append(e.args[0].name())
+        a.poll(1)  # error_cb runs from poll
+        return "_AUTHENTICATION" if "_AUTHENTICATION" in seen else seen[-1]
+
+    wrong = refused(conf("not-the-password"))
+    assert wrong == "_AUTHENTICATION", wrong
+    plain = refused({"bootstrap.servers": bs})
+    assert plain in ("_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN"), plain
+    print(json.dumps({"outcomes": outcomes, "wrong_password": wrong, "no_sasl": plain}))
+
+
 SCENARIOS = {
     f.__name__: f
-    for f in [admin, produce_codecs, consume_assign, kafka_python, idempotent_stream, group_split, group_resume]
+    for f in [admin, produce_codecs, consume_assign, kafka_python, idempotent_stream, group_split, group_resume, sasl]
 }
 
 if __name__ == "__main__":
