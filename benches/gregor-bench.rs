@@ -17,6 +17,9 @@
 //!   clean stop and after SIGKILL (WAL replay): time from spawn until `/readyz` is 200.
 //! - `security`: produce (100 records and 1 record per request, 64 conns) with an API
 //!   key and 100 ACL entries, and (100 records) over TLS, beside the same without.
+//! - `kafka`: the Kafka listener under librdkafka (`rdkafka` crate): produce (100-byte values,
+//!   `acks=all`, idempotent) and fetch, records/s; the same load against noida-db and Tansu
+//!   when `.venv` has them (scripts/setup installs them), for the ratio.
 //!
 //! Usage: `cargo bench --bench gregor-bench -- [--smoke] [--only NAME] [--json PATH] [--rate N] [--server-config FILE]`
 //! (`--rate`: the latency scenario's offered records/s, default 10000; `--server-config`:
@@ -36,6 +39,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
+
+#[path = "kafka/mod.rs"]
+mod kafka;
 
 /// `--server-config`: the TOML file every server process is started with.
 static SERVER_CONFIG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
@@ -77,6 +83,8 @@ struct Row {
 struct Server {
     child: Child,
     base: String,
+    /// The Kafka listener's address, when the server printed one.
+    kafka: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -88,8 +96,8 @@ impl Server {
     /// A server started with this configuration file instead of `--server-config`'s.
     async fn start_with(config: Option<&std::path::Path>) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let (child, base) = Server::spawn_with(dir.path(), config).await;
-        Server { child, base, _dir: dir }
+        let (child, base, kafka) = Server::spawn_full(dir.path(), config).await;
+        Server { child, base, kafka, _dir: dir }
     }
 
     /// Starts a server process on `data_dir`; returns once it listens.
@@ -98,6 +106,15 @@ impl Server {
     }
 
     async fn spawn_with(data_dir: &std::path::Path, config: Option<&std::path::Path>) -> (Child, String) {
+        let (child, base, _) = Server::spawn_full(data_dir, config).await;
+        (child, base)
+    }
+
+    /// Starts a server process; answers it, its base URL and its Kafka listener's address.
+    async fn spawn_full(
+        data_dir: &std::path::Path,
+        config: Option<&std::path::Path>,
+    ) -> (Child, String, Option<String>) {
         // GREGOR_BENCH_SERVER runs another build of the server (an A/B run against an older binary).
         let server = std::env::var_os("GREGOR_BENCH_SERVER").unwrap_or_else(|| env!("CARGO_BIN_EXE_gregor").into());
         let mut command = Command::new(server);
@@ -105,8 +122,14 @@ impl Server {
         if let Some(config) = config.or(SERVER_CONFIG.get().map(|p| p.as_path())) {
             command.arg("--config").arg(config);
         }
-        let mut child =
-            command.env("GREGOR_LOG", "warn").stdout(Stdio::piped()).kill_on_drop(true).spawn().expect("start gregor");
+        // Its own process group, so that the Kafka scenario can read its CPU time by group.
+        let mut child = command
+            .env("GREGOR_LOG", "warn")
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start gregor");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut base = String::new();
         while let Some(line) = lines.next_line().await.unwrap() {
@@ -115,8 +138,14 @@ impl Server {
                 break;
             }
         }
+        // The Kafka listener's line follows (an older binary under GREGOR_BENCH_SERVER may have none).
+        let next = tokio::time::timeout(Duration::from_secs(2), lines.next_line()).await;
+        let kafka = match next {
+            Ok(Ok(Some(line))) => line.split("kafka listener on ").nth(1).map(|a| a.trim().to_owned()),
+            _ => None,
+        };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        (child, base)
+        (child, base, kafka)
     }
 
     /// Peak resident set size of the server process so far, in MB.
@@ -1023,6 +1052,32 @@ async fn main() {
     }
     if settings.wants("security") {
         rows.extend(security(&settings).await);
+    }
+    if settings.wants("kafka") {
+        progress("kafka listener under librdkafka…");
+        let server = Server::start().await;
+        match server.kafka.clone() {
+            Some(bootstrap) => rows.extend(kafka::run(&settings, &kafka::gregor(bootstrap, server.child.id())).await),
+            None => rows.push(Row { scenario: "kafka".into(), note: "no Kafka listener".into(), ..Row::default() }),
+        }
+        if let Some(rss) = server.peak_rss_mb()
+            && let Some(last) = rows.last_mut()
+        {
+            last.peak_rss_mb = Some(rss);
+        }
+        drop(server);
+        // The other brokers only in full runs: the smoke run proves the tool, not the comparison.
+        for name in if settings.smoke { &[][..] } else { &["noida-db", "tansu"][..] } {
+            progress(&format!("kafka load against {name}…"));
+            match kafka::other_broker(name).await {
+                Some(broker) => rows.extend(kafka::run(&settings, &broker).await),
+                None => rows.push(Row {
+                    scenario: format!("kafka-produce {name}"),
+                    note: "not run: not installed in .venv or did not start".into(),
+                    ..Row::default()
+                }),
+            }
+        }
     }
     progress("");
     eprintln!();

@@ -101,7 +101,9 @@ fn decode<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, ConnError> {
 }
 
 fn encode<T: Encodable + HeaderVersion>(message: &T, version: i16) -> Result<Answer, ConnError> {
-    let mut buf = BytesMut::new();
+    // Sized first: a Fetch answer of tens of megabytes is written once, not grown by doubling.
+    let size = message.compute_size(version).unwrap_or(0);
+    let mut buf = BytesMut::with_capacity(size);
     message.encode(&mut buf, version).map_err(|e| ConnError::Malformed(format!("encoding the answer: {e}")))?;
     Ok(Answer::Body { body: buf.freeze(), header_version: T::header_version(version) })
 }
@@ -388,11 +390,18 @@ async fn fetch(req: FetchRequest, service: &Service, ctx: &RequestCtx) -> FetchR
                 let limit = (p.partition_max_bytes.max(1) as usize).min(room);
                 match service.fetch_batches(ctx, &name, index, offset, limit).await {
                     Ok(read) => {
-                        let mut records = BytesMut::new();
-                        for (_, batch) in read.raw_batches() {
-                            if !records.is_empty() && records.len() + batch.len() > limit {
-                                break;
-                            }
+                        // The batches that fit (the first one always), copied once into one buffer.
+                        let mut size = 0;
+                        let fit = read
+                            .raw_batches()
+                            .take_while(|(_, b)| {
+                                let fits = size == 0 || size + b.len() <= limit;
+                                size += if fits { b.len() } else { 0 };
+                                fits
+                            })
+                            .count();
+                        let mut records = BytesMut::with_capacity(size);
+                        for (_, batch) in read.raw_batches().take(fit) {
                             records.extend_from_slice(batch);
                         }
                         total += records.len();

