@@ -153,6 +153,11 @@ async fn kafka_python_produces_and_consumes() {
         let out = clients(&app, "kafka_python").await;
         assert_eq!(out["values"].as_array().unwrap().len(), 30);
         assert_eq!(app.read_all("kp", 1, 0).await[0]["value"], "value 1");
+        // Its group consumer's commits are the group's committed offsets over REST.
+        let (_, group) = app.get("/v1/groups/kp-g").await;
+        let committed: Vec<Value> =
+            group["offsets"].as_array().unwrap().iter().map(|o| o["committed_offset"].clone()).collect();
+        assert_eq!(committed, vec![json!(15), json!(15)], "{group}");
     })
     .await;
 }
@@ -196,7 +201,22 @@ async fn the_frame_decoder_survives_random_truncated_and_huge_frames() {
         let addr = app.kafka.clone().unwrap();
         let mut rng = crate::helpers::xorshift(0x006b_6166_6b61);
         // Valid request headers for APIs with arrays, followed by garbage bodies (huge counts).
-        let apis: [(i16, i16); 8] = [(0, 9), (1, 12), (2, 7), (3, 12), (19, 7), (20, 5), (32, 4), (37, 3)];
+        let apis: [(i16, i16); 14] = [
+            (0, 9),
+            (1, 12),
+            (2, 7),
+            (3, 12),
+            (8, 8),
+            (9, 7),
+            (11, 9),
+            (14, 5),
+            (19, 7),
+            (20, 5),
+            (22, 4),
+            (32, 4),
+            (36, 2),
+            (37, 3),
+        ];
         for round in 0..600u32 {
             let mut stream = TcpStream::connect(&addr).await.unwrap();
             let mut body = Vec::new();

@@ -121,6 +121,18 @@ def kafka_python(bs):
     ends = c.end_offsets([KTP("kp", 0), KTP("kp", 1)])
     assert sorted(ends.values()) == [15, 15], ends
     c.close()
+    # Its group consumer: join, read everything, commit; a second one resumes after the commit.
+    g = KafkaConsumer("kp", bootstrap_servers=bs, group_id="kp-g", auto_offset_reset="earliest",
+                      enable_auto_commit=False, consumer_timeout_ms=5000)
+    grouped = sorted(m.value.decode() for m in g)
+    assert grouped == values, grouped
+    g.commit()
+    g.close()
+    g = KafkaConsumer("kp", bootstrap_servers=bs, group_id="kp-g", auto_offset_reset="earliest",
+                      consumer_timeout_ms=3000)
+    again = [m.value for m in g]
+    g.close()
+    assert again == [], again
     print(json.dumps({"values": values}))
 
 
