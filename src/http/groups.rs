@@ -114,7 +114,7 @@ pub struct Joined {
     responses(
         (status = 201, description = "Joined; the answer names the member and what it owns now", body = Joined),
         (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Assignor differs from the group's (inconsistent_assignor)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Assignor differs from the group's (inconsistent_assignor), or Kafka consumers use the group (group_protocol_conflict)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn join(
     State(state): State<AppState>,
