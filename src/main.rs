@@ -107,7 +107,13 @@ fn serve(args: &ServeArgs) -> ExitCode {
     let result = runtime.block_on(async {
         let app = App::build(config).await?;
         let reloader = app.reloader();
-        tokio::spawn(reload_on_sighup(reloader));
+        // The SIGHUP handler is registered here, before the address is announced: a signal
+        // sent right after start must reload, not take the default action (terminate).
+        #[cfg(unix)]
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        #[cfg(not(unix))]
+        let hup = ();
+        tokio::spawn(reload_on_sighup(reloader, hup));
         let addr = app.local_addr();
         let scheme = app.scheme();
         println!("gregor {} listening on {scheme}://{addr}", env!("CARGO_PKG_VERSION"));
@@ -129,10 +135,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
 
 /// Reloads the security settings on every SIGHUP; a bad file is reported and
 /// the running settings stay.
-async fn reload_on_sighup(reloader: gregor::app::Reloader) {
-    #[cfg(unix)]
+#[cfg(unix)]
+async fn reload_on_sighup(reloader: gregor::app::Reloader, hup: std::io::Result<tokio::signal::unix::Signal>) {
     {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let mut hup = match hup {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("gregor: cannot listen for SIGHUP (no reloads): {e}");
@@ -145,9 +151,10 @@ async fn reload_on_sighup(reloader: gregor::app::Reloader) {
             }
         }
     }
-    #[cfg(not(unix))]
-    let _ = reloader;
 }
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_reloader: gregor::app::Reloader, _hup: ()) {}
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
