@@ -22,6 +22,7 @@
 //!   when `.venv` has them (scripts/setup installs them), for the ratio.
 //!
 //! Usage: `cargo bench --bench gregor-bench -- [--smoke] [--only NAME] [--json PATH] [--rate N] [--server-config FILE]`
+//! (`--only kafka-gregor`: the Kafka rows of gregor alone).
 //! (`--rate`: the latency scenario's offered records/s, default 10000; `--server-config`:
 //! a TOML file every server is started with, to measure non-default settings).
 //! `GREGOR_BENCH_SERVER=/path/to/gregor` measures another server binary (A/B runs).
@@ -1053,7 +1054,9 @@ async fn main() {
     if settings.wants("security") {
         rows.extend(security(&settings).await);
     }
-    if settings.wants("kafka") {
+    // `--only kafka-gregor`: gregor's rows without the other brokers.
+    let gregor_only = settings.only.as_deref() == Some("kafka-gregor");
+    if settings.wants("kafka") || gregor_only {
         progress("kafka listener under librdkafka…");
         let server = Server::start().await;
         match server.kafka.clone() {
@@ -1067,7 +1070,7 @@ async fn main() {
         }
         drop(server);
         // The other brokers only in full runs: the smoke run proves the tool, not the comparison.
-        for name in if settings.smoke { &[][..] } else { &["noida-db", "tansu"][..] } {
+        for name in if settings.smoke || gregor_only { &[][..] } else { &["noida-db", "tansu"][..] } {
             progress(&format!("kafka load against {name}…"));
             match kafka::other_broker(name).await {
                 Some(broker) => rows.extend(kafka::run(&settings, &broker).await),

@@ -265,6 +265,7 @@ async fn raw_fetch(bootstrap: &str, topic: &str, total: u64) -> Result<(f64, Str
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut offsets = vec![0i64; PARTITIONS as usize];
     let (mut got, mut bytes, mut requests) = (0u64, 0usize, 0u64);
+    let mut answer = BytesMut::with_capacity(64 << 20);
     let started = Instant::now();
     while got < total {
         if started.elapsed() > Duration::from_secs(120) {
@@ -301,9 +302,14 @@ async fn raw_fetch(bootstrap: &str, topic: &str, total: u64) -> Result<(f64, Str
         stream.write_all(&buf).await.map_err(|e| e.to_string())?;
         let mut len = [0u8; 4];
         stream.read_exact(&mut len).await.map_err(|e| e.to_string())?;
-        let mut body = BytesMut::zeroed(i32::from_be_bytes(len).max(0) as usize);
-        stream.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-        let mut body = body.freeze();
+        // One buffer for every answer (reclaimed once the previous answer is dropped): the
+        // client's own page faults stay out of the figure.
+        let size = i32::from_be_bytes(len).max(0) as usize;
+        answer.clear();
+        answer.reserve(size);
+        answer.resize(size, 0);
+        stream.read_exact(&mut answer).await.map_err(|e| e.to_string())?;
+        let mut body = answer.split().freeze();
         ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(VERSION)).map_err(|e| e.to_string())?;
         let res = FetchResponse::decode(&mut body, VERSION).map_err(|e| e.to_string())?;
         requests += 1;
