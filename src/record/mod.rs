@@ -453,9 +453,9 @@ pub struct CheckedBatch {
 
 /// Checks a batch a Kafka producer sent before it is stored as sent: length, magic, CRC,
 /// attributes (no transactions or control batches), record count against `lastOffsetDelta`,
-/// and, for uncompressed batches, every record's framing and offset delta, so a reader never
-/// meets a record it cannot decode. Compressed batches are checked to their header: they are
-/// inflated only when read.
+/// and every record's framing and offset delta (a compressed batch is inflated to check them,
+/// bounded by [`MAX_INFLATED_BYTES`], then stored as sent), so a reader never meets a record
+/// it cannot decode.
 pub fn check_produced(bytes: Vec<u8>, max_batch_bytes: usize) -> Result<CheckedBatch, BatchError> {
     if bytes.len() > max_batch_bytes {
         return Err(BatchError::TooLarge { size: bytes.len(), max: max_batch_bytes });
@@ -479,30 +479,41 @@ pub fn check_produced(bytes: Vec<u8>, max_batch_bytes: usize) -> Result<CheckedB
     if header.base_timestamp < 0 && header.base_timestamp != -1 {
         return Err(BatchError::InvalidTimestamp(header.base_timestamp));
     }
-    let mut max_timestamp = header.max_timestamp;
-    if compression == Compression::None {
-        let mut r = Reader { data: &bytes[HEADER_LEN..], pos: 0 };
-        let mut max = i64::MIN;
-        for i in 0..header.record_count {
-            let (delta, ts) =
-                r.skip_record(header.base_timestamp).map_err(|e| BatchError::InvalidRecord(e.to_string()))?;
-            if delta != i64::from(i) {
-                return Err(BatchError::InvalidRecord(format!("record {i} has offset delta {delta}")));
-            }
-            if ts < 0 {
-                return Err(BatchError::InvalidTimestamp(ts));
-            }
-            max = max.max(ts);
+    // Every record is walked, inflated first when compressed (bounded), as Kafka's broker
+    // validates: a batch stored here can always be read back over REST and WebSocket.
+    let max_timestamp = match compression {
+        Compression::None => check_records(&bytes[HEADER_LEN..], &header)?,
+        codec => {
+            let inflated = compression::inflate(codec, &bytes[HEADER_LEN..], MAX_INFLATED_BYTES)
+                .map_err(|e| BatchError::Corrupt(format!("the compressed records do not inflate: {e}")))?;
+            check_records(&inflated, &header)?
         }
-        if r.pos != r.data.len() {
-            return Err(BatchError::InvalidRecord(format!("{} bytes follow the last record", r.data.len() - r.pos)));
-        }
-        max_timestamp = max;
-    }
+    };
     let count = header.record_count as u32;
     let max_timestamp = max_timestamp.max(0) as u64;
     let producer = producer_seq(&header)?;
     Ok(CheckedBatch { header, batch: EncodedBatch { bytes, count, max_timestamp, producer } })
+}
+
+/// Walks a batch's records: each one's framing, its offset delta (0, 1, 2, …) and its
+/// timestamp; nothing may follow the last. Answers the largest timestamp.
+fn check_records(data: &[u8], header: &BatchHeader) -> Result<i64, BatchError> {
+    let mut r = Reader { data, pos: 0 };
+    let mut max = i64::MIN;
+    for i in 0..header.record_count {
+        let (delta, ts) = r.skip_record(header.base_timestamp).map_err(|e| BatchError::InvalidRecord(e.to_string()))?;
+        if delta != i64::from(i) {
+            return Err(BatchError::InvalidRecord(format!("record {i} has offset delta {delta}")));
+        }
+        if ts < 0 {
+            return Err(BatchError::InvalidTimestamp(ts));
+        }
+        max = max.max(ts);
+    }
+    if r.pos != r.data.len() {
+        return Err(BatchError::InvalidRecord(format!("{} bytes follow the last record", r.data.len() - r.pos)));
+    }
+    Ok(max)
 }
 
 /// The producer fields of a checked batch: none for a plain producer (id -1), a
@@ -877,5 +888,44 @@ mod tests {
         let crc = crc32c::crc32c(&txn[at::ATTRIBUTES..]);
         txn[at::CRC..at::ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
         assert_eq!(check_produced(txn, 1 << 20).unwrap_err(), BatchError::Transactional);
+    }
+
+    /// A batch whose records are `body` compressed with gzip (attributes bit 0), its length
+    /// and CRC made right.
+    fn gzipped(enc: &EncodedBatch, body: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(body).unwrap();
+        let mut out = enc.bytes[..HEADER_LEN].to_vec();
+        out.extend(gz.finish().unwrap());
+        out[at::ATTRIBUTES + 1] |= 1;
+        let len = (out.len() - 12) as i32;
+        out[at::LENGTH..at::LEADER_EPOCH].copy_from_slice(&len.to_be_bytes());
+        let crc = crc32c::crc32c(&out[at::ATTRIBUTES..]);
+        out[at::CRC..at::ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// A compressed batch is inflated and walked before it is stored: a valid CRC over
+    /// contents that do not inflate, or inflate to broken records, is refused.
+    #[test]
+    fn compressed_batches_are_checked_inside() {
+        let mut b = BatchBuilder::new();
+        b.push(&sample(0), 1);
+        b.push(&sample(1), 2);
+        let enc = b.finish();
+        let records = &enc.bytes[HEADER_LEN..];
+        let good = check_produced(gzipped(&enc, records), 1 << 20).unwrap();
+        assert_eq!((good.batch.count, good.batch.max_timestamp), (2, 2));
+        let mut garbage = gzipped(&enc, records);
+        let n = garbage.len();
+        garbage[HEADER_LEN..n].fill(0x5a);
+        let crc = crc32c::crc32c(&garbage[at::ATTRIBUTES..]);
+        garbage[at::CRC..at::ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(check_produced(garbage, 1 << 20).unwrap_err(), BatchError::Corrupt(_)));
+        let short = gzipped(&enc, &records[..records.len() - 1]);
+        assert!(matches!(check_produced(short, 1 << 20).unwrap_err(), BatchError::InvalidRecord(_)));
+        let longer = gzipped(&enc, &[records, &[0u8][..]].concat());
+        assert!(matches!(check_produced(longer, 1 << 20).unwrap_err(), BatchError::InvalidRecord(_)));
     }
 }

@@ -45,6 +45,10 @@ pub use crate::record::BatchError;
 use crate::record::{NewRecord, StoredRecord};
 use crate::topic::{TopicConfig, TopicConfigPatch};
 
+/// Produced Kafka batches up to this many bytes per request are checked on the async worker;
+/// larger ones on a blocking thread (`Service::produce_batches`).
+const CHECK_INLINE_BYTES: usize = 256 * 1024;
+
 /// The backend that stores and serves the log.
 enum Backend {
     /// The embedded RocksDB log and gregor's own group coordinator.
@@ -556,17 +560,30 @@ impl Service {
     ) -> Result<Vec<std::result::Result<Option<u64>, BatchError>>> {
         self.authorize(ctx, Operation::Produce(topic))?;
         let max = self.log().topic(topic)?.config().max_message_bytes as usize;
-        let mut outcomes = Vec::with_capacity(batches.len());
-        let mut good = Vec::with_capacity(batches.len());
-        for (p, bytes) in batches {
-            match crate::record::check_produced(bytes, max) {
-                Ok(checked) => {
-                    outcomes.push(Ok(None));
-                    good.push((p, checked.batch));
+        let check = move |batches: Vec<(u32, Vec<u8>)>| {
+            let mut outcomes = Vec::with_capacity(batches.len());
+            let mut good = Vec::with_capacity(batches.len());
+            for (p, bytes) in batches {
+                match crate::record::check_produced(bytes, max) {
+                    Ok(checked) => {
+                        outcomes.push(Ok(None));
+                        good.push((p, checked.batch));
+                    }
+                    Err(e) => outcomes.push(Err(e)),
                 }
-                Err(e) => outcomes.push(Err(e)),
             }
-        }
+            (outcomes, good)
+        };
+        // Checking walks every record and inflates compressed batches: beyond a small request
+        // that CPU work leaves the async workers to a blocking thread.
+        let size: usize = batches.iter().map(|(_, b)| b.len()).sum();
+        let (mut outcomes, good) = if size > CHECK_INLINE_BYTES {
+            tokio::task::spawn_blocking(move || check(batches))
+                .await
+                .map_err(|e| Error::Internal(format!("checking produced batches: {e}")))?
+        } else {
+            check(batches)
+        };
         if good.is_empty() {
             return Ok(outcomes);
         }
