@@ -85,6 +85,8 @@ fn sh(cmd: &str) -> Result<String, Verdict> {
 struct Server {
     child: Child,
     base: String,
+    /// The Kafka listener's address.
+    kafka: Option<String>,
     pid: u32,
 }
 
@@ -126,9 +128,14 @@ impl Server {
         .ok()
         .flatten()
         .or_fail("gregor did not start listening")?;
+        // The Kafka listener's line comes next.
+        let kafka = match tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+            Ok(Ok(Some(line))) => line.split("kafka listener on ").nth(1).map(|a| a.trim().to_owned()),
+            _ => None,
+        };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let pid = child.id().or_fail("gregor's pid")?;
-        Ok(Server { child, base, pid })
+        Ok(Server { child, base, kafka, pid })
     }
 
     fn url(&self, path: &str) -> String {
@@ -157,6 +164,8 @@ struct Acked {
     unpromised: usize,
     /// The highest acknowledged commit per partition.
     commits: BTreeMap<u64, u64>,
+    /// Of `records`, how many a Kafka producer was told were delivered.
+    kafka: usize,
 }
 
 type Shared = Arc<Mutex<Acked>>;
@@ -405,11 +414,68 @@ async fn verify(
     Ok(total)
 }
 
+/// Records what the Kafka producer was told was stored (acks=all).
+struct KafkaAcks(Shared);
+
+impl rdkafka::ClientContext for KafkaAcks {}
+
+impl rdkafka::producer::ProducerContext for KafkaAcks {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        use rdkafka::message::Message;
+        let Ok(m) = result else { return };
+        let Some(value) = m.payload().and_then(|v| std::str::from_utf8(v).ok()) else { return };
+        let (Ok(p), Ok(off)) = (u64::try_from(m.partition()), u64::try_from(m.offset())) else { return };
+        let mut a = lock(&self.0);
+        a.durable.insert((p, off));
+        a.records.insert((p, off), value.to_owned());
+        a.kafka += 1;
+    }
+}
+
+/// An idempotent librdkafka producer (acks=all) on the Kafka listener until `stop`, paced;
+/// what it is told was delivered joins the acknowledged records. Blocking: run it on a thread.
+fn kafka_producer(bootstrap: String, topic: String, tag: String, acked: Shared, stop: Instant) {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let producer: Result<ThreadedProducer<KafkaAcks>, _> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "600")
+        .set("log_level", "0")
+        .create_with_context(KafkaAcks(acked));
+    let Ok(producer) = producer else { return };
+    let mut seq = 0u64;
+    while Instant::now() < stop {
+        for _ in 0..10 {
+            let value = format!("{tag}-{seq}");
+            seq += 1;
+            let _ = producer.send(BaseRecord::<(), String>::to(&topic).payload(&value));
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    // What the kill cut off fails within message.timeout.ms and is not acknowledged.
+    let _ = producer.flush(rdkafka::util::Timeout::After(Duration::from_secs(1)));
+}
+
 /// Mixed load against `s` for `how_long`: 3 REST producers (every acks), one
-/// WebSocket producer, one group member committing.
-async fn mixed_load(base: String, topic: &str, group: &str, round: usize, acked: Shared, how_long: Duration) {
+/// WebSocket producer, one Kafka producer (idempotent, acks=all), one group member committing.
+async fn mixed_load(
+    base: String,
+    kafka: Option<String>,
+    topic: &str,
+    group: &str,
+    round: usize,
+    acked: Shared,
+    how_long: Duration,
+) {
     let stop = Instant::now() + how_long;
     let mut tasks = Vec::new();
+    if let Some(bootstrap) = kafka {
+        let (topic, tag, acked) = (topic.to_owned(), format!("r{round}k"), acked.clone());
+        tasks.push(tokio::task::spawn_blocking(move || kafka_producer(bootstrap, topic, tag, acked, stop)));
+    }
     for t in 0..3 {
         tasks.push(tokio::spawn(rest_producer(
             base.clone(),
@@ -441,8 +507,15 @@ async fn kill9(quick: bool) -> Outcome {
             stored = verify(&client, &s, "k", Some("kg"), &snapshot(&acked)).await?;
         }
         // Kill at a random moment under load: the load runs on while the kill lands.
-        let load =
-            tokio::spawn(mixed_load(s.base.clone(), "k", "kg", round, acked.clone(), Duration::from_millis(900)));
+        let load = tokio::spawn(mixed_load(
+            s.base.clone(),
+            s.kafka.clone(),
+            "k",
+            "kg",
+            round,
+            acked.clone(),
+            Duration::from_millis(900),
+        ));
         let delay = 200 + (round as u64 * 7919) % 600;
         tokio::time::sleep(Duration::from_millis(delay)).await;
         s.kill9().await?;
@@ -452,9 +525,10 @@ async fn kill9(quick: bool) -> Outcome {
     stored = stored.max(verify(&client, &s, "k", Some("kg"), &snapshot(&acked)).await?);
     let a = lock(&acked);
     Ok(format!(
-        "kill -9 ×{rounds} under load: {} acknowledged ({} acks=all), acknowledged commits on {} partitions all kept, {stored} stored, 0 lost, 0 duplicated, offsets dense",
+        "kill -9 ×{rounds} under load: {} acknowledged ({} acks=all, {} by a Kafka producer), acknowledged commits on {} partitions all kept, {stored} stored, 0 lost, 0 duplicated, offsets dense",
         a.records.len(),
         a.durable.len(),
+        a.kafka,
         a.commits.len()
     ))
 }
@@ -466,7 +540,15 @@ async fn sigterm(_quick: bool) -> Outcome {
     let acked: Shared = Arc::default();
     let mut s = Server::start(dir.path(), None, &[]).await?;
     create_topic(&client, &s, "t", 4).await?;
-    let load = tokio::spawn(mixed_load(s.base.clone(), "t", "tg", 0, acked.clone(), Duration::from_millis(1500)));
+    let load = tokio::spawn(mixed_load(
+        s.base.clone(),
+        s.kafka.clone(),
+        "t",
+        "tg",
+        0,
+        acked.clone(),
+        Duration::from_millis(1500),
+    ));
     tokio::time::sleep(Duration::from_millis(700)).await;
     let started = Instant::now();
     s.signal("TERM")?;
@@ -645,7 +727,7 @@ async fn power_cut(_quick: bool) -> Outcome {
     let acked: Shared = Arc::default();
     let s = Server::start(&data, None, &[]).await?;
     create_topic(&client, &s, "p", 4).await?;
-    mixed_load(s.base.clone(), "p", "pg", 0, acked.clone(), Duration::from_millis(1500)).await;
+    mixed_load(s.base.clone(), s.kafka.clone(), "p", "pg", 0, acked.clone(), Duration::from_millis(1500)).await;
     // Then only acks=leader: nothing syncs the log any more, so what follows
     // stays in the page cache, and the cut must lose it.
     let stop = Instant::now() + Duration::from_secs(5);
