@@ -902,11 +902,38 @@ async fn malformed(_quick: bool) -> Outcome {
             return fail(format!("the server died after a WebSocket with {what}"));
         }
     }
+    // Kafka frames: lying sizes, a real header before garbage, a request cut short, noise.
+    let framed = |body: &[u8]| [(body.len() as i32).to_be_bytes().to_vec(), body.to_vec()].concat();
+    let produce_header =
+        [&0i16.to_be_bytes()[..], &9i16.to_be_bytes(), &7i32.to_be_bytes(), &(-1i16).to_be_bytes(), &[0]].concat();
+    let kafka_cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a frame claiming 2 GiB", [i32::MAX.to_be_bytes().to_vec(), vec![0; 64]].concat()),
+        ("a negative frame size", [(-1i32).to_be_bytes().to_vec(), vec![0; 64]].concat()),
+        ("a Produce header before 0xff bytes", framed(&[produce_header.clone(), vec![0xff; 64]].concat())),
+        ("a Metadata request cut short", framed(&[0, 3, 0, 12, 0, 0, 0, 1, 0xff, 0xff, 0, 0x05])[..9].to_vec()),
+        ("random bytes", (0..512u32).map(|i| ((i * 2246822519u32) >> 11) as u8).collect()),
+    ];
+    let n_kafka = kafka_cases.len();
+    if let Some(kafka) = &s.kafka {
+        for (what, bytes) in kafka_cases {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if let Ok(mut tcp) = tokio::net::TcpStream::connect(kafka).await {
+                let _ = tcp.write_all(&bytes).await;
+                let mut out = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_millis(500), tcp.read_to_end(&mut out)).await;
+            }
+            if !healthy(&client, &s).await {
+                return fail(format!("the server died after a Kafka connection with {what}"));
+            }
+        }
+    }
     let after = stored_count(&client, &s, "m").await?;
     if after != before {
         return fail(format!("malformed input stored {} records", after - before));
     }
-    Ok(format!("malformed input: {n_http} HTTP and {n_ws} WebSocket cases refused, server up, 0 records stored"))
+    Ok(format!(
+        "malformed input: {n_http} HTTP, {n_ws} WebSocket and {n_kafka} Kafka cases refused, server up, 0 records stored"
+    ))
 }
 
 /// Scenario 8, SIGSTOP/SIGCONT for longer than a session: clients resume (a
