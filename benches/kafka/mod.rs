@@ -122,8 +122,9 @@ async fn create_topic(bootstrap: &str, topic: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Produces `total` records; answers records/s (or why it could not).
-fn produce(bootstrap: &str, topic: &str, total: u64) -> Result<(f64, String), String> {
+/// Produces `total` records to `partitions` partitions, batching for `linger_ms`; answers
+/// records/s (or why it could not).
+fn produce(bootstrap: &str, topic: &str, total: u64, partitions: i32, linger_ms: u32) -> Result<(f64, String), String> {
     let delivered = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let context = Counting { delivered: delivered.clone(), failed: failed.clone() };
@@ -131,7 +132,7 @@ fn produce(bootstrap: &str, topic: &str, total: u64) -> Result<(f64, String), St
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms.to_string())
         .set("batch.size", "1000000")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "2000000")
@@ -143,7 +144,7 @@ fn produce(bootstrap: &str, topic: &str, total: u64) -> Result<(f64, String), St
     let started = Instant::now();
     for i in 0..total {
         let mut record: BaseRecord<(), Vec<u8>> =
-            BaseRecord::to(topic).payload(&value).partition((i % PARTITIONS as u64) as i32);
+            BaseRecord::to(topic).payload(&value).partition((i % partitions as u64) as i32);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -231,7 +232,7 @@ pub async fn run(s: &Settings, broker: &Broker) -> Vec<Row> {
     }
     let bootstrap = broker.bootstrap.clone();
     let before = cpu();
-    let produced = tokio::task::spawn_blocking(move || produce(&bootstrap, topic, total)).await.unwrap();
+    let produced = tokio::task::spawn_blocking(move || produce(&bootstrap, topic, total, PARTITIONS, 5)).await.unwrap();
     let used = cpu().zip(before).map(|(a, b)| a - b);
     let ok = produced.is_ok();
     rows.push(row(format!("kafka-produce 100B acks=all idem. {}", broker.name), produced, used));
@@ -247,6 +248,17 @@ pub async fn run(s: &Settings, broker: &Broker) -> Vec<Row> {
     let fetched = tokio::task::spawn_blocking(move || fetch(&bootstrap, topic, total)).await.unwrap();
     let used = cpu().zip(before).map(|(a, b)| a - b);
     rows.push(row(format!("kafka-fetch 100B librdkafka {}", broker.name), fetched, used));
+    // Latency-bound: one partition, no linger, so each acks=all request waits for its fsync
+    // and the requests librdkafka keeps in flight (5) decide the rate.
+    if create_topic(&broker.bootstrap, "kbench-one").await.is_ok() {
+        let bootstrap = broker.bootstrap.clone();
+        let small = total / 10;
+        let before = cpu();
+        let produced =
+            tokio::task::spawn_blocking(move || produce(&bootstrap, "kbench-one", small, 1, 0)).await.unwrap();
+        let used = cpu().zip(before).map(|(a, b)| a - b).map(|c| c * total as f64 / small as f64);
+        rows.push(row(format!("kafka-produce 1 partition linger=0 {}", broker.name), produced, used));
+    }
     rows
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId,
-    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    ApiKey, BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    GroupId, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, ProduceRequest, ProduceResponse, RequestHeader,
     ResponseHeader, TopicName, join_group_request, produce_request,
 };
@@ -322,9 +322,18 @@ async fn init_producer_id(stream: &mut TcpStream) -> i64 {
     res.producer_id.0
 }
 
-/// Produces one idempotent batch of `count` records to `topic`/0 (acks=all); answers
+/// Produces one idempotent batch of 3 records to `topic`/0 (acks=all); answers
 /// (error code, base offset).
 async fn produce_idempotent(stream: &mut TcpStream, topic: &str, pid: i64, epoch: i16, first: i32) -> (i16, i64) {
+    let req = idempotent_request(topic, pid, epoch, first);
+    let res: ProduceResponse =
+        answer(ApiKey::Produce, 9, exchange(stream, &framed(ApiKey::Produce, 9, 2, &req)).await.unwrap());
+    let p = &res.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// A Produce (acks=all) of one idempotent batch of 3 records to `topic`/0.
+fn idempotent_request(topic: &str, pid: i64, epoch: i16, first: i32) -> ProduceRequest {
     let count = 3;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let records: Vec<Record> = (0..count)
@@ -351,11 +360,56 @@ async fn produce_idempotent(stream: &mut TcpStream, topic: &str, pid: i64, epoch
     let data = produce_request::TopicProduceData::default()
         .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
         .with_partition_data(vec![partition]);
-    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5_000).with_topic_data(vec![data]);
-    let res: ProduceResponse =
-        answer(ApiKey::Produce, 9, exchange(stream, &framed(ApiKey::Produce, 9, 2, &req)).await.unwrap());
-    let p = &res.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
+    ProduceRequest::default().with_acks(-1).with_timeout_ms(5_000).with_topic_data(vec![data])
+}
+
+/// Reads one answer frame's body.
+async fn read_answer(stream: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len)).await.unwrap().unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).await.unwrap();
+    body
+}
+
+/// Produces sent back to back on one connection, without waiting for answers (as librdkafka
+/// keeps five in flight), are applied and answered in order: an idempotent producer's
+/// sequences 0, 3, 6, … land at offsets 0, 3, 6, …; a request of another kind after them
+/// sees their records.
+#[tokio::test]
+async fn back_to_back_produces_are_applied_and_answered_in_order() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("pipe", 1).await;
+        let mut s = TcpStream::connect(app.kafka.clone().unwrap()).await.unwrap();
+        let pid = init_producer_id(&mut s).await;
+        let mut burst = Vec::new();
+        for i in 0..20 {
+            burst.extend(framed(ApiKey::Produce, 9, 100 + i, &idempotent_request("pipe", pid, 0, i * 3)));
+        }
+        let partition = kafka_protocol::messages::list_offsets_request::ListOffsetsPartition::default()
+            .with_partition_index(0)
+            .with_timestamp(-1);
+        let topic = kafka_protocol::messages::list_offsets_request::ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("pipe")))
+            .with_partitions(vec![partition]);
+        let list = kafka_protocol::messages::ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![topic]);
+        burst.extend(framed(ApiKey::ListOffsets, 7, 500, &list));
+        s.write_all(&burst).await.unwrap();
+        for i in 0..20i32 {
+            let body = read_answer(&mut s).await;
+            assert_eq!(&body[..4], &(100 + i).to_be_bytes(), "answers in request order");
+            let res: ProduceResponse = answer(ApiKey::Produce, 9, body);
+            let p = &res.responses[0].partition_responses[0];
+            assert_eq!((p.error_code, p.base_offset), (0, i64::from(i * 3)), "request {i}");
+        }
+        let res: kafka_protocol::messages::ListOffsetsResponse =
+            answer(ApiKey::ListOffsets, 7, read_answer(&mut s).await);
+        assert_eq!(res.topics[0].partitions[0].offset, 60, "ListOffsets after the produces sees all of them");
+    })
+    .await;
 }
 
 /// Kafka's idempotent producer rules on the wire, and across a restart: a retried batch
