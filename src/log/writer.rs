@@ -141,6 +141,8 @@ pub enum Command {
 pub struct WriterState {
     pub failed: AtomicBool,
     pub stopped: AtomicBool,
+    /// How many idempotent producer states the writer holds (none: nothing to expire).
+    pub producer_states: std::sync::atomic::AtomicUsize,
 }
 
 pub struct Writer {
@@ -172,6 +174,7 @@ impl Writer {
         state: Arc<WriterState>,
         producers: Producers,
     ) -> Self {
+        state.producer_states.store(producers.states.len(), Ordering::Release);
         Writer { store, registry, next_topic_id, state, producers }
     }
 
@@ -316,7 +319,10 @@ impl Writer {
                     });
                     replies.push((job.reply, answer));
                 }
-                self.producers.states.extend(staged_producers);
+                if !staged_producers.is_empty() {
+                    self.producers.states.extend(staged_producers);
+                    self.count_producers();
+                }
                 for s in touched.into_values() {
                     s.partition.publish_end(s.end, s.max_timestamp);
                 }
@@ -498,6 +504,7 @@ impl Writer {
         self.registry.remove(name);
         topic.mark_deleted();
         self.producers.states.retain(|(tid, _, _), _| *tid != topic.id);
+        self.count_producers();
         Ok(())
     }
 
@@ -562,7 +569,12 @@ impl Writer {
         for key in &expired {
             self.producers.states.remove(key);
         }
+        self.count_producers();
         Ok(expired.len())
+    }
+
+    fn count_producers(&self) {
+        self.state.producer_states.store(self.producers.states.len(), Ordering::Release);
     }
 }
 
@@ -725,11 +737,13 @@ mod tests {
         assert_eq!(topic.partition(0).unwrap().end(), 3);
         let loaded = Producers::load(&store).unwrap();
         assert_eq!(loaded.states, writer.producers.states);
+        assert_eq!(writer.state.producer_states.load(Ordering::Acquire), 2, "counted for the expiry's shortcut");
         assert_eq!(loaded.states[&(topic.id, 0, 9)].recent.len(), 2);
         assert_eq!(writer.init_producer_id().unwrap(), 0);
         assert_eq!(writer.init_producer_id().unwrap(), 1);
         assert_eq!(Producers::load(&store).unwrap().next_id, 2, "the next id is stored");
         assert_eq!(writer.expire_producers(u64::MAX).unwrap(), 2);
+        assert_eq!(writer.state.producer_states.load(Ordering::Acquire), 0);
         assert!(Producers::load(&store).unwrap().states.is_empty());
     }
 
