@@ -241,14 +241,7 @@ impl Groups {
                     Err(e) => outcome.push((topic.clone(), *p, Err(e))),
                 }
             }
-            let now = self.wall_ms();
-            // Held across the write, as gregor's commits: no rebalance between check and write.
-            self.log.commit_offsets(group, entries.clone(), now).await?;
-            for (tp, (tid, _, offset)) in tps.into_iter().zip(entries) {
-                data.committed.insert(tp, (tid, offset));
-            }
-            data.in_use_ms = now;
-            data.stamped_ms = now;
+            self.store_commits(group, &mut data, tps, entries).await?;
             return Ok(outcome);
         }
     }

@@ -686,8 +686,19 @@ impl Groups {
             t.partition(*p)?;
             entries.push((t.id, *p, *offset));
         }
-        // The lock is held across the write: a rebalance cannot move these
-        // partitions between the fencing check and the offsets landing.
+        self.store_commits(group, &mut data, tps, entries).await
+    }
+
+    /// Stores committed offsets `(topic id, partition, offset)` of `tps` (synced) and keeps
+    /// them in `data`. The caller holds the group's lock across the write: a rebalance cannot
+    /// move these partitions between its fencing check and the offsets landing.
+    async fn store_commits(
+        &self,
+        group: &str,
+        data: &mut GroupData,
+        tps: Vec<TopicPartition>,
+        entries: Vec<(u32, u32, u64)>,
+    ) -> Result<()> {
         let now = self.wall_ms();
         self.log.commit_offsets(group, entries.clone(), now).await?;
         for (tp, (tid, _, offset)) in tps.into_iter().zip(entries) {
