@@ -356,10 +356,14 @@ impl Writer {
             let part = partitions
                 .get(*p as usize)
                 .ok_or_else(|| Error::UnknownPartition { topic: job.topic.name.to_string(), partition: *p })?;
-            let producer = enc.producer.map(|seq| ((job.topic.id, *p, seq.id), seq));
-            if let Some((key, seq)) = &producer {
-                let state = staged_producers.get(key).or_else(|| self.producers.states.get(key));
-                match producers::check(state, seq) {
+            // An idempotent producer's batch: its key and its state before this batch, looked
+            // up once for the check and for the state that follows.
+            let producer = enc.producer.map(|seq| {
+                let key = (job.topic.id, *p, seq.id);
+                (key, seq, staged_producers.get(&key).or_else(|| self.producers.states.get(&key)))
+            });
+            if let Some((_, seq, state)) = &producer {
+                match producers::check(*state, seq) {
                     Check::Append => {}
                     Check::Duplicate(base) => {
                         placed.push(Placement::Duplicate(base));
@@ -385,8 +389,7 @@ impl Writer {
             if raises {
                 staged.max_timestamp = Some(enc.max_timestamp);
             }
-            if let Some((key, seq)) = producer {
-                let state = staged_producers.get(&key).or_else(|| self.producers.states.get(&key));
+            if let Some((key, seq, state)) = producer {
                 let state = producers::advance(state, &seq, base, now_ms);
                 batch.put_producer(key.0, key.1, key.2, Some(&state.encode()))?;
                 staged_producers.insert(key, state);
