@@ -199,7 +199,8 @@ impl Groups {
         let mut data = cell.state.lock().await;
         let now = self.now();
         let outcomes: Vec<_> = members.iter().map(|(id, iid)| data.classic.leave(id, iid.as_deref(), now)).collect();
-        if !data.has_members() {
+        // Only a member that left can have emptied the group (then stamped, synced).
+        if outcomes.iter().any(Result::is_ok) && !data.has_members() {
             self.became_empty(group, &mut data).await;
         }
         drop(data);
