@@ -263,10 +263,7 @@ impl Groups {
                 .collect();
         };
         let data = cell.state.lock().await;
-        let current = |tp: &TopicPartition| {
-            let tid = self.log.topic(&tp.topic).ok()?.id;
-            data.committed.get(tp).filter(|(t, _)| *t == tid).map(|(_, o)| *o)
-        };
+        let current = |tp: &TopicPartition| data.committed_offset(tp, self.log.topic(&tp.topic).ok()?.id);
         match topics {
             Some(topics) => topics
                 .iter()

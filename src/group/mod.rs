@@ -169,6 +169,14 @@ struct GroupData {
     removed: bool,
 }
 
+impl GroupData {
+    /// The offset committed for `tp`, if it was committed for the topic that has `topic_id`
+    /// now (not for a deleted topic of the same name).
+    fn committed_offset(&self, tp: &TopicPartition, topic_id: u32) -> Option<u64> {
+        self.committed.get(tp).filter(|(tid, _)| *tid == topic_id).map(|(_, o)| *o)
+    }
+}
+
 impl GroupCell {
     fn new(id: &str, now_ms: u64, initial_rebalance_delay_ms: u64) -> Self {
         GroupCell {
@@ -830,7 +838,7 @@ impl Groups {
             let Ok(t) = self.log.topic(name) else { continue };
             for part in t.partitions().iter() {
                 let tp = TopicPartition::new(name.clone(), part.index);
-                let committed = data.committed.get(&tp).filter(|(tid, _)| *tid == t.id).map(|(_, o)| *o);
+                let committed = data.committed_offset(&tp, t.id);
                 let owner = owner(&tp);
                 offsets.push(CommittedInfo { tp, committed, end_offset: part.end(), owner });
             }
