@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Security;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::faults::Faults;
 use crate::group::Groups;
@@ -42,6 +43,14 @@ pub enum AppError {
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Tls(String),
+    #[error("the Kafka backend: {0}")]
+    Cluster(crate::error::Error),
+}
+
+/// What serves the log: the embedded store and its groups, or a Kafka cluster.
+enum Core {
+    Embedded { log: Arc<Log>, groups: Arc<Groups> },
+    Kafka { cluster: Arc<Cluster>, faults: Arc<Faults> },
 }
 
 /// A bound, recovered server, ready to run.
@@ -49,8 +58,7 @@ pub struct App {
     listener: TcpListener,
     /// The Kafka protocol listener, unless turned off.
     kafka: Option<TcpListener>,
-    log: Arc<Log>,
-    groups: Arc<Groups>,
+    core: Core,
     security: Arc<Security>,
     tls: Option<Arc<Tls>>,
     config: Config,
@@ -100,6 +108,17 @@ impl App {
     /// partition's offsets, starts the writer and binds `config.listen`.
     pub async fn build(config: Config) -> Result<App, AppError> {
         config.validate()?;
+        if let crate::config::Backend::Kafka(settings) = &config.backend {
+            let cluster = Cluster::open(settings.clone(), config.auto_create_topics, config.default_partitions)
+                .map_err(AppError::Cluster)?;
+            let listener =
+                serve::bind(config.listen).map_err(|source| AppError::Bind { addr: config.listen, source })?;
+            let security = Arc::new(Security::new(&config.auth));
+            let tls = config.tls.clone().map(Tls::load).transpose().map_err(AppError::Tls)?.map(Arc::new);
+            tracing::info!(bootstrap = %cluster.bootstrap(), "backend: Kafka cluster");
+            let core = Core::Kafka { cluster, faults: Arc::new(Faults::default()) };
+            return Ok(App { listener, kafka: None, core, security, tls, config });
+        }
         let path = config.data_dir.clone();
         std::fs::create_dir_all(&path).map_err(|source| AppError::DataDir { path: path.clone(), source })?;
         let path = std::fs::canonicalize(&path).map_err(|source| AppError::DataDir { path: path.clone(), source })?;
@@ -140,7 +159,7 @@ impl App {
         let config = Config { data_dir: path, ..config };
         let security = Arc::new(Security::new(&config.auth));
         let tls = config.tls.clone().map(Tls::load).transpose().map_err(AppError::Tls)?.map(Arc::new);
-        Ok(App { listener, kafka, log, groups, security, tls, config })
+        Ok(App { listener, kafka, core: Core::Embedded { log, groups }, security, tls, config })
     }
 
     /// The address actually bound (useful with port 0).
@@ -158,6 +177,14 @@ impl App {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
+    /// The Kafka backend's bootstrap servers (`None` on the embedded backend).
+    pub fn kafka_bootstrap(&self) -> Option<String> {
+        match &self.core {
+            Core::Embedded { .. } => None,
+            Core::Kafka { cluster, .. } => Some(cluster.bootstrap()),
+        }
+    }
+
     /// The data directory, made absolute.
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
@@ -170,7 +197,11 @@ impl App {
 
     /// Fault injection switches (off unless a test turns them on; see [`crate::faults`]).
     pub fn faults(&self) -> Arc<Faults> {
-        self.log.faults().clone()
+        match &self.core {
+            Core::Embedded { log, .. } => log.faults().clone(),
+            // Nothing of the Kafka backend reads them.
+            Core::Kafka { faults, .. } => faults.clone(),
+        }
     }
 
     /// Serves until `shutdown` resolves, then: stops accepting connections, wakes
@@ -178,7 +209,13 @@ impl App {
     /// stops the retention and session timers, writes everything still queued,
     /// and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
-        let App { listener, kafka, log, groups, security, tls, config } = self;
+        let App { listener, kafka, core, security, tls, config } = self;
+        let (log, groups) = match core {
+            Core::Embedded { log, groups } => (log, groups),
+            Core::Kafka { cluster, .. } => {
+                return run_gateway(listener, cluster, security, tls, config, shutdown).await;
+            }
+        };
         let stop_timers = CancellationToken::new();
         let retention =
             tokio::spawn(crate::retention::run(log.clone(), config.retention_check_interval, stop_timers.clone()));
@@ -251,4 +288,63 @@ impl App {
         tracing::info!("store flushed; bye");
         Ok(())
     }
+}
+
+/// `App::run` on the Kafka backend: no store, no timers; queued produces are delivered
+/// (within the shutdown timeout) before it returns.
+async fn run_gateway(
+    listener: TcpListener,
+    cluster: Arc<Cluster>,
+    security: Arc<Security>,
+    tls: Option<Arc<Tls>>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let connections = TaskTracker::new();
+    let metrics = Arc::new(Metrics::new());
+    let service = Service::kafka(cluster.clone(), metrics.clone(), security);
+    let bound = listener.local_addr().unwrap_or(config.listen);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let guard = Arc::new(BrowserGuard::new(&config.http.allowed_origins, &config.http.allowed_hosts, bound, scheme));
+    let state =
+        AppState { service, guard, connections: connections.clone(), ws_ping_interval: config.ws_ping_interval };
+    let app = router(state, config.max_request_bytes);
+    let limits = Limits {
+        header_read_timeout: config.http.header_read_timeout,
+        max_connections: config.http.max_connections,
+        send_buffer: config.socket_send_buffer_bytes,
+        tls,
+    };
+    let signalled = cluster.shutdown_token();
+    let stop_serving = CancellationToken::new();
+    {
+        let (cluster, stop_serving) = (cluster.clone(), stop_serving.clone());
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            cluster.begin_shutdown();
+            stop_serving.cancel();
+        });
+    }
+    let mut server = tokio::spawn(serve::serve(listener, app, limits, metrics, stop_serving));
+    let served = tokio::select! {
+        res = &mut server => res,
+        _ = async { signalled.cancelled().await; tokio::time::sleep(config.shutdown_timeout).await } => {
+            tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
+            server.abort();
+            Ok(())
+        }
+    };
+    connections.close();
+    if tokio::time::timeout(config.shutdown_timeout, connections.wait()).await.is_err() {
+        tracing::warn!("some WebSocket connections did not close within the shutdown timeout");
+    }
+    cluster.close(config.shutdown_timeout).await;
+    match served {
+        Ok(()) => {}
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => return Err(AppError::Serve(std::io::Error::other(e.to_string()))),
+    }
+    tracing::info!("queued records delivered to the cluster; bye");
+    Ok(())
 }

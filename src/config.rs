@@ -57,6 +57,12 @@ pub struct ServeArgs {
     /// Address of the Kafka protocol listener (default 127.0.0.1:9092; `off` turns it off).
     #[arg(long, env = "GREGOR_KAFKA_LISTEN")]
     pub kafka_listen: Option<String>,
+    /// Where the log lives: `embedded` (RocksDB in --data-dir, the default) or `kafka` (a Kafka cluster).
+    #[arg(long, env = "GREGOR_BACKEND")]
+    pub backend: Option<String>,
+    /// The Kafka cluster's bootstrap servers (HOST:PORT[,HOST:PORT]) for `--backend kafka`.
+    #[arg(long, env = "GREGOR_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: Option<String>,
 }
 
 /// The TOML file: every field optional, unknown fields refused.
@@ -84,6 +90,18 @@ struct FileConfig {
     tls: Option<FileTls>,
     quotas: Option<Vec<FileQuota>>,
     kafka: Option<FileKafka>,
+    backend: Option<FileBackend>,
+}
+
+/// `[backend]`: where the log lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackend {
+    kind: Option<String>,
+    bootstrap_servers: Option<String>,
+    /// Passed to the Kafka client as they are (SASL, TLS, tuning): librdkafka's property names.
+    kafka_config: Option<std::collections::BTreeMap<String, toml::Value>>,
+    request_timeout_ms: Option<u64>,
 }
 
 /// `[kafka]`: the Kafka protocol listener.
@@ -244,6 +262,18 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// The Kafka protocol listener (`[kafka]`).
     pub kafka: crate::kafka::KafkaSettings,
+    /// Where the log lives (`[backend]`): the embedded store, or a Kafka cluster.
+    pub backend: Backend,
+}
+
+/// Where the log lives.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// RocksDB in `data_dir`, with gregor's own group coordinator.
+    #[default]
+    Embedded,
+    /// A Kafka cluster: gregor is a stateless gateway in front of it.
+    Kafka(crate::cluster::ClusterSettings),
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -280,6 +310,7 @@ impl Config {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                 ..Default::default()
             },
+            backend: Backend::Embedded,
         }
     }
 
@@ -380,6 +411,18 @@ impl Config {
         c.auth = auth_settings(file.auth, file.acl)?;
         c.auth.client_certificates = c.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
         c.auth.quotas = quotas(file.quotas)?;
+        c.backend = backend(args, file.backend.unwrap_or_default())?;
+        if matches!(c.backend, Backend::Kafka(_)) && c.kafka.listen.is_some() {
+            // In front of a Kafka cluster, Kafka clients talk to the cluster itself.
+            if args.kafka_listen.is_some() {
+                return Err(ConfigError(
+                    "kafka.listen: the Kafka listener serves the embedded store only; with backend kafka, \
+                     Kafka clients connect to the cluster (leave kafka.listen unset or 'off')"
+                        .into(),
+                ));
+            }
+            c.kafka.listen = None;
+        }
         c.file = args.config.clone();
         c.validate()?;
         Ok(c)
@@ -647,6 +690,66 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| ConfigError(format!("config file {}: {}", path.display(), e.message())))
+}
+
+/// `[backend]` merged with `--backend` and `--kafka-bootstrap`.
+fn backend(args: &ServeArgs, file: FileBackend) -> Result<Backend, ConfigError> {
+    let kind = args.backend.clone().or(file.kind).unwrap_or_else(|| "embedded".to_owned());
+    let bootstrap = args.kafka_bootstrap.clone().or(file.bootstrap_servers);
+    match kind.as_str() {
+        "embedded" => {
+            if bootstrap.is_some() || file.kafka_config.is_some() {
+                return Err(ConfigError(
+                    "backend: bootstrap servers and kafka_config are for backend kind \"kafka\"; the embedded \
+                     backend has none"
+                        .into(),
+                ));
+            }
+            Ok(Backend::Embedded)
+        }
+        "kafka" => {
+            let bootstrap = bootstrap.filter(|b| !b.trim().is_empty()).ok_or_else(|| {
+                ConfigError("backend kafka needs bootstrap servers: --kafka-bootstrap HOST:PORT[,HOST:PORT]".into())
+            })?;
+            let mut servers = Vec::new();
+            for server in bootstrap.split(',').map(str::trim) {
+                match server.rsplit_once(':') {
+                    Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                        servers.push(server.to_owned())
+                    }
+                    _ => {
+                        return Err(ConfigError(format!(
+                            "backend.bootstrap_servers: '{server}' is not HOST:PORT (e.g. broker-1:9092)"
+                        )));
+                    }
+                }
+            }
+            let mut kafka_config = std::collections::BTreeMap::new();
+            for (name, value) in file.kafka_config.unwrap_or_default() {
+                let value = match value {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    other => {
+                        return Err(ConfigError(format!(
+                            "backend.kafka_config.{name}: a string, number or boolean, not {}",
+                            other.type_str()
+                        )));
+                    }
+                };
+                kafka_config.insert(name, value);
+            }
+            let settings = crate::cluster::ClusterSettings {
+                bootstrap_servers: servers,
+                kafka_config,
+                request_timeout: Duration::from_millis(file.request_timeout_ms.unwrap_or(30_000)),
+            };
+            settings.check().map_err(ConfigError)?;
+            Ok(Backend::Kafka(settings))
+        }
+        other => Err(ConfigError(format!("backend: '{other}' is not a backend: embedded or kafka"))),
+    }
 }
 
 /// A configuration problem, already phrased for the operator.

@@ -103,6 +103,14 @@ pub enum Error {
     #[error("the write queue is full; retry shortly")]
     WriteQueueFull,
 
+    /// The Kafka cluster behind the gateway did not answer, or failed the request.
+    #[error("the Kafka cluster failed the request: {0}")]
+    Backend(String),
+
+    /// Something this backend (or the cluster behind it) does not offer.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+
     #[error("the server is shutting down")]
     ShuttingDown,
 
@@ -152,6 +160,8 @@ impl Error {
             Error::Forbidden { .. } => Code::Forbidden,
             Error::QuotaExceeded { .. } => Code::QuotaExceeded,
             Error::WriteQueueFull => Code::WriteQueueFull,
+            Error::Backend(_) => Code::BackendUnavailable,
+            Error::Unsupported(_) => Code::NotSupported,
             Error::ShuttingDown => Code::ShuttingDown,
             Error::Storage(_) => Code::StorageError,
             Error::Corrupt(_) => Code::CorruptData,
@@ -227,9 +237,11 @@ pub enum Code {
     NotAGroupStream,
     AckNotDelivered,
     BinaryFramesUnsupported,
+    NotSupported,
     // The server cannot serve now.
     QuotaExceeded,
     WriteQueueFull,
+    BackendUnavailable,
     ShuttingDown,
     TooManyConnections,
     StorageError,
@@ -293,6 +305,8 @@ impl Code {
             Code::NotAGroupStream => info("not_a_group_stream", 400, "Not a group stream"),
             Code::AckNotDelivered => info("ack_not_delivered", 409, "Acknowledged record was not delivered"),
             Code::BinaryFramesUnsupported => info("binary_frames_unsupported", 400, "Binary frames unsupported"),
+            Code::NotSupported => info("not_supported", 501, "Not supported by this backend"),
+            Code::BackendUnavailable => retry("backend_unavailable", 503, "Kafka cluster unavailable"),
             Code::QuotaExceeded => retry("quota_exceeded", 429, "Quota exceeded"),
             Code::WriteQueueFull => retry("write_queue_full", 503, "Write queue full"),
             Code::ShuttingDown => retry("shutting_down", 503, "Shutting down"),
@@ -312,10 +326,10 @@ impl Code {
     }
 
     /// A failure of the server rather than of the request: its details are logged,
-    /// not sent. (`write_queue_full`, `shutting_down` and `too_many_connections`
+    /// not sent (a Kafka cluster's failure names its brokers). (`write_queue_full`, `shutting_down` and `too_many_connections`
     /// are load, not faults: their messages are safe and useful to clients.)
     pub const fn is_server_fault(self) -> bool {
-        matches!(self, Code::StorageError | Code::CorruptData | Code::InternalError)
+        matches!(self, Code::StorageError | Code::CorruptData | Code::InternalError | Code::BackendUnavailable)
     }
 
     /// Every code, for the tests that check the table.
@@ -356,8 +370,10 @@ impl Code {
         Code::NotAGroupStream,
         Code::AckNotDelivered,
         Code::BinaryFramesUnsupported,
+        Code::NotSupported,
         Code::QuotaExceeded,
         Code::WriteQueueFull,
+        Code::BackendUnavailable,
         Code::ShuttingDown,
         Code::TooManyConnections,
         Code::StorageError,

@@ -22,6 +22,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod error;

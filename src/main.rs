@@ -120,7 +120,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
         if let Some(kafka) = app.kafka_addr() {
             println!("kafka listener on {kafka}");
         }
-        println!("data directory: {}", app.data_dir().display());
+        match app.kafka_bootstrap() {
+            Some(bootstrap) => println!("backend: Kafka cluster at {bootstrap}"),
+            None => println!("data directory: {}", app.data_dir().display()),
+        }
         println!("Swagger UI: {scheme}://{addr}/docs");
         app.run(shutdown_signal()).await
     });

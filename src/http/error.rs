@@ -164,6 +164,8 @@ impl ApiError {
             | Error::GroupProtocolConflict(_)
             | Error::InconsistentAssignor { .. }
             | Error::WriteQueueFull
+            | Error::Backend(_)
+            | Error::Unsupported(_)
             | Error::ShuttingDown
             | Error::Storage(_)
             | Error::Corrupt(_)

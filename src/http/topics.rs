@@ -73,7 +73,7 @@ pub struct UpdateTopic {
 #[utoipa::path(get, path = "/v1/topics", tag = "topics",
     responses((status = 200, description = "All topics, by name", body = TopicList)))]
 async fn list_topics(State(state): State<AppState>, Caller(ctx): Caller) -> Result<Json<TopicList>, ApiError> {
-    Ok(Json(TopicList { topics: state.service.list_topics(&ctx)? }))
+    Ok(Json(TopicList { topics: state.service.list_topics(&ctx).await? }))
 }
 
 /// Create a topic.
@@ -111,7 +111,7 @@ async fn describe_topic(
     Caller(ctx): Caller,
     Path(topic): Path<String>,
 ) -> Result<Json<TopicDescription>, ApiError> {
-    Ok(Json(state.service.describe_topic(&ctx, &topic)?))
+    Ok(Json(state.service.describe_topic(&ctx, &topic).await?))
 }
 
 /// Change a topic's configuration or add partitions.
@@ -161,7 +161,7 @@ async fn list_partitions(
     Caller(ctx): Caller,
     Path(topic): Path<String>,
 ) -> Result<Json<PartitionList>, ApiError> {
-    Ok(Json(PartitionList { partitions: state.service.describe_topic(&ctx, &topic)?.partitions }))
+    Ok(Json(PartitionList { partitions: state.service.describe_topic(&ctx, &topic).await?.partitions }))
 }
 
 /// Describe one partition.
@@ -177,7 +177,7 @@ async fn describe_partition(
     Caller(ctx): Caller,
     Path((topic, partition)): Path<(String, u32)>,
 ) -> Result<Json<PartitionInfo>, ApiError> {
-    Ok(Json(state.service.describe_partition(&ctx, &topic, partition)?))
+    Ok(Json(state.service.describe_partition(&ctx, &topic, partition).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

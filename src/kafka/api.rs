@@ -175,7 +175,7 @@ pub async fn dispatch(
         ApiKey::CreateTopics => encode(&create_topics(decode(frame, version)?, service, ctx).await, version),
         ApiKey::DeleteTopics => encode(&delete_topics(decode(frame, version)?, version, service, ctx).await, version),
         ApiKey::CreatePartitions => encode(&create_partitions(decode(frame, version)?, service, ctx).await, version),
-        ApiKey::DescribeConfigs => encode(&describe_configs(decode(frame, version)?, service, ctx), version),
+        ApiKey::DescribeConfigs => encode(&describe_configs(decode(frame, version)?, service, ctx).await, version),
         ApiKey::FindCoordinator => encode(&find_coordinator(decode(frame, version)?, version, shared), version),
         ApiKey::SaslHandshake => encode(&sasl_handshake(decode(frame, version)?, session), version),
         ApiKey::SaslAuthenticate => {
@@ -252,18 +252,18 @@ async fn metadata(req: MetadataRequest, version: i16, shared: &Shared, ctx: &Req
     };
     let names = match wanted {
         Some(names) => names,
-        None => service.list_topics(ctx).map(|ts| ts.into_iter().map(|t| t.name).collect()).unwrap_or_default(),
+        None => service.list_topics(ctx).await.map(|ts| ts.into_iter().map(|t| t.name).collect()).unwrap_or_default(),
     };
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
-        let mut described = service.describe_topic(ctx, &name);
+        let mut described = service.describe_topic(ctx, &name).await;
         if matches!(described, Err(Error::UnknownTopic(_)))
             && req.allow_auto_topic_creation
             && service.auto_creates_topics()
         {
             let created = service.create_topic(ctx, &name, 0, &TopicConfigPatch::default()).await;
             described = match created {
-                Err(Error::TopicExists(_)) => service.describe_topic(ctx, &name),
+                Err(Error::TopicExists(_)) => service.describe_topic(ctx, &name).await,
                 other => other,
             };
         }
@@ -473,7 +473,7 @@ async fn list_offset(
         .map_err(|_| Error::UnknownPartition { topic: topic.to_owned(), partition: u32::MAX })?;
     match timestamp {
         -1 | -2 => {
-            let info = service.describe_partition(ctx, topic, partition)?;
+            let info = service.describe_partition(ctx, topic, partition).await?;
             let offset = if timestamp == -1 { info.end_offset } else { info.beginning_offset };
             Ok((offset as i64, -1))
         }
@@ -533,7 +533,7 @@ async fn create_topics(req: CreateTopicsRequest, service: &Service, ctx: &Reques
             let patch = config_patch(&configs).map_err(|m| (errors::INVALID_CONFIG, m))?;
             let partitions = u32::try_from(topic.num_partitions).unwrap_or(0);
             if req.validate_only {
-                return match service.describe_topic(ctx, &name) {
+                return match service.describe_topic(ctx, &name).await {
                     Ok(_) => Err((errors::TOPIC_ALREADY_EXISTS, format!("topic '{name}' already exists"))),
                     Err(_) => Ok((topic.num_partitions, 1)),
                 };
@@ -584,7 +584,7 @@ async fn create_partitions(
         let result = create_partitions_response::CreatePartitionsTopicResult::default().with_name(topic.name.clone());
         let outcome = async {
             let count = u32::try_from(topic.count).map_err(|_| Error::InvalidPartitions("count is negative".into()))?;
-            let current = service.describe_topic(ctx, &name)?.partition_count;
+            let current = service.describe_topic(ctx, &name).await?.partition_count;
             if count <= current {
                 return Err(Error::InvalidPartitions(format!(
                     "topic '{name}' has {current} partitions; the new count must be larger"
@@ -604,7 +604,7 @@ async fn create_partitions(
     CreatePartitionsResponse::default().with_results(results)
 }
 
-fn describe_configs(req: DescribeConfigsRequest, service: &Service, ctx: &RequestCtx) -> DescribeConfigsResponse {
+async fn describe_configs(req: DescribeConfigsRequest, service: &Service, ctx: &RequestCtx) -> DescribeConfigsResponse {
     const TOPIC: i8 = 2;
     let mut results = Vec::with_capacity(req.resources.len());
     for resource in req.resources {
@@ -617,7 +617,7 @@ fn describe_configs(req: DescribeConfigsRequest, service: &Service, ctx: &Reques
             continue;
         }
         let name = resource.resource_name.to_string();
-        results.push(match service.describe_topic(ctx, &name) {
+        results.push(match service.describe_topic(ctx, &name).await {
             Ok(d) => {
                 let entries = [
                     ("retention.ms", d.config.retention_ms.to_string(), false),

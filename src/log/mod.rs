@@ -110,6 +110,20 @@ pub struct ReadResult {
 }
 
 impl ReadResult {
+    /// A read's answer from batches fetched elsewhere (the Kafka backend): `batches` in
+    /// offset order, each a RecordBatch v2 with its base offset.
+    pub fn from_batches(
+        batches: Vec<(u64, BatchBytes)>,
+        from: u64,
+        max_records: u32,
+        max_bytes: usize,
+        beginning_offset: u64,
+        end_offset: u64,
+    ) -> ReadResult {
+        let inflated = batches.iter().map(|_| record::Inflated::new()).collect();
+        ReadResult { batches, inflated, from, max_records, max_bytes, beginning_offset, end_offset }
+    }
+
     /// The stored batches the read found, as stored (what Kafka's Fetch sends): the first
     /// holds the requested offset, none starts at or past the end offset.
     pub fn raw_batches(&self) -> impl Iterator<Item = (u64, &[u8])> {
@@ -599,52 +613,9 @@ impl Log {
         let mut placement = Vec::with_capacity(records.len());
         let mut timestamps = Vec::with_capacity(records.len());
         for (index, rec) in records.iter().enumerate() {
-            let size = rec.size();
-            if size > max as usize {
-                return Err(Error::RecordTooLarge { index, size, max });
-            }
-            if rec.headers.len() > u16::MAX as usize {
-                return Err(Error::InvalidRecord {
-                    index,
-                    field: "headers",
-                    reason: format!("at most {} headers per record", u16::MAX),
-                });
-            }
-            if let Some(h) = rec.headers.iter().find(|h| h.name.len() > u16::MAX as usize) {
-                return Err(Error::InvalidRecord {
-                    index,
-                    field: "headers",
-                    reason: format!("header name of {} bytes; at most {}", h.name.len(), u16::MAX),
-                });
-            }
-            let timestamp = match rec.timestamp {
-                Some(ts) if ts > i64::MAX as u64 => {
-                    return Err(Error::InvalidRecord {
-                        index,
-                        field: "timestamp",
-                        reason: "a timestamp is at most 2^63-1 ms".into(),
-                    });
-                }
-                Some(ts) => ts,
-                None => now,
-            };
-            let p = match (partition, rec.partition) {
-                (Some(route), Some(own)) if route != own => {
-                    return Err(Error::InvalidRecord {
-                        index,
-                        field: "partition",
-                        reason: format!("record names partition {own} but was posted to partition {route}"),
-                    });
-                }
-                (Some(p), _) | (None, Some(p)) => p,
-                (None, None) => match &rec.key {
-                    Some(key) => partition_for_key(&key.bytes, partitions),
-                    None => *sticky.get_or_insert_with(|| topic.next_sticky() % partitions),
-                },
-            };
-            if p >= partitions {
-                return Err(Error::UnknownPartition { topic: topic.name.to_string(), partition: p });
-            }
+            let (p, timestamp) = place(topic.name.as_str(), index, rec, partition, partitions, max, now, &mut || {
+                *sticky.get_or_insert_with(|| topic.next_sticky() % partitions)
+            })?;
             let slot = match slots.iter().position(|(sp, _)| *sp == p) {
                 Some(s) => s,
                 None => {
@@ -988,6 +959,69 @@ fn fingerprint(topic: &str, records: &[NewRecord<'_>], partition: Option<u32>, a
         field(&mut h, r.partition.map(|p| p.to_le_bytes()).as_ref().map(|b| &b[..]));
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks one record of a produce request (size, headers, timestamp, partition) and places
+/// it: its partition and timestamp. `route` is the request's partition (a per-partition
+/// route), `sticky` the partition of keyless records without one. Both backends use it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn place(
+    topic: &str,
+    index: usize,
+    rec: &NewRecord<'_>,
+    route: Option<u32>,
+    partitions: u32,
+    max: u32,
+    now: u64,
+    sticky: &mut dyn FnMut() -> u32,
+) -> Result<(u32, u64)> {
+    let size = rec.size();
+    if size > max as usize {
+        return Err(Error::RecordTooLarge { index, size, max });
+    }
+    if rec.headers.len() > u16::MAX as usize {
+        return Err(Error::InvalidRecord {
+            index,
+            field: "headers",
+            reason: format!("at most {} headers per record", u16::MAX),
+        });
+    }
+    if let Some(h) = rec.headers.iter().find(|h| h.name.len() > u16::MAX as usize) {
+        return Err(Error::InvalidRecord {
+            index,
+            field: "headers",
+            reason: format!("header name of {} bytes; at most {}", h.name.len(), u16::MAX),
+        });
+    }
+    let timestamp = match rec.timestamp {
+        Some(ts) if ts > i64::MAX as u64 => {
+            return Err(Error::InvalidRecord {
+                index,
+                field: "timestamp",
+                reason: "a timestamp is at most 2^63-1 ms".into(),
+            });
+        }
+        Some(ts) => ts,
+        None => now,
+    };
+    let p = match (route, rec.partition) {
+        (Some(route), Some(own)) if route != own => {
+            return Err(Error::InvalidRecord {
+                index,
+                field: "partition",
+                reason: format!("record names partition {own} but was posted to partition {route}"),
+            });
+        }
+        (Some(p), _) | (None, Some(p)) => p,
+        (None, None) => match &rec.key {
+            Some(key) => partition_for_key(&key.bytes, partitions),
+            None => sticky(),
+        },
+    };
+    if p >= partitions {
+        return Err(Error::UnknownPartition { topic: topic.to_owned(), partition: p });
+    }
+    Ok((p, timestamp))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub type CommittedOffsets = Vec<(String, Result<Vec<(u32, Option<u64>)>>)>;
 impl Service {
     pub async fn kafka_join_group(&self, ctx: &RequestCtx, group: &str, req: JoinRequest) -> ClassicResult<JoinResult> {
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
-        self.groups().kafka_join(group, req).await
+        self.groups()?.kafka_join(group, req).await
     }
 
     pub async fn kafka_sync_group(
@@ -30,7 +30,7 @@ impl Service {
         assignments: Vec<(String, Bytes)>,
     ) -> ClassicResult<Bytes> {
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
-        self.groups().kafka_sync(group, member, generation, assignments).await
+        self.groups()?.kafka_sync(group, member, generation, assignments).await
     }
 
     pub async fn kafka_heartbeat(
@@ -41,7 +41,7 @@ impl Service {
         generation: i32,
     ) -> ClassicResult<()> {
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
-        self.groups().kafka_heartbeat(group, member, generation).await
+        self.groups()?.kafka_heartbeat(group, member, generation).await
     }
 
     pub async fn kafka_leave_group(
@@ -51,7 +51,7 @@ impl Service {
         members: &[(String, Option<String>)],
     ) -> ClassicResult<Vec<ClassicResult<()>>> {
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
-        self.groups().kafka_leave(group, members).await
+        self.groups()?.kafka_leave(group, members).await
     }
 
     /// Commits offsets (topic, partition, offset); a topic the principal may not read is
@@ -76,7 +76,7 @@ impl Service {
         let mut outcome = if allowed.is_empty() {
             Vec::new()
         } else {
-            self.groups().kafka_commit(group, member, generation, &allowed).await?
+            self.groups()?.kafka_commit(group, member, generation, &allowed).await?
         };
         outcome.extend(denied);
         Ok(outcome)
@@ -95,7 +95,7 @@ impl Service {
         let mut out: CommittedOffsets = Vec::new();
         let wanted = match topics {
             None => {
-                let all = self.groups().kafka_committed(group, None).await;
+                let all = self.groups()?.kafka_committed(group, None).await;
                 let mut by_topic: std::collections::BTreeMap<String, Vec<(u32, Option<u64>)>> = Default::default();
                 for (t, p, o) in all {
                     by_topic.entry(t).or_default().push((p, o));
@@ -116,7 +116,7 @@ impl Service {
                 Err(e) => out.push((t, Err(e))),
             }
         }
-        let found = self.groups().kafka_committed(group, Some(&allowed)).await;
+        let found = self.groups()?.kafka_committed(group, Some(&allowed)).await;
         for (t, _) in &allowed {
             let parts = found.iter().filter(|(ft, _, _)| ft == t).map(|(_, p, o)| (*p, *o)).collect();
             out.push((t.clone(), Ok(parts)));
@@ -127,13 +127,13 @@ impl Service {
     /// Groups the principal may describe, as ListGroups shows them.
     pub async fn kafka_list_groups(&self, ctx: &RequestCtx) -> Result<Vec<KafkaGroupView>> {
         self.authorize(ctx, Operation::ListGroups)?;
-        let all = self.groups().kafka_list().await;
+        let all = self.groups()?.kafka_list().await;
         Ok(all.into_iter().filter(|g| self.authorize(ctx, Operation::DescribeGroup(&g.group)).is_ok()).collect())
     }
 
     /// A group as DescribeGroups shows it (`None`: it does not exist).
     pub async fn kafka_describe_group(&self, ctx: &RequestCtx, group: &str) -> Result<Option<KafkaGroupView>> {
         self.authorize(ctx, Operation::DescribeGroup(group))?;
-        Ok(self.groups().kafka_describe(group).await)
+        Ok(self.groups()?.kafka_describe(group).await)
     }
 }

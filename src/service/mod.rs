@@ -36,6 +36,7 @@ pub use stream::{FetchSummary, Keepalive, MemberStream, RecordSink, StreamStart,
 
 use crate::auth::quota::{Slot, Throttle};
 use crate::auth::{Credentials, Security};
+use crate::cluster::{Cluster, ClusterTopic};
 use crate::error::{Code, Error, Result};
 use crate::group::{CommittedInfo, Groups};
 use crate::log::{IdempotencyKey, Log, ReadRequest, ReadResult, Topic};
@@ -53,6 +54,8 @@ const CHECK_INLINE_BYTES: usize = 256 * 1024;
 enum Backend {
     /// The embedded RocksDB log and gregor's own group coordinator.
     Embedded { log: Arc<Log>, groups: Arc<Groups> },
+    /// A Kafka cluster, with gregor as a stateless gateway (`crate::cluster`).
+    Kafka { cluster: Arc<Cluster> },
 }
 
 struct Inner {
@@ -75,6 +78,7 @@ impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let backend = match &self.0.backend {
             Backend::Embedded { .. } => "embedded",
+            Backend::Kafka { .. } => "kafka",
         };
         f.debug_struct("Service").field("backend", &backend).finish_non_exhaustive()
     }
@@ -239,6 +243,17 @@ impl Service {
         }))
     }
 
+    /// The service over a Kafka cluster, authorizing with `security`.
+    pub fn kafka(cluster: Arc<Cluster>, metrics: Arc<Metrics>, security: Arc<Security>) -> Service {
+        Service(Arc::new(Inner {
+            backend: Backend::Kafka { cluster },
+            authorizer: Authorizer::new(security),
+            metrics,
+            request_counters: parking_lot::RwLock::new(std::collections::HashMap::new()),
+            labelled_principals: parking_lot::Mutex::new(std::collections::HashSet::new()),
+        }))
+    }
+
     /// Who presented `credentials`, as the context of their request
     /// (`Unauthenticated` when they are wrong or required and absent).
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<RequestCtx> {
@@ -365,15 +380,31 @@ impl Service {
         decided
     }
 
-    fn log(&self) -> &Arc<Log> {
+    /// The embedded log; `not_supported` on the Kafka backend (the Kafka listener's paths).
+    fn log(&self) -> Result<&Arc<Log>> {
         match &self.0.backend {
-            Backend::Embedded { log, .. } => log,
+            Backend::Embedded { log, .. } => Ok(log),
+            Backend::Kafka { .. } => Err(Error::Unsupported(
+                "this operation needs the embedded backend (it is using a Kafka cluster)".into(),
+            )),
         }
     }
 
-    fn groups(&self) -> &Arc<Groups> {
+    /// gregor's group coordinator (embedded backend).
+    fn groups(&self) -> Result<&Arc<Groups>> {
         match &self.0.backend {
-            Backend::Embedded { groups, .. } => groups,
+            Backend::Embedded { groups, .. } => Ok(groups),
+            Backend::Kafka { .. } => Err(Error::Unsupported(
+                "consumer groups on the Kafka backend are not implemented yet (read by offset or stream a topic)"
+                    .into(),
+            )),
+        }
+    }
+
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match &self.0.backend {
+            Backend::Embedded { .. } => None,
+            Backend::Kafka { cluster } => Some(cluster),
         }
     }
 
@@ -384,20 +415,46 @@ impl Service {
 
     /// True while the server accepts writes: not shutting down, its store not failed.
     pub fn is_ready(&self) -> bool {
-        self.log().is_ready()
+        match &self.0.backend {
+            Backend::Embedded { log, .. } => log.is_ready(),
+            Backend::Kafka { cluster } => cluster.is_ready(),
+        }
     }
 
     /// Cancelled when shutdown begins: long-polls return, streams close.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.log().shutdown_token()
+        match &self.0.backend {
+            Backend::Embedded { log, .. } => log.shutdown_token(),
+            Backend::Kafka { cluster } => cluster.shutdown_token(),
+        }
     }
 
     // ---- topics ----
 
-    pub fn list_topics(&self, ctx: &RequestCtx) -> Result<Vec<TopicSummary>> {
+    pub async fn list_topics(&self, ctx: &RequestCtx) -> Result<Vec<TopicSummary>> {
         self.authorize(ctx, Operation::ListTopics)?;
         let mut out = Vec::new();
-        for t in self.log().topics() {
+        let log = match &self.0.backend {
+            Backend::Embedded { log, .. } => log,
+            Backend::Kafka { cluster } => {
+                let names: Vec<(String, u32)> = cluster
+                    .topic_names()
+                    .await?
+                    .into_iter()
+                    .filter(|(n, _)| self.authorize(ctx, Operation::DescribeTopic(n)).is_ok())
+                    .collect();
+                let list: Vec<String> = names.iter().map(|(n, _)| n.clone()).collect();
+                let mut configs = cluster.configs(&list, false).await?;
+                for (name, partition_count) in names {
+                    // Deleted between the listing and the configs: left out.
+                    if let Some(config) = configs.remove(&name) {
+                        out.push(TopicSummary { name, partition_count, config });
+                    }
+                }
+                return Ok(out);
+            }
+        };
+        for t in log.topics() {
             if self.authorize(ctx, Operation::DescribeTopic(t.name.as_str())).is_ok() {
                 out.push(TopicSummary {
                     name: t.name.to_string(),
@@ -417,13 +474,19 @@ impl Service {
         config: &TopicConfigPatch,
     ) -> Result<TopicDescription> {
         self.authorize(ctx, Operation::CreateTopic(name))?;
-        let topic = self.log().create_topic(name, partitions, config).await?;
+        if let Some(cluster) = self.cluster() {
+            return Ok(describe_cluster_topic(cluster.create_topic(name, partitions, config).await?));
+        }
+        let topic = self.log()?.create_topic(name, partitions, config).await?;
         Ok(describe(&topic))
     }
 
-    pub fn describe_topic(&self, ctx: &RequestCtx, name: &str) -> Result<TopicDescription> {
+    pub async fn describe_topic(&self, ctx: &RequestCtx, name: &str) -> Result<TopicDescription> {
         self.authorize(ctx, Operation::DescribeTopic(name))?;
-        let topic = self.log().topic(name)?;
+        if let Some(cluster) = self.cluster() {
+            return Ok(describe_cluster_topic(cluster.describe(name).await?));
+        }
+        let topic = self.log()?.topic(name)?;
         Ok(describe(&topic))
     }
 
@@ -436,22 +499,40 @@ impl Service {
         patch: &TopicConfigPatch,
     ) -> Result<TopicDescription> {
         self.authorize(ctx, Operation::AlterTopic(name))?;
-        let topic = self.log().update_topic(name, partitions, patch).await?;
+        if let Some(cluster) = self.cluster() {
+            return Ok(describe_cluster_topic(cluster.alter_topic(name, partitions, patch).await?));
+        }
+        let topic = self.log()?.update_topic(name, partitions, patch).await?;
         Ok(describe(&topic))
     }
 
     pub async fn delete_topic(&self, ctx: &RequestCtx, name: &str) -> Result<()> {
         self.authorize(ctx, Operation::DeleteTopic(name))?;
-        let id = self.log().topic(name)?.id;
-        self.log().delete_topic(name).await?;
+        if let Some(cluster) = self.cluster() {
+            return cluster.delete_topic(name).await;
+        }
+        let id = self.log()?.topic(name)?.id;
+        self.log()?.delete_topic(name).await?;
         // The store dropped every group's offsets for it with the topic.
-        self.groups().topic_deleted(id).await;
+        self.groups()?.topic_deleted(id).await;
         Ok(())
     }
 
-    pub fn describe_partition(&self, ctx: &RequestCtx, topic: &str, partition: u32) -> Result<PartitionInfo> {
+    pub async fn describe_partition(&self, ctx: &RequestCtx, topic: &str, partition: u32) -> Result<PartitionInfo> {
         self.authorize(ctx, Operation::DescribeTopic(topic))?;
-        let t = self.log().topic(topic)?;
+        if let Some(cluster) = self.cluster() {
+            if partition >= cluster.partition_count(topic).await? {
+                return Err(Error::UnknownPartition { topic: topic.to_owned(), partition });
+            }
+            let marks = cluster.watermarks(topic, &[partition]).await?[0];
+            return Ok(PartitionInfo {
+                topic: topic.to_owned(),
+                partition,
+                beginning_offset: marks.beginning,
+                end_offset: marks.end,
+            });
+        }
+        let t = self.log()?.topic(topic)?;
         let p = t.partition(partition)?;
         Ok(partition_info(&t, &p))
     }
@@ -465,7 +546,13 @@ impl Service {
         timestamp: u64,
     ) -> Result<TimestampOffset> {
         self.authorize(ctx, Operation::DescribeTopic(topic))?;
-        self.log().offset_for_timestamp(topic, partition, timestamp).await
+        if let Some(cluster) = self.cluster() {
+            if partition >= cluster.partition_count(topic).await? {
+                return Err(Error::UnknownPartition { topic: topic.to_owned(), partition });
+            }
+            return cluster.offset_for_timestamp(topic, partition, timestamp).await;
+        }
+        self.log()?.offset_for_timestamp(topic, partition, timestamp).await
     }
 
     // ---- records ----
@@ -482,7 +569,10 @@ impl Service {
         records: &[NewRecord<'_>],
     ) -> Result<Produced> {
         self.admit_produce(ctx, topic, records).await?;
-        let produced = self.log().produce(topic, records, partition, acks).await?;
+        let produced = match &self.0.backend {
+            Backend::Embedded { log, .. } => log.produce(topic, records, partition, acks).await?,
+            Backend::Kafka { cluster } => cluster.produce(topic, records, partition, acks).await?,
+        };
         self.0.metrics.records_in(topic, records.len());
         Ok(produced)
     }
@@ -492,7 +582,13 @@ impl Service {
     /// principal's produce quota.
     async fn admit_produce(&self, ctx: &RequestCtx, topic: &str, records: &[NewRecord<'_>]) -> Result<()> {
         self.authorize(ctx, Operation::Produce(topic))?;
-        if self.log().auto_creates() && self.log().topic(topic).is_err() {
+        let missing = match &self.0.backend {
+            Backend::Embedded { log, .. } => log.auto_creates() && log.topic(topic).is_err(),
+            Backend::Kafka { cluster } => {
+                cluster.auto_creates() && matches!(cluster.partition_count(topic).await, Err(Error::UnknownTopic(_)))
+            }
+        };
+        if missing {
             self.authorize(ctx, Operation::CreateTopic(topic))?;
         }
         self.spend(ctx, Spend::Produce, records.iter().map(|r| r.size() as u64).sum()).await
@@ -517,9 +613,12 @@ impl Service {
                 reason: "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
             });
         }
+        if self.cluster().is_some() {
+            return Err(Error::Unsupported("Idempotency-Key on the Kafka backend is not implemented yet".into()));
+        }
         self.admit_produce(ctx, topic, records).await?;
         let scope = IdempotencyKey { principal: ctx.principal.as_str(), key };
-        let (produced, replayed) = self.log().produce_idempotent(topic, records, partition, acks, &scope).await?;
+        let (produced, replayed) = self.log()?.produce_idempotent(topic, records, partition, acks, &scope).await?;
         if !replayed {
             self.0.metrics.records_in(topic, records.len());
         }
@@ -533,12 +632,24 @@ impl Service {
         let wait = limits::wait("wait_ms", params.wait_ms, limits::MAX_WAIT_MS)?;
         self.authorize(ctx, Operation::ReadTopic(topic))?;
         self.spend(ctx, Spend::Consume, 0).await?;
-        let offset = match params.offset {
-            Some(o) => o,
-            None => self.log().topic(topic)?.partition(partition)?.start(),
+        let read = match &self.0.backend {
+            Backend::Embedded { log, .. } => {
+                let offset = match params.offset {
+                    Some(o) => o,
+                    None => log.topic(topic)?.partition(partition)?.start(),
+                };
+                let req = ReadRequest { offset, max_records: limit, max_bytes, wait };
+                (offset, log.read(topic, partition, req).await?)
+            }
+            Backend::Kafka { cluster } => {
+                let offset = match params.offset {
+                    Some(o) => o,
+                    None => cluster.watermarks(topic, &[partition]).await?[0].beginning,
+                };
+                (offset, cluster.read(topic, partition, offset, limit, max_bytes, wait).await?)
+            }
         };
-        let req = ReadRequest { offset, max_records: limit, max_bytes, wait };
-        let read = self.log().read(topic, partition, req).await?;
+        let (offset, read) = read;
         let (beginning_offset, end_offset) = (read.beginning_offset, read.end_offset);
         Ok(Fetched { records: self.records(ctx, topic, read), offset, beginning_offset, end_offset })
     }
@@ -559,7 +670,7 @@ impl Service {
         acks: Acks,
     ) -> Result<Vec<std::result::Result<Option<u64>, BatchError>>> {
         self.authorize(ctx, Operation::Produce(topic))?;
-        let max = self.log().topic(topic)?.config().max_message_bytes as usize;
+        let max = self.log()?.topic(topic)?.config().max_message_bytes as usize;
         let check = move |batches: Vec<(u32, Vec<u8>)>| {
             let mut outcomes = Vec::with_capacity(batches.len());
             let mut good = Vec::with_capacity(batches.len());
@@ -590,7 +701,7 @@ impl Service {
         let bytes = good.iter().map(|(_, b)| b.bytes.len() as u64).sum();
         self.spend(ctx, Spend::Produce, bytes).await?;
         let records: usize = good.iter().map(|(_, b)| b.count as usize).sum();
-        let bases = self.log().append_batches(topic, good, acks).await?;
+        let bases = self.log()?.append_batches(topic, good, acks).await?;
         self.0.metrics.records_in(topic, records);
         if let Some(placed) = bases {
             let mut placed = placed.into_iter();
@@ -604,7 +715,7 @@ impl Service {
     /// Hands an idempotent Kafka producer its id (epoch 0). Nothing beyond a session is
     /// needed: each produce is authorized on its topic.
     pub async fn init_producer_id(&self, _ctx: &RequestCtx) -> Result<i64> {
-        self.log().init_producer_id().await
+        self.log()?.init_producer_id().await
     }
 
     /// Reads stored batches from `offset` on, up to `max_bytes` (at least one batch), without
@@ -619,7 +730,7 @@ impl Service {
     ) -> Result<ReadResult> {
         self.authorize(ctx, Operation::ReadTopic(topic))?;
         let req = ReadRequest { offset, max_records: u32::MAX, max_bytes, wait: Duration::ZERO };
-        let read = self.log().read(topic, partition, req).await?;
+        let read = self.log()?.read(topic, partition, req).await?;
         let bytes: usize = read.raw_batches().map(|(_, b)| b.len()).sum();
         self.spend(ctx, Spend::Consume, bytes as u64).await?;
         Ok(read)
@@ -627,7 +738,11 @@ impl Service {
 
     /// Waits until one of the positions has records, `timeout` passes or shutdown begins.
     pub async fn wait_any(&self, positions: &[(String, u32, u64)], timeout: Duration) {
-        self.log().wait_any(positions, timeout).await
+        match &self.0.backend {
+            Backend::Embedded { log, .. } => log.wait_any(positions, timeout).await,
+            // The Kafka listener (its only caller) runs on the embedded backend only.
+            Backend::Kafka { .. } => {}
+        }
     }
 
     /// Kafka's `MAX_TIMESTAMP` query for one partition.
@@ -638,12 +753,15 @@ impl Service {
         partition: u32,
     ) -> Result<Option<TimestampOffset>> {
         self.authorize(ctx, Operation::DescribeTopic(topic))?;
-        self.log().max_timestamp_offset(topic, partition).await
+        self.log()?.max_timestamp_offset(topic, partition).await
     }
 
     /// Whether producing to or asking about a missing topic creates it.
     pub fn auto_creates_topics(&self) -> bool {
-        self.log().auto_creates()
+        match &self.0.backend {
+            Backend::Embedded { log, .. } => log.auto_creates(),
+            Backend::Kafka { cluster } => cluster.auto_creates(),
+        }
     }
 
     // ---- groups ----
@@ -651,11 +769,11 @@ impl Service {
     pub async fn list_groups(&self, ctx: &RequestCtx) -> Result<Vec<GroupSummary>> {
         self.authorize(ctx, Operation::ListGroups)?;
         let mut out = Vec::new();
-        for id in self.groups().list() {
+        for id in self.groups()?.list() {
             if self.authorize(ctx, Operation::DescribeGroup(&id)).is_err() {
                 continue;
             }
-            match self.groups().describe(&id).await {
+            match self.groups()?.describe(&id).await {
                 Ok(info) => out.push(GroupSummary {
                     group: info.group,
                     state: info.state,
@@ -672,19 +790,19 @@ impl Service {
 
     pub async fn describe_group(&self, ctx: &RequestCtx, group: &str) -> Result<GroupInfo> {
         self.authorize(ctx, Operation::DescribeGroup(group))?;
-        self.groups().describe(group).await
+        self.groups()?.describe(group).await
     }
 
     /// Deletes an empty group and its committed offsets.
     pub async fn delete_group(&self, ctx: &RequestCtx, group: &str) -> Result<()> {
         self.authorize(ctx, Operation::DeleteGroup(group))?;
-        self.groups().delete(group).await
+        self.groups()?.delete(group).await
     }
 
     /// Adds a member to a group (creating the group if needed).
     pub async fn join_group(&self, ctx: &RequestCtx, group: &str, params: JoinParams) -> Result<Joined> {
         self.authorize(ctx, Operation::JoinGroup { group, topics: &params.topics })?;
-        self.groups().join(group, params).await
+        self.groups()?.join(group, params).await
     }
 
     /// Polls records for a member (also a heartbeat), long-polling up to `wait_ms`.
@@ -694,7 +812,7 @@ impl Service {
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
         self.spend(ctx, Spend::Consume, 0).await?;
         let max_bytes = limits::max_bytes("max_bytes", params.max_bytes, 50 * 1024 * 1024, limits::MAX_READ_BYTES)?;
-        let polled = self.groups().poll(group, member, max, max_bytes, wait, params.cursor.as_deref()).await?;
+        let polled = self.groups()?.poll(group, member, max, max_bytes, wait, params.cursor.as_deref()).await?;
         Ok(Polled {
             view: polled.view,
             records: polled
@@ -710,13 +828,13 @@ impl Service {
     /// Keeps a member's session alive and tells it about rebalances.
     pub async fn heartbeat(&self, ctx: &RequestCtx, group: &str, member: &str) -> Result<View> {
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
-        self.groups().heartbeat(group, member).await
+        self.groups()?.heartbeat(group, member).await
     }
 
     /// The member leaves; its partitions move at once.
     pub async fn leave_group(&self, ctx: &RequestCtx, group: &str, member: &str) -> Result<()> {
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
-        self.groups().leave(group, member).await
+        self.groups()?.leave(group, member).await
     }
 
     /// Commits a member's offsets, fenced by membership, generation and ownership.
@@ -731,7 +849,7 @@ impl Service {
         let topics: Vec<&str> = distinct_topics(offsets.iter().map(|o| o.topic.as_str()));
         self.authorize(ctx, Operation::CommitOffsets { group, topics: &topics })?;
         let list: Vec<(String, u32, u64)> = offsets.iter().map(|o| (o.topic.clone(), o.partition, o.offset)).collect();
-        self.groups().commit(group, member, generation, &list).await
+        self.groups()?.commit(group, member, generation, &list).await
     }
 
     /// Moves a group's committed offsets for `topic` (every topic of the group when
@@ -749,7 +867,7 @@ impl Service {
         if partitions.is_some() && topic.is_none() {
             return Err(Error::InvalidRequest("partitions needs a topic".into()));
         }
-        let moved = self.groups().reset_offsets(group, topic, partitions, to).await?;
+        let moved = self.groups()?.reset_offsets(group, topic, partitions, to).await?;
         Ok(moved
             .into_iter()
             .map(|(tp, offset)| OffsetEntry { topic: tp.topic, partition: tp.partition, offset })
@@ -786,11 +904,13 @@ impl Service {
     pub async fn metrics_text(&self, ctx: &RequestCtx) -> Result<String> {
         self.authorize(ctx, Operation::DescribeCluster)?;
         let m = &self.0.metrics;
-        let log = self.log();
+        let Backend::Embedded { log, .. } = &self.0.backend else {
+            return Ok(m.render());
+        };
         m.write_queue_bytes.set(log.queued_bytes() as i64);
         m.tail_cache_bytes.set(log.tail_cache_bytes() as i64);
         m.reads_waiting.set(log.reads_waiting() as i64);
-        m.polls_waiting.set(self.groups().polls_waiting() as i64);
+        m.polls_waiting.set(self.groups()?.polls_waiting() as i64);
         match log.store_size().await {
             Ok(bytes) => {
                 m.store_bytes.set(bytes as i64);
@@ -800,8 +920,8 @@ impl Service {
         }
         // Lag is a snapshot: rebuilt from the groups at every scrape.
         m.consumer_lag.clear();
-        for group in self.groups().list() {
-            let info = match self.groups().describe(&group).await {
+        for group in self.groups()?.list() {
+            let info = match self.groups()?.describe(&group).await {
                 Ok(info) => info,
                 Err(Error::UnknownGroup(_)) => continue,
                 Err(e) => return Err(e),
@@ -834,6 +954,28 @@ fn describe(topic: &Topic) -> TopicDescription {
         partitions,
         config: topic.config(),
         created_ms: topic.created_ms,
+    }
+}
+
+fn describe_cluster_topic(topic: ClusterTopic) -> TopicDescription {
+    let partitions: Vec<PartitionInfo> = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, w)| PartitionInfo {
+            topic: topic.name.clone(),
+            partition: i as u32,
+            beginning_offset: w.beginning,
+            end_offset: w.end,
+        })
+        .collect();
+    TopicDescription {
+        name: topic.name,
+        partition_count: partitions.len() as u32,
+        partitions,
+        config: topic.config,
+        // Kafka keeps no creation time a client can read.
+        created_ms: 0,
     }
 }
 

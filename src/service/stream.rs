@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::{OffsetEntry, Operation, RequestCtx, Service};
 use crate::auth::quota::Slot;
+use crate::cluster::Cluster;
 use crate::error::{Code, Error, Result};
 use crate::group::{Joined, TopicPartition, View};
 use crate::log::{ReadRequest, Topic};
@@ -98,12 +99,20 @@ impl GroupChanges {
     }
 }
 
+/// What a topic stream follows: the embedded log's topic, or a topic of the Kafka cluster
+/// (with its partitions' end offsets kept by the cluster's followers).
+#[derive(Debug)]
+enum Followed {
+    Log(Arc<Topic>),
+    Cluster { cluster: Arc<Cluster>, name: String, ends: BTreeMap<u32, watch::Receiver<u64>> },
+}
+
 /// A stream of one topic from explicit positions, with no group.
 #[derive(Debug)]
 pub struct TopicStream {
     service: Service,
     ctx: RequestCtx,
-    topic: Arc<Topic>,
+    followed: Followed,
     positions: BTreeMap<u32, u64>,
     /// Follow partitions added while the stream is open (no explicit list given).
     follow_new_partitions: bool,
@@ -120,79 +129,130 @@ impl TopicStream {
         partitions: Option<&[u32]>,
         slot: Option<Slot>,
     ) -> Result<TopicStream> {
-        let log = service.log().clone();
-        let topic = log.topic(name)?;
-        let chosen: Vec<u32> = match partitions {
-            None | Some([]) => (0..topic.partitions().len() as u32).collect(),
-            Some(list) => list.to_vec(),
-        };
-        let mut positions = BTreeMap::new();
-        for p in chosen {
-            let part = topic.partition(p)?;
-            let (start, end) = (part.start(), part.end());
-            let pos = match from {
-                StreamStart::Earliest => start,
-                StreamStart::Latest => end,
-                StreamStart::Timestamp(ms) => log.offset_for_timestamp(name, p, ms).await?.offset,
-                StreamStart::Offset(o) if (start..=end).contains(&o) => o,
-                StreamStart::Offset(o) => return Err(Error::OffsetOutOfRange { offset: o, beginning: start, end }),
-            };
-            positions.insert(p, pos);
-        }
         let follow_new_partitions = partitions.is_none_or(<[u32]>::is_empty);
-        Ok(TopicStream { service, ctx, topic, positions, follow_new_partitions, _slot: slot })
+        let mut positions = BTreeMap::new();
+        let followed = match service.cluster() {
+            None => {
+                let log = service.log()?.clone();
+                let topic = log.topic(name)?;
+                let chosen: Vec<u32> = match partitions {
+                    None | Some([]) => (0..topic.partitions().len() as u32).collect(),
+                    Some(list) => list.to_vec(),
+                };
+                for p in chosen {
+                    let part = topic.partition(p)?;
+                    let (start, end) = (part.start(), part.end());
+                    let pos = match from {
+                        StreamStart::Timestamp(ms) => log.offset_for_timestamp(name, p, ms).await?.offset,
+                        _ => start_position(from, start, end)?,
+                    };
+                    positions.insert(p, pos);
+                }
+                Followed::Log(topic)
+            }
+            Some(cluster) => {
+                let count = cluster.partition_count(name).await?;
+                let chosen: Vec<u32> = match partitions {
+                    None | Some([]) => (0..count).collect(),
+                    Some(list) => list.to_vec(),
+                };
+                if let Some(p) = chosen.iter().find(|p| **p >= count) {
+                    return Err(Error::UnknownPartition { topic: name.to_owned(), partition: *p });
+                }
+                let marks = cluster.watermarks(name, &chosen).await?;
+                let mut ends = BTreeMap::new();
+                for (p, w) in chosen.iter().zip(marks) {
+                    let pos = match from {
+                        StreamStart::Timestamp(ms) => cluster.offset_for_timestamp(name, *p, ms).await?.offset,
+                        _ => start_position(from, w.beginning, w.end)?,
+                    };
+                    positions.insert(*p, pos);
+                    ends.insert(*p, cluster.subscribe(name, *p).await?);
+                }
+                Followed::Cluster { cluster: cluster.clone(), name: name.to_owned(), ends }
+            }
+        };
+        Ok(TopicStream { service, ctx, followed, positions, follow_new_partitions, _slot: slot })
     }
 
     pub fn topic(&self) -> &str {
-        self.topic.name.as_str()
+        match &self.followed {
+            Followed::Log(topic) => topic.name.as_str(),
+            Followed::Cluster { name, .. } => name,
+        }
     }
 
     /// Whether the stream's principal may still read its topic (after an ACL reload).
     pub fn authorized(&self) -> Result<()> {
-        self.service.authorize(&self.ctx, Operation::ReadTopic(self.topic.name.as_str()))
+        self.service.authorize(&self.ctx, Operation::ReadTopic(self.topic()))
     }
 
     pub fn watch(&self) -> Watch {
-        let ends = self
-            .positions
-            .iter()
-            .filter_map(|(p, pos)| self.topic.partition(*p).ok().map(|part| (*pos, part.subscribe())))
-            .collect();
+        let ends = match &self.followed {
+            Followed::Log(topic) => self
+                .positions
+                .iter()
+                .filter_map(|(p, pos)| topic.partition(*p).ok().map(|part| (*pos, part.subscribe())))
+                .collect(),
+            Followed::Cluster { ends, .. } => self
+                .positions
+                .iter()
+                .filter_map(|(p, pos)| {
+                    let mut rx = ends.get(p)?.clone();
+                    // Seen: only later moves of the end wake the stream.
+                    rx.borrow_and_update();
+                    Some((*pos, rx))
+                })
+                .collect(),
+        };
         Watch { ends }
     }
 
     /// Reads up to `budget` records (and about `max_bytes` of frame) into `sink`,
     /// advancing the stream's positions. `UnknownTopic` once the topic is deleted.
     pub async fn fetch(&mut self, sink: &mut impl RecordSink, budget: usize, max_bytes: usize) -> Result<()> {
-        self.service.authorize(&self.ctx, Operation::ReadTopic(self.topic.name.as_str()))?;
+        self.service.authorize(&self.ctx, Operation::ReadTopic(self.topic()))?;
         // Over its consume quota, the stream waits its debt out before reading more.
         self.service.spend(&self.ctx, super::Spend::Consume, 0).await?;
-        let name = self.topic.name.as_str();
-        if self.topic.is_deleted() {
-            return Err(Error::UnknownTopic(name.to_owned()));
-        }
+        let count = match &self.followed {
+            Followed::Log(topic) if topic.is_deleted() => return Err(Error::UnknownTopic(topic.name.to_string())),
+            Followed::Log(topic) => topic.partitions().len() as u32,
+            Followed::Cluster { cluster, name, .. } => cluster.partition_count(name).await?,
+        };
         if self.follow_new_partitions {
-            for p in self.positions.len() as u32..self.topic.partitions().len() as u32 {
+            for p in self.positions.len() as u32..count {
                 self.positions.insert(p, 0);
+                if let Followed::Cluster { cluster, name, ends } = &mut self.followed {
+                    ends.insert(p, cluster.subscribe(name, p).await?);
+                }
             }
         }
-        let log = self.service.log().clone();
+        let name = self.topic().to_owned();
         for (p, pos) in self.positions.iter_mut() {
             let remaining = budget.saturating_sub(sink.count());
             if remaining == 0 || sink.bytes() >= max_bytes {
                 break;
             }
-            let req = ReadRequest {
-                offset: *pos,
-                max_records: remaining as u32,
-                max_bytes: max_bytes.saturating_sub(sink.bytes()).max(1),
-                wait: Duration::ZERO,
+            let max = max_bytes.saturating_sub(sink.bytes()).max(1);
+            let read = match &self.followed {
+                Followed::Log(_) => {
+                    let req = ReadRequest {
+                        offset: *pos,
+                        max_records: remaining as u32,
+                        max_bytes: max,
+                        wait: Duration::ZERO,
+                    };
+                    self.service.log()?.read(&name, *p, req).await
+                }
+                Followed::Cluster { cluster, .. } => {
+                    cluster.read(&name, *p, *pos, remaining as u32, max, Duration::ZERO).await
+                }
             };
-            match log.read(name, *p, req).await {
+            match read {
                 Ok(read) => {
-                    let records = self.service.records(&self.ctx, name, read);
+                    let records = self.service.records(&self.ctx, &name, read);
                     for (offset, rec) in records.decode()? {
-                        sink.push(name, *p, offset, &rec);
+                        sink.push(&name, *p, offset, &rec);
                         *pos = offset + 1;
                     }
                 }
@@ -203,6 +263,18 @@ impl TopicStream {
             }
         }
         Ok(())
+    }
+}
+
+/// A stream's first position in a partition holding `start..end`.
+fn start_position(from: StreamStart, start: u64, end: u64) -> Result<u64> {
+    match from {
+        StreamStart::Earliest => Ok(start),
+        StreamStart::Latest => Ok(end),
+        StreamStart::Offset(o) if (start..=end).contains(&o) => Ok(o),
+        StreamStart::Offset(o) => Err(Error::OffsetOutOfRange { offset: o, beginning: start, end }),
+        // Looked up by the caller.
+        StreamStart::Timestamp(_) => Ok(start),
     }
 }
 
@@ -225,7 +297,7 @@ pub struct Keepalive {
 
 impl Keepalive {
     pub async fn touch(&self) -> Result<()> {
-        self.service.groups().touch(&self.group, &self.member).await
+        self.service.groups()?.touch(&self.group, &self.member).await
     }
 }
 
@@ -292,8 +364,8 @@ impl MemberStream {
     /// partition whose position is not known yet counts as not ready: its first
     /// read, which an assignment change triggers, sets it).
     pub async fn watch(&self) -> Result<Watch> {
-        let groups = self.service.groups();
-        let log = self.service.log();
+        let groups = self.service.groups()?;
+        let log = self.service.log()?;
         let mut ends = Vec::new();
         for (tp, pos) in groups.positions(&self.group, &self.member).await? {
             if !self.view.assignment.contains(&tp) {
@@ -308,7 +380,7 @@ impl MemberStream {
     }
 
     pub fn changes(&self) -> Result<GroupChanges> {
-        Ok(GroupChanges(self.service.groups().subscribe(&self.group)?))
+        Ok(GroupChanges(self.service.groups()?.subscribe(&self.group)?))
     }
 
     /// Reads up to `budget` records from the partitions the member was told it
@@ -317,7 +389,7 @@ impl MemberStream {
         self.service.authorize(&self.ctx, Operation::ConsumeGroup(&self.group))?;
         let polled = self
             .service
-            .groups()
+            .groups()?
             .read(&self.group, &self.member, budget as u32, max_bytes, &self.view.assignment)
             .await?;
         let mut summary = FetchSummary { delivered: Vec::new(), errors: polled.errors };
@@ -336,7 +408,7 @@ impl MemberStream {
 
     /// Keeps the session alive without a heartbeat's release step.
     pub async fn touch(&self) -> Result<()> {
-        self.service.groups().touch(&self.group, &self.member).await
+        self.service.groups()?.touch(&self.group, &self.member).await
     }
 
     /// A handle that keeps this member's session alive while the transport is
@@ -347,19 +419,19 @@ impl MemberStream {
 
     /// Whether a heartbeat would tell the member something new.
     pub async fn has_news(&self) -> Result<bool> {
-        self.service.groups().has_news(&self.group, &self.member).await
+        self.service.groups()?.has_news(&self.group, &self.member).await
     }
 
     /// Whether every partition being revoked has its delivered records committed.
     pub async fn revocation_settled(&self) -> Result<bool> {
-        self.service.groups().revocation_settled(&self.group, &self.member).await
+        self.service.groups()?.revocation_settled(&self.group, &self.member).await
     }
 
     /// A heartbeat: releases what the last answer revoked; returns the new view,
     /// which becomes the member's view.
     pub async fn heartbeat(&mut self) -> Result<&View> {
         self.service.authorize(&self.ctx, Operation::ConsumeGroup(&self.group))?;
-        self.view = self.service.groups().heartbeat(&self.group, &self.member).await?;
+        self.view = self.service.groups()?.heartbeat(&self.group, &self.member).await?;
         Ok(&self.view)
     }
 
@@ -370,7 +442,7 @@ impl MemberStream {
 
     /// Leaves the group; the member's partitions move at once.
     pub async fn leave(&self) -> Result<()> {
-        self.service.groups().leave(&self.group, &self.member).await
+        self.service.groups()?.leave(&self.group, &self.member).await
     }
 }
 
