@@ -160,6 +160,10 @@ const TRIES: usize = 4;
 const CACHE_TTL: Duration = Duration::from_secs(30);
 /// How long a follower long-polls a partition's leader per Fetch.
 const FOLLOW_WAIT: Duration = Duration::from_millis(2_000);
+/// The wait of a Fetch asked again after an empty answer to `max_wait_ms` 0.
+const EMPTY_ANSWER_WAIT: Duration = Duration::from_millis(20);
+/// How often a follower asks a broker that answers an empty Fetch at once (no long-poll).
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 /// The cluster's brokers and each known topic's partition leaders.
 #[derive(Debug, Default)]
@@ -172,6 +176,8 @@ struct Meta {
 struct TopicMeta {
     /// Leader broker id by partition (-1: none right now).
     leaders: Vec<i32>,
+    /// The topic's id (Fetch v13+ names topics by id; nil from brokers before Kafka 2.8).
+    id: uuid::Uuid,
     fetched: Instant,
 }
 
@@ -386,7 +392,7 @@ impl Cluster {
         }
         let mut last = None;
         for addr in &addrs {
-            match self.wire.call(addr, 1..=9, &req, self.settings.request_timeout).await {
+            match self.wire.call(addr, 1..=12, &req, self.settings.request_timeout).await {
                 Ok((resp, _)) => {
                     self.absorb(&resp, topics.is_none());
                     return Ok(resp);
@@ -426,7 +432,7 @@ impl Cluster {
                     *slot = p.leader_id.0;
                 }
             }
-            meta.topics.insert(name.0.to_string(), TopicMeta { leaders, fetched: now });
+            meta.topics.insert(name.0.to_string(), TopicMeta { leaders, id: t.topic_id, fetched: now });
         }
     }
 
@@ -879,9 +885,47 @@ impl Cluster {
         Ok(Produced::Written(out))
     }
 
-    /// Reads `partition` from `offset`: one Fetch to its leader, long-polling up to `wait`
-    /// when there is nothing at `offset` yet. Out-of-range offsets are `OffsetOutOfRange`.
+    /// Reads `partition` from `offset`, long-polling up to `wait` when there is nothing at
+    /// `offset` yet. Out-of-range offsets are `OffsetOutOfRange`. The wait is the broker's
+    /// (Fetch `max_wait_ms`); a broker that answers an empty Fetch at once (some do not
+    /// long-poll) is waited for on the partition's follower instead.
     pub async fn read(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_records: u32,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<ReadResult> {
+        let deadline = Instant::now() + wait;
+        let mut follower: Option<watch::Receiver<u64>> = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let asked = Instant::now();
+            let read = self.fetch(topic, partition, offset, max_records, max_bytes, left).await?;
+            let early = asked.elapsed() + Duration::from_millis(20) < left;
+            if read.end_offset != offset || left.is_zero() || !early || self.shutdown.is_cancelled() {
+                return Ok(read);
+            }
+            // Answered early with nothing to read: wait for the end to move.
+            if follower.is_none() {
+                follower = Some(self.subscribe(topic, partition).await?);
+            }
+            let Some(rx) = follower.as_mut() else { return Ok(read) };
+            let moved = async { rx.wait_for(|end| *end > offset).await.map(|_| ()) };
+            tokio::select! {
+                _ = tokio::time::timeout(left, moved) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+            if Instant::now() >= deadline {
+                return self.fetch(topic, partition, offset, max_records, max_bytes, Duration::ZERO).await;
+            }
+        }
+    }
+
+    /// One Fetch of `partition` from `offset` to its leader, waiting at most `wait` there.
+    async fn fetch(
         &self,
         topic: &str,
         partition: u32,
@@ -895,6 +939,9 @@ impl Cluster {
         let wait = if self.shutdown.is_cancelled() { Duration::ZERO } else { wait };
         for attempt in 0..TRIES {
             let addr = self.leader(topic, partition, attempt > 0).await?;
+            let id = self.meta.read().topics.get(topic).map(|t| t.id).unwrap_or_default();
+            // Fetch v13+ names the topic by id: only with an id to give.
+            let versions = if id.is_nil() { 4..=12 } else { 4..=16 };
             let req = FetchRequest::default()
                 .with_replica_id(kafka_protocol::messages::BrokerId(-1))
                 .with_max_wait_ms(wait.as_millis().min(i32::MAX as u128) as i32)
@@ -906,6 +953,7 @@ impl Cluster {
                 .with_topics(vec![
                     FetchTopic::default()
                         .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                        .with_topic_id(id)
                         .with_partitions(vec![
                             FetchPartition::default()
                                 .with_partition(partition as i32)
@@ -916,12 +964,12 @@ impl Cluster {
                                 .with_partition_max_bytes(max_bytes_i32),
                         ]),
                 ]);
-            let call = self.wire.call(&addr, 4..=12, &req, wait + self.settings.request_timeout);
+            let call = self.wire.call(&addr, versions, &req, wait + self.settings.request_timeout);
             let answer = tokio::select! {
                 a = call => a,
                 _ = self.shutdown.cancelled(), if !wait.is_zero() => {
                     // Shutting down: answer at once with what is there now.
-                    return Box::pin(self.read(topic, partition, offset, max_records, max_bytes, Duration::ZERO)).await;
+                    return Box::pin(self.fetch(topic, partition, offset, max_records, max_bytes, Duration::ZERO)).await;
                 }
             };
             let resp = match answer {
@@ -939,6 +987,13 @@ impl Cluster {
             let Some(data) =
                 resp.responses.iter().flat_map(|t| &t.partitions).find(|p| p.partition_index == partition as i32)
             else {
+                if wait.is_zero() && attempt + 1 < TRIES {
+                    // Tansu answers a Fetch with `max_wait_ms` 0 before looking at the log (an
+                    // empty answer); asked again with a short wait, it answers properly.
+                    tracing::debug!(topic, partition, "an empty Fetch answer to max_wait_ms 0; asking with a wait");
+                    return Box::pin(self.fetch(topic, partition, offset, max_records, max_bytes, EMPTY_ANSWER_WAIT))
+                        .await;
+                }
                 return Err(Error::Backend(format!("Fetch from {addr} answered without {topic}/{partition}")));
             };
             match data.error_code {
@@ -959,6 +1014,10 @@ impl Cluster {
             } else {
                 self.list_offsets(topic, &[partition], -2).await?[0].0.max(0) as u64
             };
+            // Brokers that do not say OFFSET_OUT_OF_RANGE themselves (Tansu) still give the range.
+            if offset > end || offset < beginning {
+                return Err(Error::OffsetOutOfRange { offset, beginning, end });
+            }
             let batches = split_batches(data.records.as_deref().unwrap_or_default())?;
             return Ok(ReadResult::from_batches(batches, offset, max_records, max_bytes, beginning, end));
         }
@@ -999,7 +1058,8 @@ async fn follow(cluster: std::sync::Weak<Cluster>, key: (String, u32), tx: watch
         }
         let end = *tx.borrow();
         let stop = tx.closed();
-        let read = c.read(topic, *partition, end, 1, 1, FOLLOW_WAIT);
+        let asked = Instant::now();
+        let read = c.fetch(topic, *partition, end, 1, 1, FOLLOW_WAIT);
         let outcome = tokio::select! {
             r = read => Some(r),
             _ = stop => None,
@@ -1009,6 +1069,13 @@ async fn follow(cluster: std::sync::Weak<Cluster>, key: (String, u32), tx: watch
             Some(Ok(r)) => {
                 if r.end_offset != end {
                     tx.send_replace(r.end_offset);
+                } else if asked.elapsed() < FOLLOW_WAIT / 2 {
+                    // The broker does not long-poll: ask again shortly instead.
+                    drop(c);
+                    tokio::select! {
+                        _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                        _ = tx.closed() => break,
+                    }
                 }
             }
             // Retention moved past it, or the log was truncated: take the end as it is now.
