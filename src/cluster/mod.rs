@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::{
-    FetchRequest, IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest, TopicName,
+    ApiKey, DescribeConfigsRequest, FetchRequest, IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest,
+    TopicName,
+    describe_configs_request::DescribeConfigsResource,
     fetch_request::{FetchPartition, FetchTopic},
     incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig},
     list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
@@ -31,7 +33,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -60,10 +62,10 @@ pub struct ClusterSettings {
 const RESERVED: &[&str] = &["bootstrap.servers", "metadata.broker.list", "acks", "request.required.acks"];
 
 impl ClusterSettings {
-    /// Settings for a cluster at `bootstrap` with nothing else configured.
-    pub fn new(bootstrap: impl Into<String>) -> ClusterSettings {
+    /// Settings for a cluster at `bootstrap` (HOST:PORT[,HOST:PORT]) with nothing else configured.
+    pub fn new(bootstrap: &str) -> ClusterSettings {
         ClusterSettings {
-            bootstrap_servers: vec![bootstrap.into()],
+            bootstrap_servers: bootstrap.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
             kafka_config: BTreeMap::new(),
             request_timeout: Duration::from_secs(30),
         }
@@ -159,7 +161,9 @@ const TRIES: usize = 4;
 /// How long the partition counts and topic configs a produce uses are trusted.
 const CACHE_TTL: Duration = Duration::from_secs(30);
 /// How long a follower long-polls a partition's leader per Fetch.
-const FOLLOW_WAIT: Duration = Duration::from_millis(2_000);
+const FOLLOW_WAIT: Duration = Duration::from_millis(500);
+/// The longest wait of one Fetch for a long-poll; a longer wait asks again.
+const WAIT_SLICE: Duration = Duration::from_millis(500);
 /// The wait of a Fetch asked again after an empty answer to `max_wait_ms` 0.
 const EMPTY_ANSWER_WAIT: Duration = Duration::from_millis(20);
 /// How often a follower asks a broker that answers an empty Fetch at once (no long-poll).
@@ -210,6 +214,8 @@ pub struct Cluster {
     followers: parking_lot::Mutex<HashMap<(String, u32), watch::Sender<u64>>>,
     sticky: AtomicU32,
     ready: AtomicBool,
+    /// The cluster has no DescribeConfigs (librdkafka's mock): said once.
+    configs_unsupported: AtomicBool,
     auto_create: bool,
     default_partitions: u32,
     shutdown: CancellationToken,
@@ -223,7 +229,10 @@ impl std::fmt::Debug for Cluster {
 
 /// A librdkafka error as gregor's error.
 fn kafka_error(what: &str, e: &KafkaError) -> Error {
-    let code = e.rdkafka_error_code();
+    let code = match e {
+        KafkaError::AdminOp(code) => Some(*code),
+        _ => e.rdkafka_error_code(),
+    };
     match code {
         Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
             Error::UnknownTopic(what.to_owned())
@@ -286,7 +295,7 @@ fn split_batches(mut data: &[u8]) -> Result<Vec<(u64, BatchBytes)>> {
 impl Cluster {
     /// Creates the clients (nothing is sent yet) and starts the readiness check.
     pub fn open(settings: ClusterSettings, auto_create: bool, default_partitions: u32) -> Result<Arc<Cluster>> {
-        settings.check().map_err(|e| Error::InvalidRequest(e))?;
+        settings.check().map_err(Error::InvalidRequest)?;
         let sasl = settings.sasl().map_err(Error::InvalidRequest)?;
         let wire = Wire::new("gregor", sasl, settings.request_timeout.min(Duration::from_secs(10)));
         let admin: AdminClient<DefaultClientContext> =
@@ -319,6 +328,7 @@ impl Cluster {
             followers: parking_lot::Mutex::new(HashMap::new()),
             sticky: AtomicU32::new(0),
             ready: AtomicBool::new(false),
+            configs_unsupported: AtomicBool::new(false),
             auto_create,
             default_partitions,
             shutdown: CancellationToken::new(),
@@ -392,7 +402,7 @@ impl Cluster {
         }
         let mut last = None;
         for addr in &addrs {
-            match self.wire.call(addr, 1..=12, &req, self.settings.request_timeout).await {
+            match self.wire.call(addr, 1..=10, &req, self.settings.request_timeout).await {
                 Ok((resp, _)) => {
                     self.absorb(&resp, topics.is_none());
                     return Ok(resp);
@@ -519,7 +529,7 @@ impl Cluster {
                                 ),
                         ]);
                     async move {
-                        (addr.clone(), idx, self.wire.call(&addr, 1..=7, &req, self.settings.request_timeout).await)
+                        (addr.clone(), idx, self.wire.call(&addr, 1..=5, &req, self.settings.request_timeout).await)
                     }
                 });
             let mut again = false;
@@ -606,35 +616,61 @@ impl Cluster {
         if missing.is_empty() {
             return Ok(out);
         }
-        let resources: Vec<ResourceSpecifier<'_>> = missing.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
-        let opts = AdminOptions::new().request_timeout(Some(self.settings.request_timeout));
-        let answers = match self.admin.describe_configs(&resources, &opts).await {
-            Ok(a) => a,
-            Err(e) => return Err(kafka_error("DescribeConfigs", &e)),
+        let req = DescribeConfigsRequest::default().with_resources(
+            missing
+                .iter()
+                .map(|n| {
+                    DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(StrBytes::from_string((*n).to_owned()))
+                        // Every config (null): Tansu cannot decode a list of names.
+                        .with_configuration_keys(None)
+                })
+                .collect(),
+        );
+        let addr = self.any_broker().await?;
+        let resp = match self.wire.call(&addr, 1..=2, &req, self.settings.request_timeout).await {
+            Ok((resp, _)) => resp,
+            Err(WireError::Unsupported { .. }) => {
+                // librdkafka's MockCluster: no DescribeConfigs. Kafka's defaults, said once.
+                if !self.configs_unsupported.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("the cluster has no DescribeConfigs API: topic configs shown as Kafka's defaults");
+                }
+                for n in missing {
+                    out.insert(n.to_owned(), kafka_default_config());
+                }
+                return Ok(out);
+            }
+            Err(e) => {
+                self.wire.forget(&addr);
+                return Err(wire_error(e));
+            }
         };
         let now = Instant::now();
-        for (name, answer) in missing.iter().zip(answers) {
-            let config = match answer {
-                Ok(resource) => {
-                    let get = |k: &str| resource.get(k).and_then(|e| e.value.as_deref());
-                    let d = TopicConfig::default();
-                    TopicConfig {
-                        retention_ms: get("retention.ms").and_then(|v| v.parse().ok()).unwrap_or(d.retention_ms),
-                        retention_bytes: get("retention.bytes")
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(d.retention_bytes),
-                        max_message_bytes: get("max.message.bytes")
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(d.max_message_bytes),
-                    }
+        for result in &resp.results {
+            let name = result.resource_name.as_str();
+            match result.error_code {
+                0 => {}
+                code::UNKNOWN_TOPIC_OR_PARTITION => return Err(Error::UnknownTopic(name.to_owned())),
+                c => {
+                    let msg = result.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default();
+                    return Err(Error::Backend(format!("DescribeConfigs of {name}: Kafka error {c} {msg}")));
                 }
-                Err(RDKafkaErrorCode::UnknownTopicOrPartition) => return Err(Error::UnknownTopic((*name).to_owned())),
-                Err(code) => {
-                    return Err(kafka_error(&format!("DescribeConfigs of {name}"), &KafkaError::AdminOp(code)));
-                }
+            }
+            let get = |k: &str| {
+                result.configs.iter().find(|c| c.name.as_str() == k).and_then(|c| c.value.as_ref()).map(|v| v.as_str())
             };
-            self.configs.lock().insert((*name).to_owned(), (config.clone(), now));
-            out.insert((*name).to_owned(), config);
+            let d = kafka_default_config();
+            let config = TopicConfig {
+                retention_ms: get("retention.ms").and_then(|v| v.parse().ok()).unwrap_or(d.retention_ms),
+                retention_bytes: get("retention.bytes").and_then(|v| v.parse().ok()).unwrap_or(d.retention_bytes),
+                max_message_bytes: get("max.message.bytes").and_then(|v| v.parse().ok()).unwrap_or(d.max_message_bytes),
+            };
+            self.configs.lock().insert(name.to_owned(), (config.clone(), now));
+            out.insert(name.to_owned(), config);
+        }
+        if let Some(n) = missing.iter().find(|n| !out.contains_key(**n)) {
+            return Err(Error::UnknownTopic((*n).to_owned()));
         }
         Ok(out)
     }
@@ -675,6 +711,7 @@ impl Cluster {
         crate::topic::validate_partition_count(partitions)?;
         TopicConfig::default().apply(patch)?;
         let values = config_values(patch);
+        self.require(ApiKey::CreateTopics).await?;
         let mut new = NewTopic::new(name, partitions as i32, TopicReplication::Fixed(-1));
         for (k, v) in &values {
             new = new.set(k, v);
@@ -695,6 +732,7 @@ impl Cluster {
 
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         self.topic_meta(name, true).await?;
+        self.require(ApiKey::DeleteTopics).await?;
         let opts = AdminOptions::new()
             .request_timeout(Some(self.settings.request_timeout))
             .operation_timeout(Some(self.settings.request_timeout));
@@ -727,10 +765,15 @@ impl Cluster {
             }
         }
         let values = config_values(patch);
+        if partitions.is_some_and(|n| n > current) {
+            // Checked before anything changes: a request is applied whole or refused.
+            self.require(ApiKey::CreatePartitions).await?;
+        }
         if !values.is_empty() {
             self.alter_configs(name, &values).await?;
         }
         if let Some(n) = partitions.filter(|n| *n > current) {
+            self.require(ApiKey::CreatePartitions).await?;
             let opts = AdminOptions::new()
                 .request_timeout(Some(self.settings.request_timeout))
                 .operation_timeout(Some(self.settings.request_timeout));
@@ -783,6 +826,19 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// `not_supported` unless the cluster's brokers offer `key`.
+    async fn require(&self, key: ApiKey) -> Result<()> {
+        let addr = self.any_broker().await?;
+        match self.wire.supports(&addr, key).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Unsupported(format!("the Kafka cluster does not offer {key:?}"))),
+            Err(e) => {
+                self.wire.forget(&addr);
+                Err(wire_error(e))
+            }
+        }
     }
 
     async fn any_broker(&self) -> Result<String> {
@@ -903,10 +959,16 @@ impl Cluster {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let asked = Instant::now();
-            let read = self.fetch(topic, partition, offset, max_records, max_bytes, left).await?;
-            let early = asked.elapsed() + Duration::from_millis(20) < left;
-            if read.end_offset != offset || left.is_zero() || !early || self.shutdown.is_cancelled() {
+            // In slices: some brokers (Tansu, librdkafka's mock) hold an empty Fetch for its
+            // whole max_wait_ms even when records arrive meanwhile.
+            let read = self.fetch(topic, partition, offset, max_records, max_bytes, left.min(WAIT_SLICE)).await?;
+            let early = asked.elapsed() + Duration::from_millis(20) < left.min(WAIT_SLICE);
+            if read.end_offset != offset || left.is_zero() || self.shutdown.is_cancelled() {
                 return Ok(read);
+            }
+            if !early {
+                // The broker waited its slice: ask again until the deadline.
+                continue;
             }
             // Answered early with nothing to read: wait for the end to move.
             if follower.is_none() {
@@ -1116,6 +1178,11 @@ async fn watch_readiness(cluster: std::sync::Weak<Cluster>, stop: CancellationTo
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// Kafka's own defaults for the configs gregor shows (broker defaults may differ).
+fn kafka_default_config() -> TopicConfig {
+    TopicConfig { retention_ms: 7 * 24 * 3_600_000, retention_bytes: -1, max_message_bytes: 1_048_588 }
 }
 
 /// A partition-level error code as gregor's error.

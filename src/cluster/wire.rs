@@ -98,12 +98,18 @@ impl Wire {
         req: &R,
         timeout: Duration,
     ) -> Result<(R::Response, i16), WireError> {
-        let mut conn = match self.take_idle(addr) {
-            Some(c) => c,
-            None => self.connect(addr).await?,
+        let (mut conn, pooled) = match self.take_idle(addr) {
+            Some(c) => (c, true),
+            None => (self.connect(addr).await?, false),
         };
         let version = pick(addr, &conn, R::KEY, &versions)?;
-        let answer = tokio::time::timeout(timeout, self.exchange::<R>(&mut conn, addr, version, req)).await;
+        let mut answer = tokio::time::timeout(timeout, self.exchange::<R>(&mut conn, addr, version, req)).await;
+        if pooled && matches!(answer, Ok(Err(WireError::Io { .. }))) {
+            // An idle connection the broker closed meanwhile: once more on a new one.
+            self.forget(addr);
+            conn = self.connect(addr).await?;
+            answer = tokio::time::timeout(timeout, self.exchange::<R>(&mut conn, addr, version, req)).await;
+        }
         match answer {
             Ok(Ok(resp)) => {
                 self.put_idle(addr, conn);
@@ -113,6 +119,19 @@ impl Wire {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(WireError::Timeout { addr: addr.to_owned(), timeout }),
         }
+    }
+
+    /// Whether the broker at `addr` offers some version of `key` (asked with ApiVersions on
+    /// connecting): librdkafka's admin client waits its whole timeout for a broker offering
+    /// an API none offers, so gregor asks first.
+    pub async fn supports(&self, addr: &str, key: ApiKey) -> Result<bool, WireError> {
+        let conn = match self.take_idle(addr) {
+            Some(c) => c,
+            None => self.connect(addr).await?,
+        };
+        let offered = conn.versions.contains_key(&(key as i16));
+        self.put_idle(addr, conn);
+        Ok(offered)
     }
 
     fn take_idle(&self, addr: &str) -> Option<Conn> {
@@ -209,6 +228,7 @@ impl Wire {
         frame.put_i32(size as i32);
         header.encode(&mut frame, header_version).map_err(|e| bad(format!("encoding {key:?}: {e}")))?;
         req.encode(&mut frame, version).map_err(|e| bad(format!("encoding {key:?}: {e}")))?;
+        tracing::trace!(api = ?key, version, addr, "request");
         conn.stream.write_all(&frame).await.map_err(io)?;
         let len = conn.stream.read_i32().await.map_err(io)?;
         if len < 4 || len as usize > MAX_RESPONSE_BYTES {

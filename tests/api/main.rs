@@ -6,6 +6,7 @@
 mod helpers;
 
 mod architecture;
+mod backends;
 mod browser;
 mod crash;
 mod cursors;
