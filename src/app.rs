@@ -109,8 +109,10 @@ impl App {
     pub async fn build(config: Config) -> Result<App, AppError> {
         config.validate()?;
         if let crate::config::Backend::Kafka(settings) = &config.backend {
-            let cluster = Cluster::open(settings.clone(), config.auto_create_topics, config.default_partitions)
-                .map_err(AppError::Cluster)?;
+            let session = config.groups.default_session_timeout_ms;
+            let cluster =
+                Cluster::open(settings.clone(), config.auto_create_topics, config.default_partitions, session)
+                    .map_err(AppError::Cluster)?;
             let listener =
                 serve::bind(config.listen).map_err(|source| AppError::Bind { addr: config.listen, source })?;
             let security = Arc::new(Security::new(&config.auth));

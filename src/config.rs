@@ -102,6 +102,7 @@ struct FileBackend {
     /// Passed to the Kafka client as they are (SASL, TLS, tuning): librdkafka's property names.
     kafka_config: Option<std::collections::BTreeMap<String, toml::Value>>,
     request_timeout_ms: Option<u64>,
+    cursor_secret: Option<String>,
 }
 
 /// `[kafka]`: the Kafka protocol listener.
@@ -744,6 +745,7 @@ fn backend(args: &ServeArgs, file: FileBackend) -> Result<Backend, ConfigError> 
                 bootstrap_servers: servers,
                 kafka_config,
                 request_timeout: Duration::from_millis(file.request_timeout_ms.unwrap_or(30_000)),
+                cursor_secret: file.cursor_secret,
             };
             settings.check().map_err(ConfigError)?;
             Ok(Backend::Kafka(settings))

@@ -333,7 +333,7 @@ fn view(group: &str, data: &GroupData) -> KafkaGroupView {
 
 /// The topics a consumer-protocol member subscribes to (its JoinGroup metadata); empty when
 /// the metadata is not the consumer protocol's.
-pub(super) fn subscribed_topics(metadata: &Bytes) -> std::collections::BTreeSet<String> {
+pub(crate) fn subscribed_topics(metadata: &Bytes) -> std::collections::BTreeSet<String> {
     use kafka_protocol::messages::ConsumerProtocolSubscription;
     decode_versioned::<ConsumerProtocolSubscription>(metadata)
         .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
@@ -341,7 +341,7 @@ pub(super) fn subscribed_topics(metadata: &Bytes) -> std::collections::BTreeSet<
 }
 
 /// The partitions a consumer-protocol member was assigned (its SyncGroup assignment).
-pub(super) fn assigned_partitions(assignment: &Bytes) -> std::collections::BTreeSet<TopicPartition> {
+pub(crate) fn assigned_partitions(assignment: &Bytes) -> std::collections::BTreeSet<TopicPartition> {
     use kafka_protocol::messages::ConsumerProtocolAssignment;
     decode_versioned::<ConsumerProtocolAssignment>(assignment)
         .map(|a| {

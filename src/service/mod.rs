@@ -769,6 +769,24 @@ impl Service {
     pub async fn list_groups(&self, ctx: &RequestCtx) -> Result<Vec<GroupSummary>> {
         self.authorize(ctx, Operation::ListGroups)?;
         let mut out = Vec::new();
+        if let Some(cluster) = self.cluster() {
+            for id in cluster.list_groups().await? {
+                if self.authorize(ctx, Operation::DescribeGroup(&id)).is_err() {
+                    continue;
+                }
+                match cluster.describe_group(&id).await {
+                    Ok(info) => out.push(GroupSummary {
+                        group: info.group,
+                        state: info.state,
+                        generation: info.generation,
+                        members: info.members.len(),
+                    }),
+                    Err(Error::UnknownGroup(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(out);
+        }
         for id in self.groups()?.list() {
             if self.authorize(ctx, Operation::DescribeGroup(&id)).is_err() {
                 continue;
@@ -790,18 +808,27 @@ impl Service {
 
     pub async fn describe_group(&self, ctx: &RequestCtx, group: &str) -> Result<GroupInfo> {
         self.authorize(ctx, Operation::DescribeGroup(group))?;
+        if let Some(cluster) = self.cluster() {
+            return cluster.describe_group(group).await;
+        }
         self.groups()?.describe(group).await
     }
 
     /// Deletes an empty group and its committed offsets.
     pub async fn delete_group(&self, ctx: &RequestCtx, group: &str) -> Result<()> {
         self.authorize(ctx, Operation::DeleteGroup(group))?;
+        if let Some(cluster) = self.cluster() {
+            return cluster.delete_group(group).await;
+        }
         self.groups()?.delete(group).await
     }
 
     /// Adds a member to a group (creating the group if needed).
     pub async fn join_group(&self, ctx: &RequestCtx, group: &str, params: JoinParams) -> Result<Joined> {
         self.authorize(ctx, Operation::JoinGroup { group, topics: &params.topics })?;
+        if let Some(cluster) = self.cluster() {
+            return cluster.join_group(group, params).await;
+        }
         self.groups()?.join(group, params).await
     }
 
@@ -812,6 +839,19 @@ impl Service {
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
         self.spend(ctx, Spend::Consume, 0).await?;
         let max_bytes = limits::max_bytes("max_bytes", params.max_bytes, 50 * 1024 * 1024, limits::MAX_READ_BYTES)?;
+        if let Some(cluster) = self.cluster() {
+            let polled = cluster.poll(group, member, max, max_bytes, wait, params.cursor.as_deref()).await?;
+            return Ok(Polled {
+                view: polled.view,
+                records: polled
+                    .records
+                    .into_iter()
+                    .map(|(tp, read)| (tp.clone(), self.records(ctx, &tp.topic, read)))
+                    .collect(),
+                errors: polled.errors,
+                cursor: polled.cursor,
+            });
+        }
         let polled = self.groups()?.poll(group, member, max, max_bytes, wait, params.cursor.as_deref()).await?;
         Ok(Polled {
             view: polled.view,
@@ -828,12 +868,18 @@ impl Service {
     /// Keeps a member's session alive and tells it about rebalances.
     pub async fn heartbeat(&self, ctx: &RequestCtx, group: &str, member: &str) -> Result<View> {
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
+        if let Some(cluster) = self.cluster() {
+            return cluster.heartbeat(group, member).await;
+        }
         self.groups()?.heartbeat(group, member).await
     }
 
     /// The member leaves; its partitions move at once.
     pub async fn leave_group(&self, ctx: &RequestCtx, group: &str, member: &str) -> Result<()> {
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
+        if let Some(cluster) = self.cluster() {
+            return cluster.leave(group, member).await;
+        }
         self.groups()?.leave(group, member).await
     }
 
@@ -849,6 +895,9 @@ impl Service {
         let topics: Vec<&str> = distinct_topics(offsets.iter().map(|o| o.topic.as_str()));
         self.authorize(ctx, Operation::CommitOffsets { group, topics: &topics })?;
         let list: Vec<(String, u32, u64)> = offsets.iter().map(|o| (o.topic.clone(), o.partition, o.offset)).collect();
+        if let Some(cluster) = self.cluster() {
+            return cluster.commit(group, member, generation, &list).await;
+        }
         self.groups()?.commit(group, member, generation, &list).await
     }
 
@@ -867,7 +916,10 @@ impl Service {
         if partitions.is_some() && topic.is_none() {
             return Err(Error::InvalidRequest("partitions needs a topic".into()));
         }
-        let moved = self.groups()?.reset_offsets(group, topic, partitions, to).await?;
+        let moved = match self.cluster() {
+            Some(cluster) => cluster.reset_offsets(group, topic, partitions, to).await?,
+            None => self.groups()?.reset_offsets(group, topic, partitions, to).await?,
+        };
         Ok(moved
             .into_iter()
             .map(|(tp, offset)| OffsetEntry { topic: tp.topic, partition: tp.partition, offset })
@@ -892,6 +944,13 @@ impl Service {
 
     /// Joins `group` as a member that lives as long as the returned stream.
     pub async fn open_member_stream(&self, ctx: &RequestCtx, group: &str, params: JoinParams) -> Result<MemberStream> {
+        if self.cluster().is_some() {
+            return Err(Error::Unsupported(
+                "group streams over WebSocket on the Kafka backend are not implemented yet: stream a topic, or \
+                 join and poll over REST"
+                    .into(),
+            ));
+        }
         let slot = self.stream_slot(ctx)?;
         let topics = params.topics.clone();
         let joined = self.join_group(ctx, group, params).await?;

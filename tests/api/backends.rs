@@ -126,7 +126,15 @@ impl Target {
                 Some("Tansu's ListOffsets by timestamp answers the partition's first offset")
             }
             (Under::Broker(b), Lack::AddPartitions) if b.name == "tansu" => Some("Tansu has no CreatePartitions"),
+            (Under::Broker(b), Lack::GroupCoordinator) if b.name == "tansu" => Some(
+                "Tansu's DescribeGroups answers no member metadata or assignment, from which any gregor replica \
+                 reads a member's generation and assignment (gregor answers 501 not_supported)",
+            ),
             (Under::Mock(_), Lack::AddPartitions) => Some("librdkafka's MockCluster has no CreatePartitions"),
+            (Under::Mock(_), Lack::GroupCoordinator) => Some(
+                "librdkafka's MockCluster has no DescribeGroups, from which any gregor replica reads a member's \
+                 generation and assignment",
+            ),
             _ => None,
         }
     }
@@ -148,6 +156,7 @@ pub enum Lack {
     EndOffset,
     TimeIndex,
     AddPartitions,
+    GroupCoordinator,
 }
 
 /// gregor on the Kafka backend in front of `bootstrap`.
@@ -392,5 +401,191 @@ async fn topic_streams_deliver_old_and_new_records_in_order() {
         let (status, body) = app.get("/v1/topics/nope/stream").await;
         assert_eq!((status, code(&body)), (404, Some("unknown_topic")), "[{who}] {body}");
     }))
+    .await;
+}
+
+/// Polls `member` once (with its last cursor) and returns the answer.
+async fn poll(app: &TestApp, group: &str, member: &str, cursor: &mut Option<String>) -> Value {
+    let mut url = format!("/v1/groups/{group}/members/{member}/records?wait_ms=200&max_records=100");
+    if let Some(c) = cursor.as_ref() {
+        url.push_str(&format!("&cursor={c}"));
+    }
+    let (status, body) = app.get(&url).await;
+    assert_eq!(status, 200, "poll {member}: {body}");
+    *cursor = body["cursor"].as_str().map(str::to_owned);
+    body
+}
+
+fn owned(view: &Value) -> std::collections::BTreeSet<u64> {
+    view["assignment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["partitions"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()))
+        .collect()
+}
+
+fn join_body() -> Value {
+    json!({"topics": ["gr"], "auto_offset_reset": "earliest", "session_timeout_ms": 6000})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_split_partitions_commit_and_hand_over() {
+    crate::helpers::within(each_target(|t| async move {
+        let app = &t.app;
+        let who = t.name();
+        if t.skip(Lack::GroupCoordinator) {
+            return;
+        }
+        t.topic("gr", 4).await;
+        let recs: Vec<Value> = (0..8).map(|i| json!({"value": format!("r{i}"), "partition": i % 4})).collect();
+        app.produce("gr", Value::Array(recs)).await;
+        let (status, m1) = app.post("/v1/groups/gr-g/members", join_body()).await;
+        assert_eq!(status, 201, "[{who}] {m1}");
+        let id1 = m1["member_id"].as_str().unwrap().to_owned();
+        // A second member: on Kafka its join completes once the first rejoins (at its poll).
+        let second = {
+            let (client, url) = (app.client.clone(), app.url("/v1/groups/gr-g/members"));
+            tokio::spawn(async move {
+                let res = client.post(url).json(&join_body()).send().await.unwrap();
+                crate::helpers::status_json(res).await
+            })
+        };
+        let (mut c1, mut c2) = (m1["cursor"].as_str().map(str::to_owned), None);
+        let mut id2: Option<String> = None;
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut v1, mut v2) = (m1.clone(), Value::Null);
+        loop {
+            assert!(Instant::now() < deadline, "[{who}] never split: {v1} / {v2}");
+            v1 = poll(app, "gr-g", &id1, &mut c1).await;
+            for r in v1["records"].as_array().unwrap() {
+                seen.insert(r["value"].as_str().unwrap().to_owned());
+            }
+            if id2.is_none() && second.is_finished() {
+                break;
+            }
+        }
+        let (status, m2) = second.await.unwrap();
+        assert_eq!(status, 201, "[{who}] {m2}");
+        id2 = m2["member_id"].as_str().map(str::to_owned);
+        let id2 = id2.unwrap();
+        c2 = c2.or(m2["cursor"].as_str().map(str::to_owned));
+        loop {
+            assert!(Instant::now() < deadline, "[{who}] never split: {v1} / {v2}");
+            v1 = poll(app, "gr-g", &id1, &mut c1).await;
+            v2 = poll(app, "gr-g", &id2, &mut c2).await;
+            for v in [&v1, &v2] {
+                for r in v["records"].as_array().unwrap() {
+                    seen.insert(r["value"].as_str().unwrap().to_owned());
+                }
+            }
+            let (a, b) = (owned(&v1), owned(&v2));
+            if a.len() == 2 && b.len() == 2 && a.is_disjoint(&b) && v1["generation"] == v2["generation"] {
+                break;
+            }
+        }
+        // One owner per partition: the second member may not commit the first's partitions.
+        let theirs = *owned(&v1).iter().next().unwrap();
+        let (status, body) = app
+            .post(
+                "/v1/groups/gr-g/offsets",
+                json!({"member_id": id2, "generation": v2["generation"],
+                       "offsets": [{"topic": "gr", "partition": theirs, "offset": 1}]}),
+            )
+            .await;
+        assert_eq!((status, code(&body)), (409, Some("not_owner")), "[{who}] {body}");
+        let mine: Vec<Value> = owned(&v2).iter().map(|p| json!({"topic": "gr", "partition": p, "offset": 2})).collect();
+        let (status, body) = app
+            .post("/v1/groups/gr-g/offsets", json!({"member_id": id2, "generation": v2["generation"], "offsets": mine}))
+            .await;
+        assert_eq!(status, 200, "[{who}] {body}");
+        // The first member leaves: the second gets every partition.
+        let res = app.client.delete(app.url(&format!("/v1/groups/gr-g/members/{id1}"))).send().await.unwrap();
+        assert_eq!(res.status(), 204, "[{who}]");
+        loop {
+            assert!(Instant::now() < deadline, "[{who}] never took over: {v2}");
+            v2 = poll(app, "gr-g", &id2, &mut c2).await;
+            for r in v2["records"].as_array().unwrap() {
+                seen.insert(r["value"].as_str().unwrap().to_owned());
+            }
+            if owned(&v2).len() == 4 && seen.len() == 8 {
+                break;
+            }
+        }
+        let (status, info) = app.get("/v1/groups/gr-g").await;
+        assert_eq!(status, 200, "[{who}] {info}");
+        assert_eq!(info["members"].as_array().unwrap().len(), 1, "[{who}] {info}");
+        let committed: Vec<&Value> =
+            info["offsets"].as_array().unwrap().iter().filter(|o| o["committed_offset"] == 2).collect();
+        assert_eq!(committed.len(), 2, "[{who}] the second member's commits: {info}");
+        let res = app.client.delete(app.url(&format!("/v1/groups/gr-g/members/{id2}"))).send().await.unwrap();
+        assert_eq!(res.status(), 204, "[{who}]");
+    }))
+    .await;
+}
+
+/// SPEC §10's stateless replicas: two gateways in front of one broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_serves_any_request_and_one_dying_loses_nothing() {
+    crate::helpers::within(async {
+        let broker = start_broker("noida-db").await;
+        let a = gateway(&broker.bootstrap).await;
+        let b = gateway(&broker.bootstrap).await;
+        a.create_topic("rep", 2).await;
+
+        // Produced on A, streamed on B within a second.
+        let mut stream = connect(&b, "/v1/topics/rep/stream?from=latest").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        a.produce("rep", json!([{"value": "via-a", "partition": 0}])).await;
+        let got = records(&mut stream, 1).await;
+        let latency = started.elapsed();
+        assert_eq!(got[0]["value"], "via-a");
+        assert!(latency < Duration::from_secs(1), "A's record reached B's stream after {latency:?}");
+        println!("[replicas] produce on A → WebSocket on B: {latency:?}");
+
+        // A member joined through A polls and commits through B.
+        let (status, m) =
+            a.post("/v1/groups/rep-g/members", json!({"topics": ["rep"], "auto_offset_reset": "earliest"})).await;
+        assert_eq!(status, 201, "{m}");
+        let id = m["member_id"].as_str().unwrap().to_owned();
+        let mut cursor = m["cursor"].as_str().map(str::to_owned);
+        let polled = poll(&b, "rep-g", &id, &mut cursor).await;
+        assert_eq!(polled["records"][0]["value"], "via-a", "{polled}");
+        let (status, body) = b
+            .post(
+                "/v1/groups/rep-g/offsets",
+                json!({"member_id": id, "generation": polled["generation"],
+                       "offsets": [{"topic": "rep", "partition": 0, "offset": 1}]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (_, info) = a.get("/v1/groups/rep-g").await;
+        let p0 = info["offsets"].as_array().unwrap().iter().find(|o| o["partition"] == 0).cloned();
+        assert_eq!(p0.map(|o| o["committed_offset"].clone()), Some(json!(1)), "{info}");
+
+        // A dies; B keeps serving, the member included.
+        drop(stream);
+        a.stop().await;
+        b.produce("rep", json!([{"value": "via-b", "partition": 1}])).await;
+        let polled = poll(&b, "rep-g", &id, &mut cursor).await;
+        assert_eq!(polled["records"][0]["value"], "via-b", "{polled}");
+        let (status, body) = b
+            .post(
+                "/v1/groups/rep-g/offsets",
+                json!({"member_id": id, "generation": polled["generation"],
+                       "offsets": [{"topic": "rep", "partition": 1, "offset": 1}]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let res = b.client.delete(b.url(&format!("/v1/groups/rep-g/members/{id}"))).send().await.unwrap();
+        assert_eq!(res.status(), 204);
+
+        // Kafka's own client on the broker sees what REST produced and the group's commits.
+        let view = crate::kafka::clients_at(&broker.bootstrap, "broker_view", &["rep", "2", "rep-g"]).await;
+        assert_eq!(view["values"], json!(["via-a", "via-b"]), "{view}");
+        assert_eq!(view["committed"], json!({"0": 1, "1": 1}), "{view}");
+    })
     .await;
 }

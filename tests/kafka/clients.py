@@ -345,9 +345,42 @@ def sasl(bs, password):
     print(json.dumps({"outcomes": outcomes, "wrong_password": wrong, "no_sasl": plain}))
 
 
+def broker_view(bs, topic, partitions, group):
+    """What Kafka's own client sees on the cluster behind gregor's Kafka backend: every
+    record of `topic` (values as text) and `group`'s committed offsets."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bs, "group.id": group, "enable.auto.commit": False})
+    tps = [TopicPartition(topic, p) for p in range(int(partitions))]
+    committed = {str(tp.partition): tp.offset for tp in c.committed(tps, timeout=10)}
+    c.assign([TopicPartition(topic, p, 0) for p in range(int(partitions))])
+    values, idle = [], 0
+    while idle < 4:
+        m = c.poll(0.5)
+        if m is None:
+            idle += 1
+            continue
+        if m.error():
+            raise SystemExit(f"consume failed: {m.error()}")
+        values.append(m.value().decode())
+        idle = 0
+    c.close()
+    print(json.dumps({"values": sorted(values), "committed": committed}))
+
+
 SCENARIOS = {
     f.__name__: f
-    for f in [admin, produce_codecs, consume_assign, kafka_python, idempotent_stream, group_split, group_resume, sasl]
+    for f in [
+        admin,
+        produce_codecs,
+        consume_assign,
+        kafka_python,
+        idempotent_stream,
+        group_split,
+        group_resume,
+        sasl,
+        broker_view,
+    ]
 }
 
 if __name__ == "__main__":

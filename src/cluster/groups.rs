@@ -1,0 +1,841 @@
+//! Consumer groups on the Kafka backend, with nothing kept in a replica.
+//!
+//! A REST member *is* a member of Kafka's classic group protocol: its member id is the one
+//! the group coordinator gave, its generation and assignment are the coordinator's. Any
+//! replica acts for it on any request:
+//!
+//! - join: JoinGroup (answering MEMBER_ID_REQUIRED), then, as the group's leader, the
+//!   assignment (gregor's assignors), then SyncGroup. What a later rejoin needs travels in
+//!   the member's own subscription (`user_data`: its session timeout and reset policy); the
+//!   leader writes each member's generation into its assignment's `user_data`.
+//! - poll, heartbeat, commit: Heartbeat with the generation DescribeGroups shows; on
+//!   REBALANCE_IN_PROGRESS the replica rejoins for the member (its metadata, again from
+//!   DescribeGroups) and syncs, so the answer carries the new assignment.
+//! - positions: the poll cursor the client sends back (sealed); without one, the group's
+//!   committed offsets, else the member's reset policy.
+//!
+//! The protocols are Kafka's eager ones (`range`, `roundrobin`, `sticky`): a member gives
+//! up every partition when it rejoins, so no partition has two owners. gregor's
+//! `cooperative-sticky` is served as Kafka's (eager) `sticky` here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, DeleteGroupsRequest, DescribeGroupsRequest,
+    FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest, TopicName,
+    consumer_protocol_assignment::TopicPartition as AssignedTopic,
+    join_group_request::JoinGroupRequestProtocol,
+    leave_group_request::MemberIdentity,
+    offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
+    offset_fetch_request::OffsetFetchRequestTopic,
+    sync_group_request::SyncGroupRequestAssignment,
+};
+use kafka_protocol::protocol::{Encodable, Request, StrBytes};
+use serde::{Deserialize, Serialize};
+
+use super::{Cluster, TRIES, wire_error};
+use crate::error::{Code, Error, Result};
+use crate::group::assignor::{self, Assignor, MemberSpec, TopicPartition};
+use crate::group::cursor::{Cursor, Position};
+use crate::group::{CommittedInfo, GroupInfo, GroupState, JoinParams, Joined, MemberInfo, OffsetReset, ResetTo, View};
+use crate::log::ReadResult;
+
+/// Kafka's group error codes gregor tells apart.
+mod code {
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NOT_COORDINATOR: i16 = 16;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+}
+
+/// What a member carries in its subscription's `user_data`, for the replica that rejoins
+/// for it later.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MemberParams {
+    session_timeout_ms: u64,
+    #[serde(default)]
+    reset: Option<String>,
+    /// The protocol (assignor) it joined with: DescribeGroups names none mid-rebalance.
+    #[serde(default)]
+    protocol: Option<String>,
+}
+
+/// A member as DescribeGroups shows it.
+#[derive(Debug, Clone)]
+struct Described {
+    generation: u64,
+    assignment: BTreeSet<TopicPartition>,
+    topics: Vec<String>,
+    metadata: Bytes,
+    params: MemberParams,
+    protocol: String,
+}
+
+/// A group as DescribeGroups shows it.
+#[derive(Debug, Clone)]
+struct DescribedGroup {
+    state: String,
+    protocol: String,
+    members: Vec<(String, Option<String>, Described)>,
+}
+
+/// What a poll read for a member.
+#[derive(Debug)]
+pub struct ClusterPolled {
+    pub view: View,
+    pub records: Vec<(TopicPartition, ReadResult)>,
+    pub errors: Vec<(TopicPartition, Code)>,
+    pub cursor: String,
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}
+
+/// Kafka's name of the (eager) protocol gregor runs for `assignor`.
+fn protocol_name(assignor: Assignor) -> &'static str {
+    match assignor {
+        Assignor::Range => "range",
+        Assignor::RoundRobin => "roundrobin",
+        Assignor::CooperativeSticky => "sticky",
+    }
+}
+
+fn assignor_for(protocol: &str) -> Option<Assignor> {
+    match protocol {
+        "range" => Some(Assignor::Range),
+        "roundrobin" => Some(Assignor::RoundRobin),
+        "sticky" => Some(Assignor::CooperativeSticky),
+        _ => None,
+    }
+}
+
+/// A consumer-protocol message: its version (i16), then its body.
+fn versioned<T: Encodable>(message: &T, version: i16) -> Result<Bytes> {
+    let mut buf = BytesMut::new();
+    buf.put_i16(version);
+    message.encode(&mut buf, version).map_err(|e| Error::Internal(format!("encoding a group message: {e}")))?;
+    Ok(buf.freeze())
+}
+
+fn group_error(group: &str, member: &str, code: i16, what: &str) -> Error {
+    match code {
+        code::UNKNOWN_MEMBER_ID => Error::UnknownMember { group: group.to_owned(), member: member.to_owned() },
+        code::ILLEGAL_GENERATION | code::REBALANCE_IN_PROGRESS => {
+            Error::IllegalGeneration { group: group.to_owned(), current: 0, given: 0 }
+        }
+        code::INVALID_GROUP_ID => Error::InvalidGroupId(group.to_owned()),
+        code::GROUP_ID_NOT_FOUND => Error::UnknownGroup(group.to_owned()),
+        code::NON_EMPTY_GROUP => Error::GroupNotEmpty(group.to_owned()),
+        // Its other members are Kafka consumers of another protocol type or assignor.
+        code::INCONSISTENT_GROUP_PROTOCOL => Error::GroupProtocolConflict(group.to_owned()),
+        code::INVALID_SESSION_TIMEOUT => {
+            Error::parameter("session_timeout_ms", "outside the cluster's group.min/max.session.timeout.ms")
+        }
+        code::GROUP_AUTHORIZATION_FAILED => {
+            Error::Backend(format!("the cluster refused gregor's principal access to group {group}"))
+        }
+        c => Error::Backend(format!("{what} for group {group}: Kafka error {c}")),
+    }
+}
+
+fn coordinator_moved(code: i16) -> bool {
+    matches!(code, code::NOT_COORDINATOR | code::COORDINATOR_NOT_AVAILABLE | code::COORDINATOR_LOAD_IN_PROGRESS)
+}
+
+impl Cluster {
+    /// The address of `group`'s coordinator (cached until it moves).
+    async fn coordinator(&self, group: &str, fresh: bool) -> Result<String> {
+        if !fresh && let Some(addr) = self.coordinators.lock().get(group) {
+            return Ok(addr.clone());
+        }
+        for attempt in 0..TRIES {
+            let addr = self.any_broker().await?;
+            let req = FindCoordinatorRequest::default().with_key(str_bytes(group)).with_key_type(0);
+            let (resp, _) =
+                self.wire.call(&addr, 0..=3, &req, self.settings.request_timeout).await.map_err(wire_error)?;
+            if resp.error_code == 0 {
+                let found = format!("{}:{}", resp.host.as_str(), resp.port);
+                self.coordinators.lock().insert(group.to_owned(), found.clone());
+                return Ok(found);
+            }
+            if !coordinator_moved(resp.error_code) || attempt + 1 == TRIES {
+                return Err(group_error(group, "", resp.error_code, "FindCoordinator"));
+            }
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        }
+        Err(Error::Backend(format!("no coordinator for group {group}")))
+    }
+
+    /// Sends a group request to the coordinator, finding it again when it moved (`error`
+    /// reads the answer's error code).
+    async fn to_coordinator<R: Request>(
+        &self,
+        group: &str,
+        versions: std::ops::RangeInclusive<i16>,
+        req: &R,
+        timeout: Duration,
+        error: impl Fn(&R::Response) -> i16,
+    ) -> Result<(R::Response, i16)> {
+        let mut last = None;
+        for attempt in 0..TRIES {
+            let addr = self.coordinator(group, attempt > 0).await?;
+            match self.wire.call(&addr, versions.clone(), req, timeout).await {
+                Ok((resp, v)) if coordinator_moved(error(&resp)) && attempt + 1 < TRIES => {
+                    self.coordinators.lock().remove(group);
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    last = Some(Ok((resp, v)));
+                }
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    self.wire.forget(&addr);
+                    self.coordinators.lock().remove(group);
+                    last = Some(Err(wire_error(e)));
+                }
+            }
+        }
+        last.unwrap_or_else(|| Err(Error::Backend(format!("no coordinator for group {group}"))))
+    }
+
+    /// Joins (or, with `member`, rejoins) and syncs: the member's id and view.
+    async fn join_and_sync(
+        &self,
+        group: &str,
+        member: &str,
+        instance: Option<&str>,
+        protocol: &str,
+        metadata: Bytes,
+        session_ms: u64,
+    ) -> Result<(String, View)> {
+        let mut member = member.to_owned();
+        let rebalance_ms = session_ms.max(10_000);
+        let timeout = Duration::from_millis(rebalance_ms) + self.settings.request_timeout;
+        for _ in 0..TRIES {
+            let req = JoinGroupRequest::default()
+                .with_group_id(GroupId(str_bytes(group)))
+                .with_session_timeout_ms(session_ms.min(i32::MAX as u64) as i32)
+                .with_rebalance_timeout_ms(rebalance_ms.min(i32::MAX as u64) as i32)
+                .with_member_id(str_bytes(&member))
+                .with_group_instance_id(instance.map(str_bytes))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![
+                    JoinGroupRequestProtocol::default().with_name(str_bytes(protocol)).with_metadata(metadata.clone()),
+                ]);
+            let (resp, _) = self.to_coordinator(group, 0..=5, &req, timeout, |r| r.error_code).await?;
+            match resp.error_code {
+                0 => {}
+                code::MEMBER_ID_REQUIRED => {
+                    member = resp.member_id.to_string();
+                    continue;
+                }
+                c => return Err(group_error(group, &member, c, "JoinGroup")),
+            }
+            member = resp.member_id.to_string();
+            let generation = resp.generation_id;
+            let assignments = if resp.leader.as_str() == member {
+                let members: Vec<(String, Bytes)> =
+                    resp.members.iter().map(|m| (m.member_id.to_string(), m.metadata.clone())).collect();
+                self.assign(protocol, &members, generation).await?
+            } else {
+                Vec::new()
+            };
+            let sync = SyncGroupRequest::default()
+                .with_group_id(GroupId(str_bytes(group)))
+                .with_generation_id(generation)
+                .with_member_id(str_bytes(&member))
+                .with_group_instance_id(instance.map(str_bytes))
+                .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
+                .with_protocol_name(Some(str_bytes(protocol)))
+                .with_assignments(
+                    assignments
+                        .into_iter()
+                        .map(|(id, bytes)| {
+                            SyncGroupRequestAssignment::default().with_member_id(str_bytes(&id)).with_assignment(bytes)
+                        })
+                        .collect(),
+                );
+            let (resp, _) = self.to_coordinator(group, 0..=3, &sync, timeout, |r| r.error_code).await?;
+            match resp.error_code {
+                0 => {}
+                // Another member joined meanwhile: join again.
+                code::REBALANCE_IN_PROGRESS => continue,
+                c => return Err(group_error(group, &member, c, "SyncGroup")),
+            }
+            let assignment = crate::group::kafka::assigned_partitions(&resp.assignment);
+            let view =
+                View { generation: generation.max(0) as u64, assignment, revoked: BTreeSet::new(), changed: true };
+            return Ok((member, view));
+        }
+        Err(Error::Backend(format!("group {group} kept rebalancing; join again")))
+    }
+
+    /// The leader's work: every member's partitions, with the generation in `user_data`.
+    async fn assign(
+        &self,
+        protocol: &str,
+        members: &[(String, Bytes)],
+        generation: i32,
+    ) -> Result<Vec<(String, Bytes)>> {
+        let kind = assignor_for(protocol).unwrap_or(Assignor::Range);
+        let mut specs = BTreeMap::new();
+        let mut topics = BTreeSet::new();
+        for (id, metadata) in members {
+            let topics_of = crate::group::kafka::subscribed_topics(metadata);
+            topics.extend(topics_of.iter().cloned());
+            let owned = decode_subscription(metadata).map(|s| owned_partitions(&s)).unwrap_or_default();
+            specs.insert(id.clone(), MemberSpec { topics: topics_of, owned });
+        }
+        let mut counts = BTreeMap::new();
+        for t in topics {
+            // A subscribed topic that does not exist yet has no partitions to hand out.
+            match self.partition_count(&t).await {
+                Ok(n) => {
+                    counts.insert(t, n);
+                }
+                Err(Error::UnknownTopic(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let target = assignor::assign(kind, &specs, &counts);
+        let mut by_member: BTreeMap<&str, BTreeMap<&str, Vec<i32>>> =
+            specs.keys().map(|id| (id.as_str(), BTreeMap::new())).collect();
+        for (tp, owner) in &target {
+            if let Some(m) = by_member.get_mut(owner.as_str()) {
+                m.entry(tp.topic.as_str()).or_default().push(tp.partition as i32);
+            }
+        }
+        let mut out = Vec::with_capacity(by_member.len());
+        for (id, parts) in by_member {
+            let assignment = ConsumerProtocolAssignment::default()
+                .with_assigned_partitions(
+                    parts
+                        .into_iter()
+                        .map(|(t, ps)| AssignedTopic::default().with_topic(TopicName(str_bytes(t))).with_partitions(ps))
+                        .collect(),
+                )
+                .with_user_data(Some(Bytes::copy_from_slice(&(generation as i64).to_be_bytes())));
+            out.push((id.to_owned(), versioned(&assignment, 1)?));
+        }
+        Ok(out)
+    }
+
+    /// A new REST or WebSocket member.
+    pub async fn join_group(&self, group: &str, params: JoinParams) -> Result<Joined> {
+        crate::topic::check_name("group id", group).map_err(Error::InvalidGroupId)?;
+        let session_ms = params.session_timeout_ms.unwrap_or(self.default_session_ms);
+        let assignor = params.assignor.unwrap_or_default();
+        let user = MemberParams {
+            session_timeout_ms: session_ms,
+            reset: params.auto_offset_reset.map(|r| reset_name(r).to_owned()),
+            protocol: Some(protocol_name(assignor).to_owned()),
+        };
+        let subscription = ConsumerProtocolSubscription::default()
+            .with_topics(params.topics.iter().map(|t| str_bytes(t)).collect())
+            .with_user_data(Some(Bytes::from(serde_json::to_vec(&user).unwrap_or_default())));
+        let metadata = versioned(&subscription, 1)?;
+        let protocol = protocol_name(assignor);
+        let (member, view) =
+            self.join_and_sync(group, "", params.instance_id.as_deref(), protocol, metadata, session_ms).await?;
+        let cursor =
+            self.cursor_key.seal(group, &member, &Cursor { generation: view.generation, ..Default::default() });
+        Ok(Joined { member_id: member, view, session_timeout_ms: session_ms, cursor })
+    }
+
+    async fn describe_raw(&self, group: &str) -> Result<DescribedGroup> {
+        let req = DescribeGroupsRequest::default().with_groups(vec![GroupId(str_bytes(group))]);
+        let (resp, _) = self
+            .to_coordinator(group, 0..=4, &req, self.settings.request_timeout, |r| {
+                r.groups.first().map_or(0, |g| g.error_code)
+            })
+            .await?;
+        let Some(g) = resp.groups.into_iter().next() else {
+            return Err(Error::Backend(format!("DescribeGroups answered nothing for {group}")));
+        };
+        if g.error_code != 0 {
+            return Err(group_error(group, "", g.error_code, "DescribeGroups"));
+        }
+        let protocol = g.protocol_data.to_string();
+        tracing::trace!(?g, "DescribeGroups");
+        let members = g
+            .members
+            .into_iter()
+            .map(|m| {
+                let sub = decode_subscription(&m.member_metadata);
+                let params = sub
+                    .as_ref()
+                    .and_then(|s| s.user_data.as_ref())
+                    .and_then(|u| serde_json::from_slice::<MemberParams>(u).ok())
+                    .unwrap_or(MemberParams { session_timeout_ms: 0, reset: None, protocol: None });
+                let generation = decode_assignment(&m.member_assignment)
+                    .and_then(|a| a.user_data)
+                    .and_then(|u| <[u8; 8]>::try_from(&u[..]).ok())
+                    .map(|b| i64::from_be_bytes(b).max(0) as u64)
+                    .unwrap_or(0);
+                let described = Described {
+                    generation,
+                    assignment: crate::group::kafka::assigned_partitions(&m.member_assignment),
+                    topics: sub.map(|s| s.topics.iter().map(|t| t.to_string()).collect()).unwrap_or_default(),
+                    metadata: m.member_metadata,
+                    protocol: params.protocol.clone().unwrap_or_else(|| protocol.clone()),
+                    params,
+                };
+                (m.member_id.to_string(), m.group_instance_id.map(|i| i.to_string()), described)
+            })
+            .collect();
+        Ok(DescribedGroup { state: g.group_state.to_string(), protocol, members })
+    }
+
+    /// The member's current state, rejoining for it when the group rebalances.
+    async fn current(&self, group: &str, member: &str) -> Result<(Described, View)> {
+        for _ in 0..TRIES {
+            let described = self.describe_raw(group).await?;
+            let Some((_, instance, me)) = described.members.into_iter().find(|(id, _, _)| id == member) else {
+                return Err(Error::UnknownMember { group: group.to_owned(), member: member.to_owned() });
+            };
+            if me.metadata.is_empty() {
+                // Tansu: DescribeGroups names members but not their metadata or assignment.
+                return Err(Error::Unsupported(
+                    "the cluster's DescribeGroups reports no member metadata or assignment, which gregor's \
+                     stateless group members are read from"
+                        .into(),
+                ));
+            }
+            let hb = HeartbeatRequest::default()
+                .with_group_id(GroupId(str_bytes(group)))
+                .with_generation_id(me.generation.min(i32::MAX as u64) as i32)
+                .with_member_id(str_bytes(member))
+                .with_group_instance_id(instance.as_deref().map(str_bytes));
+            let (resp, _) =
+                self.to_coordinator(group, 0..=3, &hb, self.settings.request_timeout, |r| r.error_code).await?;
+            match resp.error_code {
+                0 => {
+                    let view = View {
+                        generation: me.generation,
+                        assignment: me.assignment.clone(),
+                        revoked: BTreeSet::new(),
+                        changed: false,
+                    };
+                    return Ok((me, view));
+                }
+                code::REBALANCE_IN_PROGRESS => {
+                    let session = me.params.session_timeout_ms.max(1_000);
+                    let (_, view) = self
+                        .join_and_sync(group, member, instance.as_deref(), &me.protocol, me.metadata.clone(), session)
+                        .await?;
+                    let revoked = me.assignment.difference(&view.assignment).cloned().collect();
+                    let me = Described { generation: view.generation, assignment: view.assignment.clone(), ..me };
+                    return Ok((me, View { revoked, ..view }));
+                }
+                // DescribeGroups and Heartbeat crossed a generation change: look again.
+                code::ILLEGAL_GENERATION => continue,
+                c => return Err(group_error(group, member, c, "Heartbeat")),
+            }
+        }
+        Err(Error::Backend(format!("group {group} kept changing generation")))
+    }
+
+    pub async fn heartbeat(&self, group: &str, member: &str) -> Result<View> {
+        Ok(self.current(group, member).await?.1)
+    }
+
+    /// Committed offsets of `group` for `tps` (every committed partition when `None`).
+    async fn committed(
+        &self,
+        group: &str,
+        tps: Option<&BTreeSet<TopicPartition>>,
+    ) -> Result<BTreeMap<TopicPartition, u64>> {
+        let topics = tps.map(|tps| {
+            let mut by: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+            for tp in tps {
+                by.entry(tp.topic.as_str()).or_default().push(tp.partition as i32);
+            }
+            by.into_iter()
+                .map(|(t, ps)| {
+                    OffsetFetchRequestTopic::default().with_name(TopicName(str_bytes(t))).with_partition_indexes(ps)
+                })
+                .collect()
+        });
+        let req = OffsetFetchRequest::default().with_group_id(GroupId(str_bytes(group))).with_topics(topics);
+        let (resp, _) =
+            self.to_coordinator(group, 2..=5, &req, self.settings.request_timeout, |r| r.error_code).await?;
+        if resp.error_code != 0 {
+            return Err(group_error(group, "", resp.error_code, "OffsetFetch"));
+        }
+        let mut out = BTreeMap::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                if p.error_code == 0 && p.committed_offset >= 0 {
+                    out.insert(
+                        TopicPartition::new(t.name.0.to_string(), p.partition_index as u32),
+                        p.committed_offset as u64,
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads for a member from its cursor's positions (or the committed offsets, or its
+    /// reset policy), long-polling up to `wait` when nothing is there.
+    pub async fn poll(
+        self: &Arc<Self>,
+        group: &str,
+        member: &str,
+        max_records: u32,
+        max_bytes: usize,
+        wait: Duration,
+        cursor: Option<&str>,
+    ) -> Result<ClusterPolled> {
+        let given = cursor.map(|c| self.cursor_key.open(group, member, c)).transpose()?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let (me, view) = self.current(group, member).await?;
+            let committed = self.committed(group, Some(&me.assignment)).await?;
+            let mut positions: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+            let mut errors = Vec::new();
+            for tp in &me.assignment {
+                let from_cursor = given.as_ref().and_then(|c| c.position(tp)).map(|p| p.offset);
+                let pos = match from_cursor.or_else(|| committed.get(tp).copied()) {
+                    Some(p) => p,
+                    None => match me.params.reset.as_deref() {
+                        Some("earliest") => self.watermarks(&tp.topic, &[tp.partition]).await?[0].beginning,
+                        Some("none") => {
+                            errors.push((tp.clone(), Code::NoCommittedOffset));
+                            continue;
+                        }
+                        _ => self.watermarks(&tp.topic, &[tp.partition]).await?[0].end,
+                    },
+                };
+                positions.insert(tp.clone(), pos);
+            }
+            let mut records = Vec::new();
+            let (mut count, mut bytes) = (0u32, 0usize);
+            for (tp, pos) in positions.iter_mut() {
+                if count >= max_records || bytes >= max_bytes {
+                    break;
+                }
+                match self
+                    .read(&tp.topic, tp.partition, *pos, max_records - count, max_bytes - bytes, Duration::ZERO)
+                    .await
+                {
+                    Ok(read) => {
+                        let got = read.records()?;
+                        if let Some((last, _)) = got.last() {
+                            count += got.len() as u32;
+                            bytes += got.iter().map(|(_, r)| crate::log::stored_size(r)).sum::<usize>();
+                            *pos = last + 1;
+                            drop(got);
+                            records.push((tp.clone(), read));
+                        }
+                    }
+                    // Retention moved past the position: from the partition's beginning.
+                    Err(Error::OffsetOutOfRange { beginning, .. }) if *pos < beginning => *pos = beginning,
+                    Err(e) if e.code().is_server_fault() => return Err(e),
+                    Err(e) => errors.push((tp.clone(), e.code())),
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !records.is_empty() || left.is_zero() || view.changed || self.shutdown.is_cancelled() {
+                let cursor = Cursor {
+                    generation: view.generation,
+                    rotation: 0,
+                    positions: positions
+                        .into_iter()
+                        .map(|(tp, offset)| Position { tp, topic_id: 0, epoch: 0, offset })
+                        .collect(),
+                };
+                let cursor = self.cursor_key.seal(group, member, &cursor);
+                return Ok(ClusterPolled { view, records, errors, cursor });
+            }
+            // Nothing yet: wait for an end offset to move (or a third of the session, to
+            // heartbeat again), then look again.
+            let mut waits = Vec::new();
+            for (tp, pos) in &positions {
+                let mut rx = self.subscribe(&tp.topic, tp.partition).await?;
+                let pos = *pos;
+                waits.push(Box::pin(async move {
+                    let _ = rx.wait_for(|end| *end > pos).await;
+                }));
+            }
+            let beat = Duration::from_millis((me.params.session_timeout_ms / 3).max(100));
+            let slice = left.min(beat);
+            tokio::select! {
+                _ = tokio::time::sleep(slice) => {}
+                _ = futures_util::future::select_all(waits), if !positions.is_empty() => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Commits a member's offsets: fenced by membership, generation and ownership.
+    pub async fn commit(
+        &self,
+        group: &str,
+        member: &str,
+        generation: u64,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<()> {
+        let (me, view) = self.current(group, member).await?;
+        if generation != view.generation {
+            return Err(Error::IllegalGeneration {
+                group: group.to_owned(),
+                current: view.generation,
+                given: generation,
+            });
+        }
+        for (t, p, _) in offsets {
+            if !me.assignment.contains(&TopicPartition::new(t.clone(), *p)) {
+                return Err(Error::NotOwner { topic: t.clone(), partition: *p });
+            }
+        }
+        self.offset_commit(group, member, generation as i32, offsets).await
+    }
+
+    async fn offset_commit(
+        &self,
+        group: &str,
+        member: &str,
+        generation: i32,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<()> {
+        let mut by: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for (t, p, o) in offsets {
+            by.entry(t.as_str()).or_default().push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(*p as i32)
+                    .with_committed_offset(*o as i64)
+                    .with_committed_leader_epoch(-1),
+            );
+        }
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(str_bytes(group)))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(str_bytes(member))
+            .with_retention_time_ms(-1)
+            .with_topics(
+                by.into_iter()
+                    .map(|(t, ps)| {
+                        OffsetCommitRequestTopic::default().with_name(TopicName(str_bytes(t))).with_partitions(ps)
+                    })
+                    .collect(),
+            );
+        let (resp, _) = self
+            .to_coordinator(group, 2..=7, &req, self.settings.request_timeout, |r| {
+                r.topics.iter().flat_map(|t| &t.partitions).map(|p| p.error_code).find(|c| *c != 0).unwrap_or(0)
+            })
+            .await?;
+        for t in &resp.topics {
+            for p in &t.partitions {
+                if p.error_code != 0 {
+                    return Err(group_error(group, member, p.error_code, "OffsetCommit"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn leave(&self, group: &str, member: &str) -> Result<()> {
+        // v3+ names members in a list, v0-2 in one field; each version refuses the other's.
+        let batch = LeaveGroupRequest::default()
+            .with_group_id(GroupId(str_bytes(group)))
+            .with_members(vec![MemberIdentity::default().with_member_id(str_bytes(member))]);
+        let timeout = self.settings.request_timeout;
+        let resp = match self.to_coordinator(group, 3..=4, &batch, timeout, |r| r.error_code).await {
+            Ok((resp, _)) => resp,
+            Err(Error::Unsupported(_)) => {
+                let single = LeaveGroupRequest::default()
+                    .with_group_id(GroupId(str_bytes(group)))
+                    .with_member_id(str_bytes(member));
+                self.to_coordinator(group, 0..=2, &single, timeout, |r| r.error_code).await?.0
+            }
+            Err(e) => return Err(e),
+        };
+        let code = if resp.error_code != 0 {
+            resp.error_code
+        } else {
+            resp.members.iter().map(|m| m.error_code).find(|c| *c != 0).unwrap_or(0)
+        };
+        match code {
+            0 => Ok(()),
+            c => Err(group_error(group, member, c, "LeaveGroup")),
+        }
+    }
+
+    /// A group as REST describes it: members, assignments, committed offsets and lag.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupInfo> {
+        let g = self.describe_raw(group).await?;
+        let committed = self.committed(group, None).await?;
+        if g.state == "Dead" || (g.members.is_empty() && committed.is_empty() && g.state == "Empty") {
+            return Err(Error::UnknownGroup(group.to_owned()));
+        }
+        let mut owners: BTreeMap<TopicPartition, String> = BTreeMap::new();
+        let mut generation = 0;
+        let members = g
+            .members
+            .iter()
+            .map(|(id, instance, m)| {
+                generation = generation.max(m.generation);
+                for tp in &m.assignment {
+                    owners.insert(tp.clone(), id.clone());
+                }
+                MemberInfo {
+                    member_id: id.clone(),
+                    instance_id: instance.clone(),
+                    topics: m.topics.iter().cloned().collect(),
+                    assignment: m.assignment.clone(),
+                    revoking: BTreeSet::new(),
+                    session_timeout_ms: m.params.session_timeout_ms,
+                    last_seen_ms_ago: 0,
+                    generation: m.generation,
+                }
+            })
+            .collect();
+        let mut tps: BTreeSet<TopicPartition> = committed.keys().cloned().collect();
+        tps.extend(owners.keys().cloned());
+        let mut offsets = Vec::with_capacity(tps.len());
+        for tp in tps {
+            let end = match self.watermarks(&tp.topic, &[tp.partition]).await {
+                Ok(w) => w[0].end,
+                Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            offsets.push(CommittedInfo {
+                committed: committed.get(&tp).copied(),
+                end_offset: end,
+                owner: owners.get(&tp).cloned(),
+                tp,
+            });
+        }
+        let state = match g.state.as_str() {
+            "Empty" => GroupState::Empty,
+            "Stable" => GroupState::Stable,
+            _ => GroupState::Rebalancing,
+        };
+        let assignor = assignor_for(&g.protocol).map_or(g.protocol.clone(), |a| a.name().to_owned());
+        Ok(GroupInfo { group: group.to_owned(), state, generation, protocol: "kafka", assignor, members, offsets })
+    }
+
+    /// Every group id the cluster's brokers coordinate.
+    pub async fn list_groups(&self) -> Result<Vec<String>> {
+        let brokers: Vec<String> = {
+            self.refresh(Some(&[])).await?;
+            self.meta.read().brokers.values().cloned().collect()
+        };
+        let mut out = BTreeSet::new();
+        for addr in brokers {
+            let (resp, _) = self
+                .wire
+                .call(&addr, 0..=3, &ListGroupsRequest::default(), self.settings.request_timeout)
+                .await
+                .map_err(wire_error)?;
+            if resp.error_code != 0 {
+                return Err(group_error("*", "", resp.error_code, "ListGroups"));
+            }
+            for g in resp.groups {
+                if g.protocol_type.is_empty() || g.protocol_type.as_str() == "consumer" {
+                    out.insert(g.group_id.0.to_string());
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Deletes an empty group and its committed offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        let req = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(str_bytes(group))]);
+        let (resp, _) = self
+            .to_coordinator(group, 0..=1, &req, self.settings.request_timeout, |r| {
+                r.results.first().map_or(0, |g| g.error_code)
+            })
+            .await?;
+        match resp.results.first().map_or(0, |r| r.error_code) {
+            0 => Ok(()),
+            c => Err(group_error(group, "", c, "DeleteGroups")),
+        }
+    }
+
+    /// Moves an empty group's committed offsets.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: Option<&str>,
+        partitions: Option<&[u32]>,
+        to: ResetTo,
+    ) -> Result<Vec<(TopicPartition, u64)>> {
+        let g = self.describe_raw(group).await?;
+        if !g.members.is_empty() {
+            return Err(Error::GroupNotEmpty(group.to_owned()));
+        }
+        let tps: Vec<TopicPartition> = match (topic, partitions) {
+            (Some(t), Some(ps)) => ps.iter().map(|p| TopicPartition::new(t, *p)).collect(),
+            (Some(t), None) => (0..self.partition_count(t).await?).map(|p| TopicPartition::new(t, p)).collect(),
+            (None, _) => self.committed(group, None).await?.into_keys().collect(),
+        };
+        let mut moved = Vec::with_capacity(tps.len());
+        for tp in tps {
+            let w = self.watermarks(&tp.topic, &[tp.partition]).await?[0];
+            let offset = match to {
+                ResetTo::Earliest => w.beginning,
+                ResetTo::Latest => w.end,
+                ResetTo::Offset(o) => o.clamp(w.beginning, w.end),
+                ResetTo::Timestamp(ts) => self.offset_for_timestamp(&tp.topic, tp.partition, ts).await?.offset,
+            };
+            moved.push((tp, offset));
+        }
+        let list: Vec<(String, u32, u64)> = moved.iter().map(|(tp, o)| (tp.topic.clone(), tp.partition, *o)).collect();
+        if !list.is_empty() {
+            self.offset_commit(group, "", -1, &list).await?;
+        }
+        Ok(moved)
+    }
+}
+
+fn decode_subscription(metadata: &Bytes) -> Option<ConsumerProtocolSubscription> {
+    decode_versioned(metadata)
+}
+
+fn decode_assignment(assignment: &Bytes) -> Option<ConsumerProtocolAssignment> {
+    decode_versioned(assignment)
+}
+
+fn decode_versioned<T: kafka_protocol::protocol::Decodable + kafka_protocol::protocol::Message>(
+    bytes: &Bytes,
+) -> Option<T> {
+    if bytes.len() < 2 {
+        return None;
+    }
+    let version = i16::from_be_bytes([bytes[0], bytes[1]]).clamp(T::VERSIONS.min, T::VERSIONS.max);
+    let mut buf = bytes.slice(2..);
+    T::decode(&mut buf, version).ok()
+}
+
+fn owned_partitions(s: &ConsumerProtocolSubscription) -> BTreeSet<TopicPartition> {
+    s.owned_partitions
+        .iter()
+        .flat_map(|t| {
+            let topic = t.topic.0.to_string();
+            t.partitions.iter().filter_map(move |p| Some(TopicPartition::new(topic.clone(), u32::try_from(*p).ok()?)))
+        })
+        .collect()
+}
+
+fn reset_name(r: OffsetReset) -> &'static str {
+    match r {
+        OffsetReset::Earliest => "earliest",
+        OffsetReset::Latest => "latest",
+        OffsetReset::None => "none",
+    }
+}
