@@ -241,6 +241,57 @@ struct Access {
     config: Option<std::path::PathBuf>,
 }
 
+/// The Kafka backend (SPEC §10) in front of noida-db: REST produce through gregor against
+/// librdkafka producing straight into the same broker, WebSocket delivery and produce→WebSocket
+/// latency through the backend.
+async fn backend(s: &Settings) -> Vec<Row> {
+    progress("backend: starting noida-db…");
+    let Some(broker) = kafka::other_broker("noida-db").await else {
+        return vec![Row {
+            scenario: "backend-kafka".into(),
+            note: "not run: noida-db not installed in .venv or did not start".into(),
+            ..Row::default()
+        }];
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gregor.toml");
+    let toml = format!("[backend]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\n", broker.bootstrap);
+    std::fs::write(&config, toml).unwrap();
+    let access = Access { config: Some(config.clone()), ..Access::default() };
+    let mut rows = Vec::new();
+    progress("backend: REST produce through gregor…");
+    let mut rest = produce_with(s, "all", 64, 100, &access).await;
+    rest.scenario = format!("backend {}: REST produce 100x100B acks=all", broker.name);
+    let direct = kafka::direct_produce(&broker.bootstrap, if s.smoke { 50_000 } else { 2_000_000 }).await;
+    match (&direct, rest.records_per_s) {
+        (Ok(d), Some(r)) => rest.note = format!("{:.0} % of librdkafka's direct rate; {}", 100.0 * r / d, rest.note),
+        (Err(e), _) => rest.note = format!("direct librdkafka failed: {e}; {}", rest.note),
+        _ => {}
+    }
+    rows.push(rest);
+    rows.push(match direct {
+        Ok(rate) => Row {
+            scenario: format!("backend {}: librdkafka direct 100B acks=all", broker.name),
+            records_per_s: Some(rate),
+            mb_per_s: Some(rate * 100.0 / 1e6),
+            note: "the same broker, no gregor in between".into(),
+            ..Row::default()
+        },
+        Err(e) => Row { scenario: "backend direct".into(), note: format!("failed: {e}"), ..Row::default() },
+    });
+    progress("backend: WebSocket delivery…");
+    // 500,000 records: noida-db ignores Fetch's byte limits and answers a partition's whole
+    // backlog at once, which gregor refuses past 128 MiB.
+    let mut ws = ws_delivery_with(s, Some(&config), 500_000).await;
+    ws.scenario = format!("backend {}: {}", broker.name, ws.scenario);
+    rows.push(ws);
+    progress("backend: latency…");
+    let mut lat = latency_with(s, Some(&config)).await;
+    lat.scenario = format!("backend {}: {}", broker.name, lat.scenario);
+    rows.push(lat);
+    rows
+}
+
 /// Closed-loop HTTP produce: `conns` clients, each on its own connection, send
 /// the next request as soon as the last is answered.
 async fn produce(s: &Settings, acks: &str, conns: usize, per_request: usize) -> Row {
@@ -317,10 +368,14 @@ async fn ws_connect(
 
 /// One subscriber reads a pre-filled topic from the beginning.
 async fn ws_delivery(s: &Settings) -> Row {
-    let server = Server::start().await;
+    ws_delivery_with(s, None, 5_000_000).await
+}
+
+async fn ws_delivery_with(s: &Settings, config: Option<&std::path::Path>, full: usize) -> Row {
+    let server = Server::start_with(config).await;
     let client = reqwest::Client::new();
     server.topic(&client, "fill", 1).await;
-    let total: usize = if s.smoke { 20_000 } else { 5_000_000 };
+    let total: usize = if s.smoke { 20_000 } else { full };
     let body = batch_body(1000);
     let url = format!("{}/v1/topics/fill/records?acks=leader", server.base);
     for i in 0..total / 1000 {
@@ -370,7 +425,11 @@ async fn ws_delivery(s: &Settings) -> Row {
 
 /// Open-loop produce at a fixed rate, one record per request; latency to the WebSocket frame.
 async fn latency(s: &Settings) -> Row {
-    let server = Server::start().await;
+    latency_with(s, None).await
+}
+
+async fn latency_with(s: &Settings, config: Option<&std::path::Path>) -> Row {
+    let server = Server::start_with(config).await;
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
     server.topic(&client, "lat", 1).await;
     let mut ws = ws_connect(&server.base, "/v1/topics/lat/stream").await;
@@ -1081,6 +1140,9 @@ async fn main() {
                 }),
             }
         }
+    }
+    if settings.wants("backend") {
+        rows.extend(backend(&settings).await);
     }
     progress("");
     eprintln!();

@@ -413,15 +413,9 @@ impl Config {
         c.auth.client_certificates = c.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
         c.auth.quotas = quotas(file.quotas)?;
         c.backend = backend(args, file.backend.unwrap_or_default())?;
-        if matches!(c.backend, Backend::Kafka(_)) && c.kafka.listen.is_some() {
-            // In front of a Kafka cluster, Kafka clients talk to the cluster itself.
-            if args.kafka_listen.is_some() {
-                return Err(ConfigError(
-                    "kafka.listen: the Kafka listener serves the embedded store only; with backend kafka, \
-                     Kafka clients connect to the cluster (leave kafka.listen unset or 'off')"
-                        .into(),
-                ));
-            }
+        if matches!(c.backend, Backend::Kafka(_)) {
+            // In front of a Kafka cluster, Kafka clients talk to the cluster itself: the
+            // listener (which serves the embedded store) stays off.
             c.kafka.listen = None;
         }
         c.file = args.config.clone();

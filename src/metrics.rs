@@ -35,6 +35,12 @@ pub struct RouteLabels {
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+/// A request of the Kafka backend to its cluster, by Kafka API name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub api: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs to ~26 s.
     Histogram::new(exponential_buckets(0.00005, 2.0, 20))
@@ -85,6 +91,12 @@ pub struct Metrics {
     pub store_bytes: Gauge,
     /// Bytes held by the partitions' tail caches (set at each scrape).
     pub tail_cache_bytes: Gauge,
+    /// The Kafka backend's requests to its cluster: latency by API (a Fetch's includes its
+    /// long-poll wait).
+    pub backend_requests: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    /// The Kafka backend's failed requests to its cluster (unreachable, timed out, refused,
+    /// undeliverable records), by API.
+    pub backend_errors: Family<BackendLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -113,6 +125,8 @@ impl Metrics {
             records_in: Family::default(),
             records_out: Family::default(),
             http_requests: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            backend_requests: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            backend_errors: Family::default(),
             consumer_lag: Family::default(),
             write_queue_bytes: Gauge::default(),
             store_bytes: Gauge::default(),
@@ -156,6 +170,16 @@ impl Metrics {
             "http_request_duration_seconds",
             "HTTP request latency by method, route and status",
             m.http_requests.clone(),
+        );
+        registry.register(
+            "backend_request_duration_seconds",
+            "Kafka backend: requests to the cluster, by API",
+            m.backend_requests.clone(),
+        );
+        registry.register(
+            "backend_errors",
+            "Kafka backend: failed requests to the cluster, by API",
+            m.backend_errors.clone(),
         );
         registry.register("consumer_lag", "Committed-offset lag per group and topic", m.consumer_lag.clone());
         registry.register(

@@ -262,6 +262,17 @@ pub async fn run(s: &Settings, broker: &Broker) -> Vec<Row> {
     rows
 }
 
+/// librdkafka producing `total` 100-byte records (acks=all, idempotent) straight into
+/// `bootstrap`'s topic `direct` (4 partitions): the Kafka backend bench's yardstick.
+pub async fn direct_produce(bootstrap: &str, total: u64) -> Result<f64, String> {
+    create_topic(bootstrap, "direct").await?;
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || produce(&bootstrap, "direct", total, PARTITIONS, 5))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|(rate, _)| rate)
+}
+
 /// Fetch with a minimal client of our own (the `kafka-protocol` codecs): Fetch v11 requests
 /// for every partition on one connection, records counted from each batch's header, nothing
 /// decoded. Measures what the broker can send, where librdkafka's per-message poll bounds

@@ -397,6 +397,11 @@ impl Cluster {
         }
     }
 
+    /// Counts the backend's requests and failures in `metrics` (`/metrics`).
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        self.wire.set_metrics(metrics);
+    }
+
     pub fn auto_creates(&self) -> bool {
         self.auto_create
     }
@@ -935,7 +940,10 @@ impl Cluster {
             }
             match producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
-                Err((e, _)) => return Err(kafka_error(topic, &e)),
+                Err((e, _)) => {
+                    self.wire.count_error("Produce");
+                    return Err(kafka_error(topic, &e));
+                }
             }
         }
         if acks == Acks::None {
@@ -950,6 +958,7 @@ impl Cluster {
                     timestamp: d.timestamp.to_millis().and_then(|t| u64::try_from(t).ok()).unwrap_or(*ts),
                 }),
                 Ok(Err((e, _))) => {
+                    self.wire.count_error("Produce");
                     if matches!(
                         e.rdkafka_error_code(),
                         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)

@@ -245,6 +245,7 @@ impl Service {
 
     /// The service over a Kafka cluster, authorizing with `security`.
     pub fn kafka(cluster: Arc<Cluster>, metrics: Arc<Metrics>, security: Arc<Security>) -> Service {
+        cluster.set_metrics(metrics.clone());
         Service(Arc::new(Inner {
             backend: Backend::Kafka { cluster },
             authorizer: Authorizer::new(security),
