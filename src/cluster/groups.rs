@@ -503,7 +503,15 @@ impl Cluster {
         let deadline = Instant::now() + wait;
         loop {
             let (me, view) = self.current(group, member).await?;
-            let committed = self.committed(group, Some(&me.assignment)).await?;
+            // Committed offsets only for partitions the cursor has no position in.
+            let unplaced: BTreeSet<TopicPartition> = me
+                .assignment
+                .iter()
+                .filter(|tp| given.as_ref().and_then(|c| c.position(tp)).is_none())
+                .cloned()
+                .collect();
+            let committed =
+                if unplaced.is_empty() { BTreeMap::new() } else { self.committed(group, Some(&unplaced)).await? };
             let mut positions: BTreeMap<TopicPartition, u64> = BTreeMap::new();
             let mut errors = Vec::new();
             for tp in &me.assignment {
@@ -837,5 +845,49 @@ fn reset_name(r: OffsetReset) -> &'static str {
         OffsetReset::Earliest => "earliest",
         OffsetReset::Latest => "latest",
         OffsetReset::None => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the leader writes travels intact: partitions and the generation in `user_data`;
+    /// a member's subscription carries its topics and join parameters.
+    #[test]
+    fn assignments_and_subscriptions_round_trip_through_the_consumer_protocol() {
+        let assignment = ConsumerProtocolAssignment::default()
+            .with_assigned_partitions(vec![
+                AssignedTopic::default().with_topic(TopicName(str_bytes("t"))).with_partitions(vec![0, 2]),
+            ])
+            .with_user_data(Some(Bytes::copy_from_slice(&7i64.to_be_bytes())));
+        let bytes = versioned(&assignment, 1).unwrap();
+        let back = decode_assignment(&bytes).unwrap();
+        assert_eq!(back.user_data.as_deref(), Some(&7i64.to_be_bytes()[..]));
+        let parts = crate::group::kafka::assigned_partitions(&bytes);
+        assert_eq!(parts, [TopicPartition::new("t", 0), TopicPartition::new("t", 2)].into_iter().collect());
+
+        let params =
+            MemberParams { session_timeout_ms: 6000, reset: Some("earliest".into()), protocol: Some("range".into()) };
+        let sub = ConsumerProtocolSubscription::default()
+            .with_topics(vec![str_bytes("t")])
+            .with_user_data(Some(Bytes::from(serde_json::to_vec(&params).unwrap())));
+        let bytes = versioned(&sub, 1).unwrap();
+        let back = decode_subscription(&bytes).unwrap();
+        let got: MemberParams = serde_json::from_slice(back.user_data.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            (got.session_timeout_ms, got.reset.as_deref(), got.protocol.as_deref()),
+            (6000, Some("earliest"), Some("range"))
+        );
+        assert!(decode_subscription(&Bytes::from_static(b"\x00")).is_none(), "too short to hold a version");
+    }
+
+    #[test]
+    fn gregor_assignors_map_to_kafka_eager_protocols_and_back() {
+        for a in [Assignor::Range, Assignor::RoundRobin, Assignor::CooperativeSticky] {
+            assert_eq!(assignor_for(protocol_name(a)), Some(a));
+        }
+        assert_eq!(protocol_name(Assignor::CooperativeSticky), "sticky", "served eagerly on Kafka");
+        assert_eq!(assignor_for("cooperative-sticky"), None);
     }
 }
