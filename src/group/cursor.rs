@@ -21,6 +21,8 @@ use super::assignor::TopicPartition;
 use crate::error::{Error, Result};
 
 const VERSION: u8 = 1;
+/// Version 1 followed by `extra` (a length and its bytes): the Kafka backend's member state.
+const VERSION_EXTRA: u8 = 2;
 const TAG_LEN: usize = 16;
 /// The longest token accepted: it travels in a URL, whose length hyper limits
 /// to 64 KiB. About 3,000 partitions' positions fit.
@@ -36,6 +38,9 @@ pub struct Cursor {
     pub rotation: u32,
     /// Positions, sorted by partition.
     pub positions: Vec<Position>,
+    /// Opaque state a backend keeps with the client (the Kafka backend: the member's
+    /// assignment and join parameters, for clusters whose DescribeGroups does not show them).
+    pub extra: Vec<u8>,
 }
 
 /// The offset after an answer's records, for one partition.
@@ -82,7 +87,7 @@ impl CursorKey {
 
     /// The token for `cursor`, valid only for `member` of `group`.
     pub fn seal(&self, group: &str, member: &str, cursor: &Cursor) -> String {
-        let mut body = vec![VERSION];
+        let mut body = vec![if cursor.extra.is_empty() { VERSION } else { VERSION_EXTRA }];
         put(&mut body, cursor.generation);
         put(&mut body, cursor.rotation as u64);
         // Grouped by topic: a topic's name is written once.
@@ -106,6 +111,10 @@ impl CursorKey {
                 put(&mut body, p.offset);
             }
             rest = &rest[n..];
+        }
+        if !cursor.extra.is_empty() {
+            put(&mut body, cursor.extra.len() as u64);
+            body.extend_from_slice(&cursor.extra);
         }
         let tag = self.tag(group, member, &body);
         body.extend_from_slice(&tag.as_ref()[..TAG_LEN]);
@@ -134,7 +143,7 @@ impl CursorKey {
 
 fn decode(body: &[u8]) -> Option<Cursor> {
     let (&version, mut r) = body.split_first()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_EXTRA {
         return None;
     }
     let generation = get(&mut r)?;
@@ -162,11 +171,20 @@ fn decode(body: &[u8]) -> Option<Cursor> {
             positions.push(Position { tp: TopicPartition::new(topic.clone(), partition), topic_id, epoch, offset });
         }
     }
+    let mut extra = Vec::new();
+    if version == VERSION_EXTRA {
+        let len = usize::try_from(get(&mut r)?).ok()?;
+        if len != r.len() {
+            return None;
+        }
+        extra = r.to_vec();
+        r = &[];
+    }
     if !r.is_empty() {
         return None;
     }
     positions.sort_by(|a, b| a.tp.cmp(&b.tp));
-    Some(Cursor { generation, rotation, positions })
+    Some(Cursor { generation, rotation, positions, extra })
 }
 
 fn put(out: &mut Vec<u8>, mut v: u64) {
@@ -204,7 +222,21 @@ mod tests {
             generation: 7,
             rotation: 3,
             positions: vec![pos("a", 1, 0, 0), pos("a", 1, 5, 1 << 40), pos("b", 2, 1, 12)],
+            extra: Vec::new(),
         }
+    }
+
+    /// A cursor with a backend's extra state seals and opens whole; its claimed length must
+    /// be exactly what follows.
+    #[test]
+    fn extra_state_travels_sealed() {
+        let key = CursorKey::new(b"secret");
+        let with = Cursor { extra: b"{\"a\":1}".to_vec(), ..sample() };
+        let token = key.seal("g", "m", &with);
+        assert_eq!(key.open("g", "m", &token).unwrap(), with);
+        let plain = key.seal("g", "m", &sample());
+        assert!(plain.len() < token.len(), "no extra: the version 1 format, unchanged");
+        assert_eq!(key.open("g", "m", &plain).unwrap(), sample());
     }
 
     #[test]

@@ -343,7 +343,7 @@ impl Groups {
             data.in_use_ms = self.wall_ms();
             drop(data);
             cell.notify();
-            let first = Cursor { generation: view.generation, rotation: 0, positions: Vec::new() };
+            let first = Cursor { generation: view.generation, rotation: 0, positions: Vec::new(), extra: Vec::new() };
             let cursor = self.cursor_key.seal(group, &member_id, &first);
             return Ok(Joined { member_id, view, session_timeout_ms: session, cursor });
         }
@@ -442,7 +442,12 @@ impl Groups {
                 || now >= deadline
                 || shutdown.is_cancelled()
             {
-                let next = Cursor { generation: view.generation, rotation: read.rotation, positions: read.positions };
+                let next = Cursor {
+                    generation: view.generation,
+                    rotation: read.rotation,
+                    positions: read.positions,
+                    extra: Vec::new(),
+                };
                 let cursor = self.cursor_key.seal(group, member, &next);
                 return Ok(Polled { view, records: read.records, errors: read.errors, cursor });
             }
