@@ -597,3 +597,26 @@ async fn any_replica_serves_any_request_and_one_dying_loses_nothing() {
     })
     .await;
 }
+
+/// `/readyz` follows the cluster: ready while it answers, 503 once it is gone; requests that
+/// need it answer `503 backend_unavailable` with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_cluster() {
+    crate::helpers::within(async {
+        let broker = start_broker("noida-db").await;
+        let app = gateway(&broker.bootstrap).await;
+        app.create_topic("ready", 1).await;
+        app.produce("ready", json!([{"value": 1}])).await;
+        drop(broker);
+        let down = crate::helpers::eventually(Duration::from_secs(20), || async {
+            app.client.get(app.url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
+        })
+        .await;
+        assert!(down, "/readyz still says ready with the cluster gone");
+        let res = app.client.get(app.url("/v1/topics/ready/partitions/0/records?offset=0")).send().await.unwrap();
+        assert!(res.headers().contains_key("retry-after"), "{:?}", res.headers());
+        let (status, body) = crate::helpers::status_json(res).await;
+        assert_eq!((status, code(&body)), (503, Some("backend_unavailable")), "{body}");
+    })
+    .await;
+}
