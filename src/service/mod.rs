@@ -4,9 +4,9 @@
 //!
 //! Each call takes the [`RequestCtx`] of the request (its principal), authorizes
 //! the [`Operation`] in one place ([`Authorizer::check`]), validates its bounds
-//! ([`limits`]) and returns owned values. Behind it sits a [`Backend`]: today the
-//! embedded log (RocksDB); the seam is an enum, so a second backend (a Kafka
-//! cluster) is one more variant whose every unhandled call site the compiler lists.
+//! ([`limits`]) and returns owned values. Behind it sits a [`Backend`]: the
+//! embedded log (RocksDB) with gregor's group coordinator, or a Kafka cluster
+//! (`crate::cluster`); the seam is an enum, so every call decides what it means on each.
 //!
 //! - [`authz`]: principals, operations and the permissions they need.
 //! - [`limits`]: the bounds of a request (records, bytes, waits).
