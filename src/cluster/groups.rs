@@ -44,22 +44,8 @@ use crate::group::cursor::{Cursor, Position};
 use crate::group::{CommittedInfo, GroupInfo, GroupState, JoinParams, Joined, MemberInfo, OffsetReset, ResetTo, View};
 use crate::log::ReadResult;
 
-/// Kafka's group error codes gregor tells apart.
-mod code {
-    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    pub const NOT_COORDINATOR: i16 = 16;
-    pub const ILLEGAL_GENERATION: i16 = 22;
-    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-    pub const INVALID_GROUP_ID: i16 = 24;
-    pub const UNKNOWN_MEMBER_ID: i16 = 25;
-    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
-    pub const REBALANCE_IN_PROGRESS: i16 = 27;
-    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
-    pub const NON_EMPTY_GROUP: i16 = 68;
-    pub const GROUP_ID_NOT_FOUND: i16 = 69;
-    pub const MEMBER_ID_REQUIRED: i16 = 79;
-}
+/// Kafka's error codes: the listener's table.
+use crate::kafka::errors as code;
 
 /// What a member carries in its subscription's `user_data`, for the replica that rejoins
 /// for it later.
@@ -892,22 +878,11 @@ fn carried_member(cursor: &Cursor) -> Option<Described> {
 }
 
 fn decode_subscription(metadata: &Bytes) -> Option<ConsumerProtocolSubscription> {
-    decode_versioned(metadata)
+    crate::group::kafka::decode_versioned(metadata)
 }
 
 fn decode_assignment(assignment: &Bytes) -> Option<ConsumerProtocolAssignment> {
-    decode_versioned(assignment)
-}
-
-fn decode_versioned<T: kafka_protocol::protocol::Decodable + kafka_protocol::protocol::Message>(
-    bytes: &Bytes,
-) -> Option<T> {
-    if bytes.len() < 2 {
-        return None;
-    }
-    let version = i16::from_be_bytes([bytes[0], bytes[1]]).clamp(T::VERSIONS.min, T::VERSIONS.max);
-    let mut buf = bytes.slice(2..);
-    T::decode(&mut buf, version).ok()
+    crate::group::kafka::decode_versioned(assignment)
 }
 
 fn owned_partitions(s: &ConsumerProtocolSubscription) -> BTreeSet<TopicPartition> {

@@ -131,23 +131,8 @@ impl ClusterSettings {
     }
 }
 
-/// Kafka's error codes gregor tells apart.
-mod code {
-    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-    pub const LEADER_NOT_AVAILABLE: i16 = 5;
-    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-    pub const REQUEST_TIMED_OUT: i16 = 7;
-    pub const REPLICA_NOT_AVAILABLE: i16 = 9;
-    pub const NETWORK_EXCEPTION: i16 = 13;
-    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
-    pub const INVALID_CONFIG: i16 = 40;
-    pub const POLICY_VIOLATION: i16 = 44;
-    pub const KAFKA_STORAGE_ERROR: i16 = 56;
-    pub const FENCED_LEADER_EPOCH: i16 = 74;
-    pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
-    pub const OFFSET_NOT_AVAILABLE: i16 = 78;
-}
+/// Kafka's error codes: the listener's table.
+use crate::kafka::errors as code;
 
 /// A partition-level error worth a metadata refresh and another try.
 fn retriable(code: i16) -> bool {

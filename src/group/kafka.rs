@@ -360,7 +360,7 @@ pub(crate) fn assigned_partitions(assignment: &Bytes) -> std::collections::BTree
 
 /// Decodes a consumer-protocol message: a version (i16), then the body. Versions newer
 /// than the codec knows are read as its newest (Kafka's rule: later versions only append).
-fn decode_versioned<T: kafka_protocol::protocol::Decodable + kafka_protocol::protocol::Message>(
+pub(crate) fn decode_versioned<T: kafka_protocol::protocol::Decodable + kafka_protocol::protocol::Message>(
     bytes: &Bytes,
 ) -> Option<T> {
     let mut buf = bytes.clone();

@@ -9,7 +9,7 @@
 //! version gregor does not serve is answered with UNSUPPORTED_VERSION.
 
 mod api;
-mod errors;
+pub(crate) mod errors;
 mod groups;
 
 use std::net::SocketAddr;
