@@ -769,30 +769,16 @@ impl Service {
 
     pub async fn list_groups(&self, ctx: &RequestCtx) -> Result<Vec<GroupSummary>> {
         self.authorize(ctx, Operation::ListGroups)?;
+        let ids = match self.cluster() {
+            Some(cluster) => cluster.list_groups().await?,
+            None => self.groups()?.list(),
+        };
         let mut out = Vec::new();
-        if let Some(cluster) = self.cluster() {
-            for id in cluster.list_groups().await? {
-                if self.authorize(ctx, Operation::DescribeGroup(&id)).is_err() {
-                    continue;
-                }
-                match cluster.describe_group(&id).await {
-                    Ok(info) => out.push(GroupSummary {
-                        group: info.group,
-                        state: info.state,
-                        generation: info.generation,
-                        members: info.members.len(),
-                    }),
-                    Err(Error::UnknownGroup(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            return Ok(out);
-        }
-        for id in self.groups()?.list() {
+        for id in ids {
             if self.authorize(ctx, Operation::DescribeGroup(&id)).is_err() {
                 continue;
             }
-            match self.groups()?.describe(&id).await {
+            match self.group_info(&id).await {
                 Ok(info) => out.push(GroupSummary {
                     group: info.group,
                     state: info.state,
@@ -807,12 +793,17 @@ impl Service {
         Ok(out)
     }
 
+    /// A group's description from whichever backend holds it (not authorized: callers do).
+    async fn group_info(&self, group: &str) -> Result<GroupInfo> {
+        match self.cluster() {
+            Some(cluster) => cluster.describe_group(group).await,
+            None => self.groups()?.describe(group).await,
+        }
+    }
+
     pub async fn describe_group(&self, ctx: &RequestCtx, group: &str) -> Result<GroupInfo> {
         self.authorize(ctx, Operation::DescribeGroup(group))?;
-        if let Some(cluster) = self.cluster() {
-            return cluster.describe_group(group).await;
-        }
-        self.groups()?.describe(group).await
+        self.group_info(group).await
     }
 
     /// Deletes an empty group and its committed offsets.
