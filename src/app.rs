@@ -227,19 +227,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let service = Service::embedded(log.clone(), groups, metrics.clone(), security);
         let service_for_kafka = service.clone();
-        let bound = listener.local_addr().unwrap_or(config.listen);
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let guard =
-            Arc::new(BrowserGuard::new(&config.http.allowed_origins, &config.http.allowed_hosts, bound, scheme));
-        let state =
-            AppState { service, guard, connections: connections.clone(), ws_ping_interval: config.ws_ping_interval };
-        let app = router(state, config.max_request_bytes);
-        let limits = Limits {
-            header_read_timeout: config.http.header_read_timeout,
-            max_connections: config.http.max_connections,
-            send_buffer: config.socket_send_buffer_bytes,
-            tls,
-        };
+        let (app, limits) = http_app(service, &listener, tls, &config, &connections);
         let signalled = log.shutdown_token();
         let stop_serving = CancellationToken::new();
         {
@@ -254,26 +242,15 @@ impl App {
         let kafka = kafka.map(|listener| {
             tokio::spawn(crate::kafka::serve(listener, service_for_kafka, config.kafka.clone(), stop_serving.clone()))
         });
-        let mut server = tokio::spawn(serve::serve(listener, app, limits, metrics, stop_serving));
-        let served = tokio::select! {
-            res = &mut server => res,
-            _ = async { signalled.cancelled().await; tokio::time::sleep(config.shutdown_timeout).await } => {
-                tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
-                server.abort();
-                Ok(())
-            }
-        };
+        let server = tokio::spawn(serve::serve(listener, app, limits, metrics, stop_serving));
+        let served = finish_serving(server, signalled, config.shutdown_timeout).await;
 
         if let Some(kafka) = kafka
             && tokio::time::timeout(config.shutdown_timeout, kafka).await.is_err()
         {
             tracing::warn!("some Kafka connections did not close within the shutdown timeout");
         }
-        // WebSockets saw the shutdown token: they send close frames and end.
-        connections.close();
-        if tokio::time::timeout(config.shutdown_timeout, connections.wait()).await.is_err() {
-            tracing::warn!("some WebSocket connections did not close within the shutdown timeout");
-        }
+        close_websockets(&connections, config.shutdown_timeout).await;
         stop_timers.cancel();
         for (name, task) in [("retention", retention), ("session", sessions)] {
             if let Err(e) = task.await {
@@ -305,6 +282,40 @@ async fn run_gateway(
     let connections = TaskTracker::new();
     let metrics = Arc::new(Metrics::new());
     let service = Service::kafka(cluster.clone(), metrics.clone(), security);
+    let (app, limits) = http_app(service, &listener, tls, &config, &connections);
+    let signalled = cluster.shutdown_token();
+    let stop_serving = CancellationToken::new();
+    {
+        let (cluster, stop_serving) = (cluster.clone(), stop_serving.clone());
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            cluster.begin_shutdown();
+            stop_serving.cancel();
+        });
+    }
+    let server = tokio::spawn(serve::serve(listener, app, limits, metrics, stop_serving));
+    let served = finish_serving(server, signalled, config.shutdown_timeout).await;
+    close_websockets(&connections, config.shutdown_timeout).await;
+    cluster.close(config.shutdown_timeout).await;
+    match served {
+        Ok(()) => {}
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => return Err(AppError::Serve(std::io::Error::other(e.to_string()))),
+    }
+    tracing::info!("queued records delivered to the cluster; bye");
+    Ok(())
+}
+
+/// What both backends serve over HTTP: the router over `service` (with the browser guard for
+/// the bound address) and the serving limits.
+fn http_app(
+    service: Service,
+    listener: &TcpListener,
+    tls: Option<Arc<Tls>>,
+    config: &Config,
+    connections: &TaskTracker,
+) -> (axum::Router, Limits) {
     let bound = listener.local_addr().unwrap_or(config.listen);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let guard = Arc::new(BrowserGuard::new(&config.http.allowed_origins, &config.http.allowed_hosts, bound, scheme));
@@ -317,36 +328,30 @@ async fn run_gateway(
         send_buffer: config.socket_send_buffer_bytes,
         tls,
     };
-    let signalled = cluster.shutdown_token();
-    let stop_serving = CancellationToken::new();
-    {
-        let (cluster, stop_serving) = (cluster.clone(), stop_serving.clone());
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
-            cluster.begin_shutdown();
-            stop_serving.cancel();
-        });
-    }
-    let mut server = tokio::spawn(serve::serve(listener, app, limits, metrics, stop_serving));
-    let served = tokio::select! {
+    (app, limits)
+}
+
+/// Waits for the serve loop to end; once shutdown is signalled it gets `timeout` for
+/// in-flight requests, then it is aborted.
+async fn finish_serving(
+    mut server: tokio::task::JoinHandle<()>,
+    signalled: CancellationToken,
+    timeout: std::time::Duration,
+) -> Result<(), tokio::task::JoinError> {
+    tokio::select! {
         res = &mut server => res,
-        _ = async { signalled.cancelled().await; tokio::time::sleep(config.shutdown_timeout).await } => {
+        _ = async { signalled.cancelled().await; tokio::time::sleep(timeout).await } => {
             tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
             server.abort();
             Ok(())
         }
-    };
+    }
+}
+
+/// WebSockets saw the shutdown token: they send close frames and end, within `timeout`.
+async fn close_websockets(connections: &TaskTracker, timeout: std::time::Duration) {
     connections.close();
-    if tokio::time::timeout(config.shutdown_timeout, connections.wait()).await.is_err() {
+    if tokio::time::timeout(timeout, connections.wait()).await.is_err() {
         tracing::warn!("some WebSocket connections did not close within the shutdown timeout");
     }
-    cluster.close(config.shutdown_timeout).await;
-    match served {
-        Ok(()) => {}
-        Err(e) if e.is_cancelled() => {}
-        Err(e) => return Err(AppError::Serve(std::io::Error::other(e.to_string()))),
-    }
-    tracing::info!("queued records delivered to the cluster; bye");
-    Ok(())
 }
