@@ -50,10 +50,10 @@ use crate::kafka::errors as code;
 /// What a member carries in its subscription's `user_data`, for the replica that rejoins
 /// for it later.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct MemberParams {
-    session_timeout_ms: u64,
+pub(super) struct MemberParams {
+    pub(super) session_timeout_ms: u64,
     #[serde(default)]
-    reset: Option<String>,
+    pub(super) reset: Option<String>,
     /// The protocol (assignor) it joined with: DescribeGroups names none mid-rebalance.
     #[serde(default)]
     protocol: Option<String>,
@@ -61,13 +61,13 @@ struct MemberParams {
 
 /// A member as DescribeGroups shows it.
 #[derive(Debug, Clone)]
-struct Described {
-    generation: u64,
-    assignment: BTreeSet<TopicPartition>,
-    topics: Vec<String>,
-    metadata: Bytes,
-    params: MemberParams,
-    protocol: String,
+pub(super) struct Described {
+    pub(super) generation: u64,
+    pub(super) assignment: BTreeSet<TopicPartition>,
+    pub(super) topics: Vec<String>,
+    pub(super) metadata: Bytes,
+    pub(super) params: MemberParams,
+    pub(super) protocol: String,
 }
 
 /// A group as DescribeGroups shows it.
@@ -87,7 +87,7 @@ pub struct ClusterPolled {
     pub cursor: String,
 }
 
-fn str_bytes(s: &str) -> StrBytes {
+pub(super) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
 
@@ -117,7 +117,7 @@ fn versioned<T: Encodable>(message: &T, version: i16) -> Result<Bytes> {
     Ok(buf.freeze())
 }
 
-fn group_error(group: &str, member: &str, code: i16, what: &str) -> Error {
+pub(super) fn group_error(group: &str, member: &str, code: i16, what: &str) -> Error {
     match code {
         code::UNKNOWN_MEMBER_ID => Error::UnknownMember { group: group.to_owned(), member: member.to_owned() },
         code::ILLEGAL_GENERATION | code::REBALANCE_IN_PROGRESS => {
@@ -138,7 +138,7 @@ fn group_error(group: &str, member: &str, code: i16, what: &str) -> Error {
     }
 }
 
-fn coordinator_moved(code: i16) -> bool {
+pub(super) fn coordinator_moved(code: i16) -> bool {
     matches!(code, code::NOT_COORDINATOR | code::COORDINATOR_NOT_AVAILABLE | code::COORDINATOR_LOAD_IN_PROGRESS)
 }
 
@@ -168,7 +168,7 @@ impl Cluster {
 
     /// Sends a group request to the coordinator, finding it again when it moved (`error`
     /// reads the answer's error code).
-    async fn to_coordinator<R: Request>(
+    pub(super) async fn to_coordinator<R: Request>(
         &self,
         group: &str,
         versions: std::ops::RangeInclusive<i16>,
@@ -197,7 +197,7 @@ impl Cluster {
     }
 
     /// Joins (or, with `member`, rejoins) and syncs: the member's id and view.
-    async fn join_and_sync(
+    pub(super) async fn join_and_sync(
         &self,
         group: &str,
         member: &str,
@@ -318,8 +318,15 @@ impl Cluster {
         Ok(out)
     }
 
-    /// A new REST or WebSocket member.
+    /// A new REST member.
     pub async fn join_group(&self, group: &str, params: JoinParams) -> Result<Joined> {
+        let (member, view, me) = self.join_new(group, &params).await?;
+        let cursor = self.seal_cursor(group, &member, &me, &view, Vec::new());
+        Ok(Joined { member_id: member, view, session_timeout_ms: me.params.session_timeout_ms, cursor })
+    }
+
+    /// Joins `group` as a new member: its id, its view and itself as a rejoin needs it.
+    pub(super) async fn join_new(&self, group: &str, params: &JoinParams) -> Result<(String, View, Described)> {
         crate::topic::check_name("group id", group).map_err(Error::InvalidGroupId)?;
         let session_ms = params.session_timeout_ms.unwrap_or(self.default_session_ms);
         let assignor = params.assignor.unwrap_or_default();
@@ -344,8 +351,7 @@ impl Cluster {
             params: user,
             protocol: protocol.to_owned(),
         };
-        let cursor = self.seal_cursor(group, &member, &me, &view, Vec::new());
-        Ok(Joined { member_id: member, view, session_timeout_ms: session_ms, cursor })
+        Ok((member, view, me))
     }
 
     async fn describe_raw(&self, group: &str) -> Result<DescribedGroup> {
@@ -470,7 +476,7 @@ impl Cluster {
     }
 
     /// Committed offsets of `group` for `tps` (every committed partition when `None`).
-    async fn committed(
+    pub(crate) async fn committed(
         &self,
         group: &str,
         tps: Option<&BTreeSet<TopicPartition>>,
@@ -634,7 +640,7 @@ impl Cluster {
         self.offset_commit(group, member, generation.min(i32::MAX as u64) as i32, offsets).await
     }
 
-    async fn offset_commit(
+    pub(super) async fn offset_commit(
         &self,
         group: &str,
         member: &str,

@@ -16,6 +16,7 @@
 //! cluster's; the caches here (metadata, topic configs) only save round trips.
 
 pub mod groups;
+pub mod member;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};

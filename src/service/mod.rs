@@ -402,7 +402,7 @@ impl Service {
         }
     }
 
-    fn cluster(&self) -> Option<&Arc<Cluster>> {
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
         match &self.0.backend {
             Backend::Embedded { .. } => None,
             Backend::Kafka { cluster } => Some(cluster),
@@ -936,15 +936,13 @@ impl Service {
 
     /// Joins `group` as a member that lives as long as the returned stream.
     pub async fn open_member_stream(&self, ctx: &RequestCtx, group: &str, params: JoinParams) -> Result<MemberStream> {
-        if self.cluster().is_some() {
-            return Err(Error::Unsupported(
-                "group streams over WebSocket on the Kafka backend are not implemented yet: stream a topic, or \
-                 join and poll over REST"
-                    .into(),
-            ));
-        }
         let slot = self.stream_slot(ctx)?;
         let topics = params.topics.clone();
+        if let Some(cluster) = self.cluster() {
+            self.authorize(ctx, Operation::JoinGroup { group, topics: &params.topics })?;
+            let joined = cluster.join_stream(group, &params).await?;
+            return Ok(MemberStream::on_kafka(self.clone(), ctx.delayed(), group, topics, joined, slot));
+        }
         let joined = self.join_group(ctx, group, params).await?;
         Ok(MemberStream::new(self.clone(), ctx.delayed(), group, topics, joined, slot))
     }

@@ -6,7 +6,7 @@
 //! both give a [`Watch`]: an owned future source that resolves when there is
 //! something to read. Positions, fencing and the group protocol stay here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use super::{OffsetEntry, Operation, RequestCtx, Service};
 use crate::auth::quota::Slot;
 use crate::cluster::Cluster;
+use crate::cluster::member::{Driven, StreamMember};
 use crate::error::{Code, Error, Result};
 use crate::group::{Joined, TopicPartition, View};
 use crate::log::{ReadRequest, Topic};
@@ -289,15 +290,90 @@ pub struct FetchSummary {
 
 /// Keeps a member's session alive (see [`MemberStream::keepalive`]).
 #[derive(Debug, Clone)]
-pub struct Keepalive {
-    service: Service,
-    group: String,
-    member: String,
+pub enum Keepalive {
+    Embedded { service: Service, group: String, member: String },
+    Kafka(Arc<StreamMember>),
 }
 
 impl Keepalive {
     pub async fn touch(&self) -> Result<()> {
-        self.service.groups()?.touch(&self.group, &self.member).await
+        match self {
+            Keepalive::Embedded { service, group, member } => service.groups()?.touch(group, member).await,
+            Keepalive::Kafka(member) => member.touch(),
+        }
+    }
+}
+
+/// A member on the Kafka backend, as its connection sees it: the membership (driven by
+/// its own task) and the positions, which live here because a socket is one replica's.
+#[derive(Debug)]
+struct KafkaMember {
+    member: Driven,
+    /// The membership's change count at the last heartbeat.
+    seen: u64,
+    positions: BTreeMap<TopicPartition, u64>,
+    ends: BTreeMap<TopicPartition, watch::Receiver<u64>>,
+    /// Per partition, the end of what was delivered, and what the stream committed.
+    delivered: BTreeMap<TopicPartition, u64>,
+    committed: BTreeMap<TopicPartition, u64>,
+}
+
+impl KafkaMember {
+    /// Positions for assigned partitions that have none: the committed offset, else the
+    /// member's reset policy. Partitions that get none are returned with their code.
+    async fn place(
+        &mut self,
+        cluster: &Arc<Cluster>,
+        group: &str,
+        assignment: &BTreeSet<TopicPartition>,
+    ) -> Result<Vec<(TopicPartition, Code)>> {
+        let unplaced: BTreeSet<TopicPartition> =
+            assignment.iter().filter(|tp| !self.positions.contains_key(*tp)).cloned().collect();
+        let mut errors = Vec::new();
+        if unplaced.is_empty() {
+            return Ok(errors);
+        }
+        let committed = cluster.committed(group, Some(&unplaced)).await?;
+        for tp in unplaced {
+            let pos = match committed.get(&tp) {
+                Some(c) => *c,
+                None => {
+                    let marks = match cluster.watermarks(&tp.topic, &[tp.partition]).await {
+                        Ok(m) => m,
+                        Err(e) if e.code().is_server_fault() => return Err(e),
+                        Err(e) => {
+                            errors.push((tp, e.code()));
+                            continue;
+                        }
+                    };
+                    match self.member.reset() {
+                        Some("earliest") => marks[0].beginning,
+                        Some("none") => {
+                            errors.push((tp, Code::NoCommittedOffset));
+                            continue;
+                        }
+                        _ => marks[0].end,
+                    }
+                }
+            };
+            match cluster.subscribe(&tp.topic, tp.partition).await {
+                Ok(rx) => {
+                    self.ends.insert(tp.clone(), rx);
+                    self.positions.insert(tp, pos);
+                }
+                Err(e) if e.code().is_server_fault() => return Err(e),
+                Err(e) => errors.push((tp, e.code())),
+            }
+        }
+        Ok(errors)
+    }
+
+    /// Forgets what the member no longer owns.
+    fn keep_only(&mut self, owned: &BTreeSet<TopicPartition>) {
+        self.positions.retain(|tp, _| owned.contains(tp));
+        self.ends.retain(|tp, _| owned.contains(tp));
+        self.delivered.retain(|tp, _| owned.contains(tp));
+        self.committed.retain(|tp, _| owned.contains(tp));
     }
 }
 
@@ -312,6 +388,8 @@ pub struct MemberStream {
     member: String,
     view: View,
     session_ms: u64,
+    /// On the Kafka backend: the membership and the positions.
+    kafka: Option<KafkaMember>,
     /// The stream's place under its principal's `max_streams`.
     _slot: Option<Slot>,
 }
@@ -333,6 +411,36 @@ impl MemberStream {
             member: joined.member_id,
             view: joined.view,
             session_ms: joined.session_timeout_ms,
+            kafka: None,
+            _slot: slot,
+        }
+    }
+
+    /// A member of a group on the Kafka backend, driven by `member`'s task.
+    pub(super) fn on_kafka(
+        service: Service,
+        ctx: RequestCtx,
+        group: &str,
+        topics: Vec<String>,
+        (member, view): (Driven, View),
+        slot: Option<Slot>,
+    ) -> MemberStream {
+        MemberStream {
+            service,
+            ctx,
+            group: group.to_owned(),
+            topics,
+            member: member.id().to_owned(),
+            view,
+            session_ms: member.session().as_millis() as u64,
+            kafka: Some(KafkaMember {
+                seen: member.version(),
+                member,
+                positions: BTreeMap::new(),
+                ends: BTreeMap::new(),
+                delivered: BTreeMap::new(),
+                committed: BTreeMap::new(),
+            }),
             _slot: slot,
         }
     }
@@ -364,6 +472,20 @@ impl MemberStream {
     /// partition whose position is not known yet counts as not ready: its first
     /// read, which an assignment change triggers, sets it).
     pub async fn watch(&self) -> Result<Watch> {
+        if let Some(k) = &self.kafka {
+            let ends = self
+                .view
+                .assignment
+                .iter()
+                .filter_map(|tp| {
+                    let mut rx = k.ends.get(tp)?.clone();
+                    // Seen: only later moves of the end wake the stream.
+                    rx.borrow_and_update();
+                    Some((*k.positions.get(tp)?, rx))
+                })
+                .collect();
+            return Ok(Watch { ends });
+        }
         let groups = self.service.groups()?;
         let log = self.service.log()?;
         let mut ends = Vec::new();
@@ -380,6 +502,9 @@ impl MemberStream {
     }
 
     pub fn changes(&self) -> Result<GroupChanges> {
+        if let Some(k) = &self.kafka {
+            return Ok(GroupChanges(k.member.changes()));
+        }
         Ok(GroupChanges(self.service.groups()?.subscribe(&self.group)?))
     }
 
@@ -387,6 +512,9 @@ impl MemberStream {
     /// owns into `sink`, recording the deliveries (positions advance).
     pub async fn fetch(&mut self, sink: &mut impl RecordSink, budget: usize, max_bytes: usize) -> Result<FetchSummary> {
         self.service.authorize(&self.ctx, Operation::ConsumeGroup(&self.group))?;
+        if self.kafka.is_some() {
+            return self.fetch_from_cluster(sink, budget, max_bytes).await;
+        }
         let polled = self
             .service
             .groups()?
@@ -406,24 +534,83 @@ impl MemberStream {
         Ok(summary)
     }
 
+    async fn fetch_from_cluster(
+        &mut self,
+        sink: &mut impl RecordSink,
+        budget: usize,
+        max_bytes: usize,
+    ) -> Result<FetchSummary> {
+        let (Some(k), Some(cluster)) = (self.kafka.as_mut(), self.service.cluster()) else {
+            return Err(Error::Internal("a Kafka member without the Kafka backend".into()));
+        };
+        k.member.touch()?;
+        let errors = k.place(cluster, &self.group, &self.view.assignment).await?;
+        let mut summary = FetchSummary { delivered: Vec::new(), errors };
+        for tp in &self.view.assignment {
+            let remaining = budget.saturating_sub(sink.count());
+            if remaining == 0 || sink.bytes() >= max_bytes {
+                break;
+            }
+            let Some(pos) = k.positions.get_mut(tp) else { continue };
+            let max = max_bytes.saturating_sub(sink.bytes()).max(1);
+            match cluster.read(&tp.topic, tp.partition, *pos, remaining as u32, max, Duration::ZERO).await {
+                Ok(read) => {
+                    let records = self.service.records(&self.ctx, &tp.topic, read);
+                    let decoded = records.decode()?;
+                    if let (Some((first, _)), Some((last, _))) = (decoded.first(), decoded.last()) {
+                        summary.delivered.push((tp.clone(), *first, last + 1));
+                        k.delivered.insert(tp.clone(), last + 1);
+                        *pos = last + 1;
+                    }
+                    for (offset, rec) in decoded {
+                        sink.push(&tp.topic, tp.partition, offset, &rec);
+                    }
+                }
+                // Retention removed records the member had not reached: skip ahead.
+                Err(Error::OffsetOutOfRange { beginning, .. }) if *pos < beginning => *pos = beginning,
+                Err(Error::OffsetOutOfRange { .. }) => {}
+                Err(e) if e.code().is_server_fault() => return Err(e),
+                Err(e) => summary.errors.push((tp.clone(), e.code())),
+            }
+        }
+        Ok(summary)
+    }
+
     /// Keeps the session alive without a heartbeat's release step.
     pub async fn touch(&self) -> Result<()> {
+        if let Some(k) = &self.kafka {
+            return k.member.touch();
+        }
         self.service.groups()?.touch(&self.group, &self.member).await
     }
 
     /// A handle that keeps this member's session alive while the transport is
     /// busy elsewhere (a send waiting on a slow client).
     pub fn keepalive(&self) -> Keepalive {
-        Keepalive { service: self.service.clone(), group: self.group.clone(), member: self.member.clone() }
+        if let Some(k) = &self.kafka {
+            return Keepalive::Kafka(k.member.0.clone());
+        }
+        Keepalive::Embedded { service: self.service.clone(), group: self.group.clone(), member: self.member.clone() }
     }
 
     /// Whether a heartbeat would tell the member something new.
     pub async fn has_news(&self) -> Result<bool> {
+        if let Some(k) = &self.kafka {
+            k.member.touch()?;
+            return Ok(k.member.version() != k.seen);
+        }
         self.service.groups()?.has_news(&self.group, &self.member).await
     }
 
     /// Whether every partition being revoked has its delivered records committed.
     pub async fn revocation_settled(&self) -> Result<bool> {
+        if let Some(k) = &self.kafka {
+            k.member.touch()?;
+            return Ok(self.view.revoked.iter().all(|tp| match k.delivered.get(tp) {
+                None => true,
+                Some(end) => k.committed.get(tp).is_some_and(|c| c >= end),
+            }));
+        }
         self.service.groups()?.revocation_settled(&self.group, &self.member).await
     }
 
@@ -431,17 +618,52 @@ impl MemberStream {
     /// which becomes the member's view.
     pub async fn heartbeat(&mut self) -> Result<&View> {
         self.service.authorize(&self.ctx, Operation::ConsumeGroup(&self.group))?;
-        self.view = self.service.groups()?.heartbeat(&self.group, &self.member).await?;
+        let Some(k) = self.kafka.as_mut() else {
+            self.view = self.service.groups()?.heartbeat(&self.group, &self.member).await?;
+            return Ok(&self.view);
+        };
+        if !self.view.revoked.is_empty() {
+            // Announced and settled (or waited on long enough): give them up; the rejoin's
+            // assignment arrives as news.
+            k.member.release();
+            self.view = View { revoked: BTreeSet::new(), changed: false, ..self.view.clone() };
+        } else {
+            k.seen = k.member.version();
+            let next = k.member.view()?;
+            let changed = next.assignment != self.view.assignment || next.generation != self.view.generation;
+            self.view = View { changed: changed && next.revoked.is_empty(), ..next };
+        }
+        k.keep_only(&self.view.assignment.union(&self.view.revoked).cloned().collect());
         Ok(&self.view)
     }
 
     /// Commits offsets in the member's current generation.
-    pub async fn commit(&self, offsets: &[OffsetEntry]) -> Result<()> {
-        self.service.commit(&self.ctx, &self.group, &self.member, self.view.generation, offsets).await
+    pub async fn commit(&mut self, offsets: &[OffsetEntry]) -> Result<()> {
+        let Some(k) = self.kafka.as_mut() else {
+            return self.service.commit(&self.ctx, &self.group, &self.member, self.view.generation, offsets).await;
+        };
+        let topics: Vec<&str> = offsets.iter().map(|o| o.topic.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+        self.service.authorize(&self.ctx, Operation::CommitOffsets { group: &self.group, topics: &topics })?;
+        let mut list = Vec::with_capacity(offsets.len());
+        for o in offsets {
+            let tp = TopicPartition::new(o.topic.clone(), o.partition);
+            if !self.view.assignment.contains(&tp) && !self.view.revoked.contains(&tp) {
+                return Err(Error::NotOwner { topic: o.topic.clone(), partition: o.partition });
+            }
+            list.push((o.topic.clone(), o.partition, o.offset));
+        }
+        k.member.commit(self.view.generation, &list).await?;
+        for o in offsets {
+            k.committed.insert(TopicPartition::new(o.topic.clone(), o.partition), o.offset);
+        }
+        Ok(())
     }
 
     /// Leaves the group; the member's partitions move at once.
     pub async fn leave(&self) -> Result<()> {
+        if let Some(k) = &self.kafka {
+            return k.member.leave().await;
+        }
         self.service.groups()?.leave(&self.group, &self.member).await
     }
 }

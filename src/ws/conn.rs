@@ -545,7 +545,7 @@ where
     }
 
     async fn commit(&mut self, source: &mut Source, offsets: Vec<OffsetEntry>) -> Result<(), End> {
-        let Source::Group(member) = &*source else {
+        let Source::Group(member) = &mut *source else {
             let f = frames::error(Code::NotAGroupStream, "commit frames need a group stream", None);
             return self.send_frame(f).await;
         };

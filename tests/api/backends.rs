@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::helpers::{TestApp, project_root, spawn_app, spawn_app_with};
-use crate::ws::{connect, records};
+use crate::ws::{Ws, connect, frame, next_frame, records, send};
 
 /// What a gregor under test stands on.
 pub enum Under {
@@ -533,6 +533,109 @@ async fn group_members_split_partitions_commit_and_hand_over() {
     .await;
 }
 
+/// Partitions an `assignment` frame gives.
+fn assigned(f: &Value) -> std::collections::BTreeSet<u64> {
+    owned(f)
+}
+
+/// Reads both sockets until `done` says so (or panics after 60 s): assignment frames update
+/// `owned`, records go to `got` as (socket, partition, offset, value).
+async fn pump(
+    socks: &mut [&mut Ws],
+    owned: &mut [std::collections::BTreeSet<u64>],
+    got: &mut Vec<(usize, u64, u64, String)>,
+    who: &str,
+    mut done: impl FnMut(&[std::collections::BTreeSet<u64>], &[(usize, u64, u64, String)]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(owned, got) {
+        assert!(Instant::now() < deadline, "[{who}] sockets never got there: owned {owned:?}, records {got:?}");
+        for (i, ws) in socks.iter_mut().enumerate() {
+            let Some(f) = next_frame(ws, Duration::from_millis(100)).await else { continue };
+            match f["type"].as_str() {
+                Some("assignment") => owned[i] = assigned(&f),
+                Some("records") => {
+                    for r in f["records"].as_array().unwrap() {
+                        let (p, o) = (r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap());
+                        got.push((i, p, o, r["value"].as_str().unwrap_or_default().to_owned()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// WebSocket group members on every backend: two sockets split a topic, commit with acks,
+/// and when one closes the other takes its partitions over from their committed offsets,
+/// so what the closed one received but never acknowledged arrives again (at least once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_members_split_commit_and_take_over() {
+    crate::helpers::within(each_target(|t| async move {
+        let app = &t.app;
+        let who = t.name();
+        t.topic("wg", 2).await;
+        app.produce(
+            "wg",
+            json!([{"value": "a0", "partition": 0}, {"value": "a1", "partition": 1},
+                                 {"value": "b0", "partition": 0}, {"value": "b1", "partition": 1}]),
+        )
+        .await;
+        let path = "/v1/groups/wg-g/stream?topics=wg&auto_offset_reset=earliest&session_timeout_ms=6000";
+        let mut a = connect(app, path).await;
+        let first = frame(&mut a).await;
+        assert_eq!((first["type"].as_str(), assigned(&first).len()), (Some("assignment"), 2), "[{who}] {first}");
+        let recs = records(&mut a, 4).await;
+        for r in &recs {
+            send(&mut a, json!({"type": "ack", "topic": "wg", "partition": r["partition"], "offset": r["offset"]}))
+                .await;
+        }
+        let mut committed = std::collections::BTreeMap::new();
+        while committed.len() < 2 || committed.values().any(|o| *o != 2) {
+            let f = frame(&mut a).await;
+            assert_ne!(f["type"], "error", "[{who}] {f}");
+            for o in f["offsets"].as_array().into_iter().flatten() {
+                committed.insert(o["partition"].as_u64().unwrap(), o["offset"].as_u64().unwrap());
+            }
+        }
+
+        // A second socket joins (on Kafka once the first has rejoined): one partition each.
+        let mut b = connect(app, path).await;
+        let mut owned = vec![assigned(&first), Default::default()];
+        let mut got = Vec::new();
+        pump(&mut [&mut a, &mut b], &mut owned, &mut got, who, |o, _| {
+            o[0].len() == 1 && o[1].len() == 1 && o[0].is_disjoint(&o[1])
+        })
+        .await;
+        assert!(got.is_empty(), "[{who}] committed records came again: {got:?}");
+        let pa = *owned[0].first().unwrap();
+        app.produce("wg", json!([{"value": "c0", "partition": 0}, {"value": "c1", "partition": 1}])).await;
+        pump(&mut [&mut a, &mut b], &mut owned, &mut got, who, |_, g| g.len() >= 2).await;
+        for (sock, p, o, _) in &got {
+            assert_eq!((owned[*sock].contains(p), *o), (true, 2), "[{who}] only the owner reads, from 2: {got:?}");
+        }
+        // B acknowledges its record, A does not; then A goes.
+        let (_, pb, ob, _) = got.iter().find(|g| g.0 == 1).cloned().unwrap();
+        send(&mut b, json!({"type": "ack", "topic": "wg", "partition": pb, "offset": ob})).await;
+        loop {
+            let f = frame(&mut b).await;
+            assert_ne!(f["type"], "error", "[{who}] {f}");
+            if f["type"] == "committed" {
+                break;
+            }
+        }
+        a.close(None).await.unwrap();
+        drop(a);
+        got.clear();
+        let mut owned_b = vec![owned[1].clone()];
+        pump(&mut [&mut b], &mut owned_b, &mut got, who, |o, g| o[0].len() == 2 && g.iter().any(|r| r.1 == pa)).await;
+        let again: Vec<_> = got.iter().filter(|r| r.1 == pa).collect();
+        assert_eq!((again[0].2, again[0].3.as_str()), (2, if pa == 0 { "c0" } else { "c1" }), "[{who}] {got:?}");
+        assert!(got.iter().all(|r| r.1 == pa), "[{who}] B's acknowledged record came again: {got:?}");
+    }))
+    .await;
+}
+
 /// SPEC §10's stateless replicas: two gateways in front of one broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_serves_any_request_and_one_dying_loses_nothing() {
@@ -573,12 +676,27 @@ async fn any_replica_serves_any_request_and_one_dying_loses_nothing() {
         let p0 = info["offsets"].as_array().unwrap().iter().find(|o| o["partition"] == 0).cloned();
         assert_eq!(p0.map(|o| o["committed_offset"].clone()), Some(json!(1)), "{info}");
 
+        // A WebSocket member on A acknowledges what it read.
+        let ws_path = "/v1/groups/rep-ws/stream?topics=rep&auto_offset_reset=earliest&session_timeout_ms=6000";
+        let mut member = connect(&a, ws_path).await;
+        assert_eq!(frame(&mut member).await["type"], "assignment");
+        let got = records(&mut member, 1).await;
+        assert_eq!(got[0]["value"], "via-a");
+        send(&mut member, json!({"type": "ack", "topic": "rep", "partition": 0, "offset": 0})).await;
+        assert_eq!(frame(&mut member).await["type"], "committed");
+
         // A dies; B keeps serving, the member included.
         drop(stream);
         a.stop().await;
+        drop(member);
+        // The WebSocket member reconnects to B and resumes after what it committed.
+        let mut member = connect(&b, ws_path).await;
+        assert_eq!(frame(&mut member).await["type"], "assignment");
         b.produce("rep", json!([{"value": "via-b", "partition": 1}])).await;
         let polled = poll(&b, "rep-g", &id, &mut cursor).await;
         assert_eq!(polled["records"][0]["value"], "via-b", "{polled}");
+        let got = records(&mut member, 1).await;
+        assert_eq!(got[0]["value"], "via-b", "the reconnected member resumes after its commit: {got:?}");
         let (status, body) = b
             .post(
                 "/v1/groups/rep-g/offsets",

@@ -11,7 +11,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub(crate) async fn connect(app: &TestApp, path: &str) -> Ws {
     let url = format!("{}{}", app.base.replace("http://", "ws://"), path);
@@ -19,7 +19,7 @@ pub(crate) async fn connect(app: &TestApp, path: &str) -> Ws {
 }
 
 /// The next JSON text frame (pings are skipped), or None if none arrives within `within`.
-async fn next_frame(ws: &mut Ws, within: Duration) -> Option<Value> {
+pub(crate) async fn next_frame(ws: &mut Ws, within: Duration) -> Option<Value> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??.ok()?;
@@ -31,11 +31,11 @@ async fn next_frame(ws: &mut Ws, within: Duration) -> Option<Value> {
     }
 }
 
-async fn frame(ws: &mut Ws) -> Value {
+pub(crate) async fn frame(ws: &mut Ws) -> Value {
     next_frame(ws, Duration::from_secs(10)).await.expect("a frame within 10 s")
 }
 
-async fn send(ws: &mut Ws, v: Value) {
+pub(crate) async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
