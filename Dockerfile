@@ -6,7 +6,7 @@
 FROM rust:1.95-bookworm AS build
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libclang-dev g++ make \
+ && apt-get install -y --no-install-recommends libclang-dev g++ make libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, in their own cached layer: RocksDB's C++ build (the slow
@@ -25,10 +25,10 @@ COPY openapi openapi
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim
-# curl serves the HEALTHCHECK only.
+# curl serves the HEALTHCHECK only; libssl3 is librdkafka's TLS (the Kafka backend).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends curl ca-certificates \
+ && apt-get install -y --no-install-recommends curl ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/gregor gregor \
  && mkdir -p /var/lib/gregor/data \

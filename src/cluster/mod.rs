@@ -17,6 +17,7 @@
 
 pub mod groups;
 pub mod member;
+mod tls;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
@@ -91,34 +92,44 @@ impl ClusterSettings {
         if self.request_timeout < Duration::from_millis(100) {
             return Err("backend.request_timeout_ms: must be at least 100".into());
         }
-        self.sasl().map(|_| ())
+        self.security().map(|_| ())
     }
 
-    /// The SASL/PLAIN credentials gregor's own protocol client presents, from the same
-    /// `kafka_config` librdkafka reads.
-    fn sasl(&self) -> Result<Option<Plain>, String> {
+    /// What gregor's own protocol client presents: SASL/PLAIN credentials and TLS, from the
+    /// same `kafka_config` librdkafka reads.
+    fn security(&self) -> Result<(Option<Plain>, Option<Arc<rustls::ClientConfig>>), String> {
         let get = |k: &str| self.kafka_config.get(k).map(|v| v.to_ascii_lowercase());
-        match get("security.protocol").as_deref() {
-            None | Some("plaintext") => Ok(None),
-            Some("sasl_plaintext") => {
-                let mechanism = get("sasl.mechanism").or_else(|| get("sasl.mechanisms"));
-                if mechanism.as_deref().is_some_and(|m| m != "plain") {
-                    return Err(format!(
-                        "backend.kafka_config: sasl.mechanism {} is not supported yet; use PLAIN",
-                        mechanism.unwrap_or_default()
-                    ));
-                }
-                let username = self.kafka_config.get("sasl.username").cloned().unwrap_or_default();
-                let password = self.kafka_config.get("sasl.password").cloned().unwrap_or_default();
-                if username.is_empty() {
-                    return Err("backend.kafka_config: SASL_PLAINTEXT needs sasl.username and sasl.password".into());
-                }
-                Ok(Some(Plain { username, password }))
+        let (sasl, tls) = match get("security.protocol").as_deref() {
+            None | Some("plaintext") => (false, false),
+            Some("sasl_plaintext") => (true, false),
+            Some("ssl") => (false, true),
+            Some("sasl_ssl") => (true, true),
+            Some(other) => {
+                return Err(format!(
+                    "backend.kafka_config.security.protocol: {other} is not one of plaintext, ssl, sasl_plaintext, \
+                     sasl_ssl"
+                ));
             }
-            Some(other) => Err(format!(
-                "backend.kafka_config.security.protocol: {other} is not supported yet (plaintext or sasl_plaintext)"
-            )),
-        }
+        };
+        let plain = if sasl {
+            let mechanism = get("sasl.mechanism").or_else(|| get("sasl.mechanisms"));
+            if mechanism.as_deref().is_some_and(|m| m != "plain") {
+                return Err(format!(
+                    "backend.kafka_config: sasl.mechanism {} is not supported yet; use PLAIN",
+                    mechanism.unwrap_or_default()
+                ));
+            }
+            let username = self.kafka_config.get("sasl.username").cloned().unwrap_or_default();
+            let password = self.kafka_config.get("sasl.password").cloned().unwrap_or_default();
+            if username.is_empty() {
+                return Err("backend.kafka_config: SASL needs sasl.username and sasl.password".into());
+            }
+            Some(Plain { username, password })
+        } else {
+            None
+        };
+        let tls = if tls { Some(tls::client_config(&self.kafka_config)?) } else { None };
+        Ok((plain, tls))
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -302,8 +313,8 @@ impl Cluster {
         default_session_ms: u64,
     ) -> Result<Arc<Cluster>> {
         settings.check().map_err(Error::InvalidRequest)?;
-        let sasl = settings.sasl().map_err(Error::InvalidRequest)?;
-        let wire = Wire::new("gregor", sasl, settings.request_timeout.min(Duration::from_secs(10)));
+        let (sasl, tls) = settings.security().map_err(Error::InvalidRequest)?;
+        let wire = Wire::new("gregor", sasl, tls, settings.request_timeout.min(Duration::from_secs(10)));
         let admin: AdminClient<DefaultClientContext> =
             settings.client_config().create().map_err(|e| kafka_error("creating the admin client", &e))?;
         let producer = |acks: &str| -> Result<FutureProducer> {
@@ -1267,8 +1278,18 @@ mod tests {
         assert!(s.check().unwrap_err().contains("sasl.username"));
         s.kafka_config.insert("sasl.username".into(), "u".into());
         s.kafka_config.insert("sasl.password".into(), "p".into());
-        assert!(s.sasl().unwrap().is_some());
+        assert!(s.security().unwrap().0.is_some());
         s.kafka_config.insert("sasl.mechanism".into(), "SCRAM-SHA-256".into());
         assert!(s.check().is_err());
+        s.kafka_config.remove("sasl.mechanism");
+        s.kafka_config.insert("security.protocol".into(), "SASL_SSL".into());
+        s.kafka_config.insert("enable.ssl.certificate.verification".into(), "false".into());
+        let (sasl, tls) = s.security().unwrap();
+        assert!(sasl.is_some() && tls.is_some(), "SASL over TLS");
+        s.kafka_config.insert("security.protocol".into(), "SSL".into());
+        s.kafka_config.insert("ssl.keystore.location".into(), "/k.p12".into());
+        assert!(s.check().unwrap_err().contains("ssl.keystore.location"));
+        s.kafka_config.insert("security.protocol".into(), "SASL_GSSAPI".into());
+        assert!(s.check().unwrap_err().contains("SASL_GSSAPI".to_ascii_lowercase().as_str()));
     }
 }

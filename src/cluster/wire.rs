@@ -57,9 +57,13 @@ impl std::fmt::Debug for Plain {
     }
 }
 
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 /// One open connection: its negotiated version ranges travel with it.
 struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     versions: Arc<HashMap<i16, (i16, i16)>>,
 }
 
@@ -67,6 +71,7 @@ struct Conn {
 pub struct Wire {
     client_id: StrBytes,
     sasl: Option<Plain>,
+    tls: Option<tokio_rustls::TlsConnector>,
     connect_timeout: Duration,
     idle: parking_lot::Mutex<HashMap<String, Vec<Conn>>>,
     correlation: AtomicI32,
@@ -76,15 +81,21 @@ pub struct Wire {
 
 impl std::fmt::Debug for Wire {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wire").field("sasl", &self.sasl).finish_non_exhaustive()
+        f.debug_struct("Wire").field("sasl", &self.sasl).field("tls", &self.tls.is_some()).finish_non_exhaustive()
     }
 }
 
 impl Wire {
-    pub fn new(client_id: &str, sasl: Option<Plain>, connect_timeout: Duration) -> Wire {
+    pub fn new(
+        client_id: &str,
+        sasl: Option<Plain>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        connect_timeout: Duration,
+    ) -> Wire {
         Wire {
             client_id: StrBytes::from_string(client_id.to_owned()),
             sasl,
+            tls: tls.map(tokio_rustls::TlsConnector::from),
             connect_timeout,
             idle: parking_lot::Mutex::new(HashMap::new()),
             correlation: AtomicI32::new(1),
@@ -193,6 +204,17 @@ impl Wire {
             .map_err(|_| WireError::Timeout { addr: addr.to_owned(), timeout: self.connect_timeout })?
             .map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
+        let stream: Box<dyn Io> = match &self.tls {
+            None => Box::new(stream),
+            Some(tls) => {
+                let name = server_name(addr)
+                    .ok_or_else(|| WireError::Protocol { addr: addr.to_owned(), reason: "not HOST:PORT".into() })?;
+                let handshake = tokio::time::timeout(self.connect_timeout, tls.connect(name, stream))
+                    .await
+                    .map_err(|_| WireError::Timeout { addr: addr.to_owned(), timeout: self.connect_timeout })?;
+                Box::new(handshake.map_err(|e| WireError::Io { addr: addr.to_owned(), reason: format!("TLS: {e}") })?)
+            }
+        };
         let mut conn = Conn { stream, versions: Arc::new(HashMap::new()) };
         let setup = async {
             // ApiVersions v0: every broker answers it, whatever it supports.
@@ -265,6 +287,8 @@ impl Wire {
         req.encode(&mut frame, version).map_err(|e| bad(format!("encoding {key:?}: {e}")))?;
         tracing::trace!(api = ?key, version, addr, "request");
         conn.stream.write_all(&frame).await.map_err(io)?;
+        // TLS buffers what is written until flushed.
+        conn.stream.flush().await.map_err(io)?;
         let len = conn.stream.read_i32().await.map_err(io)?;
         if len < 4 || len as usize > MAX_RESPONSE_BYTES {
             // noida-db ignores Fetch's byte limits and answers a whole backlog at once.
@@ -309,6 +333,13 @@ fn api_name(key: ApiKey) -> &'static str {
         ApiKey::DeleteGroups => "DeleteGroups",
         _ => "other",
     }
+}
+
+/// The name a broker's certificate must carry: the host of `addr` (HOST:PORT, `[v6]:PORT`).
+fn server_name(addr: &str) -> Option<rustls::pki_types::ServerName<'static>> {
+    let (host, _) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_owned()).ok()
 }
 
 /// The highest version of `key` both the broker and gregor speak.

@@ -50,6 +50,12 @@ fn free_port() -> u16 {
 /// Starts noida-db or Tansu from `.venv` (scripts/setup installs both); panics if it cannot,
 /// so CI never passes without its real brokers.
 pub async fn start_broker(name: &'static str) -> Broker {
+    start_broker_advertising(name, None).await
+}
+
+/// Starts a broker that advertises `advertised` (a port on 127.0.0.1) as its address instead
+/// of the one it listens on (Tansu only: a proxy in front of it).
+pub async fn start_broker_advertising(name: &'static str, advertised: Option<u16>) -> Broker {
     let root = project_root();
     let bin = if name == "tansu" {
         let lib = std::fs::read_dir(root.join(".venv/lib")).expect(".venv (run scripts/setup)");
@@ -64,7 +70,8 @@ pub async fn start_broker(name: &'static str) -> Broker {
     let mut cmd = Command::new(&bin);
     if name == "tansu" {
         let url = format!("tcp://127.0.0.1:{port}");
-        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url]);
+        let public = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &public]);
         cmd.args(["--storage-engine", "memory://tansu/"]);
     } else {
         cmd.args(["start", "--only", "kafka", "--kafka-port", &port.to_string(), "--data-dir"]).arg(dir.path());
@@ -165,13 +172,12 @@ pub enum Lack {
 
 /// gregor on the Kafka backend in front of `bootstrap`.
 pub async fn gateway(bootstrap: &str) -> TestApp {
-    let servers = bootstrap.to_owned();
-    let app = spawn_app_with(move |c| {
-        let mut settings = gregor::cluster::ClusterSettings::new(&servers);
-        settings.request_timeout = Duration::from_secs(10);
-        c.backend = gregor::config::Backend::Kafka(settings);
-    })
-    .await;
+    gateway_with(bootstrap, &[]).await
+}
+
+/// gregor in front of `bootstrap` with `kafka_config` set, once it says the cluster answers.
+pub async fn gateway_with(bootstrap: &str, kafka_config: &[(&str, &str)]) -> TestApp {
+    let app = gateway_unready(bootstrap, kafka_config).await;
     // A broker process listens a moment before it answers: wait until gregor says it does.
     let ready = crate::helpers::eventually(Duration::from_secs(20), || async {
         app.client.get(app.url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
@@ -179,6 +185,45 @@ pub async fn gateway(bootstrap: &str) -> TestApp {
     .await;
     assert!(ready, "gregor never reached the cluster at {bootstrap}");
     app
+}
+
+/// gregor in front of `bootstrap` with `kafka_config` set, whether or not it reaches it.
+async fn gateway_unready(bootstrap: &str, kafka_config: &[(&str, &str)]) -> TestApp {
+    let servers = bootstrap.to_owned();
+    let config: Vec<(String, String)> = kafka_config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    spawn_app_with(move |c| {
+        let mut settings = gregor::cluster::ClusterSettings::new(&servers);
+        settings.request_timeout = Duration::from_secs(10);
+        settings.kafka_config.extend(config);
+        c.backend = gregor::config::Backend::Kafka(settings);
+    })
+    .await
+}
+
+/// Terminates TLS for `upstream` on `listener`, with a certificate for 127.0.0.1 signed by `ca`.
+fn tls_proxy(listener: tokio::net::TcpListener, upstream: String, ca: &crate::tls::Ca) {
+    use rustls::pki_types::pem::PemObject;
+    let (cert, key) = ca.issue("broker", &["127.0.0.1"]);
+    let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+            });
+        }
+    });
 }
 
 /// Every target, one after the other: embedded, the mock cluster, noida-db, Tansu.
@@ -712,6 +757,59 @@ async fn any_replica_serves_any_request_and_one_dying_loses_nothing() {
         let view = crate::kafka::clients_at(&broker.bootstrap, "broker_view", &["rep", "2", "rep-g"]).await;
         assert_eq!(view["values"], json!(["via-a", "via-b"]), "{view}");
         assert_eq!(view["committed"], json!({"0": 1, "1": 1}), "{view}");
+    })
+    .await;
+}
+
+/// TLS to the cluster (`security.protocol = SSL`): librdkafka's producers and gregor's own
+/// protocol client both verify the broker against `ssl.ca.location`. The broker is Tansu behind
+/// a TLS-terminating proxy it advertises as its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_cluster_is_verified_and_carries_everything() {
+    crate::helpers::within(async {
+        let ca = crate::tls::Ca::new();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let public = listener.local_addr().unwrap().port();
+        let broker = start_broker_advertising("tansu", Some(public)).await;
+        tls_proxy(listener, broker.bootstrap.clone(), &ca);
+        let bootstrap = format!("127.0.0.1:{public}");
+        let ca_path = ca_file.to_str().unwrap();
+        let app = gateway_with(&bootstrap, &[("security.protocol", "SSL"), ("ssl.ca.location", ca_path)]).await;
+
+        app.create_topic("secure", 1).await;
+        let placed = app.produce("secure", json!([{"key": "k", "value": {"n": 1}}, {"value": "two"}])).await;
+        assert_eq!(placed.len(), 2);
+        let (status, read) = app.get("/v1/topics/secure/partitions/0/records?offset=0").await;
+        assert_eq!(status, 200, "{read}");
+        assert_eq!(read["records"][0]["value"], json!({"n": 1}), "{read}");
+        let mut stream = connect(&app, "/v1/topics/secure/stream?from=earliest").await;
+        assert_eq!(records(&mut stream, 2).await[1]["value"], "two");
+        let (status, m) = app
+            .post(
+                "/v1/groups/secure-g/members",
+                json!({"topics": ["secure"], "auto_offset_reset": "earliest", "session_timeout_ms": 6000}),
+            )
+            .await;
+        assert_eq!(status, 201, "{m}");
+        let id = m["member_id"].as_str().unwrap().to_owned();
+        let mut cursor = m["cursor"].as_str().map(str::to_owned);
+        let polled = poll(&app, "secure-g", &id, &mut cursor).await;
+        assert_eq!(polled["records"].as_array().map(Vec::len), Some(2), "{polled}");
+
+        // A gateway that trusts another CA never reaches the cluster.
+        let other = crate::tls::Ca::new();
+        let other_file = dir.path().join("other.pem");
+        std::fs::write(&other_file, other.cert.pem()).unwrap();
+        let config = [("security.protocol", "SSL"), ("ssl.ca.location", other_file.to_str().unwrap())];
+        let untrusting = gateway_unready(&bootstrap, &config).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let res = untrusting.client.get(untrusting.url("/readyz")).send().await.unwrap();
+        assert_eq!(res.status(), 503, "a broker whose certificate does not verify is not a cluster to serve");
+        let (status, body) = untrusting.get("/v1/topics/secure/partitions/0/records?offset=0").await;
+        assert_eq!((status, code(&body)), (503, Some("backend_unavailable")), "{body}");
     })
     .await;
 }

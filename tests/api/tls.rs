@@ -15,13 +15,13 @@ use tokio::net::TcpStream;
 use crate::helpers::{TestApp, spawn_app_with};
 
 /// A CA, and certificates it signs.
-struct Ca {
-    cert: rcgen::Certificate,
+pub(crate) struct Ca {
+    pub(crate) cert: rcgen::Certificate,
     key: KeyPair,
 }
 
 impl Ca {
-    fn new() -> Ca {
+    pub(crate) fn new() -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -30,7 +30,7 @@ impl Ca {
     }
 
     /// (certificate PEM, key PEM) for `cn`, valid for `names`.
-    fn issue(&self, cn: &str, names: &[&str]) -> (String, String) {
+    pub(crate) fn issue(&self, cn: &str, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
