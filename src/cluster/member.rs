@@ -4,13 +4,17 @@
 //! Unlike a REST member (which any replica acts for, from what the coordinator shows), a
 //! socket is served by one replica, so that replica drives the member: a task heartbeats
 //! for it every third of its session, and turns the coordinator's REBALANCE_IN_PROGRESS
-//! into gregor's revocation handshake before rejoining:
+//! into gregor's revocation handshake. With `cooperative-sticky` (the default):
 //!
-//! 1. the heartbeat answers REBALANCE_IN_PROGRESS: every partition the member owns is
-//!    announced as revoked (the protocols are eager) and no longer read;
-//! 2. the connection releases them once the client committed what it received from them,
-//!    or half the session passed ([`StreamMember::release`]);
-//! 3. the task rejoins and syncs; the new assignment is announced.
+//! 1. the heartbeat answers REBALANCE_IN_PROGRESS: the task rejoins at once stating what the
+//!    member owns (it keeps reading); the leader withholds partitions that move;
+//! 2. what the new assignment lacks is announced as revoked and no longer read;
+//! 3. the connection releases it once the client committed what it received from those
+//!    partitions, or half the session passed ([`StreamMember::release`]);
+//! 4. the task rejoins once more, and the withheld partitions reach their new owners.
+//!
+//! With the eager protocols (`range`, `roundrobin`) step 2 comes first: every owned
+//! partition is revoked before the member rejoins.
 //!
 //! Kafka keeps the member in the group while it rejoins within the rebalance timeout
 //! (never shorter than the session), so step 2's wait holds no one up for longer than the
@@ -28,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
-use super::groups::{Described, group_error, str_bytes};
+use super::groups::{Described, cooperative, group_error, str_bytes, with_owned};
 use crate::error::{Error, Result};
 use crate::group::{JoinParams, View};
 use crate::kafka::errors as code;
@@ -169,9 +173,10 @@ impl StreamMember {
         }
     }
 
-    /// Commits in the member's generation: Kafka fences it by member and generation.
-    pub async fn commit(&self, generation: u64, offsets: &[(String, u32, u64)]) -> Result<()> {
-        let generation = generation.min(i32::MAX as u64) as i32;
+    /// Commits in the member's latest generation (the connection may not have heard of a
+    /// rebalance that just completed): Kafka fences it by member and generation.
+    pub async fn commit(&self, offsets: &[(String, u32, u64)]) -> Result<()> {
+        let generation = self.view()?.generation.min(i32::MAX as u64) as i32;
         self.cluster.offset_commit(&self.group, &self.id, generation, offsets).await
     }
 
@@ -217,8 +222,9 @@ impl StreamMember {
                     if state.phase != Phase::Stable {
                         continue;
                     }
-                    if state.view.assignment.is_empty() {
-                        // Nothing to hand over: rejoin at once.
+                    if state.view.assignment.is_empty() || cooperative(&self.me.protocol) {
+                        // Nothing to hand over, or a cooperative rebalance (the member keeps
+                        // reading while it rejoins stating what it owns): rejoin at once.
                         state.phase = Phase::Rejoining;
                         drop(state);
                         self.released.notify_one();
@@ -252,25 +258,33 @@ impl StreamMember {
         Ok(resp.error_code)
     }
 
+    /// Rejoins and syncs. Eager: the member owns nothing now. Cooperative: it states what it
+    /// owns and keeps all but what moves, which it then revokes (and rejoins once more when
+    /// the connection released it).
     async fn rejoin(&self) {
         let me = &self.me;
-        let joined = self
-            .cluster
-            .join_and_sync(
-                &self.group,
-                &self.id,
-                self.instance.as_deref(),
-                &me.protocol,
-                me.metadata.clone(),
-                me.params.session_timeout_ms,
-            )
-            .await;
+        let (owned, generation) = {
+            let state = self.state.lock();
+            (state.view.assignment.clone(), state.view.generation)
+        };
+        let metadata =
+            if cooperative(&me.protocol) { with_owned(&me.metadata, &owned) } else { Ok(me.metadata.clone()) };
+        let joined = match metadata {
+            Ok(metadata) => {
+                let session = me.params.session_timeout_ms;
+                let instance = self.instance.as_deref();
+                let (group, id, protocol) = (&self.group, &self.id, &me.protocol);
+                self.cluster.join_and_sync(group, id, Some(generation), instance, protocol, metadata, session).await
+            }
+            Err(e) => Err(e),
+        };
         match joined {
             Ok((_, view)) => {
                 {
                     let mut state = self.state.lock();
-                    state.phase = Phase::Stable;
-                    state.view = View { changed: true, ..view };
+                    let revoked: BTreeSet<_> = owned.difference(&view.assignment).cloned().collect();
+                    state.phase = if revoked.is_empty() { Phase::Stable } else { Phase::Revoking };
+                    state.view = View { revoked, changed: true, ..view };
                 }
                 self.news.send_modify(|n| *n += 1);
             }

@@ -652,7 +652,7 @@ impl MemberStream {
             }
             list.push((o.topic.clone(), o.partition, o.offset));
         }
-        k.member.commit(self.view.generation, &list).await?;
+        k.member.commit(&list).await?;
         for o in offsets {
             k.committed.insert(TopicPartition::new(o.topic.clone(), o.partition), o.offset);
         }
