@@ -113,6 +113,7 @@ impl App {
             let cluster =
                 Cluster::open(settings.clone(), config.auto_create_topics, config.default_partitions, session)
                     .map_err(AppError::Cluster)?;
+            cluster.set_idempotency_window(config.idempotency_window);
             let listener =
                 serve::bind(config.listen).map_err(|source| AppError::Bind { addr: config.listen, source })?;
             let security = Arc::new(Security::new(&config.auth));

@@ -384,11 +384,7 @@ impl Cluster {
         }
         let mut target = assignor::assign(kind, &specs, &counts);
         if cooperative(protocol) {
-            // A partition that moves is withheld from its new owner until the old one gave it
-            // up and rejoined: no partition has two owners.
-            let owners: BTreeMap<&TopicPartition, &String> =
-                specs.iter().flat_map(|(id, spec)| spec.owned.iter().map(move |tp| (tp, id))).collect();
-            target.retain(|tp, owner| owners.get(tp).is_none_or(|current| current.as_str() == owner.as_str()));
+            withhold_moving(&mut target, &specs);
         }
         let mut by_member: BTreeMap<&str, BTreeMap<&str, Vec<i32>>> =
             specs.keys().map(|id| (id.as_str(), BTreeMap::new())).collect();
@@ -1007,6 +1003,14 @@ fn carried_member(cursor: &Cursor) -> Option<Described> {
     })
 }
 
+/// Cooperative rebalancing: a partition that moves is withheld from its new owner until the
+/// old one gave it up and rejoined, so no partition has two owners.
+fn withhold_moving(target: &mut assignor::Assignment, specs: &BTreeMap<String, MemberSpec>) {
+    let owners: BTreeMap<&TopicPartition, &String> =
+        specs.iter().flat_map(|(id, spec)| spec.owned.iter().map(move |tp| (tp, id))).collect();
+    target.retain(|tp, owner| owners.get(tp).is_none_or(|current| current.as_str() == owner.as_str()));
+}
+
 fn decode_subscription(metadata: &Bytes) -> Option<ConsumerProtocolSubscription> {
     crate::group::kafka::decode_versioned(metadata)
 }
@@ -1068,11 +1072,37 @@ mod tests {
     }
 
     #[test]
-    fn gregor_assignors_map_to_kafka_eager_protocols_and_back() {
+    fn gregor_assignors_map_to_kafka_protocols_and_back() {
         for a in [Assignor::Range, Assignor::RoundRobin, Assignor::CooperativeSticky] {
             assert_eq!(assignor_for(protocol_name(a)), Some(a));
         }
-        assert_eq!(protocol_name(Assignor::CooperativeSticky), "sticky", "served eagerly on Kafka");
-        assert_eq!(assignor_for("cooperative-sticky"), None);
+        assert!(cooperative(protocol_name(Assignor::CooperativeSticky)));
+        assert!(!cooperative(protocol_name(Assignor::Range)));
+        assert_eq!(assignor_for("sticky"), Some(Assignor::CooperativeSticky), "groups made by earlier gregors");
+    }
+
+    /// A partition that changes owner is given to nobody this generation; one that stays, or
+    /// that nobody owned, is given at once; a member's owned partitions ride in its metadata.
+    #[test]
+    fn a_cooperative_leader_withholds_what_moves() {
+        let tp = |p| TopicPartition::new("t", p);
+        let spec = |owned: &[u32]| MemberSpec {
+            topics: ["t".to_owned()].into_iter().collect(),
+            owned: owned.iter().map(|p| tp(*p)).collect(),
+        };
+        let specs: BTreeMap<String, MemberSpec> =
+            [("a".to_owned(), spec(&[0, 1, 2])), ("b".to_owned(), spec(&[]))].into();
+        let mut target: assignor::Assignment =
+            [(tp(0), "a".to_owned()), (tp(1), "b".to_owned()), (tp(2), "a".to_owned()), (tp(3), "b".to_owned())].into();
+        withhold_moving(&mut target, &specs);
+        let got: Vec<(u32, &str)> = target.iter().map(|(t, o)| (t.partition, o.as_str())).collect();
+        assert_eq!(got, vec![(0, "a"), (2, "a"), (3, "b")], "1 moves from a to b: withheld");
+
+        let metadata =
+            versioned(&ConsumerProtocolSubscription::default().with_topics(vec![str_bytes("t")]), 1).unwrap();
+        let stated = with_owned(&metadata, &[tp(0), tp(2)].into_iter().collect()).unwrap();
+        let sub = decode_subscription(&stated).unwrap();
+        assert_eq!(owned_partitions(&sub), [tp(0), tp(2)].into_iter().collect());
+        assert_eq!(crate::group::kafka::subscribed_topics(&stated), ["t".to_owned()].into_iter().collect());
     }
 }

@@ -16,6 +16,7 @@
 //! cluster's; the caches here (metadata, topic configs) only save round trips.
 
 pub mod groups;
+pub mod idempotency;
 pub mod member;
 mod tls;
 pub mod wire;
@@ -230,6 +231,8 @@ pub struct Cluster {
     default_partitions: u32,
     /// A member's session timeout when its join names none.
     default_session_ms: u64,
+    /// The reader of the `Idempotency-Key` log.
+    keys: idempotency::Keys,
     shutdown: CancellationToken,
 }
 
@@ -352,6 +355,7 @@ impl Cluster {
             auto_create,
             default_partitions,
             default_session_ms,
+            keys: idempotency::Keys::default(),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(watch_readiness(Arc::downgrade(&cluster), cluster.shutdown.clone()));

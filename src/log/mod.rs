@@ -924,7 +924,7 @@ struct PendingJob {
 }
 
 /// SHA-256 over everything that makes a produce request what it is.
-fn fingerprint(topic: &str, records: &[NewRecord<'_>], partition: Option<u32>, acks: Acks) -> String {
+pub(crate) fn fingerprint(topic: &str, records: &[NewRecord<'_>], partition: Option<u32>, acks: Acks) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     let blob = |h: &mut sha2::Sha256, b: Option<&record::Blob<'_>>| match b {

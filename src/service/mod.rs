@@ -614,10 +614,17 @@ impl Service {
                 reason: "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
             });
         }
-        if self.cluster().is_some() {
-            return Err(Error::Unsupported("Idempotency-Key on the Kafka backend is not implemented yet".into()));
-        }
         self.admit_produce(ctx, topic, records).await?;
+        if let Some(cluster) = self.cluster() {
+            let scope = crate::cluster::idempotency::scope(ctx.principal.as_str(), topic, key);
+            let fingerprint = crate::log::fingerprint(topic, records, partition, acks);
+            let (produced, replayed) =
+                cluster.produce_idempotent(&scope, fingerprint, topic, records, partition, acks).await?;
+            if !replayed {
+                self.0.metrics.records_in(topic, records.len());
+            }
+            return Ok((produced, replayed));
+        }
         let scope = IdempotencyKey { principal: ctx.principal.as_str(), key };
         let (produced, replayed) = self.log()?.produce_idempotent(topic, records, partition, acks, &scope).await?;
         if !replayed {

@@ -622,6 +622,52 @@ async fn group_members_split_partitions_commit_and_hand_over() {
     .await;
 }
 
+async fn produce_with_key(app: &TestApp, topic: &str, key: &str, body: &Value) -> (u16, Value, bool) {
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/topics/{topic}/records?acks=all")))
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let replayed = res.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
+    let (status, body) = crate::helpers::status_json(res).await;
+    (status, body, replayed)
+}
+
+/// `Idempotency-Key` on every backend: a retry is answered with the first answer and writes
+/// nothing; the key sent with another request is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_writes_once_and_replays_the_first_answer() {
+    crate::helpers::within(each_target(|t| async move {
+        let app = &t.app;
+        let who = t.name();
+        if let Under::Mock(mock) = &t.under {
+            // The mock has no CreateTopics: the key log's topic is made through it.
+            mock.create_topic("__gregor_idempotency", 1, 1).unwrap();
+        }
+        t.topic("idk", 2).await;
+        let body = json!({"records": [{"key": "a", "value": 1}, {"key": "b", "value": 2}]});
+        let (status, first, replayed) = produce_with_key(app, "idk", "order-1", &body).await;
+        assert_eq!((status, replayed), (200, false), "[{who}] {first}");
+        let (status, again, replayed) = produce_with_key(app, "idk", "order-1", &body).await;
+        assert_eq!((status, replayed), (200, true), "[{who}] {again}");
+        assert_eq!(again, first, "[{who}] the first answer again");
+        let other = json!({"records": [{"value": "different"}]});
+        let (status, problem, _) = produce_with_key(app, "idk", "order-1", &other).await;
+        assert_eq!((status, code(&problem)), (422, Some("idempotency_key_reused")), "[{who}] {problem}");
+        let (status, _, replayed) = produce_with_key(app, "idk", "order-2", &body).await;
+        assert_eq!((status, replayed), (200, false), "[{who}]");
+        let mut stored = 0;
+        for p in 0..2 {
+            stored += app.read_all("idk", p, 0).await.len();
+        }
+        assert_eq!(stored, 4, "[{who}] two requests of two records, each written once");
+    }))
+    .await;
+}
+
 /// Partitions an `assignment` frame gives.
 fn assigned(f: &Value) -> std::collections::BTreeSet<u64> {
     owned(f)
@@ -772,6 +818,18 @@ async fn any_replica_serves_any_request_and_one_dying_loses_nothing() {
         let (_, info) = a.get("/v1/groups/rep-g").await;
         let p0 = info["offsets"].as_array().unwrap().iter().find(|o| o["partition"] == 0).cloned();
         assert_eq!(p0.map(|o| o["committed_offset"].clone()), Some(json!(1)), "{info}");
+
+        // The same Idempotency-Key sent to both replicas at once: written once, both answers alike.
+        a.create_topic("rep-idem", 1).await;
+        let body = json!({"records": [{"value": "once"}]});
+        let ((s1, r1, replayed1), (s2, r2, replayed2)) = tokio::join!(
+            produce_with_key(&a, "rep-idem", "k-1", &body),
+            produce_with_key(&b, "rep-idem", "k-1", &body)
+        );
+        assert_eq!((s1, s2), (200, 200), "{r1} {r2}");
+        assert_eq!(r1, r2, "both replicas answer the first answer");
+        assert!(replayed1 != replayed2, "one wrote, the other replayed");
+        assert_eq!(b.read_all("rep-idem", 0, 0).await.len(), 1, "written once");
 
         // A WebSocket member on A acknowledges what it read.
         let ws_path = "/v1/groups/rep-ws/stream?topics=rep&auto_offset_reset=earliest&session_timeout_ms=6000";
