@@ -34,6 +34,7 @@ pub mod log;
 pub mod metrics;
 pub mod partitioner;
 pub mod record;
+pub mod registry;
 pub mod retention;
 pub mod service;
 pub mod store;

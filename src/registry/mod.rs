@@ -1,0 +1,14 @@
+//! The Schema Registry (SPEC §11), compatible with Confluent's: subjects hold numbered
+//! versions of schemas, each schema has a global id, and a subject's compatibility level
+//! decides which new versions it accepts.
+//!
+//! This module holds the model: [`schema`] parses and canonicalises AVRO and JSON schemas
+//! (with the `apache-avro` and `jsonschema` crates) and [`compat`] applies Confluent's
+//! compatibility levels. Storage, the `/registry` HTTP API and validation on produce build
+//! on it (issue 15, in progress).
+
+pub mod compat;
+pub mod schema;
+
+pub use compat::Level;
+pub use schema::{ParsedSchema, SchemaError, SchemaType};
