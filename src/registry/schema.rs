@@ -4,7 +4,7 @@
 use std::str::FromStr;
 
 /// The schema languages the registry accepts (Confluent's `schemaType`; absent means AVRO).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum SchemaType {
     #[default]

@@ -490,6 +490,36 @@ impl Store {
         Ok(self.db.get_cf(self.cf(CF_META)?, key)?)
     }
 
+    /// Every `meta` entry whose key starts with `prefix`.
+    pub fn scan_meta(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let meta = self.cf(CF_META)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(meta, IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Puts (`Some`) and deletes (`None`) `meta` entries in one synced write.
+    pub fn write_meta(&self, changes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        let meta = self.cf(CF_META)?;
+        let mut wb = WriteBatch::default();
+        for (k, v) in changes {
+            match v {
+                Some(v) => wb.put_cf(meta, k, v),
+                None => wb.delete_cf(meta, k),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo)?;
+        Ok(())
+    }
+
     /// Deletes the idempotency records `expired` says are past their window.
     pub fn expire_idempotency(&self, expired: impl Fn(&[u8]) -> bool) -> Result<usize> {
         let meta = self.cf(CF_META)?;
