@@ -49,7 +49,7 @@ pub enum AppError {
 
 /// What serves the log: the embedded store and its groups, or a Kafka cluster.
 enum Core {
-    Embedded { log: Arc<Log>, groups: Arc<Groups> },
+    Embedded { log: Arc<Log>, groups: Arc<Groups>, registry: Arc<crate::registry::Registry> },
     Kafka { cluster: Arc<Cluster>, faults: Arc<Faults> },
 }
 
@@ -134,11 +134,12 @@ impl App {
         let p = path.clone();
         let opened = tokio::task::spawn_blocking(move || {
             let store = Arc::new(Store::open(&p)?);
-            Log::open(store, settings)
+            let registry = Arc::new(crate::registry::Registry::open(store.clone())?);
+            Ok::<_, crate::error::Error>((Log::open(store, settings)?, registry))
         })
         .await
         .map_err(|e| AppError::Store { path: path.clone(), source: crate::error::Error::Storage(e.to_string()) })?;
-        let log = opened.map_err(|source| match &source {
+        let (log, registry) = opened.map_err(|source| match &source {
             crate::error::Error::Storage(msg) if msg.contains("LOCK") || msg.contains("lock file") => {
                 AppError::DataDirLocked { path: path.clone() }
             }
@@ -162,7 +163,7 @@ impl App {
         let config = Config { data_dir: path, ..config };
         let security = Arc::new(Security::new(&config.auth));
         let tls = config.tls.clone().map(Tls::load).transpose().map_err(AppError::Tls)?.map(Arc::new);
-        Ok(App { listener, kafka, core: Core::Embedded { log, groups }, security, tls, config })
+        Ok(App { listener, kafka, core: Core::Embedded { log, groups, registry }, security, tls, config })
     }
 
     /// The address actually bound (useful with port 0).
@@ -213,8 +214,8 @@ impl App {
     /// and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
         let App { listener, kafka, core, security, tls, config } = self;
-        let (log, groups) = match core {
-            Core::Embedded { log, groups } => (log, groups),
+        let (log, groups, registry) = match core {
+            Core::Embedded { log, groups, registry } => (log, groups, registry),
             Core::Kafka { cluster, .. } => {
                 return run_gateway(listener, cluster, security, tls, config, shutdown).await;
             }
@@ -226,7 +227,7 @@ impl App {
 
         let connections = TaskTracker::new();
         let metrics = Arc::new(Metrics::new());
-        let service = Service::embedded(log.clone(), groups, metrics.clone(), security);
+        let service = Service::embedded(log.clone(), groups, metrics.clone(), security).with_registry(registry);
         let service_for_kafka = service.clone();
         let (app, limits) = http_app(service, &listener, tls, &config, &connections);
         let signalled = log.shutdown_token();

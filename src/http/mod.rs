@@ -13,6 +13,7 @@ mod groups;
 pub mod guard;
 pub(crate) mod health;
 mod records;
+mod registry;
 pub mod serve;
 mod streams;
 pub mod tls;
@@ -182,6 +183,8 @@ pub fn router(state: AppState, max_request_bytes: usize) -> Router {
     let origins = state.guard.cors_origins();
     let app = api_router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        // Confluent's Schema Registry API (its own error format; not in the OpenAPI document yet).
+        .merge(registry::router())
         .route("/", get(console))
         .route("/console.js", get(console_js))
         .route("/console.css", get(console_css))

@@ -128,6 +128,23 @@ pub enum Operation<'a> {
     },
     /// `/metrics`.
     DescribeCluster,
+    /// Read a Schema Registry subject (its versions, schemas, level). Subjects follow
+    /// Confluent's TopicNameStrategy: `<topic>-key` and `<topic>-value` are covered by the
+    /// topic's ACLs (`describe`), any other subject by the cluster's.
+    ReadSubject(&'a str),
+    /// Register a schema under a subject: `write` on its topic (what a producer that
+    /// auto-registers holds), else `alter` on the cluster.
+    RegisterSchema(&'a str),
+    /// Delete a subject or a version, set or remove its level: `alter` on its topic, else on
+    /// the cluster. The global level is the cluster's.
+    AlterSubject(&'a str),
+    /// Set the global compatibility level.
+    AlterCluster,
+}
+
+/// The topic a subject belongs to under Confluent's TopicNameStrategy.
+pub fn subject_topic(subject: &str) -> Option<&str> {
+    subject.strip_suffix("-value").or_else(|| subject.strip_suffix("-key")).filter(|t| !t.is_empty())
 }
 
 impl<'a> Operation<'a> {
@@ -167,6 +184,19 @@ impl<'a> Operation<'a> {
                 topics.iter().try_for_each(|t| f(R::Topic(t), A::Read))
             }
             Operation::DescribeCluster => f(R::Cluster, A::Describe),
+            Operation::ReadSubject(s) => match subject_topic(s) {
+                Some(t) => f(R::Topic(t), A::Describe),
+                None => f(R::Cluster, A::Describe),
+            },
+            Operation::RegisterSchema(s) => match subject_topic(s) {
+                Some(t) => f(R::Topic(t), A::Write),
+                None => f(R::Cluster, A::Alter),
+            },
+            Operation::AlterSubject(s) => match subject_topic(s) {
+                Some(t) => f(R::Topic(t), A::Alter),
+                None => f(R::Cluster, A::Alter),
+            },
+            Operation::AlterCluster => f(R::Cluster, A::Alter),
         }
     }
 }

@@ -60,6 +60,8 @@ enum Backend {
 
 struct Inner {
     backend: Backend,
+    /// The Schema Registry (embedded backend; the Kafka backend has none yet).
+    registry: Option<Arc<crate::registry::Registry>>,
     authorizer: Authorizer,
     metrics: Arc<Metrics>,
     /// Each principal's request counter, found without building its label set
@@ -236,6 +238,7 @@ impl Service {
     pub fn embedded(log: Arc<Log>, groups: Arc<Groups>, metrics: Arc<Metrics>, security: Arc<Security>) -> Service {
         Service(Arc::new(Inner {
             backend: Backend::Embedded { log, groups },
+            registry: None,
             authorizer: Authorizer::new(security),
             metrics,
             request_counters: parking_lot::RwLock::new(std::collections::HashMap::new()),
@@ -243,11 +246,44 @@ impl Service {
         }))
     }
 
+    /// The service with `registry` as its Schema Registry (before it is shared).
+    pub fn with_registry(self, registry: Arc<crate::registry::Registry>) -> Service {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => {
+                inner.registry = Some(registry);
+                Service(Arc::new(inner))
+            }
+            Err(shared) => Service(shared),
+        }
+    }
+
+    /// The Schema Registry, or `not_supported` where there is none (the Kafka backend).
+    pub fn registry(&self) -> Result<&Arc<crate::registry::Registry>> {
+        self.0
+            .registry
+            .as_ref()
+            .ok_or_else(|| Error::Unsupported("the Schema Registry is not available on the Kafka backend yet".into()))
+    }
+
+    /// The Schema Registry, once `op` (a registry operation) is authorized for `ctx`'s
+    /// principal. The registry's calls are cheap and in memory (writes go through its own
+    /// blocking boundary), so transports call it directly past this gate.
+    pub fn registry_for(&self, ctx: &RequestCtx, op: Operation<'_>) -> Result<&Arc<crate::registry::Registry>> {
+        self.authorize(ctx, op)?;
+        self.registry()
+    }
+
+    /// Whether `ctx`'s principal may do `op` (for listings filtered per item).
+    pub fn may(&self, ctx: &RequestCtx, op: Operation<'_>) -> bool {
+        self.authorize(ctx, op).is_ok()
+    }
+
     /// The service over a Kafka cluster, authorizing with `security`.
     pub fn kafka(cluster: Arc<Cluster>, metrics: Arc<Metrics>, security: Arc<Security>) -> Service {
         cluster.set_metrics(metrics.clone());
         Service(Arc::new(Inner {
             backend: Backend::Kafka { cluster },
+            registry: None,
             authorizer: Authorizer::new(security),
             metrics,
             request_counters: parking_lot::RwLock::new(std::collections::HashMap::new()),

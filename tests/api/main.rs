@@ -21,6 +21,7 @@ mod openapi;
 mod produce;
 mod quotas;
 mod read;
+mod registry;
 mod restart;
 mod retention;
 mod security;

@@ -368,6 +368,90 @@ def broker_view(bs, topic, partitions, group):
     print(json.dumps({"values": sorted(values), "committed": committed}))
 
 
+def registry(bs, url):
+    """Confluent's own Schema Registry client against gregor's `/registry`: register, look up,
+    check compatibility, levels, deletes and error codes; then Avro records produced with
+    AvroSerializer through gregor's Kafka listener and read back with AvroDeserializer."""
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    client = SchemaRegistryClient({"url": url})
+    v1 = Schema(json.dumps({"type": "record", "name": "Order", "fields": [{"name": "id", "type": "long"}]}), "AVRO")
+    v2 = Schema(
+        json.dumps({"type": "record", "name": "Order", "fields": [
+            {"name": "id", "type": "long"}, {"name": "note", "type": "string", "default": ""}]}),
+        "AVRO",
+    )
+    broken = Schema(json.dumps({"type": "record", "name": "Order", "fields": [{"name": "id", "type": "string"}]}), "AVRO")
+    id1 = client.register_schema("py-value", v1)
+    assert client.register_schema("py-value", v1) == id1, "registering again answers the same id"
+    assert client.test_compatibility("py-value", v2), "adding a field with a default is BACKWARD compatible"
+    assert not client.test_compatibility("py-value", broken), "changing a type is not"
+    id2 = client.register_schema("py-value", v2)
+    latest = client.get_latest_version("py-value")
+    assert (latest.version, latest.schema_id) == (2, id2), latest
+    found = client.lookup_schema("py-value", v1)
+    assert (found.version, found.schema_id) == (1, id1), found
+    assert json.loads(client.get_schema(id1).schema_str) == json.loads(v1.schema_str)
+    assert client.get_versions("py-value") == [1, 2]
+    codes = {}
+    try:
+        client.register_schema("py-value", broken)
+    except SchemaRegistryError as e:
+        codes["incompatible"] = e.error_code
+    try:
+        client.get_latest_version("no-such-subject")
+    except SchemaRegistryError as e:
+        codes["subject_not_found"] = e.error_code
+    try:
+        client.get_version("py-value", 9)
+    except SchemaRegistryError as e:
+        codes["version_not_found"] = e.error_code
+    try:
+        client.get_schema(99999)
+    except SchemaRegistryError as e:
+        codes["schema_not_found"] = e.error_code
+    try:
+        client.register_schema("py-value", Schema("{not json", "AVRO"))
+    except SchemaRegistryError as e:
+        codes["invalid_schema"] = e.error_code
+    client.set_compatibility("py-value", "NONE")
+    level = client.get_compatibility("py-value")
+    json_schema = Schema(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}}), "JSON")
+    json_id = client.register_schema("pyj-value", json_schema)
+    assert client.get_latest_version("pyj-value").schema.schema_type == "JSON"
+    try:
+        client.delete_subject("pyj-value", permanent=True)
+    except SchemaRegistryError as e:
+        codes["not_soft_deleted"] = e.error_code
+    soft = client.delete_subject("pyj-value")
+    hard = client.delete_subject("pyj-value", permanent=True)
+
+    # Confluent's serializers, through gregor's Kafka listener.
+    topic = "orders-avro"
+    serializer = AvroSerializer(client, v1.schema_str)
+    producer = Producer({"bootstrap.servers": bs})
+    for i in range(3):
+        value = serializer({"id": i}, SerializationContext(topic, MessageField.VALUE))
+        producer.produce(topic, value=value, partition=0)
+    assert producer.flush(TIMEOUT) == 0
+    deserializer = AvroDeserializer(client)
+    consumer = Consumer({"bootstrap.servers": bs, "group.id": "avro-reader", "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    read = []
+    while len(read) < 3:
+        m = consumer.poll(TIMEOUT)
+        assert m is not None and not m.error(), m and m.error()
+        read.append(deserializer(m.value(), SerializationContext(topic, MessageField.VALUE)))
+    consumer.close()
+    print(json.dumps({
+        "ids": [id1, id2, json_id], "codes": codes, "level": level, "soft": soft, "hard": hard,
+        "avro_values": read, "avro_subjects": client.get_subjects(),
+    }))
+
+
 SCENARIOS = {
     f.__name__: f
     for f in [
@@ -380,6 +464,7 @@ SCENARIOS = {
         group_resume,
         sasl,
         broker_view,
+        registry,
     ]
 }
 
