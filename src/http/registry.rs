@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::error::ApiError;
 use super::extract::Caller;
 use crate::error::Error;
 use crate::registry::{Level, Registry, RegistryError, SchemaType, Version, Which};
@@ -61,17 +62,33 @@ impl From<RegistryError> for Failure {
 }
 
 impl From<Error> for Failure {
+    /// gregor's own refusals (credentials, permissions, quotas, `not_supported`) in Confluent's
+    /// body: its status, and an `error_code` of the status followed by 01 (Confluent's 40101,
+    /// 40301, …). Server faults are logged, not shown.
     fn from(e: Error) -> Failure {
+        let status = e.code().describe().status;
+        if e.code().is_server_fault() {
+            tracing::error!(error = %e, "schema registry request failed");
+        }
+        Failure(status, u32::from(status) * 100 + 1, e.public_detail())
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Failure {
         match e {
-            Error::Unauthenticated(why) => Failure(401, 40101, why),
-            e @ Error::Forbidden { .. } => Failure(403, 40301, e.to_string()),
-            e @ Error::Unsupported(_) => Failure(501, 50101, e.to_string()),
-            e => {
-                tracing::error!(error = %e, "schema registry request failed");
-                Failure(500, 50001, "the server failed to complete the request; details are in its log".into())
+            ApiError::Core(e) => e.into(),
+            other => {
+                let status = other.code().describe().status;
+                Failure(status, u32::from(status) * 100 + 1, other.to_string())
             }
         }
     }
+}
+
+/// The request's caller, or why there is none, in Confluent's body.
+fn who(caller: Result<Caller, ApiError>) -> Result<RequestCtx, Failure> {
+    Ok(caller?.0)
 }
 
 impl IntoResponse for Failure {
@@ -135,9 +152,10 @@ async fn root() -> Response {
 
 async fn subjects(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = state.service.registry()?;
     let prefix = q.get("subjectPrefix").map(String::as_str).unwrap_or("");
     let listed: Vec<String> = reg
@@ -150,10 +168,11 @@ async fn subjects(
 
 async fn register(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path(subject): Path<String>,
     body: Bytes,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::RegisterSchema(&subject))?;
     let (kind, text) = SchemaBody::parse(&body)?;
     let id = reg.register(&subject, kind, &text).await?;
@@ -162,10 +181,11 @@ async fn register(
 
 async fn lookup(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path(subject): Path<String>,
     body: Bytes,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let (kind, text) = SchemaBody::parse(&body)?;
     Ok(ok(StatusCode::OK, version_json(&reg.lookup(&subject, kind, &text)?)))
@@ -173,20 +193,22 @@ async fn lookup(
 
 async fn versions(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path(subject): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     Ok(ok(StatusCode::OK, json!(reg.versions(&subject, flag(&q, "deleted"))?)))
 }
 
 async fn version(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path((subject, version)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let v = reg.version(&subject, which(&version)?, flag(&q, "deleted"))?;
     Ok(ok(StatusCode::OK, version_json(&v)))
@@ -194,10 +216,11 @@ async fn version(
 
 async fn version_schema(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path((subject, version)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let v = reg.version(&subject, which(&version)?, flag(&q, "deleted"))?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], v.schema).into_response())
@@ -205,20 +228,22 @@ async fn version_schema(
 
 async fn delete_subject(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path(subject): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::AlterSubject(&subject))?;
     Ok(ok(StatusCode::OK, json!(reg.delete_subject(&subject, flag(&q, "permanent")).await?)))
 }
 
 async fn delete_version(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path((subject, version)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::AlterSubject(&subject))?;
     Ok(ok(StatusCode::OK, json!(reg.delete_version(&subject, which(&version)?, flag(&q, "permanent")).await?)))
 }
@@ -243,7 +268,12 @@ fn readable_schema(state: &AppState, ctx: &RequestCtx, id: u32) -> Result<(Schem
     Ok((kind, text))
 }
 
-async fn schema_by_id(State(state): State<AppState>, Caller(ctx): Caller, Path(id): Path<String>) -> Answer {
+async fn schema_by_id(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+) -> Answer {
+    let ctx = who(caller)?;
     let (kind, text) = readable_schema(&state, &ctx, schema_id(&id)?)?;
     let mut out = json!({"schema": text});
     if kind != SchemaType::Avro {
@@ -252,7 +282,12 @@ async fn schema_by_id(State(state): State<AppState>, Caller(ctx): Caller, Path(i
     Ok(ok(StatusCode::OK, out))
 }
 
-async fn raw_schema_by_id(State(state): State<AppState>, Caller(ctx): Caller, Path(id): Path<String>) -> Answer {
+async fn raw_schema_by_id(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+) -> Answer {
+    let ctx = who(caller)?;
     let (_, text) = readable_schema(&state, &ctx, schema_id(&id)?)?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
@@ -263,13 +298,23 @@ fn usages(state: &AppState, ctx: &RequestCtx, id: &str) -> Result<Vec<(String, u
     Ok(reg.usages(id)?.into_iter().filter(|(s, _)| state.service.may(ctx, Operation::ReadSubject(s))).collect())
 }
 
-async fn id_versions(State(state): State<AppState>, Caller(ctx): Caller, Path(id): Path<String>) -> Answer {
+async fn id_versions(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+) -> Answer {
+    let ctx = who(caller)?;
     let list: Vec<Value> =
         usages(&state, &ctx, &id)?.into_iter().map(|(s, v)| json!({"subject": s, "version": v})).collect();
     Ok(ok(StatusCode::OK, json!(list)))
 }
 
-async fn id_subjects(State(state): State<AppState>, Caller(ctx): Caller, Path(id): Path<String>) -> Answer {
+async fn id_subjects(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+) -> Answer {
+    let ctx = who(caller)?;
     let mut list: Vec<String> = usages(&state, &ctx, &id)?.into_iter().map(|(s, _)| s).collect();
     list.dedup();
     Ok(ok(StatusCode::OK, json!(list)))
@@ -288,12 +333,14 @@ fn level_of(body: &[u8]) -> Result<Level, Failure> {
         .map_err(|_| Failure(422, 42203, format!("Invalid compatibility level: {}", b.compatibility)))
 }
 
-async fn global_config(State(state): State<AppState>, Caller(ctx): Caller) -> Answer {
+async fn global_config(State(state): State<AppState>, caller: Result<Caller, ApiError>) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::DescribeCluster)?;
     Ok(ok(StatusCode::OK, json!({"compatibilityLevel": reg.level(None, true)?.as_str()})))
 }
 
-async fn set_global_config(State(state): State<AppState>, Caller(ctx): Caller, body: Bytes) -> Answer {
+async fn set_global_config(State(state): State<AppState>, caller: Result<Caller, ApiError>, body: Bytes) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::AlterCluster)?;
     let level = level_of(&body)?;
     reg.set_level(None, Some(level)).await?;
@@ -302,10 +349,11 @@ async fn set_global_config(State(state): State<AppState>, Caller(ctx): Caller, b
 
 async fn subject_config(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path(subject): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let level = reg.level(Some(&subject), flag(&q, "defaultToGlobal"))?;
     Ok(ok(StatusCode::OK, json!({"compatibilityLevel": level.as_str()})))
@@ -313,10 +361,11 @@ async fn subject_config(
 
 async fn set_subject_config(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path(subject): Path<String>,
     body: Bytes,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::AlterSubject(&subject))?;
     let level = level_of(&body)?;
     reg.set_level(Some(&subject), Some(level)).await?;
@@ -325,9 +374,10 @@ async fn set_subject_config(
 
 async fn delete_subject_config(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path(subject): Path<String>,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::AlterSubject(&subject))?;
     let previous = reg.set_level(Some(&subject), None).await?.unwrap_or_default();
     Ok(ok(StatusCode::OK, json!({"compatibilityLevel": previous.as_str()})))
@@ -343,11 +393,12 @@ fn compatibility(reasons: Vec<String>, q: &HashMap<String, String>) -> Response 
 
 async fn check_version(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path((subject, version)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let (kind, text) = SchemaBody::parse(&body)?;
     Ok(compatibility(reg.check(&subject, Some(which(&version)?), kind, &text)?, &q))
@@ -355,11 +406,12 @@ async fn check_version(
 
 async fn check_all(
     State(state): State<AppState>,
-    Caller(ctx): Caller,
+    caller: Result<Caller, ApiError>,
     Path(subject): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Answer {
+    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let (kind, text) = SchemaBody::parse(&body)?;
     Ok(compatibility(reg.check(&subject, None, kind, &text)?, &q))

@@ -606,3 +606,44 @@ async fn the_readme_configuration_is_valid() {
     })
     .await;
 }
+
+/// The Schema Registry under the ACLs: a `<topic>-value` subject is the topic's (alice may
+/// register under `orders-value`, not under `orders-secret-value` or `invoices-value`);
+/// refusals come in Confluent's error body, which its clients read.
+#[tokio::test]
+async fn registry_subjects_follow_their_topics_acls() {
+    crate::helpers::within(async {
+        let s = secured_app("").await;
+        let app = &s.app;
+        let schema = json!({"schema": "{\"type\": \"string\"}"});
+        let register = |subject: &str, key: Option<&'static str>| {
+            let mut req = app
+                .client
+                .post(app.url(&format!("/registry/subjects/{subject}/versions")))
+                .header("content-type", "application/vnd.schemaregistry.v1+json")
+                .body(schema.to_string());
+            if let Some(k) = key {
+                req = req.bearer_auth(k);
+            }
+            async move {
+                let res = req.send().await.unwrap();
+                let status = res.status().as_u16();
+                (status, res.json::<Value>().await.unwrap())
+            }
+        };
+        let (status, body) = register("orders-value", Some(ALICE_KEY)).await;
+        assert_eq!(status, 200, "{body}");
+        for subject in ["orders-secret-value", "invoices-value", "free-form"] {
+            let (status, body) = register(subject, Some(ALICE_KEY)).await;
+            assert_eq!((status, body["error_code"].as_u64()), (403, Some(40301)), "{subject}: {body}");
+        }
+        let (status, body) = register("orders-value", None).await;
+        assert_eq!((status, body["error_code"].as_u64()), (401, Some(40101)), "{body}");
+        let (status, body) = register("invoices-value", Some(ADMIN_KEY)).await;
+        assert_eq!(status, 200, "{body}");
+        let res = app.client.get(app.url("/registry/subjects")).bearer_auth(ALICE_KEY).send().await.unwrap();
+        let listed: Value = res.json().await.unwrap();
+        assert_eq!(listed, json!(["orders-value"]), "only the subjects of topics alice may describe");
+    })
+    .await;
+}
