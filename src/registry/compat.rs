@@ -13,6 +13,8 @@
 //! `required`, `additionalProperties`, `items` and the numeric and length bounds): a reader
 //! that needs more than the writer promises is refused, as Confluent refuses it (a property
 //! added to an open content model, a required property the writer may omit, a narrowed type).
+//! A change to any other keyword (`oneOf`, `$ref`, `pattern`, …) is refused rather than
+//! guessed: stricter than Confluent there, never looser.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -113,6 +115,35 @@ pub fn can_read(writer: &ParsedSchema, reader: &ParsedSchema) -> Vec<String> {
     }
 }
 
+/// JSON Schema keywords whose changes are refused rather than judged.
+const UNJUDGED: &[&str] = &[
+    "$ref",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "const",
+    "pattern",
+    "format",
+    "multipleOf",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "patternProperties",
+    "propertyNames",
+    "dependentRequired",
+    "dependentSchemas",
+    "minProperties",
+    "maxProperties",
+    "uniqueItems",
+    "contains",
+    "prefixItems",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+];
+
 /// The JSON types a schema allows (`None`: any).
 fn types(schema: &Value) -> Option<BTreeSet<&str>> {
     match schema.get("type")? {
@@ -161,6 +192,14 @@ fn json_can_read(writer: &Value, reader: &Value, at: &str, reasons: &mut Vec<Str
     bound(writer, reader, "maxLength", at, reasons, |w, r| w <= r);
     bound(writer, reader, "minItems", at, reasons, |w, r| w >= r);
     bound(writer, reader, "maxItems", at, reasons, |w, r| w <= r);
+    // Keywords this check does not reason about: a change to one of them is refused rather
+    // than guessed compatible (a registry that lets a breaking change through poisons every
+    // consumer; one that refuses a safe change costs a NONE level or a new subject).
+    for key in UNJUDGED {
+        if writer.get(key) != reader.get(key) {
+            reasons.push(format!("{at}: '{key}' changed, which gregor does not judge: refused to be safe"));
+        }
+    }
     if allows(&wt, "object") && allows(&rt, "object") {
         objects(writer, reader, at, reasons);
     }
@@ -353,6 +392,12 @@ mod tests {
         }
         let avro_v = avro(r#"{"name": "id", "type": "long"}"#);
         assert!(!ok(Level::Backward, &open, &[&avro_v]), "changing the schema type is refused");
+        // Keywords not judged: a change is refused, an unchanged one passes.
+        let with_pattern = json(r#"{"type": "object", "properties": {"s": {"type": "string", "pattern": "^a"}}}"#);
+        let other_pattern = json(r#"{"type": "object", "properties": {"s": {"type": "string", "pattern": "^b"}}}"#);
+        let reasons = Level::Backward.check(&other_pattern, &[&with_pattern]);
+        assert!(reasons.iter().any(|r| r.contains("#/properties/s: 'pattern' changed")), "{reasons:?}");
+        assert!(ok(Level::Full, &with_pattern, &[&with_pattern]), "the same schema is compatible with itself");
     }
 
     #[test]
