@@ -41,8 +41,9 @@ use super::{Cluster, TRIES, wire_error};
 use crate::error::{Code, Error, Result};
 use crate::group::assignor::{self, Assignor, MemberSpec, TopicPartition};
 use crate::group::cursor::{Cursor, Position};
-use crate::group::{CommittedInfo, GroupInfo, GroupState, JoinParams, Joined, MemberInfo, OffsetReset, ResetTo, View};
-use crate::log::ReadResult;
+use crate::group::{
+    CommittedInfo, GroupInfo, GroupState, JoinParams, Joined, MemberInfo, OffsetReset, Polled, ResetTo, View,
+};
 
 /// Kafka's error codes: the listener's table.
 use crate::kafka::errors as code;
@@ -76,15 +77,6 @@ struct DescribedGroup {
     state: String,
     protocol: String,
     members: Vec<(String, Option<String>, Described)>,
-}
-
-/// What a poll read for a member.
-#[derive(Debug)]
-pub struct ClusterPolled {
-    pub view: View,
-    pub records: Vec<(TopicPartition, ReadResult)>,
-    pub errors: Vec<(TopicPartition, Code)>,
-    pub cursor: String,
 }
 
 pub(super) fn str_bytes(s: &str) -> StrBytes {
@@ -635,7 +627,7 @@ impl Cluster {
         max_bytes: usize,
         wait: Duration,
         cursor: Option<&str>,
-    ) -> Result<ClusterPolled> {
+    ) -> Result<Polled> {
         let given = cursor.map(|c| self.cursor_key.open(group, member, c)).transpose()?;
         let mut carried = given.as_ref().and_then(carried_member);
         let deadline = Instant::now() + wait;
@@ -700,7 +692,7 @@ impl Cluster {
                 let positions =
                     positions.into_iter().map(|(tp, offset)| Position { tp, topic_id: 0, epoch: 0, offset }).collect();
                 let cursor = self.seal_cursor(group, member, &me, &view, positions);
-                return Ok(ClusterPolled { view, records, errors, cursor });
+                return Ok(Polled { view, records, errors, cursor });
             }
             // Nothing yet: wait for an end offset to move (or a third of the session, to
             // heartbeat again), then look again.

@@ -874,20 +874,11 @@ impl Service {
         self.authorize(ctx, Operation::ConsumeGroup(group))?;
         self.spend(ctx, Spend::Consume, 0).await?;
         let max_bytes = limits::max_bytes("max_bytes", params.max_bytes, 50 * 1024 * 1024, limits::MAX_READ_BYTES)?;
-        if let Some(cluster) = self.cluster() {
-            let polled = cluster.poll(group, member, max, max_bytes, wait, params.cursor.as_deref()).await?;
-            return Ok(Polled {
-                view: polled.view,
-                records: polled
-                    .records
-                    .into_iter()
-                    .map(|(tp, read)| (tp.clone(), self.records(ctx, &tp.topic, read)))
-                    .collect(),
-                errors: polled.errors,
-                cursor: polled.cursor,
-            });
-        }
-        let polled = self.groups()?.poll(group, member, max, max_bytes, wait, params.cursor.as_deref()).await?;
+        let cursor = params.cursor.as_deref();
+        let polled = match self.cluster() {
+            Some(cluster) => cluster.poll(group, member, max, max_bytes, wait, cursor).await?,
+            None => self.groups()?.poll(group, member, max, max_bytes, wait, cursor).await?,
+        };
         Ok(Polled {
             view: polled.view,
             records: polled
