@@ -337,14 +337,26 @@ impl Cluster {
         let every = Duration::from_millis((session_ms / 3).max(100));
         loop {
             tokio::time::sleep(every).await;
-            let hb = HeartbeatRequest::default()
-                .with_group_id(GroupId(str_bytes(group)))
-                .with_generation_id(generation.min(i32::MAX as u64) as i32)
-                .with_member_id(str_bytes(member))
-                .with_group_instance_id(instance.map(str_bytes));
             // REBALANCE_IN_PROGRESS is the expected answer; the join says what matters.
-            let _ = self.to_coordinator(group, 0..=3, &hb, self.settings.request_timeout, |r| r.error_code).await;
+            let _ = self.heartbeat_once(group, member, instance, generation).await;
         }
+    }
+
+    /// One Heartbeat for `member` at `generation`: the coordinator's error code.
+    pub(super) async fn heartbeat_once(
+        &self,
+        group: &str,
+        member: &str,
+        instance: Option<&str>,
+        generation: u64,
+    ) -> Result<i16> {
+        let hb = HeartbeatRequest::default()
+            .with_group_id(GroupId(str_bytes(group)))
+            .with_generation_id(generation.min(i32::MAX as u64) as i32)
+            .with_member_id(str_bytes(member))
+            .with_group_instance_id(instance.map(str_bytes));
+        let (resp, _) = self.to_coordinator(group, 0..=3, &hb, self.settings.request_timeout, |r| r.error_code).await?;
+        Ok(resp.error_code)
     }
 
     /// The leader's work: every member's partitions, with the generation in `user_data`.
@@ -515,14 +527,7 @@ impl Cluster {
                         .into(),
                 ));
             };
-            let hb = HeartbeatRequest::default()
-                .with_group_id(GroupId(str_bytes(group)))
-                .with_generation_id(me.generation.min(i32::MAX as u64) as i32)
-                .with_member_id(str_bytes(member))
-                .with_group_instance_id(instance.as_deref().map(str_bytes));
-            let (resp, _) =
-                self.to_coordinator(group, 0..=3, &hb, self.settings.request_timeout, |r| r.error_code).await?;
-            match resp.error_code {
+            match self.heartbeat_once(group, member, instance.as_deref(), me.generation).await? {
                 0 => {
                     let view = View {
                         generation: me.generation,

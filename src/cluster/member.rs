@@ -25,14 +25,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_protocol::messages::{GroupId, HeartbeatRequest};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
-use super::groups::{Described, cooperative, group_error, str_bytes, with_owned};
+use super::groups::{Described, cooperative, group_error, with_owned};
 use crate::error::{Error, Result};
 use crate::group::{JoinParams, View};
 use crate::kafka::errors as code;
@@ -248,14 +247,7 @@ impl StreamMember {
     }
 
     async fn heartbeat(&self, generation: u64) -> Result<i16> {
-        let hb = HeartbeatRequest::default()
-            .with_group_id(GroupId(str_bytes(&self.group)))
-            .with_generation_id(generation.min(i32::MAX as u64) as i32)
-            .with_member_id(str_bytes(&self.id))
-            .with_group_instance_id(self.instance.as_deref().map(str_bytes));
-        let timeout = self.cluster.settings.request_timeout;
-        let (resp, _) = self.cluster.to_coordinator(&self.group, 0..=3, &hb, timeout, |r| r.error_code).await?;
-        Ok(resp.error_code)
+        self.cluster.heartbeat_once(&self.group, &self.id, self.instance.as_deref(), generation).await
     }
 
     /// Rejoins and syncs. Eager: the member owns nothing now. Cooperative: it states what it
