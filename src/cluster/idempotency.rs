@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +29,7 @@ use super::{Cluster, kafka_error};
 use crate::error::{Error, Result};
 use crate::log::{Acks, Produced, RecordMetadata};
 use crate::record::NewRecord;
+use crate::topic::TopicConfigPatch;
 
 /// The topic holding claims and answers.
 pub const TOPIC: &str = "__gregor_idempotency";
@@ -231,24 +231,13 @@ impl Cluster {
                     Err(Error::UnknownTopic(_)) => {}
                     Err(e) => return Err(e),
                 }
-                self.require(kafka_protocol::messages::ApiKey::CreateTopics).await?;
-                let retention = (self.keys.window_ms.load(Ordering::Acquire) * 2).to_string();
-                let new = NewTopic::new(TOPIC, 1, TopicReplication::Fixed(-1)).set("retention.ms", &retention);
-                let opts = AdminOptions::new()
-                    .request_timeout(Some(self.settings.request_timeout))
-                    .operation_timeout(Some(self.settings.request_timeout));
-                let answers =
-                    self.admin.create_topics([&new], &opts).await.map_err(|e| kafka_error("CreateTopics", &e))?;
-                for answer in answers {
-                    match answer {
-                        Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                        Err((_, code)) => {
-                            return Err(kafka_error(TOPIC, &rdkafka::error::KafkaError::AdminOp(code)));
-                        }
-                    }
+                let retention = (self.keys.window_ms.load(Ordering::Acquire) * 2).min(i64::MAX as u64) as i64;
+                let patch = TopicConfigPatch { retention_ms: Some(retention), ..Default::default() };
+                match self.create_topic(TOPIC, 1, &patch).await {
+                    // Another replica made it meanwhile.
+                    Ok(_) | Err(Error::TopicExists(_)) => Ok(()),
+                    Err(e) => Err(e),
                 }
-                self.settle(TOPIC, 1).await;
-                Ok(())
             })
             .await
             .map(|_| ())
