@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -86,9 +87,15 @@ impl From<ApiError> for Failure {
     }
 }
 
-/// The request's caller, or why there is none, in Confluent's body.
-fn who(caller: Result<Caller, ApiError>) -> Result<RequestCtx, Failure> {
-    Ok(caller?.0)
+/// The request's caller ([`Caller`]), refused in Confluent's body.
+pub struct Who(RequestCtx);
+
+impl FromRequestParts<AppState> for Who {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Who, Failure> {
+        Ok(Who(Caller::from_request_parts(parts, state).await?.0))
+    }
 }
 
 impl IntoResponse for Failure {
@@ -150,12 +157,7 @@ async fn root() -> Response {
     ok(StatusCode::OK, json!({}))
 }
 
-async fn subjects(
-    State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Answer {
-    let ctx = who(caller)?;
+async fn subjects(State(state): State<AppState>, Who(ctx): Who, Query(q): Query<HashMap<String, String>>) -> Answer {
     let reg = state.service.registry()?;
     let prefix = q.get("subjectPrefix").map(String::as_str).unwrap_or("");
     let listed: Vec<String> = reg
@@ -166,26 +168,14 @@ async fn subjects(
     Ok(ok(StatusCode::OK, json!(listed)))
 }
 
-async fn register(
-    State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
-    Path(subject): Path<String>,
-    body: Bytes,
-) -> Answer {
-    let ctx = who(caller)?;
+async fn register(State(state): State<AppState>, Who(ctx): Who, Path(subject): Path<String>, body: Bytes) -> Answer {
     let reg = registry(&state, &ctx, Operation::RegisterSchema(&subject))?;
     let (kind, text) = SchemaBody::parse(&body)?;
     let id = reg.register(&subject, kind, &text).await?;
     Ok(ok(StatusCode::OK, json!({"id": id})))
 }
 
-async fn lookup(
-    State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
-    Path(subject): Path<String>,
-    body: Bytes,
-) -> Answer {
-    let ctx = who(caller)?;
+async fn lookup(State(state): State<AppState>, Who(ctx): Who, Path(subject): Path<String>, body: Bytes) -> Answer {
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let (kind, text) = SchemaBody::parse(&body)?;
     Ok(ok(StatusCode::OK, version_json(&reg.lookup(&subject, kind, &text)?)))
@@ -193,22 +183,20 @@ async fn lookup(
 
 async fn versions(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    Who(ctx): Who,
     Path(subject): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     Ok(ok(StatusCode::OK, json!(reg.versions(&subject, flag(&q, "deleted"))?)))
 }
 
 async fn version(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    Who(ctx): Who,
     Path((subject, version)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let v = reg.version(&subject, which(&version)?, flag(&q, "deleted"))?;
     Ok(ok(StatusCode::OK, version_json(&v)))
@@ -216,11 +204,10 @@ async fn version(
 
 async fn version_schema(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    Who(ctx): Who,
     Path((subject, version)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let v = reg.version(&subject, which(&version)?, flag(&q, "deleted"))?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], v.schema).into_response())
@@ -228,22 +215,20 @@ async fn version_schema(
 
 async fn delete_subject(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    Who(ctx): Who,
     Path(subject): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::AlterSubject(&subject))?;
     Ok(ok(StatusCode::OK, json!(reg.delete_subject(&subject, flag(&q, "permanent")).await?)))
 }
 
 async fn delete_version(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    Who(ctx): Who,
     Path((subject, version)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::AlterSubject(&subject))?;
     Ok(ok(StatusCode::OK, json!(reg.delete_version(&subject, which(&version)?, flag(&q, "permanent")).await?)))
 }
@@ -268,12 +253,7 @@ fn readable_schema(state: &AppState, ctx: &RequestCtx, id: u32) -> Result<(Schem
     Ok((kind, text))
 }
 
-async fn schema_by_id(
-    State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
-    Path(id): Path<String>,
-) -> Answer {
-    let ctx = who(caller)?;
+async fn schema_by_id(State(state): State<AppState>, Who(ctx): Who, Path(id): Path<String>) -> Answer {
     let (kind, text) = readable_schema(&state, &ctx, schema_id(&id)?)?;
     let mut out = json!({"schema": text});
     if kind != SchemaType::Avro {
@@ -282,12 +262,7 @@ async fn schema_by_id(
     Ok(ok(StatusCode::OK, out))
 }
 
-async fn raw_schema_by_id(
-    State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
-    Path(id): Path<String>,
-) -> Answer {
-    let ctx = who(caller)?;
+async fn raw_schema_by_id(State(state): State<AppState>, Who(ctx): Who, Path(id): Path<String>) -> Answer {
     let (_, text) = readable_schema(&state, &ctx, schema_id(&id)?)?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
@@ -298,23 +273,13 @@ fn usages(state: &AppState, ctx: &RequestCtx, id: &str) -> Result<Vec<(String, u
     Ok(reg.usages(id)?.into_iter().filter(|(s, _)| state.service.may(ctx, Operation::ReadSubject(s))).collect())
 }
 
-async fn id_versions(
-    State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
-    Path(id): Path<String>,
-) -> Answer {
-    let ctx = who(caller)?;
+async fn id_versions(State(state): State<AppState>, Who(ctx): Who, Path(id): Path<String>) -> Answer {
     let list: Vec<Value> =
         usages(&state, &ctx, &id)?.into_iter().map(|(s, v)| json!({"subject": s, "version": v})).collect();
     Ok(ok(StatusCode::OK, json!(list)))
 }
 
-async fn id_subjects(
-    State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
-    Path(id): Path<String>,
-) -> Answer {
-    let ctx = who(caller)?;
+async fn id_subjects(State(state): State<AppState>, Who(ctx): Who, Path(id): Path<String>) -> Answer {
     let mut list: Vec<String> = usages(&state, &ctx, &id)?.into_iter().map(|(s, _)| s).collect();
     list.dedup();
     Ok(ok(StatusCode::OK, json!(list)))
@@ -333,14 +298,12 @@ fn level_of(body: &[u8]) -> Result<Level, Failure> {
         .map_err(|_| Failure(422, 42203, format!("Invalid compatibility level: {}", b.compatibility)))
 }
 
-async fn global_config(State(state): State<AppState>, caller: Result<Caller, ApiError>) -> Answer {
-    let ctx = who(caller)?;
+async fn global_config(State(state): State<AppState>, Who(ctx): Who) -> Answer {
     let reg = registry(&state, &ctx, Operation::DescribeCluster)?;
     Ok(ok(StatusCode::OK, json!({"compatibilityLevel": reg.level(None, true)?.as_str()})))
 }
 
-async fn set_global_config(State(state): State<AppState>, caller: Result<Caller, ApiError>, body: Bytes) -> Answer {
-    let ctx = who(caller)?;
+async fn set_global_config(State(state): State<AppState>, Who(ctx): Who, body: Bytes) -> Answer {
     let reg = registry(&state, &ctx, Operation::AlterCluster)?;
     let level = level_of(&body)?;
     reg.set_level(None, Some(level)).await?;
@@ -349,11 +312,10 @@ async fn set_global_config(State(state): State<AppState>, caller: Result<Caller,
 
 async fn subject_config(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    Who(ctx): Who,
     Path(subject): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let level = reg.level(Some(&subject), flag(&q, "defaultToGlobal"))?;
     Ok(ok(StatusCode::OK, json!({"compatibilityLevel": level.as_str()})))
@@ -361,23 +323,17 @@ async fn subject_config(
 
 async fn set_subject_config(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    Who(ctx): Who,
     Path(subject): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::AlterSubject(&subject))?;
     let level = level_of(&body)?;
     reg.set_level(Some(&subject), Some(level)).await?;
     Ok(ok(StatusCode::OK, json!({"compatibility": level.as_str()})))
 }
 
-async fn delete_subject_config(
-    State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
-    Path(subject): Path<String>,
-) -> Answer {
-    let ctx = who(caller)?;
+async fn delete_subject_config(State(state): State<AppState>, Who(ctx): Who, Path(subject): Path<String>) -> Answer {
     let reg = registry(&state, &ctx, Operation::AlterSubject(&subject))?;
     let previous = reg.set_level(Some(&subject), None).await?.unwrap_or_default();
     Ok(ok(StatusCode::OK, json!({"compatibilityLevel": previous.as_str()})))
@@ -393,12 +349,11 @@ fn compatibility(reasons: Vec<String>, q: &HashMap<String, String>) -> Response 
 
 async fn check_version(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    Who(ctx): Who,
     Path((subject, version)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Answer {
-    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let (kind, text) = SchemaBody::parse(&body)?;
     Ok(compatibility(reg.check(&subject, Some(which(&version)?), kind, &text)?, &q))
@@ -406,12 +361,11 @@ async fn check_version(
 
 async fn check_all(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    Who(ctx): Who,
     Path(subject): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Answer {
-    let ctx = who(caller)?;
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let (kind, text) = SchemaBody::parse(&body)?;
     Ok(compatibility(reg.check(&subject, None, kind, &text)?, &q))
