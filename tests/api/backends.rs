@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::helpers::{TestApp, project_root, spawn_app, spawn_app_with};
+use crate::idempotency::produce_with_key;
 use crate::ws::{Ws, connect, frame, next_frame, records, send};
 
 /// What a gregor under test stands on.
@@ -620,20 +621,6 @@ async fn group_members_split_partitions_commit_and_hand_over() {
         assert_eq!(res.status(), 204, "[{who}]");
     }))
     .await;
-}
-
-async fn produce_with_key(app: &TestApp, topic: &str, key: &str, body: &Value) -> (u16, Value, bool) {
-    let res = app
-        .client
-        .post(app.url(&format!("/v1/topics/{topic}/records?acks=all")))
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let replayed = res.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
-    let (status, body) = crate::helpers::status_json(res).await;
-    (status, body, replayed)
 }
 
 /// `Idempotency-Key` on every backend: a retry is answered with the first answer and writes

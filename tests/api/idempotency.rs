@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app};
 
-async fn produce_with_key(app: &TestApp, topic: &str, key: &str, body: &Value) -> (u16, Value, bool) {
+pub(crate) async fn produce_with_key(app: &TestApp, topic: &str, key: &str, body: &Value) -> (u16, Value, bool) {
     let res = app
         .client
         .post(app.url(&format!("/v1/topics/{topic}/records?acks=all")))
