@@ -814,7 +814,7 @@ async fn retention(s: &Settings) -> Vec<Row> {
     let config = gregor::topic::TopicConfigPatch {
         retention_ms: Some(-1),
         retention_bytes: Some(1 << 30),
-        max_message_bytes: None,
+        ..Default::default()
     };
     let value = vec![b'x'; 100];
     for t in 0..topics {

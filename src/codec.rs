@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 use crate::error::Error;
 use crate::log::RecordMetadata;
 use crate::record::{Blob, Format, Header, NewRecord, StoredRecord};
+use crate::service::{Decoder, SchemaIds};
 
 /// A REST produce body: `{"records": [...]}`.
 #[derive(Debug, Deserialize)]
@@ -27,12 +28,18 @@ use crate::record::{Blob, Format, Header, NewRecord, StoredRecord};
 struct ProduceBody<'a> {
     #[serde(borrow)]
     records: Vec<RecordIn<'a>>,
+    #[serde(default)]
+    key_schema_id: Option<u32>,
+    #[serde(default)]
+    value_schema_id: Option<u32>,
 }
 
-/// Parses a REST produce body, `{"records": [...]}`, into records that borrow from it.
-pub fn parse_produce_body(body: &[u8]) -> Result<Vec<NewRecord<'_>>, Error> {
+/// Parses a REST produce body, `{"records": [...]}` (with the schema ids it may name), into
+/// records that borrow from it.
+pub fn parse_produce_body(body: &[u8]) -> Result<(Vec<NewRecord<'_>>, SchemaIds), Error> {
     let parsed: ProduceBody<'_> = parse_json(body)?;
-    into_records(parsed.records)
+    let ids = SchemaIds { key: parsed.key_schema_id, value: parsed.value_schema_id };
+    Ok((into_records(parsed.records)?, ids))
 }
 
 /// Parses the records of a WebSocket `produce` frame: a JSON array of records.
@@ -192,7 +199,9 @@ pub enum Encoding {
     Base64,
 }
 
-/// Appends one record as a JSON object to `out`.
+/// Appends one record as a JSON object to `out`. With a `decoder` (and `Encoding::Auto`), a
+/// key or value in Confluent's wire format whose schema is one of the topic's subject is
+/// written as its JSON, with `key_schema_id` / `value_schema_id`.
 pub fn write_record(
     out: &mut Vec<u8>,
     topic: &str,
@@ -200,6 +209,7 @@ pub fn write_record(
     offset: u64,
     rec: &StoredRecord<'_>,
     enc: Encoding,
+    mut decoder: Option<&mut Decoder>,
 ) {
     out.extend_from_slice(b"{\"topic\":");
     write_str(out, topic);
@@ -209,10 +219,28 @@ pub fn write_record(
     write_u64(out, offset);
     out.extend_from_slice(b",\"timestamp\":");
     write_u64(out, rec.timestamp);
-    out.push(b',');
-    write_blob(out, "key", rec.key.as_ref(), enc);
-    out.push(b',');
-    write_blob(out, "value", rec.value.as_ref(), enc);
+    for (field, blob) in [("key", rec.key.as_ref()), ("value", rec.value.as_ref())] {
+        out.push(b',');
+        let decoded = match (blob, decoder.as_deref_mut(), enc) {
+            (Some(b), Some(d), Encoding::Auto) if b.bytes.first() == Some(&0) => {
+                d.decode(topic, field == "key", &b.bytes)
+            }
+            _ => None,
+        };
+        match decoded {
+            Some((id, json)) => {
+                out.push(b'"');
+                out.extend_from_slice(field.as_bytes());
+                out.extend_from_slice(b"\":");
+                out.extend_from_slice(&json);
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(field.as_bytes());
+                out.extend_from_slice(b"_schema_id\":");
+                write_u64(out, u64::from(id));
+            }
+            None => write_blob(out, field, blob, enc),
+        }
+    }
     out.extend_from_slice(b",\"headers\":[");
     for (i, h) in rec.headers.iter().enumerate() {
         if i > 0 {
@@ -355,7 +383,7 @@ mod tests {
     fn produce_bodies_and_record_lists_share_one_parser() {
         let body = br#"{"records":[{"key":"k","value":{"a":1}}]}"#;
         let list = r#"[{"key":"k","value":{"a":1}}]"#;
-        assert_eq!(parse_produce_body(body).unwrap(), parse_record_list(list).unwrap());
+        assert_eq!(parse_produce_body(body).unwrap().0, parse_record_list(list).unwrap());
         assert!(matches!(parse_produce_body(b"{\"records\":[]}"), Err(Error::InvalidRequest(_))));
         assert!(matches!(parse_record_list("[]"), Err(Error::InvalidRequest(_))));
         assert!(matches!(parse_produce_body(b"{nope"), Err(Error::InvalidJson(_))));
@@ -381,7 +409,7 @@ mod tests {
             headers: vec![Header { name: "h".into(), value: Some(Blob::new(Format::Text, b"x\"y".to_vec())) }],
         };
         let mut out = Vec::new();
-        write_record(&mut out, "t", 1, 5, &rec, Encoding::Auto);
+        write_record(&mut out, "t", 1, 5, &rec, Encoding::Auto, None);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,
@@ -389,7 +417,7 @@ mod tests {
                 "value":{"n":1},"headers":[{"name":"h","value":"x\"y"}]})
         );
         let mut out = Vec::new();
-        write_record(&mut out, "t", 1, 5, &rec, Encoding::Base64);
+        write_record(&mut out, "t", 1, 5, &rec, Encoding::Base64, None);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["value_base64"], "eyJuIjogMX0=");
         assert_eq!(v["headers"][0]["value_base64"], "eCJ5");

@@ -49,6 +49,14 @@ pub enum Error {
     #[error("invalid record at index {index}: {reason}")]
     InvalidRecord { index: usize, field: &'static str, reason: String },
 
+    /// A value (or key) that does not match the schema its topic requires.
+    #[error("record at index {index}: its {field} does not match schema {schema_id} at '{pointer}': {reason}")]
+    SchemaViolation { index: usize, field: &'static str, schema_id: u32, pointer: String, reason: String },
+
+    /// A produce that needs a schema the registry does not have for the topic's subject.
+    #[error("{reason}")]
+    SchemaNotFound { subject: String, reason: String },
+
     #[error("record at index {index} is {size} bytes, more than the topic's max_message_bytes ({max})")]
     RecordTooLarge { index: usize, size: usize, max: u32 },
 
@@ -145,6 +153,8 @@ impl Error {
             Error::InvalidParameter { .. } => Code::InvalidParameter,
             Error::InvalidRecord { .. } => Code::InvalidRecord,
             Error::RecordTooLarge { .. } => Code::RecordTooLarge,
+            Error::SchemaViolation { .. } => Code::SchemaViolation,
+            Error::SchemaNotFound { .. } => Code::SchemaNotFound,
             Error::OffsetOutOfRange { .. } => Code::OffsetOutOfRange,
             Error::InvalidGroupId(_) => Code::InvalidGroupId,
             Error::UnknownGroup(_) => Code::UnknownGroup,
@@ -211,6 +221,8 @@ pub enum Code {
     InvalidGroupId,
     InvalidCursor,
     InvalidRecord,
+    SchemaViolation,
+    SchemaNotFound,
     IdempotencyKeyReused,
     RecordTooLarge,
     RequestTooLarge,
@@ -283,6 +295,8 @@ impl Code {
             Code::InvalidGroupId => info("invalid_group_id", 400, "Invalid group id"),
             Code::InvalidCursor => info("invalid_cursor", 400, "Invalid cursor"),
             Code::InvalidRecord => info("invalid_record", 422, "Invalid record"),
+            Code::SchemaViolation => info("schema_violation", 422, "Record does not match its schema"),
+            Code::SchemaNotFound => info("schema_not_found", 422, "No schema for the topic's subject"),
             Code::IdempotencyKeyReused => info("idempotency_key_reused", 422, "Idempotency key reused"),
             Code::RecordTooLarge => info("record_too_large", 413, "Record too large"),
             Code::RequestTooLarge => info("request_too_large", 413, "Request too large"),
@@ -348,6 +362,8 @@ impl Code {
         Code::InvalidGroupId,
         Code::InvalidCursor,
         Code::InvalidRecord,
+        Code::SchemaViolation,
+        Code::SchemaNotFound,
         Code::IdempotencyKeyReused,
         Code::RecordTooLarge,
         Code::RequestTooLarge,

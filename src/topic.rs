@@ -79,6 +79,16 @@ pub struct TopicConfig {
     pub retention_bytes: i64,
     /// The largest record (key + value + headers) the topic accepts. Default 1 MiB.
     pub max_message_bytes: u32,
+    /// Values must match the latest schema of the subject `<topic>-value` (or the one a
+    /// request names): REST and WebSocket values are validated (and encoded to Avro on Avro
+    /// subjects) and stored in Confluent's wire format; Kafka producers must send values
+    /// framed with a schema id of that subject. Kafka's name (as Confluent Server's):
+    /// `confluent.value.schema.validation`. Default false.
+    #[serde(default)]
+    pub value_schema_validation: bool,
+    /// The same for keys, with the subject `<topic>-key`. Default false.
+    #[serde(default)]
+    pub key_schema_validation: bool,
 }
 
 impl Default for TopicConfig {
@@ -87,6 +97,8 @@ impl Default for TopicConfig {
             retention_ms: DEFAULT_RETENTION_MS,
             retention_bytes: -1,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            value_schema_validation: false,
+            key_schema_validation: false,
         }
     }
 }
@@ -101,6 +113,10 @@ pub struct TopicConfigPatch {
     pub retention_bytes: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_bytes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_schema_validation: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_schema_validation: Option<bool>,
 }
 
 /// A configuration value out of its range.
@@ -141,6 +157,12 @@ impl TopicConfig {
                 });
             }
             next.max_message_bytes = max;
+        }
+        if let Some(on) = patch.value_schema_validation {
+            next.value_schema_validation = on;
+        }
+        if let Some(on) = patch.key_schema_validation {
+            next.key_schema_validation = on;
         }
         Ok(next)
     }

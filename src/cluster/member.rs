@@ -16,6 +16,13 @@
 //! With the eager protocols (`range`, `roundrobin`) step 2 comes first: every owned
 //! partition is revoked before the member rejoins.
 //!
+//! If the coordinator forgets the member (its session lapsed while the socket was not served,
+//! or the coordinator lost it), the member's partitions are lost, as a Kafka consumer's are:
+//! the task joins again as a new member, and the next `assignment` frame names its new id and
+//! assignment. Lost partitions are not announced as revoked: another member may own them
+//! already, so nothing of them may be committed. Only a static member fenced by another
+//! instance ends.
+//!
 //! Kafka keeps the member in the group while it rejoins within the rebalance timeout
 //! (never shorter than the session), so step 2's wait holds no one up for longer than the
 //! client takes to commit. If the replica dies, its members' sessions lapse at the
@@ -74,8 +81,11 @@ struct State {
 pub struct StreamMember {
     cluster: Arc<Cluster>,
     group: String,
-    id: String,
+    /// The coordinator's id for the member (a new one after it was forgotten).
+    id: Mutex<String>,
     instance: Option<String>,
+    /// What the member joined with (to join again with).
+    params: JoinParams,
     me: Described,
     state: Mutex<State>,
     /// Bumped whenever the view changes or the membership ends.
@@ -109,8 +119,9 @@ impl Cluster {
         let member = Arc::new(StreamMember {
             cluster: self.clone(),
             group: group.to_owned(),
-            id,
+            id: Mutex::new(id),
             instance: params.instance_id.clone(),
+            params: params.clone(),
             me,
             state: Mutex::new(State { phase: Phase::Stable, view: view.clone(), ended: None, touched: Instant::now() }),
             news: watch::channel(0).0,
@@ -123,8 +134,8 @@ impl Cluster {
 }
 
 impl StreamMember {
-    pub fn id(&self) -> &str {
-        &self.id
+    pub fn id(&self) -> String {
+        self.id.lock().clone()
     }
 
     pub fn session(&self) -> Duration {
@@ -145,13 +156,13 @@ impl StreamMember {
     pub fn touch(&self) -> Result<()> {
         let mut state = self.state.lock();
         state.touched = Instant::now();
-        check(&self.group, &self.id, &state)
+        check(&self.group, &self.id(), &state)
     }
 
     /// The member's current view, or why it has none.
     pub fn view(&self) -> Result<View> {
         let state = self.state.lock();
-        check(&self.group, &self.id, &state)?;
+        check(&self.group, &self.id(), &state)?;
         Ok(state.view.clone())
     }
 
@@ -176,12 +187,12 @@ impl StreamMember {
     /// rebalance that just completed): Kafka fences it by member and generation.
     pub async fn commit(&self, offsets: &[(String, u32, u64)]) -> Result<()> {
         let generation = self.view()?.generation.min(i32::MAX as u64) as i32;
-        self.cluster.offset_commit(&self.group, &self.id, generation, offsets).await
+        self.cluster.offset_commit(&self.group, &self.id(), generation, offsets).await
     }
 
     pub async fn leave(&self) -> Result<()> {
         self.stop.cancel();
-        self.cluster.leave(&self.group, &self.id).await
+        self.cluster.leave(&self.group, &self.id()).await
     }
 
     fn end(&self, why: Ended) {
@@ -235,19 +246,51 @@ impl StreamMember {
                     drop(state);
                     self.news.send_modify(|n| *n += 1);
                 }
-                Ok(code::UNKNOWN_MEMBER_ID | code::ILLEGAL_GENERATION | code::FENCED_INSTANCE_ID) => {
-                    return self.end(Ended::Fenced);
+                Ok(code::FENCED_INSTANCE_ID) => return self.end(Ended::Fenced),
+                Ok(c @ (code::UNKNOWN_MEMBER_ID | code::ILLEGAL_GENERATION)) => {
+                    tracing::info!(
+                        group = self.group,
+                        member = self.id(),
+                        code = c,
+                        "the coordinator forgot the member"
+                    );
+                    self.join_again().await;
+                    if self.state.lock().ended.is_some() {
+                        return;
+                    }
                 }
-                Ok(c) => tracing::warn!(group = self.group, member = self.id, code = c, "heartbeat refused"),
+                Ok(c) => tracing::warn!(group = self.group, member = self.id(), code = c, "heartbeat refused"),
                 // The cluster may come back within the session; if not, the coordinator
                 // says UNKNOWN_MEMBER_ID then.
-                Err(e) => tracing::warn!(group = self.group, member = self.id, error = %e, "heartbeat failed"),
+                Err(e) => tracing::warn!(group = self.group, member = self.id(), error = %e, "heartbeat failed"),
             }
         }
     }
 
     async fn heartbeat(&self, generation: u64) -> Result<i16> {
-        self.cluster.heartbeat_once(&self.group, &self.id, self.instance.as_deref(), generation).await
+        self.cluster.heartbeat_once(&self.group, &self.id(), self.instance.as_deref(), generation).await
+    }
+
+    /// The member was forgotten: what it owned is lost, and it joins as a new member (a
+    /// static member with its instance id).
+    async fn join_again(&self) {
+        match self.cluster.join_new(&self.group, &self.params).await {
+            Ok((id, view, _)) => {
+                *self.id.lock() = id;
+                {
+                    // Lost, not revoked: another member may own them already, so there is no
+                    // commit to wait for (and the connection refuses one as `not_owner`).
+                    let mut state = self.state.lock();
+                    state.phase = Phase::Stable;
+                    state.view = View { revoked: BTreeSet::new(), changed: true, ..view };
+                }
+                self.news.send_modify(|n| *n += 1);
+            }
+            Err(e) => {
+                tracing::warn!(group = self.group, error = %e, "joining again failed");
+                self.end(Ended::Failed(e.to_string()));
+            }
+        }
     }
 
     /// Rejoins and syncs. Eager: the member owns nothing now. Cooperative: it states what it
@@ -265,8 +308,8 @@ impl StreamMember {
             Ok(metadata) => {
                 let session = me.params.session_timeout_ms;
                 let instance = self.instance.as_deref();
-                let (group, id, protocol) = (&self.group, &self.id, &me.protocol);
-                self.cluster.join_and_sync(group, id, Some(generation), instance, protocol, metadata, session).await
+                let (group, id, protocol) = (&self.group, self.id(), &me.protocol);
+                self.cluster.join_and_sync(group, &id, Some(generation), instance, protocol, metadata, session).await
             }
             Err(e) => Err(e),
         };
@@ -280,9 +323,9 @@ impl StreamMember {
                 }
                 self.news.send_modify(|n| *n += 1);
             }
-            Err(Error::UnknownMember { .. } | Error::IllegalGeneration { .. }) => self.end(Ended::Fenced),
+            Err(Error::UnknownMember { .. } | Error::IllegalGeneration { .. }) => self.join_again().await,
             Err(e) => {
-                tracing::warn!(group = self.group, member = self.id, error = %e, "rejoining failed");
+                tracing::warn!(group = self.group, member = self.id(), error = %e, "rejoining failed");
                 self.end(Ended::Failed(e.to_string()));
             }
         }

@@ -59,6 +59,15 @@ pub struct Problem {
     /// The resource a `forbidden` request was about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// Where a `schema_violation` is: the JSON pointer of the first error in the value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// The schema a `schema_violation` was checked against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_id: Option<u32>,
+    /// The registry subject a `schema_not_found` looked in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// Everything a handler can fail with: the core's errors, and the few that only
@@ -121,6 +130,9 @@ impl ApiError {
             generation: None,
             operation: None,
             resource: None,
+            pointer: None,
+            schema_id: None,
+            subject: None,
         };
         let ApiError::Core(e) = self else {
             if let ApiError::RequestTooLarge { limit } = self {
@@ -141,6 +153,13 @@ impl ApiError {
                 p.index = Some(*index);
                 p.field = Some((*field).to_owned());
             }
+            Error::SchemaViolation { index, field, schema_id, pointer, .. } => {
+                p.index = Some(*index);
+                p.field = Some((*field).to_owned());
+                p.schema_id = Some(*schema_id);
+                p.pointer = Some(pointer.clone());
+            }
+            Error::SchemaNotFound { subject, .. } => p.subject = Some(subject.clone()),
             Error::RecordTooLarge { index, max, .. } => {
                 p.index = Some(*index);
                 p.limit = Some(u64::from(*max));

@@ -155,7 +155,7 @@ pub struct PollParams {
     /// Wait up to this long (ms, at most 60000) when there is nothing to return. Default 0.
     #[param(maximum = 60000)]
     wait_ms: Option<u64>,
-    /// `auto` (default) or `base64`, as for partition reads.
+    /// `auto` (default) or `base64` (bytes as stored), as for partition reads.
     encoding: Option<Encoding>,
     /// Most record bytes in the answer (default 50 MiB, at most 64 MiB, Kafka's
     /// `fetch.max.bytes`); at least one record is returned when one is available.
@@ -236,6 +236,7 @@ async fn poll(
     }
     out.extend_from_slice(b",\"records\":[");
     let encoding = params.encoding.unwrap_or_default();
+    let mut decoder = state.service.decoder();
     let mut first = true;
     for (tp, records) in &polled.records {
         for (offset, rec) in records.decode()? {
@@ -243,7 +244,7 @@ async fn poll(
                 out.push(b',');
             }
             first = false;
-            codec::write_record(&mut out, &tp.topic, tp.partition, offset, &rec, encoding);
+            codec::write_record(&mut out, &tp.topic, tp.partition, offset, &rec, encoding, decoder.as_mut());
         }
     }
     out.extend_from_slice(b"]}");

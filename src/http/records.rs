@@ -13,7 +13,7 @@ use super::AppState;
 use super::error::{ApiError, Problem};
 use super::extract::{Body, Caller, Path, Query};
 use crate::codec::{self, Encoding};
-use crate::service::{Acks, Produced, ReadParams as ServiceReadParams};
+use crate::service::{Acks, ProduceOpts, Produced, ReadParams as ServiceReadParams};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(produce)).routes(routes!(produce_to_partition, read))
@@ -38,6 +38,11 @@ pub struct ProduceRequest {
     /// Records, stored in this order; each partition's share is one atomic batch.
     #[schema(min_items = 1)]
     records: Vec<ProduceRecord>,
+    /// Validate (and encode) the values with this schema, a version of the subject
+    /// `<topic>-value`, instead of the subject's latest; allowed on any topic.
+    value_schema_id: Option<u32>,
+    /// The same for keys (subject `<topic>-key`).
+    key_schema_id: Option<u32>,
 }
 
 /// A record to produce. Give at most one of `key`/`key_base64` and of `value`/`value_base64`.
@@ -110,7 +115,7 @@ pub struct ProduceAccepted {
         (status = 400, description = "Malformed JSON or parameters", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown topic or partition", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Record or request too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid record (bad base64, two forms of one field, …), or an idempotency key reused for another request (idempotency_key_reused)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid record (bad base64, two forms of one field, …); a value that does not match the topic's schema (schema_violation, with `index`, `field`, `pointer`, `schema_id`) or a topic whose subject has no schema (schema_not_found); or an idempotency key reused for another request (idempotency_key_reused)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Write queue full or shutting down; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -143,7 +148,7 @@ async fn produce(
         (status = 400, description = "Malformed JSON or parameters", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown topic or partition", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Record or request too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid record, or an idempotency key reused for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid record, a schema violation (schema_violation) or missing schema (schema_not_found), or an idempotency key reused for another request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Write queue full or shutting down; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -167,13 +172,13 @@ async fn produce_records(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let records = codec::parse_produce_body(body)?;
-    let acks = params.acks.unwrap_or_default();
+    let (records, schemas) = codec::parse_produce_body(body)?;
+    let opts = ProduceOpts { partition, acks: params.acks.unwrap_or_default(), schemas };
     let (produced, replayed) = match headers.get(IDEMPOTENCY_KEY) {
-        None => (state.service.produce(ctx, topic, partition, acks, &records).await?, false),
+        None => (state.service.produce(ctx, topic, opts, &records).await?, false),
         Some(key) => {
             let key = key.to_str().unwrap_or("\u{fffd}");
-            state.service.produce_idempotent(ctx, topic, partition, acks, &records, key).await?
+            state.service.produce_idempotent(ctx, topic, opts, &records, key).await?
         }
     };
     let mut response = match produced {
@@ -215,7 +220,9 @@ pub struct ReadParams {
     /// 60000) for a record to arrive. Default 0.
     #[param(maximum = 60000)]
     wait_ms: Option<u64>,
-    /// `auto` (default): bytes in the form they were produced in; `base64`: all as base64.
+    /// `auto` (default): bytes in the form they were produced in, and values (keys) in
+    /// Confluent's wire format with a schema of the topic's subject decoded to JSON (with
+    /// `value_schema_id`); `base64`: all as stored, as base64 (the raw bytes).
     encoding: Option<Encoding>,
 }
 
@@ -242,8 +249,12 @@ pub struct RecordDoc {
     timestamp: u64,
     key: Option<serde_json::Value>,
     key_base64: Option<String>,
+    /// The schema a key in Confluent's wire format was decoded by (`key` is then its JSON).
+    key_schema_id: Option<u32>,
     value: Option<serde_json::Value>,
     value_base64: Option<String>,
+    /// The schema a value in Confluent's wire format was decoded by (`value` is then its JSON).
+    value_schema_id: Option<u32>,
     headers: Vec<HeaderDoc>,
 }
 
@@ -279,13 +290,14 @@ async fn read(
     let fetched = state.service.read(&ctx, &topic, partition, asked).await?;
     let records = fetched.records.decode()?;
     let encoding = params.encoding.unwrap_or_default();
+    let mut decoder = state.service.decoder();
     let mut out = Vec::with_capacity(64 + records.len() * 160);
     out.extend_from_slice(b"{\"records\":[");
     for (i, (off, rec)) in records.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        codec::write_record(&mut out, &topic, partition, *off, rec, encoding);
+        codec::write_record(&mut out, &topic, partition, *off, rec, encoding, decoder.as_mut());
     }
     let next = records.last().map_or(fetched.offset, |(o, _)| o + 1);
     let tail = format!(

@@ -51,7 +51,7 @@ pub struct StreamParams {
     /// grants more with `credit` frames. Default: no credit counting (the socket's
     /// own backpressure still stops the server reading for a client that does not read).
     credit: Option<u64>,
-    /// `auto` (default) or `base64`, as for reads.
+    /// `auto` (default) or `base64` (bytes as stored), as for reads.
     encoding: Option<Encoding>,
 }
 

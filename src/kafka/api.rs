@@ -492,6 +492,15 @@ async fn list_offset(
     }
 }
 
+/// A boolean topic config, as Kafka writes them.
+fn flag(name: &str, value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{name}: '{value}' is not true or false")),
+    }
+}
+
 /// Kafka topic configuration names gregor maps onto its own.
 fn config_patch(configs: &[(String, Option<String>)]) -> Result<TopicConfigPatch, String> {
     let mut patch = TopicConfigPatch::default();
@@ -504,11 +513,13 @@ fn config_patch(configs: &[(String, Option<String>)]) -> Result<TopicConfigPatch
             "max.message.bytes" => {
                 patch.max_message_bytes = Some(u32::try_from(num()?).map_err(|_| format!("{name}: out of range"))?)
             }
+            "confluent.value.schema.validation" => patch.value_schema_validation = Some(flag(name, value)?),
+            "confluent.key.schema.validation" => patch.key_schema_validation = Some(flag(name, value)?),
             "cleanup.policy" if value == "delete" => {}
             "cleanup.policy" => return Err(format!("cleanup.policy '{value}' is not supported (only delete)")),
             other => {
                 return Err(format!(
-                    "config '{other}' is not supported (retention.ms, retention.bytes, max.message.bytes, cleanup.policy=delete)"
+                    "config '{other}' is not supported (retention.ms, retention.bytes, max.message.bytes, cleanup.policy=delete, confluent.value.schema.validation, confluent.key.schema.validation)"
                 ));
             }
         }
@@ -623,6 +634,8 @@ async fn describe_configs(req: DescribeConfigsRequest, service: &Service, ctx: &
                     ("retention.ms", d.config.retention_ms.to_string(), false),
                     ("retention.bytes", d.config.retention_bytes.to_string(), false),
                     ("max.message.bytes", d.config.max_message_bytes.to_string(), false),
+                    ("confluent.value.schema.validation", d.config.value_schema_validation.to_string(), false),
+                    ("confluent.key.schema.validation", d.config.key_schema_validation.to_string(), false),
                     ("cleanup.policy", "delete".to_owned(), true),
                     ("message.timestamp.type", "CreateTime".to_owned(), true),
                 ];

@@ -5,11 +5,13 @@
 //! [`schema`] parses and canonicalises AVRO and JSON schemas (with the `apache-avro` and
 //! `jsonschema` crates), [`compat`] applies Confluent's compatibility levels, and [`state`]
 //! keeps subjects, versions, ids and levels durably with Confluent's rules and error codes.
-//! The `/registry` HTTP API and validation on produce build on it (issue 15, in progress).
+//! [`wire`] is Confluent's framing (magic byte, schema id, payload): validation and encoding
+//! on produce, decoding on read. The `/registry` HTTP API is `http::registry`.
 
 pub mod compat;
 pub mod schema;
 pub mod state;
+pub mod wire;
 
 pub use compat::Level;
 pub use schema::{ParsedSchema, SchemaError, SchemaType};

@@ -54,7 +54,7 @@ pub struct ParsedSchema {
 #[derive(Debug, Clone)]
 enum Form {
     Avro(Box<apache_avro::Schema>),
-    Json(serde_json::Value),
+    Json(serde_json::Value, std::sync::Arc<jsonschema::Validator>),
 }
 
 impl ParsedSchema {
@@ -71,10 +71,10 @@ impl ParsedSchema {
                 if !(value.is_object() || value.is_boolean()) {
                     return Err(SchemaError::Invalid("a JSON Schema is an object or a boolean".into()));
                 }
-                jsonschema::validator_for(&value).map_err(|e| SchemaError::Invalid(e.to_string()))?;
+                let validator = jsonschema::validator_for(&value).map_err(|e| SchemaError::Invalid(e.to_string()))?;
                 // serde_json's map keeps keys sorted: this is a canonical text.
                 let canonical = value.to_string();
-                Ok(ParsedSchema { kind, canonical, form: Form::Json(value) })
+                Ok(ParsedSchema { kind, canonical, form: Form::Json(value, std::sync::Arc::new(validator)) })
             }
         }
     }
@@ -82,13 +82,21 @@ impl ParsedSchema {
     pub fn avro(&self) -> Option<&apache_avro::Schema> {
         match &self.form {
             Form::Avro(s) => Some(s),
-            Form::Json(_) => None,
+            Form::Json(..) => None,
         }
     }
 
     pub fn json(&self) -> Option<&serde_json::Value> {
         match &self.form {
-            Form::Json(v) => Some(v),
+            Form::Json(v, _) => Some(v),
+            Form::Avro(_) => None,
+        }
+    }
+
+    /// A JSON schema's compiled validator.
+    pub fn validator(&self) -> Option<&jsonschema::Validator> {
+        match &self.form {
+            Form::Json(_, v) => Some(v),
             Form::Avro(_) => None,
         }
     }

@@ -128,7 +128,7 @@ struct VersionEntry {
 #[derive(Debug)]
 struct Stored {
     text: String,
-    parsed: ParsedSchema,
+    parsed: Arc<ParsedSchema>,
 }
 
 #[derive(Debug, Default)]
@@ -210,7 +210,7 @@ impl Registry {
                 let e: SchemaEntry = serde_json::from_slice(&value).map_err(|_| corrupt("schema"))?;
                 let parsed = ParsedSchema::parse(e.kind, &e.schema).map_err(|e| corrupt(&e.to_string()))?;
                 state.by_canonical.entry((e.kind, parsed.canonical.clone())).or_insert(id);
-                state.schemas.insert(id, Stored { text: e.schema, parsed });
+                state.schemas.insert(id, Stored { text: e.schema, parsed: Arc::new(parsed) });
             } else if let Some(rest) = key.strip_prefix(b"g/v/") {
                 let split =
                     rest.len().checked_sub(5).filter(|at| rest[*at] == 0).ok_or_else(|| corrupt("version key"))?;
@@ -253,7 +253,7 @@ impl Registry {
             }
             let level = state.levels.get(subject).or_else(|| state.levels.get("")).copied().unwrap_or_default();
             let previous: Vec<&ParsedSchema> =
-                live.iter().filter_map(|(_, id)| state.schemas.get(id)).map(|s| &s.parsed).collect();
+                live.iter().filter_map(|(_, id)| state.schemas.get(id)).map(|s| &*s.parsed).collect();
             let details = level.check(&parsed, &previous);
             if !details.is_empty() {
                 return Err(RegistryError::Incompatible { subject: subject.to_owned(), details });
@@ -276,7 +276,7 @@ impl Registry {
         let mut state = self.state.write();
         if !state.schemas.contains_key(&id) {
             state.by_canonical.insert((kind, parsed.canonical.clone()), id);
-            state.schemas.insert(id, Stored { text: text.to_owned(), parsed });
+            state.schemas.insert(id, Stored { text: text.to_owned(), parsed: Arc::new(parsed) });
         }
         state.subjects.entry(subject.to_owned()).or_default().insert(version, VersionEntry { id, deleted: false });
         Ok(id)
@@ -350,8 +350,39 @@ impl Registry {
     }
 
     /// A schema by its global id, parsed (for validation).
-    pub fn parsed(&self, id: u32) -> Result<ParsedSchema> {
+    pub fn parsed(&self, id: u32) -> Result<Arc<ParsedSchema>> {
         self.state.read().schemas.get(&id).map(|s| s.parsed.clone()).ok_or(RegistryError::SchemaNotFound)
+    }
+
+    /// The schema values of `subject` are checked against: the one with global id `id` when
+    /// given (it must be a live version of the subject), else the subject's latest live version.
+    pub fn schema_for(&self, subject: &str, id: Option<u32>) -> Result<(u32, Arc<ParsedSchema>)> {
+        let state = self.state.read();
+        let versions = state
+            .subjects
+            .get(subject)
+            .filter(|vs| vs.values().any(|e| !e.deleted))
+            .ok_or_else(|| RegistryError::SubjectNotFound(subject.to_owned()))?;
+        let id = match id {
+            Some(id) if versions.values().any(|e| e.id == id && !e.deleted) => id,
+            Some(_) => return Err(RegistryError::SchemaNotFound),
+            None => versions.values().rev().find(|e| !e.deleted).map(|e| e.id).ok_or(RegistryError::SchemaNotFound)?,
+        };
+        let schema = state.schemas.get(&id).ok_or(RegistryError::SchemaNotFound)?;
+        Ok((id, schema.parsed.clone()))
+    }
+
+    /// The schema with global id `id` if it is (or was: soft-deleted versions count) a version
+    /// of `subject`: what a reader decodes a value framed with `id` by.
+    pub fn schema_of(&self, subject: &str, id: u32) -> Option<Arc<ParsedSchema>> {
+        let state = self.state.read();
+        state.subjects.get(subject).filter(|vs| vs.values().any(|e| e.id == id))?;
+        state.schemas.get(&id).map(|s| s.parsed.clone())
+    }
+
+    /// Whether `subject` has a live version.
+    pub fn has_subject(&self, subject: &str) -> bool {
+        self.state.read().subjects.get(subject).is_some_and(|vs| vs.values().any(|e| !e.deleted))
     }
 
     /// Where a schema id is used: (subject, version), live versions only.
@@ -482,11 +513,11 @@ impl Registry {
         let state = self.state.read();
         let live = live_versions(&state, subject).unwrap_or_default();
         let against: Vec<&ParsedSchema> = match which {
-            None => live.iter().filter_map(|(_, e)| state.schemas.get(&e.id)).map(|s| &s.parsed).collect(),
+            None => live.iter().filter_map(|(_, e)| state.schemas.get(&e.id)).map(|s| &*s.parsed).collect(),
             Some(w) => {
                 drop(state);
                 let v = self.version(subject, w, false)?;
-                return Ok(level.check(&parsed, &[&self.parsed(v.id)?]));
+                return Ok(level.check(&parsed, &[&*self.parsed(v.id)?]));
             }
         };
         Ok(level.check(&parsed, &against))

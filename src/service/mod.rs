@@ -15,7 +15,10 @@
 pub mod authz;
 pub mod kafka_groups;
 pub mod limits;
+pub mod schemas;
 pub mod stream;
+
+pub use schemas::{Decoder, SchemaIds};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -188,6 +191,17 @@ pub struct Fetched {
     pub beginning_offset: u64,
     /// The partition's end offset when the read ran.
     pub end_offset: u64,
+}
+
+/// How a REST or WebSocket produce request is written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProduceOpts {
+    /// Set by a per-partition route: overrides each record's own choice (which must then
+    /// agree or be absent).
+    pub partition: Option<u32>,
+    pub acks: Acks,
+    /// The schemas the request names for its keys and values.
+    pub schemas: SchemaIds,
 }
 
 /// What a poll asks for.
@@ -601,11 +615,12 @@ impl Service {
         &self,
         ctx: &RequestCtx,
         topic: &str,
-        partition: Option<u32>,
-        acks: Acks,
+        opts: ProduceOpts,
         records: &[NewRecord<'_>],
     ) -> Result<Produced> {
+        let ProduceOpts { partition, acks, schemas } = opts;
         self.admit_produce(ctx, topic, records).await?;
+        let records = &*self.apply_schemas(topic, records, schemas)?;
         let produced = match &self.0.backend {
             Backend::Embedded { log, .. } => log.produce(topic, records, partition, acks).await?,
             Backend::Kafka { cluster } => cluster.produce(topic, records, partition, acks).await?,
@@ -639,11 +654,11 @@ impl Service {
         &self,
         ctx: &RequestCtx,
         topic: &str,
-        partition: Option<u32>,
-        acks: Acks,
+        opts: ProduceOpts,
         records: &[NewRecord<'_>],
         key: &str,
     ) -> Result<(Produced, bool)> {
+        let ProduceOpts { partition, acks, schemas } = opts;
         if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Error::InvalidParameter {
                 field: Some("Idempotency-Key".into()),
@@ -651,6 +666,7 @@ impl Service {
             });
         }
         self.admit_produce(ctx, topic, records).await?;
+        let records = &*self.apply_schemas(topic, records, schemas)?;
         if let Some(cluster) = self.cluster() {
             let scope = crate::cluster::idempotency::scope(ctx.principal.as_str(), topic, key);
             let fingerprint = crate::log::fingerprint(topic, records, partition, acks);
@@ -715,11 +731,16 @@ impl Service {
     ) -> Result<Vec<std::result::Result<Option<u64>, BatchError>>> {
         self.authorize(ctx, Operation::Produce(topic))?;
         let max = self.log()?.topic(topic)?.config().max_message_bytes as usize;
+        let framing = self.framing_check(topic)?;
         let check = move |batches: Vec<(u32, Vec<u8>)>| {
             let mut outcomes = Vec::with_capacity(batches.len());
             let mut good = Vec::with_capacity(batches.len());
             for (p, bytes) in batches {
-                match crate::record::check_produced(bytes, max) {
+                let checked = crate::record::check_produced(bytes, max).and_then(|c| match &framing {
+                    Some(f) => f.check(&c.batch.bytes).map(|()| c).map_err(BatchError::InvalidRecord),
+                    None => Ok(c),
+                });
+                match checked {
                     Ok(checked) => {
                         outcomes.push(Ok(None));
                         good.push((p, checked.batch));

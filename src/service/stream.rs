@@ -449,8 +449,12 @@ impl MemberStream {
         &self.group
     }
 
-    pub fn member_id(&self) -> &str {
-        &self.member
+    /// The member's id (on the Kafka backend, a new one after the coordinator forgot it).
+    pub fn member_id(&self) -> String {
+        match &self.kafka {
+            Some(k) => k.member.id(),
+            None => self.member.clone(),
+        }
     }
 
     /// What the member was last told it owns.

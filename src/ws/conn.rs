@@ -211,7 +211,7 @@ where
     });
 
     if let Source::Group(member) = &source {
-        let first = frames::assignment(member.member_id(), member.view());
+        let first = frames::assignment(&member.member_id(), member.view());
         if let Err(end) = conn.send_frame(first).await {
             return conn.finish(&source, end).await;
         }
@@ -404,7 +404,7 @@ where
     }
 
     async fn send_records(&mut self, source: &mut Source) -> Result<(), End> {
-        let mut frame = RecordsFrame::new(self.opts.encoding);
+        let mut frame = RecordsFrame::new(self.opts.encoding, self.service.decoder());
         let budget = self.budget();
         let max_bytes = self.frame_bytes();
         match source {
@@ -459,7 +459,7 @@ where
         self.revoking_since = (!next.revoked.is_empty()).then(Instant::now);
         let changed = next.changed || !next.revoked.is_empty();
         if changed {
-            let frame = frames::assignment(member.member_id(), next);
+            let frame = frames::assignment(&member.member_id(), next);
             self.send_frame(frame).await?;
             self.reported.clear();
             // New partitions may already hold records: read them now.
@@ -484,7 +484,7 @@ where
                 self.credit = Some(self.credit.unwrap_or(0).saturating_add(records));
                 Ok(())
             }
-            ClientFrame::Produce { id, topic, partition, acks, idempotency_key, records } => {
+            ClientFrame::Produce { id, topic, partition, acks, idempotency_key, schemas, records } => {
                 let topic = match (topic, &*source) {
                     (Some(t), _) => t,
                     (None, Source::Topic(stream)) => stream.topic().to_owned(),
@@ -499,7 +499,7 @@ where
                 tokio::spawn(async move {
                     let acks = acks.unwrap_or_default();
                     let key = idempotency_key.as_deref();
-                    let frame = produce(&service, &ctx, &topic, partition, acks, key, &records, &id).await;
+                    let frame = produce(&service, &ctx, &topic, partition, acks, key, schemas, &records, &id).await;
                     let _ = out.send(frame).await;
                     drop(permit);
                 });
@@ -592,12 +592,14 @@ async fn produce(
     partition: Option<u32>,
     acks: Acks,
     idempotency_key: Option<&str>,
+    schemas: crate::service::SchemaIds,
     records: &str,
     id: &serde_json::Value,
 ) -> Result<String> {
+    let opts = crate::service::ProduceOpts { partition, acks, schemas };
     let produced = match (codec::parse_record_list(records), idempotency_key) {
-        (Ok(records), None) => service.produce(ctx, topic, partition, acks, &records).await.map(|p| (p, false)),
-        (Ok(records), Some(key)) => service.produce_idempotent(ctx, topic, partition, acks, &records, key).await,
+        (Ok(records), None) => service.produce(ctx, topic, opts, &records).await.map(|p| (p, false)),
+        (Ok(records), Some(key)) => service.produce_idempotent(ctx, topic, opts, &records, key).await,
         (Err(e), _) => Err(e),
     };
     match produced {

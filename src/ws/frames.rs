@@ -34,6 +34,8 @@ pub enum ClientFrame<'a> {
         acks: Option<Acks>,
         /// As REST's `Idempotency-Key`: a retried frame gets the first answer.
         idempotency_key: Option<String>,
+        /// As REST's `key_schema_id` / `value_schema_id`.
+        schemas: crate::service::SchemaIds,
         records: &'a RawValue,
     },
 }
@@ -101,6 +103,10 @@ struct ProduceFrame<'a> {
     acks: Option<String>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    key_schema_id: Option<u32>,
+    #[serde(default)]
+    value_schema_id: Option<u32>,
     #[serde(borrow)]
     records: &'a RawValue,
 }
@@ -147,6 +153,7 @@ impl<'a> ClientFrame<'a> {
                     partition: f.partition,
                     acks,
                     idempotency_key: f.idempotency_key,
+                    schemas: crate::service::SchemaIds { key: f.key_schema_id, value: f.value_schema_id },
                     records: f.records,
                 })
             }
@@ -166,13 +173,16 @@ pub struct RecordsFrame {
     buf: Vec<u8>,
     count: usize,
     encoding: Encoding,
+    /// Decodes schema-framed values (with `Encoding::Auto` and a registry).
+    decoder: Option<crate::service::Decoder>,
 }
 
 impl RecordsFrame {
-    pub fn new(encoding: Encoding) -> Self {
+    pub fn new(encoding: Encoding, decoder: Option<crate::service::Decoder>) -> Self {
         let mut buf = Vec::with_capacity(4096);
         buf.extend_from_slice(b"{\"type\":\"records\",\"records\":[");
-        RecordsFrame { buf, count: 0, encoding }
+        let decoder = decoder.filter(|_| encoding == Encoding::Auto);
+        RecordsFrame { buf, count: 0, encoding, decoder }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -192,7 +202,7 @@ impl RecordSink for RecordsFrame {
         if self.count > 0 {
             self.buf.push(b',');
         }
-        codec::write_record(&mut self.buf, topic, partition, offset, rec, self.encoding);
+        codec::write_record(&mut self.buf, topic, partition, offset, rec, self.encoding, self.decoder.as_mut());
         self.count += 1;
     }
 
@@ -392,7 +402,7 @@ mod tests {
             value: Some(Blob::new(Format::Json, vec![b'"', 0xff, b'"'])),
             headers: vec![],
         };
-        let mut frame = RecordsFrame::new(Encoding::Auto);
+        let mut frame = RecordsFrame::new(Encoding::Auto, None);
         frame.push("t", 0, 0, &rec);
         assert!(matches!(frame.finish(), Err(Error::Corrupt(_))));
         let produced = produced(
