@@ -452,6 +452,43 @@ def registry(bs, url):
     }))
 
 
+def schemas(bs, url):
+    """Validated topics across protocols: AvroDeserializer reads what REST produced to `users`;
+    JSONSerializer produces to `events` through the Kafka listener; a value without a schema id
+    on `users` is refused with INVALID_RECORD."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.schema_registry.json_schema import JSONSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    client = SchemaRegistryClient({"url": url})
+    deserializer = AvroDeserializer(client)
+    consumer = Consumer({"bootstrap.servers": bs, "group.id": "users-reader", "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition("users", 0, 0)])
+    users = []
+    while True:
+        m = consumer.poll(2)
+        if m is None:
+            break
+        assert not m.error(), m.error()
+        users.append(deserializer(m.value(), SerializationContext("users", MessageField.VALUE)))
+    consumer.close()
+
+    events = client.get_latest_version("events-value").schema.schema_str
+    serializer = JSONSerializer(events, client, conf={"auto.register.schemas": False, "use.latest.version": True})
+    producer = Producer({"bootstrap.servers": bs})
+    for n in range(2):
+        value = serializer({"kind": "click", "n": n}, SerializationContext("events", MessageField.VALUE))
+        producer.produce("events", value=value, partition=0)
+    assert producer.flush(TIMEOUT) == 0
+
+    refused = []
+    producer.produce("users", value=b"no schema id", partition=0,
+                     on_delivery=lambda err, msg: refused.append(err.name() if err else "delivered"))
+    assert producer.flush(TIMEOUT) == 0
+    print(json.dumps({"users": users, "refused": refused}))
+
+
 SCENARIOS = {
     f.__name__: f
     for f in [
@@ -465,6 +502,7 @@ SCENARIOS = {
         sasl,
         broker_view,
         registry,
+        schemas,
     ]
 }
 
