@@ -66,6 +66,7 @@ pub struct AppState {
         (name = "groups", description = "Consumer groups: members, polls, committed offsets"),
         (name = "streams", description = "WebSocket streams of a topic or of a group member"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "schema registry", description = "A Schema Registry compatible with Confluent's (point its clients at `http://HOST:PORT/registry`). Answers are `application/vnd.schemaregistry.v1+json`, errors Confluent's `{\"error_code\", \"message\"}`. Subjects `<topic>-value` and `<topic>-key` follow the topic's ACLs."),
     )
 )]
 struct ApiDoc;
@@ -77,6 +78,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(groups::router())
         .merge(streams::router())
         .merge(health::router())
+        .merge(registry::router())
 }
 
 /// The OpenAPI document, as generated from the routes.
@@ -122,8 +124,27 @@ fn document_guard(doc: &mut utoipa::openapi::OpenApi) {
             )
             .build()
     };
+    // The registry's handlers refuse in Confluent's body; the guard (Host, Origin, media type)
+    // answers problem+json before any handler runs.
+    let confluent = |description: &str, guard_too: bool| {
+        let mut response = ResponseBuilder::new().description(description).content(
+            "application/vnd.schemaregistry.v1+json",
+            ContentBuilder::new().schema(Some(Ref::from_schema_name("RegistryFailure"))).build(),
+        );
+        if guard_too {
+            response = response.content(
+                "application/problem+json",
+                ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+            );
+        }
+        response.build()
+    };
     for (path, item) in doc.paths.paths.iter_mut() {
         let public = PUBLIC_PATHS.contains(&path.as_str());
+        let registry = path.starts_with("/registry");
+        let refusal = |description: &str, guard_too: bool| {
+            if registry { confluent(description, guard_too) } else { problem(description) }
+        };
         let ops = [
             (&mut item.get, false),
             (&mut item.post, true),
@@ -142,10 +163,11 @@ fn document_guard(doc: &mut utoipa::openapi::OpenApi) {
             let responses = &mut op.responses.responses;
             if !public {
                 responses.entry("401".into()).or_insert_with(|| {
-                    problem("Authentication is on and the credentials are missing or wrong (unauthenticated)").into()
+                    refusal("Authentication is on and the credentials are missing or wrong (unauthenticated)", false)
+                        .into()
                 });
                 responses.entry("429".into()).or_insert_with(|| {
-                    problem("The principal is over a quota (quota_exceeded); see Retry-After").into()
+                    refusal("The principal is over a quota (quota_exceeded); see Retry-After", false).into()
                 });
             }
             let forbidden = match (public, changes_state) {
@@ -157,7 +179,7 @@ fn document_guard(doc: &mut utoipa::openapi::OpenApi) {
                     "The principal lacks a permission (forbidden), or a foreign Origin (origin_not_allowed) or, on a loopback address, Host (host_not_allowed)"
                 }
             };
-            responses.entry("403".into()).or_insert_with(|| problem(forbidden).into());
+            responses.entry("403".into()).or_insert_with(|| refusal(forbidden, true).into());
             if changes_state && op.request_body.is_some() {
                 responses
                     .entry("415".into())
@@ -183,8 +205,7 @@ pub fn router(state: AppState, max_request_bytes: usize) -> Router {
     let origins = state.guard.cors_origins();
     let app = api_router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
-        // Confluent's Schema Registry API (its own error format; not in the OpenAPI document yet).
-        .merge(registry::router())
+        .merge(registry::undocumented())
         .route("/", get(console))
         .route("/console.js", get(console_js))
         .route("/console.css", get(console_css))

@@ -11,9 +11,12 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
@@ -24,25 +27,112 @@ use crate::service::{Operation, RequestCtx};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
-pub fn router() -> Router<AppState> {
+/// The documented routes (in the OpenAPI document under the tag `schema registry`).
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(subjects))
+        .routes(routes!(lookup, delete_subject))
+        .routes(routes!(versions, register))
+        .routes(routes!(version, delete_version))
+        .routes(routes!(version_schema))
+        .routes(routes!(types))
+        .routes(routes!(schema_by_id))
+        .routes(routes!(raw_schema_by_id))
+        .routes(routes!(id_versions))
+        .routes(routes!(id_subjects))
+        .routes(routes!(global_config, set_global_config))
+        .routes(routes!(subject_config, set_subject_config, delete_subject_config))
+        .routes(routes!(check_version))
+        .routes(routes!(check_all))
+}
+
+/// What Confluent's clients call that is not worth documenting: the root, and the
+/// data-contract associations their serializers ask for first.
+pub fn undocumented() -> Router<AppState> {
     Router::new()
         .route("/registry", get(root))
         .route("/registry/", get(root))
-        .route("/registry/subjects", get(subjects))
-        .route("/registry/subjects/{subject}", post(lookup).delete(delete_subject))
-        .route("/registry/subjects/{subject}/versions", get(versions).post(register))
-        .route("/registry/subjects/{subject}/versions/{version}", get(version).delete(delete_version))
-        .route("/registry/subjects/{subject}/versions/{version}/schema", get(version_schema))
-        .route("/registry/schemas/types", get(types))
-        .route("/registry/schemas/ids/{id}", get(schema_by_id))
-        .route("/registry/schemas/ids/{id}/schema", get(raw_schema_by_id))
-        .route("/registry/schemas/ids/{id}/versions", get(id_versions))
-        .route("/registry/schemas/ids/{id}/subjects", get(id_subjects))
-        .route("/registry/config", get(global_config).put(set_global_config))
-        .route("/registry/config/{subject}", get(subject_config).put(set_subject_config).delete(delete_subject_config))
-        .route("/registry/compatibility/subjects/{subject}/versions/{version}", post(check_version))
-        .route("/registry/compatibility/subjects/{subject}/versions", post(check_all))
         .route("/registry/associations/resources/{namespace}/{resource}", get(associations))
+}
+
+/// Confluent's error body.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct RegistryFailure {
+    /// Confluent's code: 40401 subject not found, 40402 version not found, 40403 schema not
+    /// found, 40404/40406 soft-deleted, 40405/40407 not soft-deleted first, 40408 no subject
+    /// level, 409 incompatible, 42201 invalid schema, 42202 invalid version, 42203 invalid
+    /// level, 50001 store failure; gregor's own refusals are their status followed by 01
+    /// (40101 unauthenticated, 40301 forbidden, 42901 over quota, 50101 not supported).
+    error_code: u32,
+    message: String,
+}
+
+/// A schema to register, look up or check.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct SchemaRequest {
+    /// The schema's text (Avro JSON, or a JSON Schema document).
+    schema: String,
+    /// `AVRO` (the default) or `JSON`.
+    schemaType: Option<String>,
+    /// Schema references: not supported yet (an error when not empty).
+    references: Option<Vec<Value>>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct SchemaId {
+    id: u32,
+}
+
+/// A version of a subject.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct SubjectVersion {
+    subject: String,
+    version: u32,
+    id: u32,
+    /// Absent for AVRO.
+    schemaType: Option<String>,
+    schema: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct SchemaText {
+    schema: String,
+    /// Absent for AVRO.
+    schemaType: Option<String>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct SubjectVersionRef {
+    subject: String,
+    version: u32,
+}
+
+/// NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL or FULL_TRANSITIVE.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct CompatibilityLevel {
+    compatibilityLevel: String,
+}
+
+/// NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL or FULL_TRANSITIVE.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct CompatibilityUpdate {
+    compatibility: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct CompatibilityResult {
+    is_compatible: bool,
+    /// Why not (with `verbose=true`).
+    messages: Option<Vec<String>>,
 }
 
 /// An answer in Confluent's media type.
@@ -157,6 +247,16 @@ async fn root() -> Response {
     ok(StatusCode::OK, json!({}))
 }
 
+/// List the subjects (those the principal may read).
+#[utoipa::path(
+    get,
+    path = "/registry/subjects",
+    tag = "schema registry",
+    params(("deleted" = Option<bool>, Query, description = "Include soft-deleted ones"), ("subjectPrefix" = Option<String>, Query, description = "Only subjects starting with this")),
+    responses(
+        (status = 200, description = "Subject names", body = Vec<String>, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn subjects(State(state): State<AppState>, Who(ctx): Who, Query(q): Query<HashMap<String, String>>) -> Answer {
     let reg = state.service.registry()?;
     let prefix = q.get("subjectPrefix").map(String::as_str).unwrap_or("");
@@ -168,6 +268,19 @@ async fn subjects(State(state): State<AppState>, Who(ctx): Who, Query(q): Query<
     Ok(ok(StatusCode::OK, json!(listed)))
 }
 
+/// Register a schema under a subject (or find it there): its global id. Checked against the subject's compatibility level.
+#[utoipa::path(
+    post,
+    path = "/registry/subjects/{subject}/versions",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs"), ("normalize" = Option<bool>, Query, description = "Accepted; schemas are compared in canonical form anyway")),
+    request_body(content = SchemaRequest, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "The schema's global id", body = SchemaId, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 409, description = "Incompatible with earlier versions (409)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 422, description = "Invalid schema (42201)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn register(State(state): State<AppState>, Who(ctx): Who, Path(subject): Path<String>, body: Bytes) -> Answer {
     let reg = registry(&state, &ctx, Operation::RegisterSchema(&subject))?;
     let (kind, text) = SchemaBody::parse(&body)?;
@@ -175,12 +288,36 @@ async fn register(State(state): State<AppState>, Who(ctx): Who, Path(subject): P
     Ok(ok(StatusCode::OK, json!({"id": id})))
 }
 
+/// Look a schema up in a subject: the version that holds it.
+#[utoipa::path(
+    post,
+    path = "/registry/subjects/{subject}",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs")),
+    request_body(content = SchemaRequest, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "The version holding the schema", body = SubjectVersion, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Subject (40401) or schema (40403) not found", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 422, description = "Invalid schema (42201)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn lookup(State(state): State<AppState>, Who(ctx): Who, Path(subject): Path<String>, body: Bytes) -> Answer {
     let reg = registry(&state, &ctx, Operation::ReadSubject(&subject))?;
     let (kind, text) = SchemaBody::parse(&body)?;
     Ok(ok(StatusCode::OK, version_json(&reg.lookup(&subject, kind, &text)?)))
 }
 
+/// List a subject's versions.
+#[utoipa::path(
+    get,
+    path = "/registry/subjects/{subject}/versions",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs"), ("deleted" = Option<bool>, Query, description = "Include soft-deleted ones")),
+    responses(
+        (status = 200, description = "Version numbers", body = Vec<u32>, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Subject not found (40401)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn versions(
     State(state): State<AppState>,
     Who(ctx): Who,
@@ -191,6 +328,18 @@ async fn versions(
     Ok(ok(StatusCode::OK, json!(reg.versions(&subject, flag(&q, "deleted"))?)))
 }
 
+/// Get a version of a subject.
+#[utoipa::path(
+    get,
+    path = "/registry/subjects/{subject}/versions/{version}",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs"), ("version" = String, Path, description = "A version number (1, 2, …), or `latest` / `-1`"), ("deleted" = Option<bool>, Query, description = "Include soft-deleted ones")),
+    responses(
+        (status = 200, description = "The version", body = SubjectVersion, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Subject (40401) or version (40402) not found", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 422, description = "Invalid version (42202)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn version(
     State(state): State<AppState>,
     Who(ctx): Who,
@@ -202,6 +351,18 @@ async fn version(
     Ok(ok(StatusCode::OK, version_json(&v)))
 }
 
+/// Get a version's schema text alone.
+#[utoipa::path(
+    get,
+    path = "/registry/subjects/{subject}/versions/{version}/schema",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs"), ("version" = String, Path, description = "A version number (1, 2, …), or `latest` / `-1`"), ("deleted" = Option<bool>, Query, description = "Include soft-deleted ones")),
+    responses(
+        (status = 200, description = "The schema itself", body = Object, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Subject (40401) or version (40402) not found", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 422, description = "Invalid version (42202)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn version_schema(
     State(state): State<AppState>,
     Who(ctx): Who,
@@ -213,6 +374,17 @@ async fn version_schema(
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], v.schema).into_response())
 }
 
+/// Delete a subject: softly, or (once soft-deleted) with `permanent=true`. The versions deleted.
+#[utoipa::path(
+    delete,
+    path = "/registry/subjects/{subject}",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs"), ("permanent" = Option<bool>, Query, description = "Delete for good (soft-delete first)")),
+    responses(
+        (status = 200, description = "The versions deleted", body = Vec<u32>, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Subject not found (40401), soft-deleted already (40404), or not soft-deleted before a permanent delete (40405)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn delete_subject(
     State(state): State<AppState>,
     Who(ctx): Who,
@@ -223,6 +395,18 @@ async fn delete_subject(
     Ok(ok(StatusCode::OK, json!(reg.delete_subject(&subject, flag(&q, "permanent")).await?)))
 }
 
+/// Delete a version: softly, or (once soft-deleted) with `permanent=true`.
+#[utoipa::path(
+    delete,
+    path = "/registry/subjects/{subject}/versions/{version}",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs"), ("version" = String, Path, description = "A version number (1, 2, …), or `latest` / `-1`"), ("permanent" = Option<bool>, Query, description = "Delete for good (soft-delete first)")),
+    responses(
+        (status = 200, description = "The version deleted", body = u32, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Subject (40401) or version (40402) not found, soft-deleted already (40406), or not soft-deleted before a permanent delete (40407)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 422, description = "Invalid version (42202)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn delete_version(
     State(state): State<AppState>,
     Who(ctx): Who,
@@ -233,6 +417,15 @@ async fn delete_version(
     Ok(ok(StatusCode::OK, json!(reg.delete_version(&subject, which(&version)?, flag(&q, "permanent")).await?)))
 }
 
+/// The schema types this registry accepts.
+#[utoipa::path(
+    get,
+    path = "/registry/schemas/types",
+    tag = "schema registry",
+    responses(
+        (status = 200, description = "AVRO and JSON", body = Vec<String>, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn types() -> Response {
     ok(StatusCode::OK, json!(["JSON", "AVRO"]))
 }
@@ -253,6 +446,17 @@ fn readable_schema(state: &AppState, ctx: &RequestCtx, id: u32) -> Result<(Schem
     Ok((kind, text))
 }
 
+/// Get a schema by its global id.
+#[utoipa::path(
+    get,
+    path = "/registry/schemas/ids/{id}",
+    tag = "schema registry",
+    params(("id" = u32, Path, description = "Global schema id")),
+    responses(
+        (status = 200, description = "The schema", body = SchemaText, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Schema not found (40403)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn schema_by_id(State(state): State<AppState>, Who(ctx): Who, Path(id): Path<String>) -> Answer {
     let (kind, text) = readable_schema(&state, &ctx, schema_id(&id)?)?;
     let mut out = json!({"schema": text});
@@ -262,6 +466,17 @@ async fn schema_by_id(State(state): State<AppState>, Who(ctx): Who, Path(id): Pa
     Ok(ok(StatusCode::OK, out))
 }
 
+/// Get a schema's text alone by its global id.
+#[utoipa::path(
+    get,
+    path = "/registry/schemas/ids/{id}/schema",
+    tag = "schema registry",
+    params(("id" = u32, Path, description = "Global schema id")),
+    responses(
+        (status = 200, description = "The schema itself", body = Object, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Schema not found (40403)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn raw_schema_by_id(State(state): State<AppState>, Who(ctx): Who, Path(id): Path<String>) -> Answer {
     let (_, text) = readable_schema(&state, &ctx, schema_id(&id)?)?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
@@ -273,12 +488,34 @@ fn usages(state: &AppState, ctx: &RequestCtx, id: &str) -> Result<Vec<(String, u
     Ok(reg.usages(id)?.into_iter().filter(|(s, _)| state.service.may(ctx, Operation::ReadSubject(s))).collect())
 }
 
+/// The subject versions that use a schema.
+#[utoipa::path(
+    get,
+    path = "/registry/schemas/ids/{id}/versions",
+    tag = "schema registry",
+    params(("id" = u32, Path, description = "Global schema id")),
+    responses(
+        (status = 200, description = "Subject and version pairs", body = Vec<SubjectVersionRef>, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Schema not found (40403)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn id_versions(State(state): State<AppState>, Who(ctx): Who, Path(id): Path<String>) -> Answer {
     let list: Vec<Value> =
         usages(&state, &ctx, &id)?.into_iter().map(|(s, v)| json!({"subject": s, "version": v})).collect();
     Ok(ok(StatusCode::OK, json!(list)))
 }
 
+/// The subjects that use a schema.
+#[utoipa::path(
+    get,
+    path = "/registry/schemas/ids/{id}/subjects",
+    tag = "schema registry",
+    params(("id" = u32, Path, description = "Global schema id")),
+    responses(
+        (status = 200, description = "Subject names", body = Vec<String>, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Schema not found (40403)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn id_subjects(State(state): State<AppState>, Who(ctx): Who, Path(id): Path<String>) -> Answer {
     let mut list: Vec<String> = usages(&state, &ctx, &id)?.into_iter().map(|(s, _)| s).collect();
     list.dedup();
@@ -298,11 +535,31 @@ fn level_of(body: &[u8]) -> Result<Level, Failure> {
         .map_err(|_| Failure(422, 42203, format!("Invalid compatibility level: {}", b.compatibility)))
 }
 
+/// The global compatibility level (default BACKWARD).
+#[utoipa::path(
+    get,
+    path = "/registry/config",
+    tag = "schema registry",
+    responses(
+        (status = 200, description = "The level", body = CompatibilityLevel, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn global_config(State(state): State<AppState>, Who(ctx): Who) -> Answer {
     let reg = registry(&state, &ctx, Operation::DescribeCluster)?;
     Ok(ok(StatusCode::OK, json!({"compatibilityLevel": reg.level(None, true)?.as_str()})))
 }
 
+/// Set the global compatibility level.
+#[utoipa::path(
+    put,
+    path = "/registry/config",
+    tag = "schema registry",
+    request_body(content = CompatibilityUpdate, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "The level set", body = CompatibilityUpdate, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 422, description = "Invalid compatibility level (42203)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn set_global_config(State(state): State<AppState>, Who(ctx): Who, body: Bytes) -> Answer {
     let reg = registry(&state, &ctx, Operation::AlterCluster)?;
     let level = level_of(&body)?;
@@ -310,6 +567,17 @@ async fn set_global_config(State(state): State<AppState>, Who(ctx): Who, body: B
     Ok(ok(StatusCode::OK, json!({"compatibility": level.as_str()})))
 }
 
+/// A subject's compatibility level.
+#[utoipa::path(
+    get,
+    path = "/registry/config/{subject}",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs"), ("defaultToGlobal" = Option<bool>, Query, description = "Answer the global level when the subject has none")),
+    responses(
+        (status = 200, description = "The level", body = CompatibilityLevel, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "The subject has no level of its own (40408)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn subject_config(
     State(state): State<AppState>,
     Who(ctx): Who,
@@ -321,6 +589,18 @@ async fn subject_config(
     Ok(ok(StatusCode::OK, json!({"compatibilityLevel": level.as_str()})))
 }
 
+/// Set a subject's compatibility level.
+#[utoipa::path(
+    put,
+    path = "/registry/config/{subject}",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs")),
+    request_body(content = CompatibilityUpdate, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "The level set", body = CompatibilityUpdate, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 422, description = "Invalid compatibility level (42203)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn set_subject_config(
     State(state): State<AppState>,
     Who(ctx): Who,
@@ -333,6 +613,17 @@ async fn set_subject_config(
     Ok(ok(StatusCode::OK, json!({"compatibility": level.as_str()})))
 }
 
+/// Remove a subject's own level (the global one applies again).
+#[utoipa::path(
+    delete,
+    path = "/registry/config/{subject}",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs")),
+    responses(
+        (status = 200, description = "The level removed", body = CompatibilityLevel, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Subject not found (40401)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn delete_subject_config(State(state): State<AppState>, Who(ctx): Who, Path(subject): Path<String>) -> Answer {
     let reg = registry(&state, &ctx, Operation::AlterSubject(&subject))?;
     let previous = reg.set_level(Some(&subject), None).await?.unwrap_or_default();
@@ -347,6 +638,19 @@ fn compatibility(reasons: Vec<String>, q: &HashMap<String, String>) -> Response 
     ok(StatusCode::OK, out)
 }
 
+/// Test a schema's compatibility with one version, by the subject's level.
+#[utoipa::path(
+    post,
+    path = "/registry/compatibility/subjects/{subject}/versions/{version}",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs"), ("version" = String, Path, description = "A version number (1, 2, …), or `latest` / `-1`"), ("verbose" = Option<bool>, Query, description = "Say why not")),
+    request_body(content = SchemaRequest, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "Whether it is compatible", body = CompatibilityResult, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 404, description = "Subject (40401) or version (40402) not found", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 422, description = "Invalid schema (42201)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn check_version(
     State(state): State<AppState>,
     Who(ctx): Who,
@@ -359,6 +663,18 @@ async fn check_version(
     Ok(compatibility(reg.check(&subject, Some(which(&version)?), kind, &text)?, &q))
 }
 
+/// Test a schema's compatibility with the versions the subject's level compares against.
+#[utoipa::path(
+    post,
+    path = "/registry/compatibility/subjects/{subject}/versions",
+    tag = "schema registry",
+    params(("subject" = String, Path, description = "Subject name; `<topic>-value` and `<topic>-key` follow the topic's ACLs"), ("verbose" = Option<bool>, Query, description = "Say why not")),
+    request_body(content = SchemaRequest, content_type = "application/vnd.schemaregistry.v1+json"),
+    responses(
+        (status = 200, description = "Whether it is compatible", body = CompatibilityResult, content_type = "application/vnd.schemaregistry.v1+json"),
+        (status = 422, description = "Invalid schema (42201)", body = RegistryFailure, content_type = "application/vnd.schemaregistry.v1+json"),
+    )
+)]
 async fn check_all(
     State(state): State<AppState>,
     Who(ctx): Who,
