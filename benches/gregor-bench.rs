@@ -299,7 +299,6 @@ async fn produce(s: &Settings, acks: &str, conns: usize, per_request: usize) -> 
 }
 
 async fn produce_with(s: &Settings, acks: &str, conns: usize, per_request: usize, access: &Access) -> Row {
-    use http_body_util::BodyExt;
     let server = Server::start_with(access.config.as_deref()).await;
     let host: Arc<str> = server.base.trim_start_matches("http://").trim_start_matches("https://").into();
     {
@@ -312,12 +311,31 @@ async fn produce_with(s: &Settings, acks: &str, conns: usize, per_request: usize
     }
     let body = bytes::Bytes::from(batch_body(per_request));
     let path: Arc<str> = format!("/v1/topics/bench/records?acks={acks}").into();
+    let lat = drive_produce(s, &server.base, &host, &path, body, conns, access).await;
+    let mut row = produce_row(s, &lat, per_request);
+    row.scenario = format!("produce {per_request}x100B acks={acks} conns={conns}");
+    row.peak_rss_mb = server.peak_rss_mb();
+    row
+}
+
+/// `conns` connections post `body` to `path` in a loop through warm-up and measurement: the
+/// measured requests' latencies (µs).
+async fn drive_produce(
+    s: &Settings,
+    base: &str,
+    host: &Arc<str>,
+    path: &Arc<str>,
+    body: bytes::Bytes,
+    conns: usize,
+    access: &Access,
+) -> Vec<u64> {
+    use http_body_util::BodyExt;
     let start = Instant::now();
     let measure_from = start + s.warmup();
     let stop = measure_from + s.measure();
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let mut sender = h1_connection_with(&server.base, access.tls.as_ref()).await;
+        let mut sender = h1_connection_with(base, access.tls.as_ref()).await;
         let (body, path, host, token) = (body.clone(), path.clone(), host.clone(), access.token.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -329,8 +347,9 @@ async fn produce_with(s: &Settings, acks: &str, conns: usize, per_request: usize
                 let req = post_json_as(&path, &host, body.clone(), token.as_deref());
                 sender.ready().await.unwrap();
                 let res = sender.send_request(req).await.unwrap();
-                assert!(res.status().is_success(), "produce failed: {}", res.status());
-                let _ = res.into_body().collect().await.unwrap();
+                let status = res.status();
+                let answer = res.into_body().collect().await.unwrap().to_bytes();
+                assert!(status.is_success(), "produce failed: {status} {}", String::from_utf8_lossy(&answer));
                 if sent >= measure_from {
                     lat.push(sent.elapsed().as_micros() as u64);
                 }
@@ -342,20 +361,82 @@ async fn produce_with(s: &Settings, acks: &str, conns: usize, per_request: usize
         lat.extend(t.await.unwrap());
     }
     lat.sort_unstable();
+    lat
+}
+
+/// A produce row from sorted latencies of requests of `per_request` records of ~100 B.
+fn produce_row(s: &Settings, lat: &[u64], per_request: usize) -> Row {
     let secs = s.measure().as_secs_f64();
     let requests = lat.len() as f64 / secs;
     let records = requests * per_request as f64;
     Row {
-        scenario: format!("produce {per_request}x100B acks={acks} conns={conns}"),
         records_per_s: Some(records),
         requests_per_s: Some(requests),
         mb_per_s: Some(records * 100.0 / 1e6),
-        p50_us: percentile(&lat, 0.5),
-        p99_us: percentile(&lat, 0.99),
-        p999_us: percentile(&lat, 0.999),
-        peak_rss_mb: server.peak_rss_mb(),
-        note: String::new(),
+        p50_us: percentile(lat, 0.5),
+        p99_us: percentile(lat, 0.99),
+        p999_us: percentile(lat, 0.999),
+        ..Row::default()
     }
+}
+
+/// Produce 100 records of ~100 B per request (acks=leader, 8 connections) to a topic without
+/// validation, to one validated by a JSON Schema and to one validated and encoded by an Avro
+/// schema (SPEC §11): the validated rates, and their ratio to the plain one.
+async fn schemas(s: &Settings) -> Vec<Row> {
+    let server = Server::start().await;
+    let client = reqwest::Client::new();
+    let avro = json!({"type": "record", "name": "Event", "fields": [
+        {"name": "id", "type": "long"}, {"name": "kind", "type": "string"},
+        {"name": "note", "type": "string"}, {"name": "ok", "type": "boolean"}]});
+    let json_schema = json!({"type": "object", "required": ["id", "kind"], "properties": {
+        "id": {"type": "integer", "minimum": 0}, "kind": {"type": "string", "maxLength": 20},
+        "note": {"type": "string"}, "ok": {"type": "boolean"}}});
+    let topics = [
+        ("plain", None),
+        ("json", Some(json!({"schemaType": "JSON", "schema": json_schema.to_string()}))),
+        ("avro", Some(json!({"schema": avro.to_string()}))),
+    ];
+    // ~100 B of JSON per value.
+    let value = json!({"id": 123456, "kind": "page_view", "note": "x".repeat(50), "ok": true});
+    let body = bytes::Bytes::from(json!({"records": vec![json!({"value": value}); 100]}).to_string());
+    let host: Arc<str> = server.base.trim_start_matches("http://").into();
+    let mut rows: Vec<Row> = Vec::new();
+    for (name, schema) in topics {
+        let config = json!({"retention_ms": -1, "value_schema_validation": schema.is_some()});
+        let res = client
+            .post(format!("{}/v1/topics", server.base))
+            .json(&json!({"name": name, "partitions": 4, "config": config}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "create {name}");
+        if let Some(schema) = schema {
+            let res = client
+                .post(format!("{}/registry/subjects/{name}-value/versions", server.base))
+                .header("content-type", "application/vnd.schemaregistry.v1+json")
+                .body(schema.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "register {name}-value");
+        }
+        progress(&format!("schemas: produce to {name}…"));
+        let path: Arc<str> = format!("/v1/topics/{name}/records?acks=leader").into();
+        let lat = drive_produce(s, &server.base, &host, &path, body.clone(), 8, &Access::default()).await;
+        let mut row = produce_row(s, &lat, 100);
+        row.scenario = format!("schemas produce 100x100B {name} conns=8");
+        if let (Some(plain), Some(this)) = (rows.first().and_then(|r| r.records_per_s), row.records_per_s)
+            && name != "plain"
+        {
+            row.note = format!("{:.0}% of the unvalidated rate (goal >= 50%)", 100.0 * this / plain);
+        }
+        rows.push(row);
+    }
+    if let Some(last) = rows.last_mut() {
+        last.peak_rss_mb = server.peak_rss_mb();
+    }
+    rows
 }
 
 async fn ws_connect(
@@ -1086,6 +1167,9 @@ async fn main() {
         let mut row = produce(&settings, "leader", 64, 1).await;
         row.scenario = "produce 1x100B acks=leader conns=64".into();
         rows.push(row);
+    }
+    if settings.wants("schemas") {
+        rows.extend(schemas(&settings).await);
     }
     if settings.wants("ws-delivery") {
         progress("ws delivery…");

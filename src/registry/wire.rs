@@ -53,8 +53,12 @@ impl<'s> Encoder<'s> {
     pub fn new(id: u32, schema: &'s ParsedSchema) -> Result<Encoder<'s>, String> {
         let avro = match schema.avro() {
             Some(s) => {
-                let writer =
-                    apache_avro::writer::datum::GenericDatumWriter::builder(s).build().map_err(|e| e.to_string())?;
+                // Values are resolved against the schema first, which converts them into its
+                // types or fails: validating them again would only repeat that walk.
+                let writer = apache_avro::writer::datum::GenericDatumWriter::builder(s)
+                    .validate(false)
+                    .build()
+                    .map_err(|e| e.to_string())?;
                 let resolved = apache_avro::schema::ResolvedSchema::try_from(s).map_err(|e| e.to_string())?;
                 let names = resolved.get_names().iter().map(|(n, s)| (n.clone(), *s)).collect();
                 Some((writer, names))
@@ -66,23 +70,25 @@ impl<'s> Encoder<'s> {
 
     /// The framed bytes of `value`, whose JSON text is `text` (kept as sent on JSON schemas),
     /// or where it breaks the schema.
-    pub fn encode(&self, value: &Json, text: Cow<'_, [u8]>) -> Result<Vec<u8>, Violation> {
+    pub fn encode(&self, value: Json, text: Cow<'_, [u8]>) -> Result<Vec<u8>, Violation> {
         let mut out = Vec::with_capacity(HEADER_LEN + text.len());
         out.push(MAGIC);
         out.extend_from_slice(&self.id.to_be_bytes());
         if let Some(validator) = self.schema.validator() {
-            check_json(validator, value)?;
+            check_json(validator, &value)?;
             out.extend_from_slice(&text);
             return Ok(out);
         }
         let (Some(schema), Some((writer, names))) = (self.schema.avro(), &self.avro) else {
             return Err(Violation::at("", "the schema has no form to validate with"));
         };
-        let bad = || locate(schema, names, value, String::new());
-        let resolved =
-            Avro::try_from(value.clone()).and_then(|v| v.resolve_with_names(schema, names)).map_err(|_| bad())?;
-        let bytes = writer.write_value_to_vec(resolved).map_err(|_| bad())?;
-        out.extend_from_slice(&bytes);
+        // Where it went wrong is worked out again from the text, on failure only.
+        let bad = || match serde_json::from_slice::<Json>(&text) {
+            Ok(value) => locate(schema, names, &value, String::new()),
+            Err(e) => Violation::at("", e.to_string()),
+        };
+        let resolved = Avro::try_from(value).and_then(|v| v.resolve_with_names(schema, names)).map_err(|_| bad())?;
+        writer.write_value_ref(&mut out, &resolved).map_err(|_| bad())?;
         Ok(out)
     }
 
@@ -227,7 +233,7 @@ mod tests {
 
     fn encode(schema: &ParsedSchema, id: u32, value: Json) -> Result<Vec<u8>, Violation> {
         let text = serde_json::to_vec(&value).unwrap();
-        Encoder::new(id, schema).unwrap().encode(&value, Cow::Owned(text))
+        Encoder::new(id, schema).unwrap().encode(value, Cow::Owned(text))
     }
 
     #[test]
@@ -274,7 +280,7 @@ mod tests {
         .unwrap();
         let text = br#"{"n": 1,  "items": ["a"]}"#;
         let value: Json = serde_json::from_slice(text).unwrap();
-        let bytes = Encoder::new(9, &schema).unwrap().encode(&value, Cow::Borrowed(text)).unwrap();
+        let bytes = Encoder::new(9, &schema).unwrap().encode(value, Cow::Borrowed(text)).unwrap();
         assert_eq!(&bytes[..5], &[0, 0, 0, 0, 9]);
         assert_eq!(&bytes[5..], text);
         let v = encode(&schema, 9, json!({"n": 1, "items": ["a", 2]})).unwrap_err();

@@ -189,12 +189,12 @@ fn encode_part(
                     field: part.name(),
                     reason: e.to_string(),
                 })?;
-                encoder.encode(&value, Cow::Borrowed(&blob.bytes)).map_err(violation)?
+                encoder.encode(value, Cow::Borrowed(&blob.bytes)).map_err(violation)?
             }
             Format::Text => {
                 let value = Json::String(String::from_utf8_lossy(&blob.bytes).into_owned());
                 let text = serde_json::to_vec(&value).map_err(|e| Error::Internal(e.to_string()))?;
-                encoder.encode(&value, Cow::Owned(text)).map_err(violation)?
+                encoder.encode(value, Cow::Owned(text)).map_err(violation)?
             }
             Format::Binary => {
                 encoder.check_framed(&blob.bytes).map_err(violation)?;
