@@ -137,6 +137,34 @@ function showTopic(t) {
     cell(row, p.partition); cell(row, p.beginning_offset); cell(row, p.end_offset);
   }
   box.append(h, table);
+  for (const part of ["value", "key"]) {
+    if (t.config[`${part}_schema_validation`]) {
+      const note = document.createElement("p");
+      note.className = "muted small";
+      note.textContent = `${part}s are validated against subject ${t.name}-${part}`;
+      box.append(note);
+    }
+    showSchema(box, t.name, part);
+  }
+}
+
+/** The latest schema of the topic's subject (`<topic>-value`, `<topic>-key`), if it has one. */
+async function showSchema(box, topic, part) {
+  const subject = `${topic}-${part}`;
+  let v;
+  try {
+    v = await api("GET", `/registry/subjects/${encodeURIComponent(subject)}/versions/latest`);
+  } catch {
+    return; // No schema (or not allowed to read it): nothing to show.
+  }
+  const details = document.createElement("details");
+  details.className = "schema";
+  const summary = document.createElement("summary");
+  summary.textContent = `${part} schema: ${subject} v${v.version}, id ${v.id}, ${v.schemaType || "AVRO"}`;
+  const pre = document.createElement("pre");
+  try { pre.textContent = JSON.stringify(JSON.parse(v.schema), null, 2); } catch { pre.textContent = v.schema; }
+  details.append(summary, pre);
+  box.append(details);
 }
 
 $("#create-topic").addEventListener("submit", async (e) => {
@@ -192,6 +220,25 @@ let socket = null;
 let paused = false;
 const pending = [];
 
+/** A key or value: compact, expanding to pretty-printed JSON on click; decoded ones name their schema. */
+function valueCell(row, json, b64, schemaId) {
+  const td = cell(row, b64 !== undefined ? `base64:${b64}` : show(json), "value");
+  if (schemaId !== undefined) {
+    const tag = document.createElement("span");
+    tag.className = "schema-tag";
+    tag.textContent = `schema ${schemaId}`;
+    td.prepend(tag, " ");
+  }
+  if (json !== null && typeof json === "object") {
+    td.classList.add("expandable");
+    td.title = "click to expand";
+    const compact = td.lastChild;
+    const pretty = document.createElement("pre");
+    pretty.textContent = JSON.stringify(json, null, 2);
+    td.onclick = () => (td.contains(pretty) ? pretty.replaceWith(compact) : compact.replaceWith(pretty));
+  }
+}
+
 function setLiveStatus(text) { $("#live-status").textContent = text; }
 
 function addRecord(r) {
@@ -202,8 +249,8 @@ function addRecord(r) {
   cell(row, r.partition);
   cell(row, r.offset);
   cell(row, new Date(r.timestamp).toLocaleTimeString());
-  cell(row, r.key_base64 !== undefined ? `base64:${r.key_base64}` : show(r.key), "value");
-  cell(row, r.value_base64 !== undefined ? `base64:${r.value_base64}` : show(r.value), "value");
+  valueCell(row, r.key, r.key_base64, r.key_schema_id);
+  valueCell(row, r.value, r.value_base64, r.value_schema_id);
   cell(row, (r.headers || []).map((h) => `${h.name}=${h.value_base64 !== undefined ? "base64:" + h.value_base64 : show(h.value)}`).join(", "), "value");
   while (body.rows.length > MAX_LIVE_ROWS) body.deleteRow(-1);
 }

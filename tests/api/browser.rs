@@ -230,3 +230,47 @@ async fn swagger_ui_authorizes_with_a_bearer_token() {
     })
     .await;
 }
+
+/// The console shows a topic's schema and renders decoded values with their schema,
+/// pretty-printed on a click.
+#[tokio::test]
+async fn console_shows_a_topics_schema_and_decoded_values() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic_with("users", 1, json!({"value_schema_validation": true})).await;
+        let schema =
+            r#"{"type":"record","name":"User","fields":[{"name":"id","type":"long"},{"name":"name","type":"string"}]}"#;
+        let res = app
+            .client
+            .post(app.url("/registry/subjects/users-value/versions"))
+            .header("content-type", "application/vnd.schemaregistry.v1+json")
+            .body(json!({ "schema": schema }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        app.produce("users", json!([{"key": "u1", "value": {"id": 1, "name": "ada"}}])).await;
+
+        let b = browser().await;
+        let c = &b.client;
+        c.goto(&app.url("/")).await.unwrap();
+        wait_text(c, "#topics tbody", "users").await;
+        c.find(Locator::Css("#topics tbody tr[data-topic='users']")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#topic-detail", "values are validated against subject users-value").await;
+        let summary = wait_text(c, "#topic-detail details.schema summary", "users-value v1").await;
+        assert!(summary.contains("AVRO"), "{summary}");
+
+        c.wait().for_element(Locator::Css("#live-topic option[value='users']")).await.unwrap();
+        c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("users").await.unwrap();
+        c.find(Locator::Css("#live-from")).await.unwrap().select_by_value("earliest").await.unwrap();
+        c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
+        let row = wait_text(c, "#live-records tr[data-offset='0']", "ada").await;
+        assert!(row.contains("schema 1"), "the decoded value names its schema: {row}");
+        // A click pretty-prints the value.
+        c.find(Locator::Css("#live-records tr[data-offset='0'] td.expandable")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#live-records tr[data-offset='0'] td.expandable pre", "\"name\": \"ada\"").await;
+        screenshot(c, "console-schema.png").await;
+        b.client.close().await.unwrap();
+    })
+    .await;
+}
