@@ -283,7 +283,10 @@ async fn run_gateway(
 ) -> Result<(), AppError> {
     let connections = TaskTracker::new();
     let metrics = Arc::new(Metrics::new());
-    let service = Service::kafka(cluster.clone(), metrics.clone(), security);
+    // The Schema Registry follows the cluster's `_schemas` topic on every replica.
+    let registry = Arc::new(crate::registry::Registry::in_cluster(cluster.clone()));
+    tokio::spawn(crate::cluster::schemas::follow(cluster.clone(), registry.clone()));
+    let service = Service::kafka(cluster.clone(), metrics.clone(), security).with_registry(registry);
     let (app, limits) = http_app(service, &listener, tls, &config, &connections);
     let signalled = cluster.shutdown_token();
     let stop_serving = CancellationToken::new();

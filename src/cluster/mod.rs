@@ -18,6 +18,7 @@
 pub mod groups;
 pub mod idempotency;
 pub mod member;
+pub mod schemas;
 mod tls;
 pub mod wire;
 
@@ -401,6 +402,11 @@ impl Cluster {
     /// Counts the backend's requests and failures in `metrics` (`/metrics`).
     pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
         self.wire.set_metrics(metrics);
+    }
+
+    /// How long a request to the cluster may take.
+    pub fn request_timeout(&self) -> Duration {
+        self.settings.request_timeout
     }
 
     pub fn auto_creates(&self) -> bool {

@@ -1,8 +1,8 @@
 //! The registry's subjects, versions, schemas and configuration: all of it in memory (a
 //! registry holds thousands of schemas, not millions), every change written durably first.
 //!
-//! Durable layout (the embedded store's `meta` family; the Kafka backend will keep the same
-//! entries in a `_schemas` topic):
+//! Durable layout (the embedded store's `meta` family; on the Kafka backend the same entries
+//! are the records of the cluster's `_schemas` topic, keyed alike, deletes as tombstones):
 //! - `g/s/<id u32>` → `{"type", "schema"}`: a schema by its global id, kept for good (ids are
 //!   never reused, so an id in a stored record always means one schema);
 //! - `g/v/<subject>\0<version u32>` → `{"id", "deleted"}`: a subject's version (soft-deleted
@@ -10,7 +10,11 @@
 //! - `g/c/<subject>` → a compatibility level (`g/c/` alone: the global one).
 //!
 //! Writes are serialised by one lock and written (synced) before memory changes, so what a
-//! client was answered survives a crash, and a failed write changes nothing.
+//! client was answered survives a crash, and a failed write changes nothing. On the cluster,
+//! every replica follows `_schemas` into its memory ([`Registry::apply_logged`]); a write
+//! first catches up with the log's end, appends, and waits until its follower applied it.
+//! Two replicas choosing one id or version at once are settled by the log's order: the first
+//! entry wins, and the registration that lost decides again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -173,9 +177,20 @@ impl std::str::FromStr for Which {
 
 /// The registry.
 pub struct Registry {
-    backing: Arc<dyn Backing>,
+    durable: Durable,
     state: parking_lot::RwLock<State>,
+    /// This replica's writes, one at a time.
     writes: tokio::sync::Mutex<()>,
+    /// On the cluster: the offset of `_schemas` applied up to (`None` before the first read).
+    applied: tokio::sync::watch::Sender<Option<u64>>,
+}
+
+/// Where the entries are written.
+enum Durable {
+    /// The embedded store: this process is the only writer.
+    Store(Arc<dyn Backing>),
+    /// The cluster's `_schemas` topic, shared by every replica.
+    Cluster(Arc<crate::cluster::Cluster>),
 }
 
 impl std::fmt::Debug for Registry {
@@ -205,42 +220,123 @@ impl Registry {
     pub fn open(backing: Arc<dyn Backing>) -> crate::error::Result<Registry> {
         let mut state = State::default();
         for (key, value) in backing.load()? {
-            if let Some(id) = key.strip_prefix(b"g/s/") {
-                let id = u32::from_be_bytes(id.try_into().map_err(|_| corrupt("schema key"))?);
-                let e: SchemaEntry = serde_json::from_slice(&value).map_err(|_| corrupt("schema"))?;
-                let parsed = ParsedSchema::parse(e.kind, &e.schema).map_err(|e| corrupt(&e.to_string()))?;
-                state.by_canonical.entry((e.kind, parsed.canonical.clone())).or_insert(id);
-                state.schemas.insert(id, Stored { text: e.schema, parsed: Arc::new(parsed) });
-            } else if let Some(rest) = key.strip_prefix(b"g/v/") {
-                let split =
-                    rest.len().checked_sub(5).filter(|at| rest[*at] == 0).ok_or_else(|| corrupt("version key"))?;
-                let subject = std::str::from_utf8(&rest[..split]).map_err(|_| corrupt("subject"))?;
-                let version = u32::from_be_bytes(rest[split + 1..].try_into().map_err(|_| corrupt("version"))?);
-                let e: VersionEntry = serde_json::from_slice(&value).map_err(|_| corrupt("version"))?;
-                state.subjects.entry(subject.to_owned()).or_default().insert(version, e);
-            } else if let Some(subject) = key.strip_prefix(b"g/c/") {
-                let subject = std::str::from_utf8(subject).map_err(|_| corrupt("config key"))?;
-                let level =
-                    std::str::from_utf8(&value).ok().and_then(|l| l.parse().ok()).ok_or_else(|| corrupt("level"))?;
-                state.levels.insert(subject.to_owned(), level);
-            }
+            apply(&mut state, &key, Some(&value))?;
         }
-        Ok(Registry { backing, state: parking_lot::RwLock::new(state), writes: tokio::sync::Mutex::new(()) })
+        Ok(Registry::with(Durable::Store(backing), state))
     }
 
-    async fn persist(&self, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
-        let backing = self.backing.clone();
-        tokio::task::spawn_blocking(move || backing.write(&changes))
-            .await
-            .map_err(|e| RegistryError::Store(format!("the store's writer task failed: {e}")))?
-            .map_err(RegistryError::from)
+    fn with(durable: Durable, state: State) -> Registry {
+        Registry {
+            durable,
+            state: parking_lot::RwLock::new(state),
+            writes: tokio::sync::Mutex::new(()),
+            applied: tokio::sync::watch::channel(None).0,
+        }
+    }
+
+    /// A registry kept in the cluster's `_schemas` topic: empty until [`Registry::follow`]
+    /// (which the caller spawns) has read the topic.
+    pub fn in_cluster(cluster: Arc<crate::cluster::Cluster>) -> Registry {
+        Registry::with(Durable::Cluster(cluster), State::default())
+    }
+
+    /// Applies an entry another writer (or this one) appended to the shared log, then says
+    /// the log is applied up to `next` (the offset after it).
+    pub fn apply_logged(&self, key: &[u8], value: Option<&[u8]>, next: u64) {
+        if let Err(e) = apply(&mut self.state.write(), key, value) {
+            tracing::error!(error = %e, "a _schemas entry does not decode; skipped");
+        }
+        self.applied.send_replace(Some(next));
+    }
+
+    /// Says the shared log is applied up to `next` (its end, when nothing was in it).
+    pub fn applied_to(&self, next: u64) {
+        self.applied.send_if_modified(|a| {
+            let newer = a.is_none_or(|a| a < next);
+            if newer {
+                *a = Some(next);
+            }
+            newer
+        });
+    }
+
+    /// Waits until the shared log is applied up to `end` (bounded by `within`).
+    async fn applied_through(&self, end: u64, within: std::time::Duration) -> Result<()> {
+        let mut rx = self.applied.subscribe();
+        let reached = tokio::time::timeout(within, rx.wait_for(|a| a.is_some_and(|a| a >= end))).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(RegistryError::Store(format!("the _schemas topic was not read up to offset {end} in time"))),
+        }
+    }
+
+    /// Before a write on the cluster: everything appended so far is applied, so the write
+    /// decides on the latest state.
+    async fn catch_up(&self) -> Result<()> {
+        let Durable::Cluster(cluster) = &self.durable else { return Ok(()) };
+        let end = crate::cluster::schemas::end(cluster).await.map_err(RegistryError::from)?;
+        self.applied_through(end, cluster.request_timeout()).await
+    }
+
+    /// Writes `changes` durably and applies them: to the store then memory, or to the
+    /// cluster's log, then waits until the log's follower applied them (with whatever
+    /// other replicas wrote before them: the first writer of an id or a version wins).
+    async fn commit(&self, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+        match &self.durable {
+            Durable::Store(backing) => {
+                let backing = backing.clone();
+                let written = changes.clone();
+                tokio::task::spawn_blocking(move || backing.write(&written))
+                    .await
+                    .map_err(|e| RegistryError::Store(format!("the store's writer task failed: {e}")))?
+                    .map_err(RegistryError::from)?;
+                let mut state = self.state.write();
+                for (key, value) in &changes {
+                    apply(&mut state, key, value.as_deref()).map_err(RegistryError::from)?;
+                }
+                Ok(())
+            }
+            Durable::Cluster(cluster) => {
+                let last = crate::cluster::schemas::append(cluster, &changes).await.map_err(RegistryError::from)?;
+                self.applied_through(last + 1, cluster.request_timeout()).await
+            }
+        }
     }
 
     /// Registers `text` under `subject` (or finds it there): its global id.
     pub async fn register(&self, subject: &str, kind: SchemaType, text: &str) -> Result<u32> {
         let parsed = ParsedSchema::parse(kind, text).map_err(|e| RegistryError::InvalidSchema(e.to_string()))?;
         let _writing = self.writes.lock().await;
-        let (changes, id, version) = {
+        // On the cluster another replica may take the id or version this one chose: the first
+        // written wins, and the loser decides again on what it lost to.
+        for _ in 0..8 {
+            self.catch_up().await?;
+            let (changes, id, version) = match self.decide_registration(subject, kind, text, &parsed)? {
+                Decided::Found(id) => return Ok(id),
+                Decided::Write { changes, id, version } => (changes, id, version),
+            };
+            self.commit(changes).await?;
+            let state = self.state.read();
+            let won = state.subjects.get(subject).and_then(|vs| vs.get(&version)).is_some_and(|e| e.id == id)
+                && state
+                    .schemas
+                    .get(&id)
+                    .is_some_and(|s| s.parsed.kind == kind && s.parsed.canonical == parsed.canonical);
+            if won {
+                return Ok(id);
+            }
+        }
+        Err(RegistryError::Store(format!("registering under {subject} kept conflicting with other replicas")))
+    }
+
+    fn decide_registration(
+        &self,
+        subject: &str,
+        kind: SchemaType,
+        text: &str,
+        parsed: &ParsedSchema,
+    ) -> Result<Decided> {
+        {
             let state = self.state.read();
             let versions = state.subjects.get(subject);
             let live: Vec<(u32, u32)> =
@@ -249,12 +345,12 @@ impl Registry {
             if let Some((_, id)) = live.iter().find(|(_, id)| {
                 state.schemas.get(id).is_some_and(|s| s.parsed.kind == kind && s.parsed.canonical == parsed.canonical)
             }) {
-                return Ok(*id);
+                return Ok(Decided::Found(*id));
             }
             let level = state.levels.get(subject).or_else(|| state.levels.get("")).copied().unwrap_or_default();
             let previous: Vec<&ParsedSchema> =
                 live.iter().filter_map(|(_, id)| state.schemas.get(id)).map(|s| &*s.parsed).collect();
-            let details = level.check(&parsed, &previous);
+            let details = level.check(parsed, &previous);
             if !details.is_empty() {
                 return Err(RegistryError::Incompatible { subject: subject.to_owned(), details });
             }
@@ -270,16 +366,8 @@ impl Registry {
             };
             let version = versions.and_then(|v| v.keys().next_back()).map_or(1, |last| last + 1);
             changes.push((version_key(subject, version), Some(to_json(&VersionEntry { id, deleted: false })?)));
-            (changes, id, version)
-        };
-        self.persist(changes).await?;
-        let mut state = self.state.write();
-        if !state.schemas.contains_key(&id) {
-            state.by_canonical.insert((kind, parsed.canonical.clone()), id);
-            state.schemas.insert(id, Stored { text: text.to_owned(), parsed: Arc::new(parsed) });
+            Ok(Decided::Write { changes, id, version })
         }
-        state.subjects.entry(subject.to_owned()).or_default().insert(version, VersionEntry { id, deleted: false });
-        Ok(id)
     }
 
     /// The live version of `subject` holding `text`, if registered there.
@@ -402,6 +490,7 @@ impl Registry {
     /// soft-deleted, permanently. The versions deleted.
     pub async fn delete_subject(&self, subject: &str, permanent: bool) -> Result<Vec<u32>> {
         let _writing = self.writes.lock().await;
+        self.catch_up().await?;
         let (changes, versions) = {
             let state = self.state.read();
             let all = state.subjects.get(subject).ok_or_else(|| RegistryError::SubjectNotFound(subject.to_owned()))?;
@@ -413,6 +502,9 @@ impl Registry {
                 }
                 for v in all.keys() {
                     changes.push((version_key(subject, *v), None));
+                }
+                if state.levels.contains_key(subject) {
+                    changes.push((level_key(subject), None));
                 }
                 (changes, all.keys().copied().collect::<Vec<_>>())
             } else {
@@ -426,24 +518,14 @@ impl Registry {
                 (changes, live)
             }
         };
-        self.persist(changes).await?;
-        let mut state = self.state.write();
-        if permanent {
-            state.subjects.remove(subject);
-            state.levels.remove(subject);
-        } else if let Some(all) = state.subjects.get_mut(subject) {
-            for v in &versions {
-                if let Some(e) = all.get_mut(v) {
-                    e.deleted = true;
-                }
-            }
-        }
+        self.commit(changes).await?;
         Ok(versions)
     }
 
     /// Deletes one version, softly or (once soft-deleted) permanently: its number.
     pub async fn delete_version(&self, subject: &str, which: Which, permanent: bool) -> Result<u32> {
         let _writing = self.writes.lock().await;
+        self.catch_up().await?;
         let (change, version) = {
             let state = self.state.read();
             let all = state.subjects.get(subject).ok_or_else(|| RegistryError::SubjectNotFound(subject.to_owned()))?;
@@ -461,18 +543,7 @@ impl Registry {
                 (true, true) => ((version_key(subject, *v), None), *v),
             }
         };
-        self.persist(vec![change]).await?;
-        let mut state = self.state.write();
-        if let Some(all) = state.subjects.get_mut(subject) {
-            if permanent {
-                all.remove(&version);
-            } else if let Some(e) = all.get_mut(&version) {
-                e.deleted = true;
-            }
-            if all.is_empty() {
-                state.subjects.remove(subject);
-            }
-        }
+        self.commit(vec![change]).await?;
         Ok(version)
     }
 
@@ -491,17 +562,13 @@ impl Registry {
     /// Sets (`Some`) or removes (`None`) a level (`subject` `None`: the global one).
     pub async fn set_level(&self, subject: Option<&str>, level: Option<Level>) -> Result<Option<Level>> {
         let _writing = self.writes.lock().await;
+        self.catch_up().await?;
         let key = subject.unwrap_or("").to_owned();
         let previous = self.state.read().levels.get(&key).copied();
         if level.is_none() && previous.is_none() {
             return Err(RegistryError::SubjectConfigNotFound(key));
         }
-        self.persist(vec![(level_key(&key), level.map(|l| l.as_str().as_bytes().to_vec()))]).await?;
-        let mut state = self.state.write();
-        match level {
-            Some(l) => state.levels.insert(key, l),
-            None => state.levels.remove(&key),
-        };
+        self.commit(vec![(level_key(&key), level.map(|l| l.as_str().as_bytes().to_vec()))]).await?;
         Ok(previous)
     }
 
@@ -522,6 +589,69 @@ impl Registry {
         };
         Ok(level.check(&parsed, &against))
     }
+}
+
+/// What a registration comes to.
+enum Decided {
+    /// The subject has the schema already.
+    Found(u32),
+    /// Entries to write for it.
+    Write { changes: Vec<(Vec<u8>, Option<Vec<u8>>)>, id: u32, version: u32 },
+}
+
+/// Applies one entry (a put, or a delete with `None`) to the state. On a log several replicas
+/// write, two may choose the same id or version at once: the first entry for a schema id or a
+/// version keeps it (a version's later entries may only mark it deleted or remove it).
+fn apply(state: &mut State, key: &[u8], value: Option<&[u8]>) -> crate::error::Result<()> {
+    if let Some(id) = key.strip_prefix(b"g/s/") {
+        let id = u32::from_be_bytes(id.try_into().map_err(|_| corrupt("schema key"))?);
+        let Some(value) = value else { return Ok(()) };
+        if state.schemas.contains_key(&id) {
+            return Ok(());
+        }
+        let e: SchemaEntry = serde_json::from_slice(value).map_err(|_| corrupt("schema"))?;
+        let parsed = ParsedSchema::parse(e.kind, &e.schema).map_err(|e| corrupt(&e.to_string()))?;
+        state.by_canonical.entry((e.kind, parsed.canonical.clone())).or_insert(id);
+        state.schemas.insert(id, Stored { text: e.schema, parsed: Arc::new(parsed) });
+    } else if let Some(rest) = key.strip_prefix(b"g/v/") {
+        let split = rest.len().checked_sub(5).filter(|at| rest[*at] == 0).ok_or_else(|| corrupt("version key"))?;
+        let subject = std::str::from_utf8(&rest[..split]).map_err(|_| corrupt("subject"))?;
+        let version = u32::from_be_bytes(rest[split + 1..].try_into().map_err(|_| corrupt("version"))?);
+        match value {
+            Some(value) => {
+                let e: VersionEntry = serde_json::from_slice(value).map_err(|_| corrupt("version"))?;
+                let versions = state.subjects.entry(subject.to_owned()).or_default();
+                match versions.get_mut(&version) {
+                    Some(held) if held.id != e.id => {}
+                    Some(held) => *held = e,
+                    None => {
+                        versions.insert(version, e);
+                    }
+                }
+            }
+            None => {
+                if let Some(versions) = state.subjects.get_mut(subject) {
+                    versions.remove(&version);
+                    if versions.is_empty() {
+                        state.subjects.remove(subject);
+                    }
+                }
+            }
+        }
+    } else if let Some(subject) = key.strip_prefix(b"g/c/") {
+        let subject = std::str::from_utf8(subject).map_err(|_| corrupt("config key"))?;
+        match value {
+            Some(value) => {
+                let level =
+                    std::str::from_utf8(value).ok().and_then(|l| l.parse().ok()).ok_or_else(|| corrupt("level"))?;
+                state.levels.insert(subject.to_owned(), level);
+            }
+            None => {
+                state.levels.remove(subject);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn live_versions(state: &State, subject: &str) -> Result<Vec<(u32, VersionEntry)>> {

@@ -273,10 +273,7 @@ impl Service {
 
     /// The Schema Registry, or `not_supported` where there is none (the Kafka backend).
     pub fn registry(&self) -> Result<&Arc<crate::registry::Registry>> {
-        self.0
-            .registry
-            .as_ref()
-            .ok_or_else(|| Error::Unsupported("the Schema Registry is not available on the Kafka backend yet".into()))
+        self.0.registry.as_ref().ok_or_else(|| Error::Unsupported("the Schema Registry is not available".into()))
     }
 
     /// The Schema Registry, once `op` (a registry operation) is authorized for `ctx`'s

@@ -933,3 +933,88 @@ async fn readiness_follows_the_cluster() {
     })
     .await;
 }
+
+/// The Schema Registry on every backend; on Kafka it lives in the cluster's `_schemas` topic,
+/// so a second replica (and a restarted one) answers what the first registered, and two
+/// replicas registering different schemas under one subject at once get distinct versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_is_shared_by_every_replica() {
+    crate::helpers::within(each_target(|t| async move {
+        let app = &t.app;
+        let who = t.name();
+        let bootstrap = match &t.under {
+            Under::Embedded => None,
+            Under::Mock(mock) => {
+                // The mock has no CreateTopics: the registry's topic is made through it.
+                mock.create_topic("_schemas", 1, 1).unwrap();
+                Some(mock.bootstrap_servers())
+            }
+            Under::Broker(b) => Some(b.bootstrap.clone()),
+        };
+        let register = |app: &TestApp, subject: &str, schema: Value| {
+            let req = app
+                .client
+                .post(app.url(&format!("/registry/subjects/{subject}/versions")))
+                .header("content-type", "application/vnd.schemaregistry.v1+json")
+                .body(json!({ "schema": schema.to_string() }).to_string());
+            async move {
+                let res = req.send().await.unwrap();
+                let status = res.status().as_u16();
+                (status, res.json::<Value>().await.unwrap())
+            }
+        };
+        let record = |fields: Value| json!({"type": "record", "name": "R", "fields": fields});
+        let v1 = record(json!([{"name": "id", "type": "long"}]));
+        let (status, first) = register(app, "shared-value", v1.clone()).await;
+        assert_eq!(status, 200, "[{who}] {first}");
+        let id1 = first["id"].as_u64().unwrap();
+        let Some(bootstrap) = bootstrap else { return };
+
+        // Another replica answers what the first registered, and the same schema's id.
+        let other = gateway(&bootstrap).await;
+        let seen = crate::helpers::eventually(Duration::from_secs(20), || async {
+            let url = other.url("/registry/subjects/shared-value/versions/latest");
+            other.client.get(url).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(seen, "[{who}] the second replica never saw the subject");
+        let (status, again) = register(&other, "shared-value", v1.clone()).await;
+        assert_eq!((status, again["id"].as_u64()), (200, Some(id1)), "[{who}] {again}");
+
+        // Both register a different schema under one subject at once: two versions, two ids.
+        let with = |name: &str| {
+            record(json!([{"name": "id", "type": "long"}, {"name": name, "type": "string", "default": ""}]))
+        };
+        let ((sa, a), (sb, b)) =
+            tokio::join!(register(app, "race-value", with("a")), register(&other, "race-value", with("b")));
+        assert_eq!((sa, sb), (200, 200), "[{who}] {a} {b}");
+        assert_ne!(a["id"], b["id"], "[{who}] two schemas, two ids");
+        let settled = crate::helpers::eventually(Duration::from_secs(20), || async {
+            registry_get(app, "/registry/subjects/race-value/versions").await.1 == json!([1, 2])
+                && registry_get(&other, "/registry/subjects/race-value/versions").await.1 == json!([1, 2])
+        })
+        .await;
+        assert!(settled, "[{who}] both replicas should show versions 1 and 2");
+        for v in [1, 2] {
+            let (_, on_first) = registry_get(app, &format!("/registry/subjects/race-value/versions/{v}")).await;
+            let (_, on_second) = registry_get(&other, &format!("/registry/subjects/race-value/versions/{v}")).await;
+            assert_eq!(on_first["id"], on_second["id"], "[{who}] the replicas disagree on version {v}");
+        }
+
+        // A replica started later reads it all from the topic.
+        drop(other);
+        let late = gateway(&bootstrap).await;
+        let loaded = crate::helpers::eventually(Duration::from_secs(20), || async {
+            registry_get(&late, "/registry/subjects/shared-value/versions/1").await.1["id"].as_u64() == Some(id1)
+        })
+        .await;
+        assert!(loaded, "[{who}] a new replica did not load the registry");
+    }))
+    .await;
+}
+
+/// A registry answer (Confluent's body, errors included).
+async fn registry_get(app: &TestApp, path: &str) -> (u16, Value) {
+    let res = app.client.get(app.url(path)).send().await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap_or(Value::Null))
+}
