@@ -1239,12 +1239,8 @@ fn partition_error(topic: &str, partition: u32, code: i16) -> Error {
 
 /// A configuration patch as Kafka's topic config names and values.
 fn config_values(patch: &TopicConfigPatch) -> Result<Vec<(&'static str, String)>> {
-    if patch.value_schema_validation == Some(true) || patch.key_schema_validation == Some(true) {
-        // The registry lives in the embedded store (its `_schemas` topic on Kafka is not built).
-        return Err(Error::Unsupported(
-            "schema validation needs the Schema Registry, which the Kafka backend does not offer yet".into(),
-        ));
-    }
+    // `value_schema_validation` / `key_schema_validation` are not Kafka topic configs: the
+    // service keeps them in the Schema Registry's `_schemas` topic.
     let mut out = Vec::new();
     if let Some(v) = patch.retention_ms {
         out.push(("retention.ms", v.to_string()));

@@ -15,4 +15,4 @@ pub mod wire;
 
 pub use compat::Level;
 pub use schema::{ParsedSchema, SchemaError, SchemaType};
-pub use state::{Registry, RegistryError, Version, Which};
+pub use state::{Registry, RegistryError, TopicValidation, Version, Which};

@@ -7,7 +7,10 @@
 //!   never reused, so an id in a stored record always means one schema);
 //! - `g/v/<subject>\0<version u32>` → `{"id", "deleted"}`: a subject's version (soft-deleted
 //!   versions stay until deleted permanently);
-//! - `g/c/<subject>` → a compatibility level (`g/c/` alone: the global one).
+//! - `g/c/<subject>` → a compatibility level (`g/c/` alone: the global one);
+//! - `g/t/<topic>` → `{"key", "value"}`: which parts of a topic's records must match a schema,
+//!   on the Kafka backend (whose cluster has no such topic config; the embedded store keeps
+//!   them in the topic's own configuration).
 //!
 //! Writes are serialised by one lock and written (synced) before memory changes, so what a
 //! client was answered survives a crash, and a failed write changes nothing. On the cluster,
@@ -142,6 +145,15 @@ struct State {
     subjects: BTreeMap<String, BTreeMap<u32, VersionEntry>>,
     /// By subject; `""` is the global level.
     levels: HashMap<String, Level>,
+    /// Topics whose keys or values must match a schema (Kafka backend).
+    topics: HashMap<String, TopicValidation>,
+}
+
+/// Which parts of a topic's records are validated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicValidation {
+    pub key: bool,
+    pub value: bool,
 }
 
 /// A version of a subject, as the API shows it.
@@ -205,6 +217,10 @@ fn schema_key(id: u32) -> Vec<u8> {
 
 fn version_key(subject: &str, version: u32) -> Vec<u8> {
     [b"g/v/".as_slice(), subject.as_bytes(), &[0], &version.to_be_bytes()].concat()
+}
+
+fn topic_key(topic: &str) -> Vec<u8> {
+    [b"g/t/".as_slice(), topic.as_bytes()].concat()
 }
 
 fn level_key(subject: &str) -> Vec<u8> {
@@ -572,6 +588,30 @@ impl Registry {
         Ok(previous)
     }
 
+    /// Which parts of `topic`'s records must match a schema (as the registry keeps it).
+    pub fn topic_validation(&self, topic: &str) -> TopicValidation {
+        self.state.read().topics.get(topic).copied().unwrap_or_default()
+    }
+
+    /// Changes which parts of `topic`'s records must match a schema (`None`: as it was); with
+    /// neither, the entry goes. The new setting.
+    pub async fn set_topic_validation(
+        &self,
+        topic: &str,
+        key: Option<bool>,
+        value: Option<bool>,
+    ) -> Result<TopicValidation> {
+        let _writing = self.writes.lock().await;
+        self.catch_up().await?;
+        let current = self.topic_validation(topic);
+        let next = TopicValidation { key: key.unwrap_or(current.key), value: value.unwrap_or(current.value) };
+        if next != current {
+            let entry = if next == TopicValidation::default() { None } else { Some(to_json(&next)?) };
+            self.commit(vec![(topic_key(topic), entry)]).await?;
+        }
+        Ok(next)
+    }
+
     /// Whether `text` could be registered under `subject` against `which` version (or all
     /// live ones, per the subject's level, when `None`): the reasons it could not.
     pub fn check(&self, subject: &str, which: Option<Which>, kind: SchemaType, text: &str) -> Result<Vec<String>> {
@@ -636,6 +676,17 @@ fn apply(state: &mut State, key: &[u8], value: Option<&[u8]>) -> crate::error::R
                         state.subjects.remove(subject);
                     }
                 }
+            }
+        }
+    } else if let Some(topic) = key.strip_prefix(b"g/t/") {
+        let topic = std::str::from_utf8(topic).map_err(|_| corrupt("topic key"))?;
+        match value {
+            Some(value) => {
+                let v: TopicValidation = serde_json::from_slice(value).map_err(|_| corrupt("topic validation"))?;
+                state.topics.insert(topic.to_owned(), v);
+            }
+            None => {
+                state.topics.remove(topic);
             }
         }
     } else if let Some(subject) = key.strip_prefix(b"g/c/") {

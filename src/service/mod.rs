@@ -523,16 +523,37 @@ impl Service {
     ) -> Result<TopicDescription> {
         self.authorize(ctx, Operation::CreateTopic(name))?;
         if let Some(cluster) = self.cluster() {
-            return Ok(describe_cluster_topic(cluster.create_topic(name, partitions, config).await?));
+            let topic = describe_cluster_topic(cluster.create_topic(name, partitions, config).await?);
+            return self.cluster_topic_schemas(topic, Some(config)).await;
         }
         let topic = self.log()?.create_topic(name, partitions, config).await?;
         Ok(describe(&topic))
     }
 
+    /// On the Kafka backend: applies `patch`'s schema validation settings (kept in the Schema
+    /// Registry's log, not in the cluster's topic configs) and shows them in `topic`.
+    async fn cluster_topic_schemas(
+        &self,
+        mut topic: TopicDescription,
+        patch: Option<&TopicConfigPatch>,
+    ) -> Result<TopicDescription> {
+        let Ok(registry) = self.registry() else { return Ok(topic) };
+        let wanted = patch.map(|p| (p.key_schema_validation, p.value_schema_validation));
+        let now = match wanted {
+            Some((key, value)) if key.is_some() || value.is_some() => {
+                registry.set_topic_validation(&topic.name, key, value).await.map_err(registry_error)?
+            }
+            _ => registry.topic_validation(&topic.name),
+        };
+        topic.config.key_schema_validation = now.key;
+        topic.config.value_schema_validation = now.value;
+        Ok(topic)
+    }
+
     pub async fn describe_topic(&self, ctx: &RequestCtx, name: &str) -> Result<TopicDescription> {
         self.authorize(ctx, Operation::DescribeTopic(name))?;
         if let Some(cluster) = self.cluster() {
-            return Ok(describe_cluster_topic(cluster.describe(name).await?));
+            return self.cluster_topic_schemas(describe_cluster_topic(cluster.describe(name).await?), None).await;
         }
         let topic = self.log()?.topic(name)?;
         Ok(describe(&topic))
@@ -548,7 +569,8 @@ impl Service {
     ) -> Result<TopicDescription> {
         self.authorize(ctx, Operation::AlterTopic(name))?;
         if let Some(cluster) = self.cluster() {
-            return Ok(describe_cluster_topic(cluster.alter_topic(name, partitions, patch).await?));
+            let topic = describe_cluster_topic(cluster.alter_topic(name, partitions, patch).await?);
+            return self.cluster_topic_schemas(topic, Some(patch)).await;
         }
         let topic = self.log()?.update_topic(name, partitions, patch).await?;
         Ok(describe(&topic))
@@ -557,7 +579,14 @@ impl Service {
     pub async fn delete_topic(&self, ctx: &RequestCtx, name: &str) -> Result<()> {
         self.authorize(ctx, Operation::DeleteTopic(name))?;
         if let Some(cluster) = self.cluster() {
-            return cluster.delete_topic(name).await;
+            cluster.delete_topic(name).await?;
+            // A topic made again under this name starts without validation.
+            if let Ok(registry) = self.registry()
+                && registry.topic_validation(name) != crate::registry::TopicValidation::default()
+            {
+                registry.set_topic_validation(name, Some(false), Some(false)).await.map_err(registry_error)?;
+            }
+            return Ok(());
         }
         let id = self.log()?.topic(name)?.id;
         self.log()?.delete_topic(name).await?;
@@ -1056,6 +1085,11 @@ fn describe(topic: &Topic) -> TopicDescription {
         config: topic.config(),
         created_ms: topic.created_ms,
     }
+}
+
+/// A registry failure on a topic path: the registry's log could not be written or read.
+fn registry_error(e: crate::registry::RegistryError) -> Error {
+    Error::Backend(format!("the Schema Registry: {e}"))
 }
 
 fn describe_cluster_topic(topic: ClusterTopic) -> TopicDescription {

@@ -1,7 +1,9 @@
 //! Schemas on the record paths (SPEC §11): validation and encoding on produce, the Kafka
 //! listener's schema-id check, and decoding on read.
 //!
-//! A topic opts in with `value_schema_validation` (`key_schema_validation`): its subject is
+//! A topic opts in with `value_schema_validation` (`key_schema_validation`; on the Kafka backend
+//! the setting lives in the registry's `_schemas` log, the cluster having no such config): its
+//! subject is
 //! `<topic>-value` (`<topic>-key`), Confluent's TopicNameStrategy. A REST or WebSocket value
 //! is checked against the subject's latest schema, or the one the request names
 //! (`value_schema_id`, which must be a version of the subject, and may be given on any
@@ -60,8 +62,8 @@ impl Part {
 
 impl Service {
     /// Which parts of `topic`'s records must match a schema (key, value): none on a topic
-    /// that does not exist yet (auto-creation makes it without validation) or on the Kafka
-    /// backend (which refuses to turn validation on).
+    /// that does not exist yet (auto-creation makes it without validation); on the Kafka
+    /// backend, as the registry's log keeps it.
     fn validated_parts(&self, topic: &str) -> Result<(bool, bool)> {
         match &self.0.backend {
             Backend::Embedded { log, .. } => match log.topic(topic) {
@@ -72,7 +74,10 @@ impl Service {
                 Err(Error::UnknownTopic(_)) => Ok((false, false)),
                 Err(e) => Err(e),
             },
-            Backend::Kafka { .. } => Ok((false, false)),
+            Backend::Kafka { .. } => Ok(self.registry().map_or((false, false), |r| {
+                let v = r.topic_validation(topic);
+                (v.key, v.value)
+            })),
         }
     }
 

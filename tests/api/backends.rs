@@ -1018,3 +1018,55 @@ async fn registry_get(app: &TestApp, path: &str) -> (u16, Value) {
     let res = app.client.get(app.url(path)).send().await.unwrap();
     (res.status().as_u16(), res.json().await.unwrap_or(Value::Null))
 }
+
+/// Validated topics on every backend (SPEC §11): REST values checked against the subject's
+/// schema and stored in Confluent's wire format, a bad record refusing its whole request, and
+/// reads decoding them. On Kafka the setting lives in the registry's `_schemas` log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validated_topics_check_and_decode_on_every_backend() {
+    crate::helpers::within(each_target(|t| async move {
+        let app = &t.app;
+        let who = t.name();
+        if let Under::Mock(mock) = &t.under {
+            mock.create_topic("_schemas", 1, 1).unwrap();
+        }
+        t.topic("vt", 1).await;
+        let res = app
+            .client
+            .patch(app.url("/v1/topics/vt"))
+            .json(&json!({"config": {"value_schema_validation": true}}))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = crate::helpers::status_json(res).await;
+        assert_eq!((status, body["config"]["value_schema_validation"].clone()), (200, json!(true)), "[{who}] {body}");
+        let (_, described) = app.get("/v1/topics/vt").await;
+        assert_eq!(described["config"]["value_schema_validation"], true, "[{who}] {described}");
+
+        let schema = json!({"type": "record", "name": "V", "fields": [{"name": "n", "type": "long"}]});
+        let res = app
+            .client
+            .post(app.url("/registry/subjects/vt-value/versions"))
+            .header("content-type", "application/vnd.schemaregistry.v1+json")
+            .body(json!({ "schema": schema.to_string() }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "[{who}]");
+        let id = res.json::<Value>().await.unwrap()["id"].clone();
+
+        app.produce("vt", json!([{"value": {"n": 1}}, {"value": {"n": 2}}])).await;
+        let (status, p) =
+            app.post("/v1/topics/vt/records", json!({"records": [{"value": {"n": 3}}, {"value": {"n": "x"}}]})).await;
+        assert_eq!(
+            (status, p["code"].as_str(), p["pointer"].as_str()),
+            (422, Some("schema_violation"), Some("/n")),
+            "[{who}] {p}"
+        );
+        let read = app.read_all("vt", 0, 0).await;
+        let values: Vec<Value> = read.iter().map(|r| r["value"].clone()).collect();
+        assert_eq!(values, vec![json!({"n": 1}), json!({"n": 2})], "[{who}] {read:?}");
+        assert_eq!(read[0]["value_schema_id"], id, "[{who}]");
+    }))
+    .await;
+}
