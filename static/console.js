@@ -1,4 +1,4 @@
-// The gregor console: topics, produce, a live WebSocket view, consumer groups.
+// The gregor console: topics, produce, a record browser, a live WebSocket view, consumer groups.
 // Plain ES module, no dependencies; everything it talks to is this server's API.
 
 const $ = (sel) => document.querySelector(sel);
@@ -214,6 +214,138 @@ $("#produce").addEventListener("submit", async (e) => {
   }
 });
 
+// ---- record browser -------------------------------------------------------
+// Reads one partition a page at a time (REST reads), from the earliest or latest offset, an
+// offset, or a date-time (the partition's offset for that time). Filters are evaluated here, in
+// the browser, on the page read: key equality, a substring of the value's text, and a JSON path
+// comparison such as `$.status == "failed"` or `$.items[0].qty > 3`.
+
+const PAGE = 50;
+const browse = { topic: "", partition: 0, from: 0, next: 0, history: [] };
+
+/** `$.a.b[2] OP literal` (OP: == != > >= < <=, or none: the path exists): a predicate, or throws. */
+function jsonPathFilter(text) {
+  const m = text.trim().match(/^\$((?:\.[A-Za-z_][\w-]*|\[\d+\]|\["[^"]*"\])*)\s*(?:(==|!=|>=|<=|>|<)\s*(.+))?$/);
+  if (!m) throw new Error(`not a JSON path comparison: ${text} (e.g. $.status == "failed")`);
+  const steps = [...m[1].matchAll(/\.([A-Za-z_][\w-]*)|\[(\d+)\]|\["([^"]*)"\]/g)].map((s) => s[1] ?? (s[2] !== undefined ? Number(s[2]) : s[3]));
+  let want;
+  if (m[2]) {
+    try { want = JSON.parse(m[3]); } catch { throw new Error(`the value to compare with is not JSON: ${m[3]}`); }
+  }
+  return (value) => {
+    let v = value;
+    for (const step of steps) {
+      if (v === null || typeof v !== "object" || !(step in v)) return false;
+      v = v[step];
+    }
+    switch (m[2]) {
+      case undefined: return true;
+      case "==": return JSON.stringify(v) === JSON.stringify(want);
+      case "!=": return JSON.stringify(v) !== JSON.stringify(want);
+      case ">": return v > want;
+      case ">=": return v >= want;
+      case "<": return v < want;
+      case "<=": return v <= want;
+    }
+    return false;
+  };
+}
+
+function browseFilter(f) {
+  const key = f.key.value, contains = f.contains.value, path = f.path.value.trim();
+  const matches = path ? jsonPathFilter(path) : null;
+  return (r) => {
+    if (key !== "" && show(r.key) !== key) return false;
+    const text = r.value_base64 !== undefined ? r.value_base64 : show(r.value);
+    if (contains !== "" && !text.includes(contains)) return false;
+    if (matches && (r.value === undefined || !matches(r.value))) return false;
+    return true;
+  };
+}
+
+async function browseFrom(offset) {
+  const f = $("#browse");
+  const matches = browseFilter(f);
+  const base = `/v1/topics/${encodeURIComponent(browse.topic)}/partitions/${browse.partition}/records`;
+  const page = await api("GET", `${base}?offset=${offset}&limit=${PAGE}`);
+  browse.from = offset;
+  browse.next = page.next_offset;
+  const shown = page.records.filter(matches);
+  const body = $("#browse-records");
+  body.replaceChildren();
+  for (const r of shown) {
+    const row = body.insertRow();
+    row.dataset.offset = r.offset;
+    cell(row, r.partition); cell(row, r.offset); cell(row, new Date(r.timestamp).toISOString());
+    valueCell(row, r.key, r.key_base64, r.key_schema_id);
+    valueCell(row, r.value, r.value_base64, r.value_schema_id);
+    cell(row, (r.headers || []).map((h) => `${h.name}=${h.value_base64 !== undefined ? "base64:" + h.value_base64 : show(h.value)}`).join(", "), "value");
+    const actions = row.insertCell();
+    const copy = document.createElement("button");
+    copy.className = "small"; copy.textContent = "copy"; copy.title = "copy the record as JSON";
+    copy.onclick = () => navigator.clipboard?.writeText(JSON.stringify(r, null, 2));
+    const link = document.createElement("a");
+    link.textContent = "link"; link.title = "a link to this record";
+    link.href = `#record=${encodeURIComponent(r.topic)}/${r.partition}/${r.offset}`;
+    actions.append(copy, " ", link);
+  }
+  const last = page.records.length ? page.records[page.records.length - 1].offset : offset - 1;
+  $("#browse-status").textContent = page.records.length
+    ? `offsets ${offset}–${last} of [${page.beginning_offset}, ${page.end_offset}): ${shown.length} of ${page.records.length} match`
+    : `nothing at ${offset} (partition holds [${page.beginning_offset}, ${page.end_offset}))`;
+  $("#browse-prev").disabled = offset <= page.beginning_offset;
+  $("#browse-next").disabled = page.next_offset >= page.end_offset;
+  return page;
+}
+
+async function seek() {
+  const f = $("#browse");
+  browse.topic = f.topic.value;
+  browse.partition = Number(f.partition.value || 0);
+  const part = await api("GET", `/v1/topics/${encodeURIComponent(browse.topic)}/partitions/${browse.partition}`);
+  let offset = part.beginning_offset;
+  if (f.seek.value === "latest") offset = Math.max(part.beginning_offset, part.end_offset - PAGE);
+  if (f.seek.value === "offset") offset = Number(f.offset.value || 0);
+  if (f.seek.value === "time") {
+    const ms = new Date(f.time.value).getTime();
+    if (Number.isNaN(ms)) throw new Error("pick a date and time to seek to");
+    const found = await api("GET", `/v1/topics/${encodeURIComponent(browse.topic)}/partitions/${browse.partition}/offsets?timestamp=${ms}`);
+    offset = found.offset;
+  }
+  return browseFrom(offset);
+}
+
+$("#browse").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try { await seek(); showError(null); } catch (err) { showError(err); }
+});
+$("#browse-next").onclick = async () => {
+  try { await browseFrom(browse.next); showError(null); } catch (err) { showError(err); }
+};
+$("#browse-prev").onclick = async () => {
+  try { await browseFrom(Math.max(0, browse.from - PAGE)); showError(null); } catch (err) { showError(err); }
+};
+
+/** A permalink `#record=topic/partition/offset` opens the browser at that record. */
+async function openPermalink() {
+  const m = location.hash.match(/^#record=([^/]+)\/(\d+)\/(\d+)$/);
+  if (!m) return;
+  const f = $("#browse");
+  const topic = decodeURIComponent(m[1]);
+  if (![...f.topic.options].some((o) => o.value === topic)) f.topic.append(new Option(topic, topic));
+  f.topic.value = topic;
+  f.partition.value = m[2];
+  f.seek.value = "offset";
+  f.offset.value = m[3];
+  try {
+    await seek();
+    const row = document.querySelector(`#browse-records tr[data-offset="${m[3]}"]`);
+    if (row) { row.classList.add("focused"); row.scrollIntoView({ block: "center" }); }
+    showError(null);
+  } catch (err) { showError(err); }
+}
+window.addEventListener("hashchange", openPermalink);
+
 // ---- live view ------------------------------------------------------------
 
 let socket = null;
@@ -368,7 +500,7 @@ async function refreshHealth() {
 }
 
 showWho();
-refreshTopics();
+refreshTopics().then(openPermalink);
 refreshGroups();
 refreshHealth();
 setInterval(refreshGroups, 2000);

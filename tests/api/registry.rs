@@ -46,6 +46,11 @@ async fn confluents_client_uses_the_registry() {
         assert_eq!(out["avro_values"], json!([{"id": 0}, {"id": 1}, {"id": 2}]), "{out}");
         let subjects = out["avro_subjects"].as_array().unwrap();
         assert!(subjects.contains(&json!("orders-avro-value")), "the serializer registered under <topic>-value: {out}");
+        // REST reads what AvroSerializer produced, decoded by the schema it registered.
+        let read = app.read_all("orders-avro", 0, 0).await;
+        let values: Vec<Value> = read.iter().map(|r| r["value"].clone()).collect();
+        assert_eq!(values, vec![json!({"id": 0}), json!({"id": 1}), json!({"id": 2})], "{read:?}");
+        assert!(read.iter().all(|r| r["value_schema_id"].is_u64()), "{read:?}");
 
         // What the client registered is durable.
         let app = app.restart().await;
