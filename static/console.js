@@ -136,7 +136,7 @@ function showTopic(t) {
     const row = body.insertRow();
     cell(row, p.partition); cell(row, p.beginning_offset); cell(row, p.end_offset);
   }
-  box.append(h, table);
+  box.append(h, table, topicSettings(t));
   for (const part of ["value", "key"]) {
     if (t.config[`${part}_schema_validation`]) {
       const note = document.createElement("p");
@@ -146,6 +146,53 @@ function showTopic(t) {
     }
     showSchema(box, t.name, part);
   }
+}
+
+/** A form that edits a topic's configuration and adds partitions (PATCH). */
+function topicSettings(t) {
+  const form = document.createElement("form");
+  form.id = "topic-settings";
+  form.className = "controls";
+  const field = (name, label, value, type = "number") => {
+    const l = document.createElement("label");
+    const input = document.createElement("input");
+    input.name = name; input.type = type;
+    if (type === "checkbox") input.checked = value; else { input.value = value; input.style.width = "9rem"; }
+    l.append(`${label} `, input);
+    form.append(l);
+  };
+  field("partitions", "Partitions", t.partition_count);
+  field("retention_ms", "retention_ms", t.config.retention_ms);
+  field("retention_bytes", "retention_bytes", t.config.retention_bytes);
+  field("max_message_bytes", "max_message_bytes", t.config.max_message_bytes);
+  field("value_schema_validation", "validate values", t.config.value_schema_validation, "checkbox");
+  field("key_schema_validation", "validate keys", t.config.key_schema_validation, "checkbox");
+  const save = document.createElement("button");
+  save.type = "submit"; save.textContent = "Save";
+  form.append(save);
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    const config = {};
+    for (const k of ["retention_ms", "retention_bytes", "max_message_bytes"]) {
+      if (Number(form[k].value) !== t.config[k]) config[k] = Number(form[k].value);
+    }
+    for (const k of ["value_schema_validation", "key_schema_validation"]) {
+      if (form[k].checked !== t.config[k]) config[k] = form[k].checked;
+    }
+    const body = { config };
+    const partitions = Number(form.partitions.value);
+    if (partitions !== t.partition_count) {
+      if (!confirm(`Grow ${t.name} from ${t.partition_count} to ${partitions} partitions? Keys will map to other partitions.`)) return;
+      body.partitions = partitions;
+    }
+    try {
+      const updated = await api("PATCH", `/v1/topics/${encodeURIComponent(t.name)}`, body);
+      showError(null);
+      showTopic(updated);
+      refreshTopics();
+    } catch (err) { showError(err); }
+  };
+  return form;
 }
 
 /** The latest schema of the topic's subject (`<topic>-value`, `<topic>-key`), if it has one. */
@@ -454,7 +501,9 @@ async function refreshGroups() {
       cell(row, g.group); cell(row, g.state); cell(row, g.generation); cell(row, g.members.length);
       cell(row, g.offsets.reduce((n, o) => n + (o.lag ?? 0), 0));
       row.onclick = () => { openGroup = g.group; showGroup(g); };
-      if (g.group === openGroup) showGroup(g);
+      // Not while the person is using the detail (a reset being previewed, a field with focus).
+      const busy = $("#group-detail").contains(document.activeElement) || $("#group-reset-preview")?.childElementCount;
+      if (g.group === openGroup && !busy) showGroup(g);
     }
     if (openGroup && !details.some((g) => g && g.group === openGroup)) { openGroup = null; $("#group-detail").replaceChildren(); }
   } catch (err) { showError(err); }
@@ -482,7 +531,91 @@ function showGroup(g) {
     cell(row, o.topic); cell(row, o.partition); cell(row, o.committed_offset ?? "—");
     cell(row, o.end_offset); cell(row, o.lag ?? "—"); cell(row, o.owner ?? "—");
   }
-  box.append(h, members, offsets);
+  box.append(h, members, offsets, groupActions(g));
+}
+
+/** Reset a group's offsets (with a preview of what moves, then a confirmation), or delete it when empty. */
+function groupActions(g) {
+  const wrap = document.createElement("div");
+  const form = document.createElement("form");
+  form.id = "group-reset";
+  form.className = "controls";
+  const topics = [...new Set(g.offsets.map((o) => o.topic))];
+  form.innerHTML = `<label>Reset <select name="topic"></select></label>
+    <label>to <select name="to"><option value="earliest">earliest</option><option value="latest">latest</option>
+      <option value="offset">offset</option><option value="timestamp">date-time</option></select></label>
+    <label><input name="offset" type="number" min="0" placeholder="offset" style="width:7rem"></label>
+    <label><input name="time" type="datetime-local" step="1"></label>
+    <button type="submit">Preview</button>`;
+  form.topic.replaceChildren(...topics.map((t) => new Option(t, t)));
+  const preview = document.createElement("div");
+  preview.id = "group-reset-preview";
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    try {
+      const topic = form.topic.value;
+      const body = { topic };
+      const parts = g.offsets.filter((o) => o.topic === topic);
+      const targets = [];
+      for (const o of parts) {
+        const base = `/v1/topics/${encodeURIComponent(topic)}/partitions/${o.partition}`;
+        let to;
+        if (form.to.value === "earliest" || form.to.value === "latest") {
+          const p = await api("GET", base);
+          to = form.to.value === "earliest" ? p.beginning_offset : p.end_offset;
+          body.to = form.to.value;
+        } else if (form.to.value === "offset") {
+          to = Number(form.offset.value || 0);
+          body.offset = to;
+        } else {
+          const ms = new Date(form.time.value).getTime();
+          if (Number.isNaN(ms)) throw new Error("pick a date and time to reset to");
+          to = (await api("GET", `${base}/offsets?timestamp=${ms}`)).offset;
+          body.timestamp = ms;
+        }
+        targets.push({ partition: o.partition, from: o.committed_offset, to });
+      }
+      const table = document.createElement("table");
+      table.createTHead().innerHTML = "<tr><th>Partition</th><th>Committed now</th><th>After the reset</th><th>Moves</th></tr>";
+      const tb = table.createTBody();
+      for (const t of targets) {
+        const row = tb.insertRow();
+        cell(row, t.partition); cell(row, t.from ?? "—"); cell(row, t.to);
+        cell(row, t.from == null ? "new" : t.to - t.from);
+      }
+      const apply = document.createElement("button");
+      apply.textContent = "Apply the reset";
+      apply.onclick = async () => {
+        if (!confirm(`Reset group ${g.group} on ${topic} as previewed?`)) return;
+        try {
+          await api("POST", `/v1/groups/${encodeURIComponent(g.group)}/offsets/reset`, body);
+          preview.replaceChildren();
+          showError(null);
+          refreshGroups();
+        } catch (err) { showError(err); }
+      };
+      preview.replaceChildren(table, apply);
+      showError(null);
+    } catch (err) { showError(err); }
+  };
+  wrap.append(form, preview);
+  if (g.members.length === 0) {
+    const del = document.createElement("button");
+    del.id = "group-delete";
+    del.textContent = "Delete this empty group";
+    del.onclick = async () => {
+      if (!confirm(`Delete group ${g.group} and its committed offsets?`)) return;
+      try {
+        await api("DELETE", `/v1/groups/${encodeURIComponent(g.group)}`);
+        openGroup = null;
+        $("#group-detail").replaceChildren();
+        showError(null);
+        refreshGroups();
+      } catch (err) { showError(err); }
+    };
+    wrap.append(del);
+  }
+  return wrap;
 }
 
 // ---- health ---------------------------------------------------------------

@@ -71,6 +71,20 @@ async fn wait_text(client: &Client, css: &str, want: &str) -> String {
     }
 }
 
+/// Clicks `css`, finding it again if it went stale: the groups view re-renders every 2 s, so
+/// an element found just before a refresh is gone when clicked.
+async fn click_fresh(client: &Client, css: &str) {
+    for _ in 0..50 {
+        if let Ok(el) = client.find(Locator::Css(css)).await
+            && el.click().await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not click {css}");
+}
+
 async fn with_topic() -> TestApp {
     let app = spawn_app().await;
     app.create_topic("browser-topic", 2).await;
@@ -335,6 +349,84 @@ async fn console_browses_seeks_and_filters_records() {
         c.refresh().await.unwrap();
         wait_text(c, "#browse-records tr.focused", "user-5").await;
         screenshot(c, "console-browse.png").await;
+        b.client.close().await.unwrap();
+    })
+    .await;
+}
+
+/// The topic page edits a topic's configuration, and the groups page resets a group's offsets
+/// (after a preview of what moves and a confirmation) and deletes an empty group (issue 16).
+#[tokio::test]
+async fn console_edits_a_topic_and_resets_and_deletes_a_group() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("events", 2).await;
+        app.produce(
+            "events",
+            json!([{"value": 1, "partition": 0}, {"value": 2, "partition": 0}, {"value": 3, "partition": 1}]),
+        )
+        .await;
+        // A group that committed the ends and left: empty, with offsets.
+        let (status, m) = app.post("/v1/groups/billing/members", json!({"topics": ["events"]})).await;
+        assert_eq!(status, 201, "{m}");
+        let offsets =
+            json!([{"topic": "events", "partition": 0, "offset": 2}, {"topic": "events", "partition": 1, "offset": 1}]);
+        let (status, body) = app
+            .post(
+                "/v1/groups/billing/offsets",
+                json!({"member_id": m["member_id"], "generation": m["generation"], "offsets": offsets}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let res = app
+            .client
+            .delete(app.url(&format!("/v1/groups/billing/members/{}", m["member_id"].as_str().unwrap())))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 204);
+
+        let b = browser().await;
+        let c = &b.client;
+        c.goto(&app.url("/")).await.unwrap();
+
+        // The topic page: a longer retention, saved with PATCH.
+        wait_text(c, "#topics tbody", "events").await;
+        c.find(Locator::Css("#topics tbody tr[data-topic='events']")).await.unwrap().click().await.unwrap();
+        let retention = c.find(Locator::Css("#topic-settings input[name=retention_ms]")).await.unwrap();
+        retention.clear().await.unwrap();
+        retention.send_keys("86400000").await.unwrap();
+        c.find(Locator::Css("#topic-settings button[type=submit]")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#topic-detail h3", "retention 86400000 ms").await;
+        let (_, topic) = app.get("/v1/topics/events").await;
+        assert_eq!(topic["config"]["retention_ms"], 86_400_000, "{topic}");
+
+        // The group: preview a reset to earliest, confirm it, and see the offsets move.
+        wait_text(c, "#groups tbody", "billing").await;
+        click_fresh(c, "#groups tbody tr").await;
+        c.wait().for_element(Locator::Css("#group-reset select[name=to]")).await.unwrap();
+        c.find(Locator::Css("#group-reset select[name=to]")).await.unwrap().select_by_value("earliest").await.unwrap();
+        c.find(Locator::Css("#group-reset button[type=submit]")).await.unwrap().click().await.unwrap();
+        let preview = wait_text(c, "#group-reset-preview", "-2").await;
+        assert!(preview.contains("-1"), "partition 1 moves back one: {preview}");
+        c.find(Locator::Css("#group-reset-preview button")).await.unwrap().click().await.unwrap();
+        c.accept_alert().await.unwrap();
+        let moved = crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+            let (_, g) = app.get("/v1/groups/billing").await;
+            g["offsets"].as_array().is_some_and(|o| o.iter().all(|o| o["committed_offset"] == 0))
+        })
+        .await;
+        assert!(moved, "the reset moved the group to earliest");
+
+        // Deleting the empty group.
+        click_fresh(c, "#group-delete").await;
+        c.accept_alert().await.unwrap();
+        let gone = crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+            app.client.get(app.url("/v1/groups/billing")).send().await.is_ok_and(|r| r.status() == 404)
+        })
+        .await;
+        assert!(gone, "the group was deleted");
+        screenshot(c, "console-groups.png").await;
         b.client.close().await.unwrap();
     })
     .await;
