@@ -299,7 +299,12 @@ function jsonPathFilter(text) {
 }
 
 function browseFilter(f) {
-  const key = f.key.value, contains = f.contains.value, path = f.path.value.trim();
+  return recordFilter(f.key.value, f.contains.value, f.path.value);
+}
+
+/** Key equality, a value substring and a JSON path comparison, each when given. */
+function recordFilter(key, contains, pathText) {
+  const path = pathText.trim();
   const matches = path ? jsonPathFilter(path) : null;
   return (r) => {
     if (key !== "" && show(r.key) !== key) return false;
@@ -398,6 +403,26 @@ window.addEventListener("hashchange", openPermalink);
 let socket = null;
 let paused = false;
 const pending = [];
+/** Records held while paused, at most: past it the oldest go (and are counted as dropped). */
+const MAX_PENDING = 10000;
+const live = { received: 0, shown: 0, filtered: 0, dropped: 0, filter: () => true };
+
+function showLiveCounts() {
+  $("#live-counts").textContent =
+    `${live.received} received · ${live.shown} shown · ${live.filtered} filtered out · ${live.dropped} dropped from view`;
+}
+
+/** The live filters as typed (an invalid JSON path shows its error and lets everything through). */
+function updateLiveFilter() {
+  try {
+    live.filter = recordFilter($("#live-key").value, $("#live-contains").value, $("#live-path").value);
+    showError(null);
+  } catch (err) {
+    live.filter = () => true;
+    showError(err);
+  }
+}
+for (const id of ["#live-key", "#live-contains", "#live-path"]) $(id).addEventListener("change", updateLiveFilter);
 
 /** A key or value: compact, expanding to pretty-printed JSON on click; decoded ones name their schema. */
 function valueCell(row, json, b64, schemaId) {
@@ -421,6 +446,8 @@ function valueCell(row, json, b64, schemaId) {
 function setLiveStatus(text) { $("#live-status").textContent = text; }
 
 function addRecord(r) {
+  if (!live.filter(r)) { live.filtered++; return; }
+  live.shown++;
   const body = $("#live-records");
   const row = body.insertRow(0);
   row.dataset.partition = r.partition;
@@ -431,7 +458,7 @@ function addRecord(r) {
   valueCell(row, r.key, r.key_base64, r.key_schema_id);
   valueCell(row, r.value, r.value_base64, r.value_schema_id);
   cell(row, (r.headers || []).map((h) => `${h.name}=${h.value_base64 !== undefined ? "base64:" + h.value_base64 : show(h.value)}`).join(", "), "value");
-  while (body.rows.length > MAX_LIVE_ROWS) body.deleteRow(-1);
+  while (body.rows.length > MAX_LIVE_ROWS) { body.deleteRow(-1); live.dropped++; }
 }
 
 function stopLive() {
@@ -459,8 +486,11 @@ $("#live-start").onclick = () => {
   socket.onmessage = (e) => {
     const frame = JSON.parse(e.data);
     if (frame.type === "records") {
+      live.received += frame.records.length;
       for (const r of frame.records) (paused ? pending.push(r) : addRecord(r));
+      if (pending.length > MAX_PENDING) live.dropped += pending.splice(0, pending.length - MAX_PENDING).length;
       if (paused) setLiveStatus(`paused: ${pending.length} records waiting`);
+      showLiveCounts();
     } else if (frame.type === "error") {
       showError({ problem: { title: "Stream error", detail: frame.message, code: frame.code, status: "-" } });
     }
@@ -477,13 +507,19 @@ $("#live-pause").onclick = () => {
   $("#live-pause").textContent = paused ? "Resume" : "Pause";
   if (!paused) {
     for (const r of pending.splice(0)) addRecord(r);
+    showLiveCounts();
     setLiveStatus("live");
   } else {
     setLiveStatus("paused");
   }
 };
 
-$("#live-clear").onclick = () => { $("#live-records").replaceChildren(); pending.length = 0; };
+$("#live-clear").onclick = () => {
+  $("#live-records").replaceChildren();
+  pending.length = 0;
+  Object.assign(live, { received: 0, shown: 0, filtered: 0, dropped: 0 });
+  showLiveCounts();
+};
 
 // ---- groups ---------------------------------------------------------------
 

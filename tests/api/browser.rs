@@ -431,3 +431,42 @@ async fn console_edits_a_topic_and_resets_and_deletes_a_group() {
     })
     .await;
 }
+
+/// The live view filters what it shows and counts it, and a pause holds records until resumed.
+#[tokio::test]
+async fn console_live_view_filters_counts_and_pauses() {
+    crate::helpers::within(async {
+        let app = with_topic().await;
+        let b = browser().await;
+        let c = &b.client;
+        c.goto(&app.url("/")).await.unwrap();
+        c.wait().for_element(Locator::Css("#live-topic option[value='browser-topic']")).await.unwrap();
+        c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("browser-topic").await.unwrap();
+        c.find(Locator::Css("#live-path")).await.unwrap().send_keys("$.level == \"error\"").await.unwrap();
+        // The filter applies on change (leaving the field).
+        c.find(Locator::Css("#live-key")).await.unwrap().click().await.unwrap();
+        c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#live-status", "live:").await;
+
+        let batch = |tag: &str| {
+            json!([{"value": {"level": "info", "tag": tag}, "partition": 0},
+                   {"value": {"level": "error", "tag": tag}, "partition": 0},
+                   {"value": {"level": "info", "tag": tag}, "partition": 0}])
+        };
+        app.produce("browser-topic", batch("first")).await;
+        wait_text(c, "#live-counts", "3 received · 1 shown · 2 filtered out").await;
+        let rows = c.find_all(Locator::Css("#live-records tr")).await.unwrap();
+        assert_eq!(rows.len(), 1, "only the error is shown");
+
+        // Paused: records wait, and arrive on resume.
+        c.find(Locator::Css("#live-pause")).await.unwrap().click().await.unwrap();
+        app.produce("browser-topic", batch("second")).await;
+        wait_text(c, "#live-status", "paused: 3 records waiting").await;
+        assert_eq!(c.find_all(Locator::Css("#live-records tr")).await.unwrap().len(), 1);
+        c.find(Locator::Css("#live-pause")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#live-counts", "6 received · 2 shown · 4 filtered out").await;
+        wait_text(c, "#live-records tr:first-child", "second").await;
+        b.client.close().await.unwrap();
+    })
+    .await;
+}
