@@ -301,8 +301,7 @@ impl Registry {
         match &self.durable {
             Durable::Store(backing) => {
                 let backing = backing.clone();
-                let written = changes.clone();
-                tokio::task::spawn_blocking(move || backing.write(&written))
+                let changes = tokio::task::spawn_blocking(move || backing.write(&changes).map(|()| changes))
                     .await
                     .map_err(|e| RegistryError::Store(format!("the store's writer task failed: {e}")))?
                     .map_err(RegistryError::from)?;
@@ -482,11 +481,6 @@ impl Registry {
         let state = self.state.read();
         state.subjects.get(subject).filter(|vs| vs.values().any(|e| e.id == id))?;
         state.schemas.get(&id).map(|s| s.parsed.clone())
-    }
-
-    /// Whether `subject` has a live version.
-    pub fn has_subject(&self, subject: &str) -> bool {
-        self.state.read().subjects.get(subject).is_some_and(|vs| vs.values().any(|e| !e.deleted))
     }
 
     /// Where a schema id is used: (subject, version), live versions only.

@@ -112,7 +112,12 @@ impl Service {
         if !key && !value {
             return Ok(None);
         }
-        Ok(Some(FramingCheck { registry: self.registry()?.clone(), topic: topic.to_owned(), key, value }))
+        let parts = [(key, Part::Key), (value, Part::Value)]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, part)| (part, part.subject(topic)))
+            .collect();
+        Ok(Some(FramingCheck { registry: self.registry()?.clone(), topic: topic.to_owned(), parts }))
     }
 
     /// What renders schema-framed values of a read as JSON (`None` without a registry).
@@ -128,8 +133,8 @@ impl Service {
 pub(crate) struct FramingCheck {
     registry: Arc<Registry>,
     topic: String,
-    key: bool,
-    value: bool,
+    /// The validated parts and their subjects.
+    parts: Vec<(Part, String)>,
 }
 
 impl FramingCheck {
@@ -138,9 +143,12 @@ impl FramingCheck {
         let decoded = crate::record::decode(batch).map_err(|e| e.to_string())?;
         for (i, record) in decoded.iter().enumerate() {
             let (_, record) = record.map_err(|e| e.to_string())?;
-            for (on, part, blob) in [(self.key, Part::Key, &record.key), (self.value, Part::Value, &record.value)] {
-                let Some(blob) = blob.as_ref().filter(|_| on) else { continue };
-                let subject = part.subject(&self.topic);
+            for (part, subject) in &self.parts {
+                let blob = match part {
+                    Part::Key => &record.key,
+                    Part::Value => &record.value,
+                };
+                let Some(blob) = blob else { continue };
                 let Some((id, _)) = wire::frame(&blob.bytes) else {
                     return Err(format!(
                         "record {i}: the {} has no schema id; {} validates them against subject {subject}",
@@ -148,7 +156,7 @@ impl FramingCheck {
                         self.topic
                     ));
                 };
-                if self.registry.schema_for(&subject, Some(id)).is_err() {
+                if self.registry.schema_for(subject, Some(id)).is_err() {
                     return Err(format!("record {i}: schema id {id} is not a version of subject {subject}"));
                 }
             }

@@ -18,6 +18,7 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::{TestApp, project_root, spawn_app, spawn_app_with};
 use crate::idempotency::produce_with_key;
+use crate::registry::{self, register};
 use crate::ws::{Ws, connect, frame, next_frame, records, send};
 
 /// What a gregor under test stands on.
@@ -951,21 +952,9 @@ async fn the_registry_is_shared_by_every_replica() {
             }
             Under::Broker(b) => Some(b.bootstrap.clone()),
         };
-        let register = |app: &TestApp, subject: &str, schema: Value| {
-            let req = app
-                .client
-                .post(app.url(&format!("/registry/subjects/{subject}/versions")))
-                .header("content-type", "application/vnd.schemaregistry.v1+json")
-                .body(json!({ "schema": schema.to_string() }).to_string());
-            async move {
-                let res = req.send().await.unwrap();
-                let status = res.status().as_u16();
-                (status, res.json::<Value>().await.unwrap())
-            }
-        };
         let record = |fields: Value| json!({"type": "record", "name": "R", "fields": fields});
         let v1 = record(json!([{"name": "id", "type": "long"}]));
-        let (status, first) = register(app, "shared-value", v1.clone()).await;
+        let (status, first) = register(app, "shared-value", &v1).await;
         assert_eq!(status, 200, "[{who}] {first}");
         let id1 = first["id"].as_u64().unwrap();
         let Some(bootstrap) = bootstrap else { return };
@@ -978,26 +967,27 @@ async fn the_registry_is_shared_by_every_replica() {
         })
         .await;
         assert!(seen, "[{who}] the second replica never saw the subject");
-        let (status, again) = register(&other, "shared-value", v1.clone()).await;
+        let (status, again) = register(&other, "shared-value", &v1).await;
         assert_eq!((status, again["id"].as_u64()), (200, Some(id1)), "[{who}] {again}");
 
         // Both register a different schema under one subject at once: two versions, two ids.
         let with = |name: &str| {
             record(json!([{"name": "id", "type": "long"}, {"name": name, "type": "string", "default": ""}]))
         };
+        let (schema_a, schema_b) = (with("a"), with("b"));
         let ((sa, a), (sb, b)) =
-            tokio::join!(register(app, "race-value", with("a")), register(&other, "race-value", with("b")));
+            tokio::join!(register(app, "race-value", &schema_a), register(&other, "race-value", &schema_b));
         assert_eq!((sa, sb), (200, 200), "[{who}] {a} {b}");
         assert_ne!(a["id"], b["id"], "[{who}] two schemas, two ids");
         let settled = crate::helpers::eventually(Duration::from_secs(20), || async {
-            registry_get(app, "/registry/subjects/race-value/versions").await.1 == json!([1, 2])
-                && registry_get(&other, "/registry/subjects/race-value/versions").await.1 == json!([1, 2])
+            registry::get(app, "/registry/subjects/race-value/versions").await.1 == json!([1, 2])
+                && registry::get(&other, "/registry/subjects/race-value/versions").await.1 == json!([1, 2])
         })
         .await;
         assert!(settled, "[{who}] both replicas should show versions 1 and 2");
         for v in [1, 2] {
-            let (_, on_first) = registry_get(app, &format!("/registry/subjects/race-value/versions/{v}")).await;
-            let (_, on_second) = registry_get(&other, &format!("/registry/subjects/race-value/versions/{v}")).await;
+            let (_, on_first) = registry::get(app, &format!("/registry/subjects/race-value/versions/{v}")).await;
+            let (_, on_second) = registry::get(&other, &format!("/registry/subjects/race-value/versions/{v}")).await;
             assert_eq!(on_first["id"], on_second["id"], "[{who}] the replicas disagree on version {v}");
         }
 
@@ -1005,18 +995,12 @@ async fn the_registry_is_shared_by_every_replica() {
         drop(other);
         let late = gateway(&bootstrap).await;
         let loaded = crate::helpers::eventually(Duration::from_secs(20), || async {
-            registry_get(&late, "/registry/subjects/shared-value/versions/1").await.1["id"].as_u64() == Some(id1)
+            registry::get(&late, "/registry/subjects/shared-value/versions/1").await.1["id"].as_u64() == Some(id1)
         })
         .await;
         assert!(loaded, "[{who}] a new replica did not load the registry");
     }))
     .await;
-}
-
-/// A registry answer (Confluent's body, errors included).
-async fn registry_get(app: &TestApp, path: &str) -> (u16, Value) {
-    let res = app.client.get(app.url(path)).send().await.unwrap();
-    (res.status().as_u16(), res.json().await.unwrap_or(Value::Null))
 }
 
 /// Validated topics on every backend (SPEC §11): REST values checked against the subject's
@@ -1044,16 +1028,9 @@ async fn validated_topics_check_and_decode_on_every_backend() {
         assert_eq!(described["config"]["value_schema_validation"], true, "[{who}] {described}");
 
         let schema = json!({"type": "record", "name": "V", "fields": [{"name": "n", "type": "long"}]});
-        let res = app
-            .client
-            .post(app.url("/registry/subjects/vt-value/versions"))
-            .header("content-type", "application/vnd.schemaregistry.v1+json")
-            .body(json!({ "schema": schema.to_string() }).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200, "[{who}]");
-        let id = res.json::<Value>().await.unwrap()["id"].clone();
+        let (status, registered) = register(app, "vt-value", &schema).await;
+        assert_eq!(status, 200, "[{who}] {registered}");
+        let id = registered["id"].clone();
 
         app.produce("vt", json!([{"value": {"n": 1}}, {"value": {"n": 2}}])).await;
         let (status, p) =

@@ -12,13 +12,18 @@ async fn answer(res: reqwest::Response) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
 }
 
-async fn get(app: &TestApp, path: &str) -> (u16, Value) {
+pub(crate) async fn get(app: &TestApp, path: &str) -> (u16, Value) {
     answer(app.client.get(app.url(path)).send().await.unwrap()).await
 }
 
 async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
     let req = app.client.post(app.url(path)).header("content-type", "application/vnd.schemaregistry.v1+json");
     answer(req.body(body.to_string()).send().await.unwrap()).await
+}
+
+/// Registers the Avro `schema` under `subject`: the registry's answer.
+pub(crate) async fn register(app: &TestApp, subject: &str, schema: &Value) -> (u16, Value) {
+    post(app, &format!("/registry/subjects/{subject}/versions"), json!({ "schema": schema.to_string() })).await
 }
 
 /// Confluent's `SchemaRegistryClient` registers, looks up, checks compatibility, sets levels
