@@ -229,6 +229,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let service = Service::embedded(log.clone(), groups, metrics.clone(), security).with_registry(registry);
         let service_for_kafka = service.clone();
+        let history = tokio::spawn(service.clone().run_history(stop_timers.clone()));
         let (app, limits) = http_app(service, &listener, tls, &config, &connections);
         let signalled = log.shutdown_token();
         let stop_serving = CancellationToken::new();
@@ -254,7 +255,7 @@ impl App {
         }
         close_websockets(&connections, config.shutdown_timeout).await;
         stop_timers.cancel();
-        for (name, task) in [("retention", retention), ("session", sessions)] {
+        for (name, task) in [("retention", retention), ("session", sessions), ("history", history)] {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "the {name} timer task failed");
             }
@@ -287,6 +288,8 @@ async fn run_gateway(
     let registry = Arc::new(crate::registry::Registry::in_cluster(cluster.clone()));
     tokio::spawn(crate::cluster::schemas::follow(cluster.clone(), registry.clone()));
     let service = Service::kafka(cluster.clone(), metrics.clone(), security).with_registry(registry);
+    let stop_history = CancellationToken::new();
+    tokio::spawn(service.clone().run_history(stop_history.clone()));
     let (app, limits) = http_app(service, &listener, tls, &config, &connections);
     let signalled = cluster.shutdown_token();
     let stop_serving = CancellationToken::new();
@@ -302,6 +305,7 @@ async fn run_gateway(
     let server = tokio::spawn(serve::serve(listener, app, limits, metrics, stop_serving));
     let served = finish_serving(server, signalled, config.shutdown_timeout).await;
     close_websockets(&connections, config.shutdown_timeout).await;
+    stop_history.cancel();
     cluster.close(config.shutdown_timeout).await;
     match served {
         Ok(()) => {}

@@ -28,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod faults;
 pub mod group;
+pub mod history;
 pub mod http;
 pub mod kafka;
 pub mod log;

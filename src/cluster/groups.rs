@@ -835,11 +835,10 @@ impl Cluster {
         }
     }
 
-    /// A group as REST describes it: members, assignments, committed offsets and lag.
-    pub async fn describe_group(&self, group: &str) -> Result<GroupInfo> {
-        let g = self.describe_raw(group).await?;
-        let committed = match self.committed(group, None).await {
-            Ok(c) => c,
+    /// Every offset `group` committed.
+    async fn committed_all(&self, group: &str) -> Result<BTreeMap<TopicPartition, u64>> {
+        match self.committed(group, None).await {
+            Ok(c) => Ok(c),
             // Tansu's answer to OffsetFetch for every topic (a null list) does not decode:
             // ask for every partition of every topic instead.
             Err(Error::Backend(msg)) if msg.contains("decoding OffsetFetch") => {
@@ -847,10 +846,40 @@ impl Cluster {
                 for (topic, partitions) in self.topic_names().await? {
                     all.extend((0..partitions).map(|p| TopicPartition::new(topic.clone(), p)));
                 }
-                self.committed(group, Some(&all)).await?
+                self.committed(group, Some(&all)).await
             }
-            Err(e) => return Err(e),
-        };
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `group`'s committed offsets with their partitions' end offsets: (partition,
+    /// committed, end). One OffsetFetch and one ListOffsets per topic; no DescribeGroups
+    /// (which some brokers lack), so it serves the console's lag charts everywhere.
+    pub async fn group_lag(&self, group: &str) -> Result<Vec<(TopicPartition, u64, u64)>> {
+        let committed = self.committed_all(group).await?;
+        let mut by_topic: BTreeMap<&str, Vec<(u32, u64)>> = BTreeMap::new();
+        for (tp, c) in &committed {
+            by_topic.entry(tp.topic.as_str()).or_default().push((tp.partition, *c));
+        }
+        let mut out = Vec::with_capacity(committed.len());
+        for (topic, parts) in by_topic {
+            let partitions: Vec<u32> = parts.iter().map(|(p, _)| *p).collect();
+            let marks = match self.watermarks(topic, &partitions).await {
+                Ok(m) => m,
+                Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            for ((p, c), m) in parts.into_iter().zip(marks) {
+                out.push((TopicPartition::new(topic.to_owned(), p), c, m.end));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A group as REST describes it: members, assignments, committed offsets and lag.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupInfo> {
+        let g = self.describe_raw(group).await?;
+        let committed = self.committed_all(group).await?;
         if g.state == "Dead" || (g.members.is_empty() && committed.is_empty() && g.state == "Empty") {
             return Err(Error::UnknownGroup(group.to_owned()));
         }

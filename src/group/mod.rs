@@ -732,7 +732,17 @@ impl Groups {
         partitions: Option<&[u32]>,
         to: ResetTo,
     ) -> Result<Vec<(TopicPartition, u64)>> {
-        let cell = self.existing(group)?;
+        // Naming a topic sets offsets for a group that does not exist yet too, as Kafka's
+        // tools do (the group is created empty, with them); without one there is nothing
+        // to reset.
+        let cell = match topic {
+            Some(t) if self.existing(group).is_err() => {
+                check_name("group id", group).map_err(Error::InvalidGroupId)?;
+                self.log.topic(t)?;
+                self.cell(group)
+            }
+            _ => self.existing(group)?,
+        };
         let mut data = cell.state.lock().await;
         if data.removed {
             return Err(Error::UnknownGroup(group.to_owned()));

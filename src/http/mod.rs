@@ -12,6 +12,7 @@ pub(crate) mod extract;
 mod groups;
 pub mod guard;
 pub(crate) mod health;
+mod history;
 mod records;
 mod registry;
 pub mod serve;
@@ -66,6 +67,7 @@ pub struct AppState {
         (name = "groups", description = "Consumer groups: members, polls, committed offsets"),
         (name = "streams", description = "WebSocket streams of a topic or of a group member"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "history", description = "The recent past the console charts: sampled in memory every 2 s for 10 minutes, lost on restart"),
         (name = "schema registry", description = "A Schema Registry compatible with Confluent's (point its clients at `http://HOST:PORT/registry`). Answers are `application/vnd.schemaregistry.v1+json`, errors Confluent's `{\"error_code\", \"message\"}`. Subjects `<topic>-value` and `<topic>-key` follow the topic's ACLs."),
     )
 )]
@@ -79,6 +81,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(streams::router())
         .merge(health::router())
         .merge(registry::router())
+        .merge(history::router())
 }
 
 /// The OpenAPI document, as generated from the routes.

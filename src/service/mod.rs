@@ -13,6 +13,7 @@
 //! - [`stream`]: topic streams and group-member streams (what a WebSocket follows).
 
 pub mod authz;
+mod history;
 pub mod kafka_groups;
 pub mod limits;
 pub mod schemas;
@@ -67,6 +68,8 @@ struct Inner {
     registry: Option<Arc<crate::registry::Registry>>,
     authorizer: Authorizer,
     metrics: Arc<Metrics>,
+    /// What the console charts (`crate::history`).
+    history: crate::history::History,
     /// Each principal's request counter, found without building its label set
     /// (an allocation and two hashes) on every request.
     request_counters:
@@ -117,6 +120,9 @@ pub struct PartitionInfo {
     pub beginning_offset: u64,
     /// The next offset to be assigned (the log end offset).
     pub end_offset: u64,
+    /// Bytes of the partition's stored batches (what `retention_bytes` limits); `null` on
+    /// the Kafka backend, whose brokers keep that to themselves.
+    pub size_bytes: Option<u64>,
 }
 
 /// What a read asks for; absent fields take their defaults.
@@ -255,6 +261,7 @@ impl Service {
             registry: None,
             authorizer: Authorizer::new(security),
             metrics,
+            history: crate::history::History::new(),
             request_counters: parking_lot::RwLock::new(std::collections::HashMap::new()),
             labelled_principals: parking_lot::Mutex::new(std::collections::HashSet::new()),
         }))
@@ -297,6 +304,7 @@ impl Service {
             registry: None,
             authorizer: Authorizer::new(security),
             metrics,
+            history: crate::history::History::new(),
             request_counters: parking_lot::RwLock::new(std::collections::HashMap::new()),
             labelled_principals: parking_lot::Mutex::new(std::collections::HashSet::new()),
         }))
@@ -607,6 +615,7 @@ impl Service {
                 partition,
                 beginning_offset: marks.beginning,
                 end_offset: marks.end,
+                size_bytes: None,
             });
         }
         let t = self.log()?.topic(topic)?;
@@ -647,10 +656,12 @@ impl Service {
         let ProduceOpts { partition, acks, schemas } = opts;
         self.admit_produce(ctx, topic, records).await?;
         let records = &*self.apply_schemas(topic, records, schemas)?;
+        let started = std::time::Instant::now();
         let produced = match &self.0.backend {
             Backend::Embedded { log, .. } => log.produce(topic, records, partition, acks).await?,
             Backend::Kafka { cluster } => cluster.produce(topic, records, partition, acks).await?,
         };
+        self.0.history.record_produce(started.elapsed());
         self.0.metrics.records_in(topic, records.len());
         Ok(produced)
     }
@@ -693,12 +704,14 @@ impl Service {
         }
         self.admit_produce(ctx, topic, records).await?;
         let records = &*self.apply_schemas(topic, records, schemas)?;
+        let started = std::time::Instant::now();
         if let Some(cluster) = self.cluster() {
             let scope = crate::cluster::idempotency::scope(ctx.principal.as_str(), topic, key);
             let fingerprint = crate::log::fingerprint(topic, records, partition, acks);
             let (produced, replayed) =
                 cluster.produce_idempotent(&scope, fingerprint, topic, records, partition, acks).await?;
             if !replayed {
+                self.0.history.record_produce(started.elapsed());
                 self.0.metrics.records_in(topic, records.len());
             }
             return Ok((produced, replayed));
@@ -706,6 +719,7 @@ impl Service {
         let scope = IdempotencyKey { principal: ctx.principal.as_str(), key };
         let (produced, replayed) = self.log()?.produce_idempotent(topic, records, partition, acks, &scope).await?;
         if !replayed {
+            self.0.history.record_produce(started.elapsed());
             self.0.metrics.records_in(topic, records.len());
         }
         Ok((produced, replayed))
@@ -792,7 +806,9 @@ impl Service {
         let bytes = good.iter().map(|(_, b)| b.bytes.len() as u64).sum();
         self.spend(ctx, Spend::Produce, bytes).await?;
         let records: usize = good.iter().map(|(_, b)| b.count as usize).sum();
+        let started = std::time::Instant::now();
         let bases = self.log()?.append_batches(topic, good, acks).await?;
+        self.0.history.record_produce(started.elapsed());
         self.0.metrics.records_in(topic, records);
         if let Some(placed) = bases {
             let mut placed = placed.into_iter();
@@ -1073,6 +1089,7 @@ fn partition_info(topic: &Topic, p: &crate::log::Partition) -> PartitionInfo {
         partition: p.index,
         beginning_offset: p.start(),
         end_offset: p.end(),
+        size_bytes: Some(p.stored_bytes()),
     }
 }
 
@@ -1102,6 +1119,7 @@ fn describe_cluster_topic(topic: ClusterTopic) -> TopicDescription {
             partition: i as u32,
             beginning_offset: w.beginning,
             end_offset: w.end,
+            size_bytes: None,
         })
         .collect();
     TopicDescription {

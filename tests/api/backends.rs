@@ -1047,3 +1047,82 @@ async fn validated_topics_check_and_decode_on_every_backend() {
     }))
     .await;
 }
+
+/// The console's chart data on every backend: a topic's records per second while records
+/// arrive, a group's lag per partition, going to zero once its offsets reach the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_charts_rates_and_lag_on_every_backend() {
+    crate::helpers::within(each_target(|t| async move {
+        let app = &t.app;
+        let who = t.name();
+        t.topic("hist", 2).await;
+        // The Kafka backend samples while someone looks: this look starts it.
+        let (status, body) = app.get("/v1/history/topics/hist").await;
+        assert_eq!(status, 200, "[{who}] {body}");
+        let (status, body) = app.get("/v1/history/topics/nope").await;
+        assert_eq!((status, code(&body)), (404, Some("unknown_topic")), "[{who}] {body}");
+        let (status, body) = app.get("/v1/history/groups/nope").await;
+        assert_eq!((status, code(&body)), (404, Some("unknown_group")), "[{who}] {body}");
+        if t.skip(Lack::EndOffset) {
+            return;
+        }
+        // Produce until a sample shows records arriving on both partitions.
+        let mut rates_seen = false;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && !rates_seen {
+            let recs: Vec<Value> = (0..10).map(|i| json!({"value": i, "partition": i % 2})).collect();
+            app.produce("hist", Value::Array(recs)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (_, h) = app.get("/v1/history/topics/hist").await;
+            rates_seen = h["partitions"].as_array().is_some_and(|ps| {
+                ps.len() == 2
+                    && ps
+                        .iter()
+                        .all(|p| p["records_per_second"].as_array().unwrap().iter().any(|r| r.as_f64() > Some(0.0)))
+            });
+        }
+        let (_, h) = app.get("/v1/history/topics/hist").await;
+        assert!(rates_seen, "[{who}] no rate on both partitions: {h}");
+        assert_eq!(h["interval_ms"], 2000, "[{who}]");
+        let (_, all) = app.get("/v1/history/topics").await;
+        let topic = all["topics"].as_array().unwrap().iter().find(|x| x["topic"] == "hist");
+        assert!(
+            topic.is_some_and(|x| x["records_per_second"].as_array().unwrap().iter().any(|r| r.as_f64() > Some(0.0))),
+            "[{who}] {all}"
+        );
+
+        let (status, p) = app.get("/v1/history/produce").await;
+        assert_eq!(status, 200, "[{who}] {p}");
+        assert!(p["count"].as_array().unwrap().iter().any(|c| c.as_u64() > Some(0)), "[{who}] {p}");
+        assert!(p["p99_ms"].as_array().unwrap().iter().any(|c| c.as_f64() > Some(0.0)), "[{who}] {p}");
+        // Offset resets check that the group is empty with DescribeGroups.
+        if t.skip(Lack::GroupDescribe) {
+            return;
+        }
+        // A group at the beginning lags by everything; moved to the end, by nothing.
+        let (status, body) =
+            app.post("/v1/groups/hist-g/offsets/reset", json!({"topic": "hist", "to": "earliest"})).await;
+        assert_eq!(status, 200, "[{who}] {body}");
+        let lagging = crate::helpers::eventually(Duration::from_secs(30), || async {
+            let (_, g) = app.get("/v1/history/groups/hist-g").await;
+            g["partitions"].as_array().is_some_and(|ps| {
+                ps.len() == 2
+                    && ps.iter().all(|p| p["lag"].as_array().unwrap().last().and_then(Value::as_u64) > Some(0))
+            })
+        })
+        .await;
+        let (_, g) = app.get("/v1/history/groups/hist-g").await;
+        assert!(lagging, "[{who}] no lag sampled: {g}");
+        let (status, body) =
+            app.post("/v1/groups/hist-g/offsets/reset", json!({"topic": "hist", "to": "latest"})).await;
+        assert_eq!(status, 200, "[{who}] {body}");
+        let caught_up = crate::helpers::eventually(Duration::from_secs(30), || async {
+            let (_, g) = app.get("/v1/history/groups/hist-g").await;
+            g["total_lag"].as_array().unwrap().last().and_then(Value::as_u64) == Some(0)
+        })
+        .await;
+        let (_, g) = app.get("/v1/history/groups/hist-g").await;
+        assert!(caught_up, "[{who}] lag never reached zero: {g}");
+    }))
+    .await;
+}

@@ -202,6 +202,13 @@ async fn every_route_is_allowed_denied_or_unauthenticated_by_the_acls() {
             (alice, "POST", "/v1/groups/workers/offsets/reset".into(), Some(json!({"to": "earliest"})), 200, None),
             (alice, "GET", "/metrics".into(), None, 403, Some("describe")),
             (Who::Bob, "GET", "/metrics".into(), None, 200, None),
+            (alice, "GET", "/v1/history/topics".into(), None, 200, None),
+            (alice, "GET", "/v1/history/topics/orders".into(), None, 200, None),
+            (alice, "GET", "/v1/history/topics/invoices".into(), None, 403, Some("describe")),
+            (alice, "GET", "/v1/history/groups/workers".into(), None, 200, None),
+            (alice, "GET", "/v1/history/groups/others".into(), None, 403, Some("describe")),
+            (alice, "GET", "/v1/history/produce".into(), None, 403, Some("describe")),
+            (Who::Bob, "GET", "/v1/history/produce".into(), None, 200, None),
             (Who::Key(ADMIN_KEY), "DELETE", "/v1/topics/invoices".into(), None, 204, None),
             (Who::Key(CAROL_KEY), "GET", "/v1/topics/orders".into(), None, 403, Some("describe")),
             (Who::Key(CAROL_KEY), "GET", "/v1/topics/public/partitions/0/records".into(), None, 200, None),
@@ -221,6 +228,18 @@ async fn every_route_is_allowed_denied_or_unauthenticated_by_the_acls() {
         assert_eq!(names, vec!["orders", "public"], "orders-secret is denied, invoices was never allowed");
         let (_, list, _) = call(app, Who::Key(ADMIN_KEY), "GET", "/v1/topics", None).await;
         assert_eq!(list["topics"].as_array().unwrap().len(), 3);
+        // So does the chart data: once sampled, alice's topic rates name only hers.
+        let sampled = crate::helpers::eventually(Duration::from_secs(20), || async {
+            let (_, h, _) = call(app, alice, "GET", "/v1/history/topics", None).await;
+            let names: Vec<String> =
+                h["topics"].as_array().unwrap().iter().map(|t| t["topic"].as_str().unwrap().to_owned()).collect();
+            assert!(names.iter().all(|n| n == "orders" || n == "public"), "{names:?}");
+            names.len() == 2
+        })
+        .await;
+        assert!(sampled, "alice's topics were never sampled");
+        let (_, h, _) = call(app, Who::Key(ADMIN_KEY), "GET", "/v1/history/topics", None).await;
+        assert!(h["topics"].as_array().unwrap().iter().any(|t| t["topic"] == "orders-secret"), "{h}");
 
         // Group member routes: poll, commit, heartbeat, leave need read on the group.
         let (_, joined, _) = call(app, alice, "POST", "/v1/groups/workers/members", Some(join.clone())).await;
