@@ -1,6 +1,8 @@
 // The gregor console: topics, produce, a record browser, a live WebSocket view, consumer groups.
 // Plain ES module, no dependencies; everything it talks to is this server's API.
 
+import { drawChart, formatNumber, topSeries, trend } from "/chart.js";
+
 const $ = (sel) => document.querySelector(sel);
 const MAX_LIVE_ROWS = 500;
 
@@ -100,6 +102,7 @@ async function refreshTopics() {
       cell(row, t.name);
       cell(row, t.partition_count);
       cell(row, t.partitions.reduce((n, p) => n + (p.end_offset - p.beginning_offset), 0));
+      cell(row, formatNumber(topicRates.get(t.name) ?? null)).dataset.rate = t.name;
       const del = document.createElement("button");
       del.className = "small";
       del.textContent = "delete";
@@ -124,19 +127,40 @@ async function refreshTopics() {
   } catch (err) { showError(err); }
 }
 
+function formatBytes(n) {
+  if (n == null) return "—";
+  for (const [unit, size] of [["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]]) if (n >= size) return `${(n / size).toFixed(1)} ${unit}`;
+  return `${n} B`;
+}
+
+let openTopic = null;
+
 function showTopic(t) {
+  openTopic = t.name;
   const box = $("#topic-detail");
   box.replaceChildren();
   const h = document.createElement("h3");
   h.textContent = `${t.name}: retention ${t.config.retention_ms < 0 ? "forever" : t.config.retention_ms + " ms"}, max record ${t.config.max_message_bytes} bytes`;
   const table = document.createElement("table");
-  table.createTHead().innerHTML = "<tr><th>Partition</th><th>Beginning offset</th><th>End offset</th></tr>";
+  table.id = "topic-partitions";
+  table.createTHead().innerHTML = "<tr><th>Partition</th><th>Beginning offset</th><th>End offset</th><th>Records</th><th>Size</th><th>Records/s</th></tr>";
   const body = table.createTBody();
   for (const p of t.partitions) {
     const row = body.insertRow();
     cell(row, p.partition); cell(row, p.beginning_offset); cell(row, p.end_offset);
+    cell(row, p.end_offset - p.beginning_offset); cell(row, formatBytes(p.size_bytes));
+    cell(row, "—").dataset.partitionRate = p.partition;
   }
-  box.append(h, table, topicSettings(t));
+  const total = t.partitions.reduce((n, p) => n + (p.size_bytes ?? 0), 0);
+  const size = document.createElement("p");
+  size.className = "muted small";
+  size.textContent = t.partitions.some((p) => p.size_bytes == null) ? "" : `${formatBytes(total)} stored`;
+  const chartTitle = document.createElement("h3");
+  chartTitle.textContent = "Records per second, by partition (last 10 minutes)";
+  const chart = document.createElement("div");
+  chart.id = "chart-topic";
+  box.append(h, table, size, chartTitle, chart, topicSettings(t));
+  refreshTopicChart();
   for (const part of ["value", "key"]) {
     if (t.config[`${part}_schema_validation`]) {
       const note = document.createElement("p");
@@ -529,6 +553,9 @@ async function refreshGroups() {
   try {
     const { groups } = await api("GET", "/v1/groups");
     const details = await Promise.all(groups.map((g) => api("GET", `/v1/groups/${encodeURIComponent(g.group)}`).catch(() => null)));
+    const history = openGroup
+      ? await api("GET", `/v1/history/groups/${encodeURIComponent(openGroup)}`).catch(() => null)
+      : null;
     const body = $("#groups tbody");
     body.replaceChildren();
     for (const g of details.filter(Boolean)) {
@@ -536,16 +563,19 @@ async function refreshGroups() {
       row.className = "clickable";
       cell(row, g.group); cell(row, g.state); cell(row, g.generation); cell(row, g.members.length);
       cell(row, g.offsets.reduce((n, o) => n + (o.lag ?? 0), 0));
-      row.onclick = () => { openGroup = g.group; showGroup(g); };
+      row.onclick = async () => {
+        openGroup = g.group;
+        showGroup(g, await api("GET", `/v1/history/groups/${encodeURIComponent(g.group)}`).catch(() => null));
+      };
       // Not while the person is using the detail (a reset being previewed, a field with focus).
       const busy = $("#group-detail").contains(document.activeElement) || $("#group-reset-preview")?.childElementCount;
-      if (g.group === openGroup && !busy) showGroup(g);
+      if (g.group === openGroup && !busy) showGroup(g, history);
     }
     if (openGroup && !details.some((g) => g && g.group === openGroup)) { openGroup = null; $("#group-detail").replaceChildren(); }
   } catch (err) { showError(err); }
 }
 
-function showGroup(g) {
+function showGroup(g, history) {
   const box = $("#group-detail");
   box.replaceChildren();
   const h = document.createElement("h3");
@@ -560,14 +590,29 @@ function showGroup(g) {
     cell(row, fmt(m.assignment)); cell(row, fmt(m.revoking)); cell(row, `${m.last_heartbeat_ms_ago} ms ago`);
   }
   const offsets = document.createElement("table");
-  offsets.createTHead().innerHTML = "<tr><th>Topic</th><th>Partition</th><th>Committed</th><th>End</th><th>Lag</th><th>Owner</th></tr>";
+  offsets.id = "group-offsets";
+  offsets.createTHead().innerHTML = "<tr><th>Topic</th><th>Partition</th><th>Committed</th><th>End</th><th>Lag</th><th title=\"Change of the lag over the last minute\">Trend (1 min)</th><th>Owner</th></tr>";
   const ob = offsets.createTBody();
+  const lagOf = new Map((history?.partitions ?? []).map((p) => [`${p.topic}/${p.partition}`, p.lag]));
   for (const o of g.offsets) {
     const row = ob.insertRow();
+    row.dataset.partition = `${o.topic}/${o.partition}`;
     cell(row, o.topic); cell(row, o.partition); cell(row, o.committed_offset ?? "—");
-    cell(row, o.end_offset); cell(row, o.lag ?? "—"); cell(row, o.owner ?? "—");
+    cell(row, o.end_offset); cell(row, o.lag ?? "—", "lag");
+    cell(row, trend(lagOf.get(`${o.topic}/${o.partition}`) ?? []), "trend");
+    cell(row, o.owner ?? "—");
   }
-  box.append(h, members, offsets, groupActions(g));
+  const chartTitle = document.createElement("h3");
+  chartTitle.textContent = "Lag by partition (last 10 minutes)";
+  const chart = document.createElement("div");
+  chart.id = "chart-group";
+  box.append(h, members, offsets, chartTitle, chart, groupActions(g));
+  // Drawn once in the page, at its width.
+  if (history) {
+    const series = history.partitions.map((p) => ({ name: `${p.topic}[${p.partition}]`, values: p.lag }));
+    series.unshift({ name: "total", values: history.total_lag });
+    drawChart(chart, { times: history.times_ms, series: topSeries(series, 9), empty: "no committed offsets sampled yet" });
+  }
 }
 
 /** Reset a group's offsets (with a preview of what moves, then a confirmation), or delete it when empty. */
@@ -654,6 +699,60 @@ function groupActions(g) {
   return wrap;
 }
 
+// ---- charts ---------------------------------------------------------------
+// The server samples every 2 s and keeps 10 minutes (`/v1/history/...`); the console
+// redraws at the same pace while the tab is visible.
+
+const topicRates = new Map();
+
+/** Shows why a chart has no data (e.g. the principal may not describe the cluster). */
+function chartProblem(host, err) {
+  host.replaceChildren();
+  const p = document.createElement("p");
+  p.className = "muted small chart-note";
+  p.textContent = err.problem && err.problem.status === 403
+    ? `Not shown: your principal may not see this (${err.problem.detail}).`
+    : `Not available: ${err.message || err}`;
+  host.append(p);
+}
+
+async function refreshCharts() {
+  if (document.hidden) return;
+  try {
+    const h = await api("GET", "/v1/history/topics");
+    const series = h.topics.map((t) => ({ name: t.topic, values: t.records_per_second }));
+    for (const s of series) topicRates.set(s.name, s.values.at(-1) ?? null);
+    for (const c of document.querySelectorAll("#topics td[data-rate]")) c.textContent = formatNumber(topicRates.get(c.dataset.rate) ?? null);
+    drawChart($("#chart-topics"), { times: h.times_ms, series: topSeries(series), unit: "/s", empty: "no topic has records arriving yet" });
+  } catch (err) { chartProblem($("#chart-topics"), err); }
+  try {
+    const p = await api("GET", "/v1/history/produce");
+    drawChart($("#chart-latency"), {
+      times: p.times_ms,
+      series: [{ name: "p50", values: p.p50_ms }, { name: "p99", values: p.p99_ms }, { name: "max", values: p.max_ms }],
+      unit: " ms",
+      empty: "no produce yet",
+    });
+  } catch (err) { chartProblem($("#chart-latency"), err); }
+  refreshTopicChart();
+}
+
+async function refreshTopicChart() {
+  const host = $("#chart-topic");
+  if (!host || !openTopic || document.hidden) return;
+  const name = openTopic;
+  try {
+    const h = await api("GET", `/v1/history/topics/${encodeURIComponent(name)}`);
+    if (name !== openTopic) return;
+    const series = h.partitions.map((p) => ({ name: `partition ${p.partition}`, values: p.records_per_second }));
+    drawChart(host, { times: h.times_ms, series: topSeries(series, 10), unit: "/s", empty: "no samples yet (one every 2 s)" });
+    for (const p of h.partitions) {
+      const c = document.querySelector(`#topic-partitions td[data-partition-rate="${p.partition}"]`);
+      if (c) c.textContent = formatNumber(p.records_per_second.at(-1) ?? null);
+    }
+  } catch (err) { chartProblem(host, err); }
+}
+
 // ---- health ---------------------------------------------------------------
 
 async function refreshHealth() {
@@ -675,3 +774,5 @@ refreshHealth();
 setInterval(refreshGroups, 2000);
 setInterval(refreshHealth, 5000);
 setInterval(refreshTopics, 5000);
+refreshCharts();
+setInterval(refreshCharts, 2000);

@@ -212,6 +212,7 @@ pub fn router(state: AppState, max_request_bytes: usize) -> Router {
         .route("/", get(console))
         .route("/console.js", get(console_js))
         .route("/console.css", get(console_css))
+        .route("/chart.js", get(chart_js))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_request_bytes))
@@ -243,6 +244,13 @@ async fn console_js() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
         include_str!("../../static/console.js"),
+    )
+}
+
+async fn chart_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        include_str!("../../static/chart.js"),
     )
 }
 

@@ -470,3 +470,144 @@ async fn console_live_view_filters_counts_and_pauses() {
     })
     .await;
 }
+
+/// Reads a data attribute of the first element matching `css` (empty when absent).
+async fn attr(client: &Client, css: &str, name: &str) -> String {
+    match client.find(Locator::Css(css)).await {
+        Ok(el) => el.attr(name).await.ok().flatten().unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits until `check` holds for the `name` attribute of `css`; returns its value.
+async fn wait_attr(client: &Client, css: &str, name: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = attr(client, css, name).await;
+        if check(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{css} [{name}] never {what} (it is {v:?})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn positive(csv: &str) -> bool {
+    csv.split(',').any(|v| v.parse::<f64>().is_ok_and(|v| v > 0.0))
+}
+
+/// The charts: a topic's records per second drawn and redrawn while records arrive, produce
+/// latency, and a group's lag per partition going to zero once it has consumed everything.
+#[tokio::test]
+async fn console_charts_rates_latency_and_lag() {
+    crate::helpers::within(async {
+        let app = with_topic().await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let producing = {
+            let (client, url, stop) = (app.client.clone(), app.url("/v1/topics/browser-topic/records"), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.is_cancelled() {
+                    let recs: Vec<_> = (0..5).map(|k| json!({"value": {"n": i * 5 + k}, "partition": k % 2})).collect();
+                    let res = client.post(&url).json(&json!({"records": recs})).send().await.unwrap();
+                    assert_eq!(res.status(), 200);
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        let b = browser().await;
+        let c = &b.client;
+        c.goto(&app.url("/")).await.unwrap();
+
+        // The overview: the topic's rate, drawn and then redrawn with newer samples.
+        wait_attr(c, "#chart-topics", "data-last", "shows a rate", positive).await;
+        let line = "#chart-topics path[data-series='browser-topic']";
+        let before = attr(c, line, "d").await;
+        assert!(!before.is_empty(), "a line for the topic");
+        wait_attr(c, line, "d", "is redrawn", |d| !d.is_empty() && d != before).await;
+        wait_attr(c, "#chart-latency", "data-last", "shows a latency", positive).await;
+        wait_text(c, "#chart-latency .chart-legend", "p99").await;
+
+        // The topic page: per-partition rates, sizes and chart.
+        c.find(Locator::Css("#topics tbody tr[data-topic='browser-topic']")).await.unwrap().click().await.unwrap();
+        wait_attr(c, "#chart-topic", "data-last", "shows both partitions' rates", |v| {
+            v.split(',').filter(|x| x.parse::<f64>().is_ok_and(|x| x > 0.0)).count() == 2
+        })
+        .await;
+        let sizes = wait_text(c, "#topic-partitions", "B").await;
+        assert!(sizes.contains("KiB") || sizes.contains(" B"), "{sizes}");
+        screenshot(c, "console-charts.png").await;
+        stop.cancel();
+        producing.await.unwrap();
+
+        // A group committed at the beginning lags on both partitions ...
+        let (status, body) =
+            app.post("/v1/groups/chart-g/offsets/reset", json!({"topic": "browser-topic", "to": "earliest"})).await;
+        assert_eq!(status, 200, "{body}");
+        wait_text(c, "#groups tbody", "chart-g").await;
+        click_fresh(c, "#groups tbody tr").await;
+        let lags = || async {
+            let mut out = Vec::new();
+            for p in 0..2 {
+                let css = format!("#group-offsets tr[data-partition='browser-topic/{p}'] td.lag");
+                let text = match c.find(Locator::Css(&css)).await {
+                    Ok(el) => el.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                out.push(text.parse::<u64>().ok());
+            }
+            out
+        };
+        let lagging = crate::helpers::eventually(Duration::from_secs(20), || async {
+            lags().await.iter().all(|l| l.is_some_and(|l| l > 0))
+        })
+        .await;
+        assert!(lagging, "lag per partition shown: {:?}", lags().await);
+        wait_attr(c, "#chart-group", "data-last", "charts the lag", positive).await;
+
+        // ... and, once a member consumed and committed everything, by nothing.
+        let (status, m) = app.post("/v1/groups/chart-g/members", json!({"topics": ["browser-topic"]})).await;
+        assert_eq!(status, 201, "{m}");
+        let member = m["member_id"].as_str().unwrap().to_owned();
+        let mut ends = std::collections::BTreeMap::new();
+        let mut cursor: Option<String> = m["cursor"].as_str().map(str::to_owned);
+        let (_, topic) = app.get("/v1/topics/browser-topic").await;
+        let want: u64 = topic["partitions"].as_array().unwrap().iter().map(|p| p["end_offset"].as_u64().unwrap()).sum();
+        let mut got = 0;
+        while got < want {
+            let mut url = format!("/v1/groups/chart-g/members/{member}/records?wait_ms=1000&max_records=10000");
+            if let Some(cur) = &cursor {
+                url.push_str(&format!("&cursor={cur}"));
+            }
+            let (status, body) = app.get(&url).await;
+            assert_eq!(status, 200, "{body}");
+            cursor = body["cursor"].as_str().map(str::to_owned);
+            for r in body["records"].as_array().unwrap() {
+                got += 1;
+                let next = r["offset"].as_u64().unwrap() + 1;
+                ends.insert(r["partition"].as_u64().unwrap(), next);
+            }
+        }
+        let offsets: Vec<_> =
+            ends.iter().map(|(p, o)| json!({"topic": "browser-topic", "partition": p, "offset": o})).collect();
+        let (status, body) = app
+            .post(
+                "/v1/groups/chart-g/offsets",
+                json!({"member_id": member, "generation": m["generation"], "offsets": offsets}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let caught_up = crate::helpers::eventually(Duration::from_secs(20), || async {
+            lags().await.iter().all(|l| *l == Some(0))
+        })
+        .await;
+        assert!(caught_up, "lag went to zero: {:?}", lags().await);
+        wait_attr(c, "#chart-group", "data-last", "charts the caught-up lag", |v| v.split(',').all(|x| x == "0")).await;
+        wait_text(c, "#group-offsets", "↓").await;
+        c.execute("document.querySelector('#group-detail').scrollIntoView()", vec![]).await.unwrap();
+        screenshot(c, "console-lag.png").await;
+        b.client.close().await.unwrap();
+    })
+    .await;
+}

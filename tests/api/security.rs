@@ -277,7 +277,7 @@ async fn credentials_are_required_checked_and_public_routes_stay_public() {
         assert_eq!(res.status(), 401, "an unknown scheme is refused, not taken as anonymous");
         let (status, _, _) = call(app, Who::Bob, "GET", "/v1/topics", None).await;
         assert_eq!(status, 200, "Basic with the right password");
-        for path in ["/healthz", "/readyz", "/openapi.json", "/docs/", "/", "/console.js"] {
+        for path in ["/healthz", "/readyz", "/openapi.json", "/docs/", "/", "/console.js", "/chart.js"] {
             let res = app.client.get(app.url(path)).send().await.unwrap();
             assert_eq!(res.status(), 200, "{path} is public");
         }
