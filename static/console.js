@@ -80,6 +80,14 @@ function cell(row, text, cls) {
   return td;
 }
 
+/** Makes a clickable element reachable with Tab and opened with Enter or Space. */
+function keyboardClick(el) {
+  el.tabIndex = 0;
+  el.onkeydown = (e) => {
+    if (e.target === el && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); el.click(); }
+  };
+}
+
 function show(value) {
   if (value === undefined) return "";
   return typeof value === "string" ? value : JSON.stringify(value);
@@ -88,12 +96,15 @@ function show(value) {
 // ---- topics ---------------------------------------------------------------
 
 let topicNames = [];
+/** Partition count of each listed topic. */
+const topicPartitions = new Map();
 
 async function refreshTopics() {
   try {
     const { topics } = await api("GET", "/v1/topics");
     const details = await Promise.all(topics.map((t) => api("GET", `/v1/topics/${encodeURIComponent(t.name)}`)));
     const body = $("#topics tbody");
+    const focused = document.activeElement?.closest?.("#topics tbody tr")?.dataset.topic;
     body.replaceChildren();
     for (const t of details) {
       const row = body.insertRow();
@@ -114,7 +125,10 @@ async function refreshTopics() {
       };
       row.insertCell().append(del);
       row.onclick = () => showTopic(t);
+      keyboardClick(row);
+      if (t.name === focused) row.focus();
     }
+    for (const t of details) topicPartitions.set(t.name, t.partition_count);
     const names = details.map((t) => t.name);
     if (names.join() !== topicNames.join()) {
       topicNames = names;
@@ -124,6 +138,7 @@ async function refreshTopics() {
         if (names.includes(keep)) sel.value = keep;
       }
     }
+    if ($("#browse select[name=partition]").options.length !== (topicPartitions.get($("#browse select[name=topic]").value) ?? 0) + 1) browsePartitions();
   } catch (err) { showError(err); }
 }
 
@@ -292,7 +307,7 @@ $("#produce").addEventListener("submit", async (e) => {
 // comparison such as `$.status == "failed"` or `$.items[0].qty > 3`.
 
 const PAGE = 50;
-const browse = { topic: "", partition: 0, from: 0, next: 0, history: [] };
+const browse = { topic: "", partition: 0, all: false, from: 0, next: 0, positions: new Map(), nextPositions: new Map(), history: [] };
 
 /** `$.a.b[2] OP literal` (OP: == != > >= < <=, or none: the path exists): a predicate, or throws. */
 function jsonPathFilter(text) {
@@ -323,48 +338,67 @@ function jsonPathFilter(text) {
 }
 
 function browseFilter(f) {
-  return recordFilter(f.key.value, f.contains.value, f.path.value);
+  return recordFilter(f.key.value, f.contains.value, f.path.value, f.header.value);
 }
 
-/** Key equality, a value substring and a JSON path comparison, each when given. */
-function recordFilter(key, contains, pathText) {
+/** A header's value as text (headers that are not UTF-8 arrive as base64). */
+function headerText(h) {
+  return h.value_base64 !== undefined ? `base64:${h.value_base64}` : show(h.value);
+}
+
+/**
+ * Key equality, a value substring, a JSON path comparison and a header (`name`: present;
+ * `name=value`: present with that value), each when given.
+ */
+function recordFilter(key, contains, pathText, headerSpec = "") {
   const path = pathText.trim();
   const matches = path ? jsonPathFilter(path) : null;
+  const spec = headerSpec.trim();
+  const eq = spec.indexOf("=");
+  const [hName, hValue] = eq < 0 ? [spec, null] : [spec.slice(0, eq), spec.slice(eq + 1)];
   return (r) => {
     if (key !== "" && show(r.key) !== key) return false;
     const text = r.value_base64 !== undefined ? r.value_base64 : show(r.value);
     if (contains !== "" && !text.includes(contains)) return false;
     if (matches && (r.value === undefined || !matches(r.value))) return false;
+    if (spec && !(r.headers || []).some((h) => h.name === hName && (hValue === null || headerText(h) === hValue))) return false;
     return true;
   };
+}
+
+/** One row of the record browser. */
+function browseRow(body, r) {
+  const row = body.insertRow();
+  row.dataset.offset = r.offset;
+  row.dataset.partition = r.partition;
+  cell(row, r.partition); cell(row, r.offset); cell(row, new Date(r.timestamp).toISOString());
+  valueCell(row, r.key, r.key_base64, r.key_schema_id);
+  valueCell(row, r.value, r.value_base64, r.value_schema_id);
+  cell(row, (r.headers || []).map((h) => `${h.name}=${headerText(h)}`).join(", "), "value");
+  const actions = row.insertCell();
+  const copy = document.createElement("button");
+  copy.className = "small"; copy.textContent = "copy"; copy.title = "copy the record as JSON";
+  copy.onclick = () => navigator.clipboard?.writeText(JSON.stringify(r, null, 2));
+  const link = document.createElement("a");
+  link.textContent = "link"; link.title = "a link to this record";
+  link.href = `#record=${encodeURIComponent(r.topic)}/${r.partition}/${r.offset}`;
+  actions.append(copy, " ", link);
+}
+
+function partitionPath(partition) {
+  return `/v1/topics/${encodeURIComponent(browse.topic)}/partitions/${partition}`;
 }
 
 async function browseFrom(offset) {
   const f = $("#browse");
   const matches = browseFilter(f);
-  const base = `/v1/topics/${encodeURIComponent(browse.topic)}/partitions/${browse.partition}/records`;
-  const page = await api("GET", `${base}?offset=${offset}&limit=${PAGE}`);
+  const page = await api("GET", `${partitionPath(browse.partition)}/records?offset=${offset}&limit=${PAGE}`);
   browse.from = offset;
   browse.next = page.next_offset;
   const shown = page.records.filter(matches);
   const body = $("#browse-records");
   body.replaceChildren();
-  for (const r of shown) {
-    const row = body.insertRow();
-    row.dataset.offset = r.offset;
-    cell(row, r.partition); cell(row, r.offset); cell(row, new Date(r.timestamp).toISOString());
-    valueCell(row, r.key, r.key_base64, r.key_schema_id);
-    valueCell(row, r.value, r.value_base64, r.value_schema_id);
-    cell(row, (r.headers || []).map((h) => `${h.name}=${h.value_base64 !== undefined ? "base64:" + h.value_base64 : show(h.value)}`).join(", "), "value");
-    const actions = row.insertCell();
-    const copy = document.createElement("button");
-    copy.className = "small"; copy.textContent = "copy"; copy.title = "copy the record as JSON";
-    copy.onclick = () => navigator.clipboard?.writeText(JSON.stringify(r, null, 2));
-    const link = document.createElement("a");
-    link.textContent = "link"; link.title = "a link to this record";
-    link.href = `#record=${encodeURIComponent(r.topic)}/${r.partition}/${r.offset}`;
-    actions.append(copy, " ", link);
-  }
+  for (const r of shown) browseRow(body, r);
   const last = page.records.length ? page.records[page.records.length - 1].offset : offset - 1;
   $("#browse-status").textContent = page.records.length
     ? `offsets ${offset}–${last} of [${page.beginning_offset}, ${page.end_offset}): ${shown.length} of ${page.records.length} match`
@@ -374,32 +408,99 @@ async function browseFrom(offset) {
   return page;
 }
 
+/**
+ * All partitions at once: a page is the first PAGE records by time of what each partition
+ * holds from its position on (each read up to PAGE), merged; each partition's position then
+ * moves past what the page took from it. `positions`: partition → offset.
+ */
+async function browseAllFrom(positions) {
+  const f = $("#browse");
+  const matches = browseFilter(f);
+  const reads = await Promise.all([...positions].map(async ([p, offset]) => {
+    const page = await api("GET", `${partitionPath(p)}/records?offset=${offset}&limit=${PAGE}`);
+    return { p, offset, page };
+  }));
+  const merged = reads.flatMap((x) => x.page.records)
+    .sort((a, b) => a.timestamp - b.timestamp || a.partition - b.partition || a.offset - b.offset)
+    .slice(0, PAGE);
+  const next = new Map(positions);
+  for (const r of merged) next.set(r.partition, r.offset + 1);
+  browse.positions = positions;
+  browse.nextPositions = next;
+  const shown = merged.filter(matches);
+  const body = $("#browse-records");
+  body.replaceChildren();
+  for (const r of shown) browseRow(body, r);
+  const total = reads.reduce((n, x) => n + Math.max(0, x.page.end_offset - x.offset), 0);
+  $("#browse-status").textContent = merged.length
+    ? `${merged.length} records by time from ${reads.length} partitions (${total} from here on): ${shown.length} of ${merged.length} match`
+    : `nothing from here on in ${reads.length} partitions`;
+  $("#browse-prev").disabled = browse.history.length === 0;
+  $("#browse-next").disabled = reads.every((x) => next.get(x.p) >= x.page.end_offset);
+}
+
 async function seek() {
   const f = $("#browse");
   browse.topic = f.topic.value;
+  browse.all = f.partition.value === "all";
+  browse.history = [];
+  if (browse.all) {
+    const t = await api("GET", `/v1/topics/${encodeURIComponent(browse.topic)}`);
+    const positions = new Map();
+    const per = Math.ceil(PAGE / Math.max(1, t.partitions.length));
+    for (const p of t.partitions) {
+      let offset = p.beginning_offset;
+      if (f.seek.value === "latest") offset = Math.max(p.beginning_offset, p.end_offset - per);
+      if (f.seek.value === "offset") offset = Math.min(Math.max(Number(f.offset.value || 0), p.beginning_offset), p.end_offset);
+      if (f.seek.value === "time") offset = (await offsetAt(p.partition, f.time.value));
+      positions.set(p.partition, offset);
+    }
+    return browseAllFrom(positions);
+  }
   browse.partition = Number(f.partition.value || 0);
-  const part = await api("GET", `/v1/topics/${encodeURIComponent(browse.topic)}/partitions/${browse.partition}`);
+  const part = await api("GET", partitionPath(browse.partition));
   let offset = part.beginning_offset;
   if (f.seek.value === "latest") offset = Math.max(part.beginning_offset, part.end_offset - PAGE);
   if (f.seek.value === "offset") offset = Number(f.offset.value || 0);
-  if (f.seek.value === "time") {
-    const ms = new Date(f.time.value).getTime();
-    if (Number.isNaN(ms)) throw new Error("pick a date and time to seek to");
-    const found = await api("GET", `/v1/topics/${encodeURIComponent(browse.topic)}/partitions/${browse.partition}/offsets?timestamp=${ms}`);
-    offset = found.offset;
-  }
+  if (f.seek.value === "time") offset = await offsetAt(browse.partition, f.time.value);
   return browseFrom(offset);
 }
+
+/** The first offset of `partition` at or after a datetime-local value. */
+async function offsetAt(partition, value) {
+  const ms = new Date(value).getTime();
+  if (Number.isNaN(ms)) throw new Error("pick a date and time to seek to");
+  return (await api("GET", `${partitionPath(partition)}/offsets?timestamp=${ms}`)).offset;
+}
+
+/** The browser's partition choices for the chosen topic: all, or one. */
+function browsePartitions() {
+  const f = $("#browse");
+  const count = topicPartitions.get(f.topic.value) ?? 1;
+  const keep = f.partition.value;
+  const options = [new Option("all", "all"), ...Array.from({ length: count }, (_, i) => new Option(String(i), String(i)))];
+  f.partition.replaceChildren(...options);
+  f.partition.value = options.some((o) => o.value === keep) ? keep : "all";
+}
+$("#browse select[name=topic]").addEventListener("change", browsePartitions);
 
 $("#browse").addEventListener("submit", async (e) => {
   e.preventDefault();
   try { await seek(); showError(null); } catch (err) { showError(err); }
 });
 $("#browse-next").onclick = async () => {
-  try { await browseFrom(browse.next); showError(null); } catch (err) { showError(err); }
+  try {
+    if (browse.all) { browse.history.push(browse.positions); await browseAllFrom(browse.nextPositions); }
+    else await browseFrom(browse.next);
+    showError(null);
+  } catch (err) { showError(err); }
 };
 $("#browse-prev").onclick = async () => {
-  try { await browseFrom(Math.max(0, browse.from - PAGE)); showError(null); } catch (err) { showError(err); }
+  try {
+    if (browse.all) await browseAllFrom(browse.history.pop());
+    else await browseFrom(Math.max(0, browse.from - PAGE));
+    showError(null);
+  } catch (err) { showError(err); }
 };
 
 /** A permalink `#record=topic/partition/offset` opens the browser at that record. */
@@ -410,6 +511,8 @@ async function openPermalink() {
   const topic = decodeURIComponent(m[1]);
   if (![...f.topic.options].some((o) => o.value === topic)) f.topic.append(new Option(topic, topic));
   f.topic.value = topic;
+  browsePartitions();
+  if (![...f.partition.options].some((o) => o.value === m[2])) f.partition.append(new Option(m[2], m[2]));
   f.partition.value = m[2];
   f.seek.value = "offset";
   f.offset.value = m[3];
@@ -439,14 +542,14 @@ function showLiveCounts() {
 /** The live filters as typed (an invalid JSON path shows its error and lets everything through). */
 function updateLiveFilter() {
   try {
-    live.filter = recordFilter($("#live-key").value, $("#live-contains").value, $("#live-path").value);
+    live.filter = recordFilter($("#live-key").value, $("#live-contains").value, $("#live-path").value, $("#live-header").value);
     showError(null);
   } catch (err) {
     live.filter = () => true;
     showError(err);
   }
 }
-for (const id of ["#live-key", "#live-contains", "#live-path"]) $(id).addEventListener("change", updateLiveFilter);
+for (const id of ["#live-key", "#live-contains", "#live-path", "#live-header"]) $(id).addEventListener("change", updateLiveFilter);
 
 /** A key or value: compact, expanding to pretty-printed JSON on click; decoded ones name their schema. */
 function valueCell(row, json, b64, schemaId) {
@@ -457,14 +560,60 @@ function valueCell(row, json, b64, schemaId) {
     tag.textContent = `schema ${schemaId}`;
     td.prepend(tag, " ");
   }
-  if (json !== null && typeof json === "object") {
-    td.classList.add("expandable");
-    td.title = "click to expand";
-    const compact = td.lastChild;
-    const pretty = document.createElement("pre");
-    pretty.textContent = JSON.stringify(json, null, 2);
-    td.onclick = () => (td.contains(pretty) ? pretty.replaceWith(compact) : compact.replaceWith(pretty));
+  let expanded = null;
+  if (json !== null && typeof json === "object") expanded = () => jsonTree(json);
+  else if (b64 !== undefined) expanded = () => hexDump(b64);
+  if (!expanded) return td;
+  td.classList.add("expandable");
+  td.tabIndex = 0;
+  td.title = b64 !== undefined ? "click for a hex view" : "click to expand";
+  const compact = td.lastChild;
+  let full = null;
+  const toggle = (e) => {
+    // Folding a branch of the tree is not a click on the cell.
+    if (e.target.closest && e.target.closest("summary")) return;
+    full = full || expanded();
+    if (td.contains(full)) full.replaceWith(compact); else compact.replaceWith(full);
+  };
+  td.onclick = toggle;
+  td.onkeydown = (e) => { if (e.key === "Enter") toggle(e); };
+  return td;
+}
+
+/** A JSON value as a tree of <details>: objects and arrays fold, the first two levels open. */
+function jsonTree(value, name, depth = 0) {
+  const label = name === undefined ? "" : `${JSON.stringify(name)}: `;
+  if (value === null || typeof value !== "object") {
+    const leaf = document.createElement("div");
+    leaf.className = "json-leaf";
+    leaf.textContent = label + JSON.stringify(value);
+    return leaf;
   }
+  const entries = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value);
+  const node = document.createElement("details");
+  node.className = "json-tree";
+  node.open = depth < 2;
+  const summary = document.createElement("summary");
+  const n = entries.length;
+  summary.textContent = Array.isArray(value) ? `${label}[ ${n} item${n === 1 ? "" : "s"} ]` : `${label}{ ${n} key${n === 1 ? "" : "s"} }`;
+  node.append(summary, ...entries.map(([k, v]) => jsonTree(v, Array.isArray(value) ? undefined : k, depth + 1)));
+  return node;
+}
+
+/** Bytes (base64) as a hex dump: offset, 16 bytes in hex, and their printable ASCII. */
+function hexDump(b64) {
+  const bin = atob(b64);
+  const lines = [];
+  for (let i = 0; i < bin.length; i += 16) {
+    const chunk = [...bin.slice(i, i + 16)].map((c) => c.charCodeAt(0));
+    const hex = chunk.map((b) => b.toString(16).padStart(2, "0")).join(" ").padEnd(47);
+    const ascii = chunk.map((b) => (b >= 32 && b < 127 ? String.fromCharCode(b) : ".")).join("");
+    lines.push(`${i.toString(16).padStart(8, "0")}  ${hex}  ${ascii}`);
+  }
+  const pre = document.createElement("pre");
+  pre.className = "hex";
+  pre.textContent = lines.join("\n") || "(empty)";
+  return pre;
 }
 
 function setLiveStatus(text) { $("#live-status").textContent = text; }
@@ -481,7 +630,7 @@ function addRecord(r) {
   cell(row, new Date(r.timestamp).toLocaleTimeString());
   valueCell(row, r.key, r.key_base64, r.key_schema_id);
   valueCell(row, r.value, r.value_base64, r.value_schema_id);
-  cell(row, (r.headers || []).map((h) => `${h.name}=${h.value_base64 !== undefined ? "base64:" + h.value_base64 : show(h.value)}`).join(", "), "value");
+  cell(row, (r.headers || []).map((h) => `${h.name}=${headerText(h)}`).join(", "), "value");
   while (body.rows.length > MAX_LIVE_ROWS) { body.deleteRow(-1); live.dropped++; }
 }
 
@@ -557,16 +706,21 @@ async function refreshGroups() {
       ? await api("GET", `/v1/history/groups/${encodeURIComponent(openGroup)}`).catch(() => null)
       : null;
     const body = $("#groups tbody");
+    // Keyboard focus on a row survives the re-render.
+    const focused = document.activeElement?.closest?.("#groups tbody tr")?.dataset.group;
     body.replaceChildren();
     for (const g of details.filter(Boolean)) {
       const row = body.insertRow();
       row.className = "clickable";
+      row.dataset.group = g.group;
       cell(row, g.group); cell(row, g.state); cell(row, g.generation); cell(row, g.members.length);
       cell(row, g.offsets.reduce((n, o) => n + (o.lag ?? 0), 0));
       row.onclick = async () => {
         openGroup = g.group;
         showGroup(g, await api("GET", `/v1/history/groups/${encodeURIComponent(g.group)}`).catch(() => null));
       };
+      keyboardClick(row);
+      if (g.group === focused) row.focus();
       // Not while the person is using the detail (a reset being previewed, a field with focus).
       const busy = $("#group-detail").contains(document.activeElement) || $("#group-reset-preview")?.childElementCount;
       if (g.group === openGroup && !busy) showGroup(g, history);

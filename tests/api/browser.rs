@@ -17,6 +17,11 @@ struct Browser {
 }
 
 async fn browser() -> Browser {
+    browser_with(&["--window-size=1400,1000"]).await
+}
+
+/// A browser with extra Chromium flags (a window size, a forced colour scheme).
+async fn browser_with(flags: &[&str]) -> Browser {
     let driver_bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let driver = Command::new(&driver_bin)
@@ -27,14 +32,27 @@ async fn browser() -> Browser {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {driver_bin} ({e}); scripts/setup installs chromium-driver"));
     let profile = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+    ]
+    .into_iter()
+    .chain(flags.iter().copied())
+    .map(String::from)
+    .collect();
+    args.push(format!("--user-data-dir={}", profile.path().display()));
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
         json!({
             "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                     "--window-size=1400,1000", format!("--user-data-dir={}", profile.path().display())]
+            "args": args
         }),
     );
     let url = format!("http://127.0.0.1:{port}");
@@ -155,11 +173,19 @@ async fn console_logs_in_with_a_token_and_streams() {
     crate::helpers::within(async {
         use gregor::auth::{AclEntry, AclOperation, ApiKey, AuthSettings, Pattern, Permission, ResourceType};
         let key = "console-key-5e1b";
-        let digest = gregor::auth::api_key_digest(key);
-        let sha256: [u8; 32] = std::array::from_fn(|i| u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).unwrap());
+        let admin_key = "console-admin-2c7f";
+        let sha = |key: &str| -> [u8; 32] {
+            let digest = gregor::auth::api_key_digest(key);
+            std::array::from_fn(|i| u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).unwrap())
+        };
+        let (sha256, admin_sha256) = (sha(key), sha(admin_key));
         let app = crate::helpers::spawn_app_with(move |c| {
             c.auth = AuthSettings {
-                api_keys: vec![ApiKey { principal: "viewer".into(), sha256 }],
+                api_keys: vec![
+                    ApiKey { principal: "viewer".into(), sha256 },
+                    ApiKey { principal: "admin".into(), sha256: admin_sha256 },
+                ],
+                superusers: vec!["User:admin".into()],
                 acls: vec![AclEntry {
                     principal: "User:viewer".into(),
                     resource: ResourceType::Topic,
@@ -172,6 +198,16 @@ async fn console_logs_in_with_a_token_and_streams() {
             };
         })
         .await;
+        // A topic the viewer may not see.
+        let res = app
+            .client
+            .post(app.url("/v1/topics"))
+            .bearer_auth(admin_key)
+            .json(&json!({"name": "secret-topic"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
         let b = browser().await;
         let c = &b.client;
         c.goto(&app.url("/")).await.unwrap();
@@ -196,6 +232,13 @@ async fn console_logs_in_with_a_token_and_streams() {
             .unwrap();
         assert_eq!(res.status(), 200);
         wait_text(c, "#live-records tr[data-offset='0']", "through the token").await;
+        // Only what the principal may see: no denied topic anywhere, the cluster's latency
+        // chart explained rather than broken.
+        let listed = c.find(Locator::Css("#topics tbody")).await.unwrap().text().await.unwrap();
+        assert!(listed.contains("browser-live") && !listed.contains("secret-topic"), "{listed}");
+        let options = c.find_all(Locator::Css("#live-topic option[value='secret-topic']")).await.unwrap();
+        assert!(options.is_empty(), "the denied topic is not offered");
+        wait_text(c, "#chart-latency", "Not shown").await;
         screenshot(c, "console-token.png").await;
         b.client.close().await.unwrap();
     })
@@ -282,7 +325,7 @@ async fn console_shows_a_topics_schema_and_decoded_values() {
         assert!(row.contains("schema 1"), "the decoded value names its schema: {row}");
         // A click pretty-prints the value.
         c.find(Locator::Css("#live-records tr[data-offset='0'] td.expandable")).await.unwrap().click().await.unwrap();
-        wait_text(c, "#live-records tr[data-offset='0'] td.expandable pre", "\"name\": \"ada\"").await;
+        wait_text(c, "#live-records tr[data-offset='0'] td.expandable .json-tree", "\"name\": \"ada\"").await;
         screenshot(c, "console-schema.png").await;
         b.client.close().await.unwrap();
     })
@@ -308,6 +351,9 @@ async fn console_browses_seeks_and_filters_records() {
         let c = &b.client;
         c.goto(&app.url("/")).await.unwrap();
         c.wait().for_element(Locator::Css("#browse select[name=topic] option[value='orders']")).await.unwrap();
+        c.find(Locator::Css("#browse select[name=topic]")).await.unwrap().select_by_value("orders").await.unwrap();
+        c.wait().for_element(Locator::Css("#browse select[name=partition] option[value='0']")).await.unwrap();
+        c.find(Locator::Css("#browse select[name=partition]")).await.unwrap().select_by_value("0").await.unwrap();
         c.find(Locator::Css("#browse select[name=seek]")).await.unwrap().select_by_value("offset").await.unwrap();
         c.find(Locator::Css("#browse input[name=offset]")).await.unwrap().send_keys("40").await.unwrap();
         c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
@@ -607,6 +653,133 @@ async fn console_charts_rates_latency_and_lag() {
         wait_text(c, "#group-offsets", "↓").await;
         c.execute("document.querySelector('#group-detail').scrollIntoView()", vec![]).await.unwrap();
         screenshot(c, "console-lag.png").await;
+        b.client.close().await.unwrap();
+    })
+    .await;
+}
+
+/// The record browser over all partitions at once (merged by time, paged both ways), with a
+/// header filter, a hex view of binary values and folding JSON.
+#[tokio::test]
+async fn console_browses_all_partitions_headers_hex_and_json() {
+    crate::helpers::within(async {
+        use base64::Engine;
+        let app = spawn_app().await;
+        app.create_topic("mixed", 3).await;
+        // Recent timestamps (retention counts from them), a second apart.
+        let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 - 120_000;
+        let records: Vec<_> = (0..60u64)
+            .map(|i| {
+                let value = if i == 4 {
+                    json!({"value_base64": base64::engine::general_purpose::STANDARD.encode([0xde, 0xad, 0xbe, 0xef, b'h', b'i'])})
+                } else {
+                    json!({"value": {"n": i, "deep": {"inner": {"leaf": i}}}})
+                };
+                let mut r = json!({"partition": i % 3, "timestamp": base + i * 1000,
+                    "headers": [{"name": "trace", "value": format!("{i}")}]});
+                r.as_object_mut().unwrap().extend(value.as_object().unwrap().clone());
+                r
+            })
+            .collect();
+        app.produce("mixed", json!(records)).await;
+
+        let b = browser().await;
+        let c = &b.client;
+        c.goto(&app.url("/")).await.unwrap();
+        c.wait().for_element(Locator::Css("#browse select[name=topic] option[value='mixed']")).await.unwrap();
+        c.find(Locator::Css("#browse select[name=topic]")).await.unwrap().select_by_value("mixed").await.unwrap();
+        c.wait().for_element(Locator::Css("#browse select[name=partition] option[value='2']")).await.unwrap();
+        c.find(Locator::Css("#browse select[name=partition]")).await.unwrap().select_by_value("all").await.unwrap();
+        c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#browse-status", "50 records by time from 3 partitions").await;
+        let rows = async || {
+            let mut out = Vec::new();
+            for row in c.find_all(Locator::Css("#browse-records tr")).await.unwrap() {
+                let p = row.attr("data-partition").await.unwrap().unwrap_or_default();
+                let o = row.attr("data-offset").await.unwrap().unwrap_or_default();
+                out.push(format!("{p}/{o}"));
+            }
+            out
+        };
+        let first = rows().await;
+        assert_eq!(first.len(), 50);
+        assert_eq!(&first[..4], ["0/0", "1/0", "2/0", "0/1"], "merged by time across partitions");
+        c.find(Locator::Css("#browse-next")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#browse-status", "10 records by time").await;
+        assert_eq!(rows().await.first().map(String::as_str), Some("2/16"), "record 50 is partition 2, offset 16");
+        c.find(Locator::Css("#browse-prev")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#browse-status", "50 records by time").await;
+        assert_eq!(rows().await, first, "back to the first page");
+
+        // A header filter: trace=7 is one record.
+        c.find(Locator::Css("#browse input[name=header]")).await.unwrap().send_keys("trace=7").await.unwrap();
+        c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#browse-status", "1 of 50 match").await;
+        assert_eq!(rows().await, ["1/2"]);
+
+        // Binary values open as a hex dump; JSON folds below its second level.
+        c.find(Locator::Css("#browse input[name=header]")).await.unwrap().clear().await.unwrap();
+        c.find(Locator::Css("#browse input[name=header]")).await.unwrap().send_keys("trace=4").await.unwrap();
+        c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#browse-status", "1 of 50 match").await;
+        c.find(Locator::Css("#browse-records td.expandable")).await.unwrap().click().await.unwrap();
+        let hex = wait_text(c, "#browse-records pre.hex", "de ad be ef").await;
+        assert!(hex.contains("....hi"), "printable bytes beside the hex: {hex}");
+        c.find(Locator::Css("#browse input[name=header]")).await.unwrap().clear().await.unwrap();
+        c.find(Locator::Css("#browse input[name=header]")).await.unwrap().send_keys("trace=3").await.unwrap();
+        c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#browse-status", "1 of 50 match").await;
+        c.find(Locator::Css("#browse-records td.expandable")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#browse-records .json-tree", "\"n\": 3").await;
+        let folded: bool = c
+            .execute(
+                "const inner = [...document.querySelectorAll('#browse-records details.json-tree')]\
+                   .find((d) => d.querySelector(':scope > summary').textContent.startsWith('\"inner\"'));\
+                 return inner !== undefined && !inner.open;",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_bool()
+            .unwrap();
+        assert!(folded, "the third level starts folded");
+        screenshot(c, "console-browse-all.png").await;
+        b.client.close().await.unwrap();
+    })
+    .await;
+}
+
+/// Usable on a phone-sized screen, in dark mode, by keyboard: nothing scrolls the page
+/// sideways, the dark palette applies, and a topic opens from the keyboard.
+#[tokio::test]
+async fn console_works_on_a_phone_in_dark_mode_by_keyboard() {
+    crate::helpers::within(async {
+        let app = with_topic().await;
+        let b = browser_with(&["--window-size=390,844", "--force-dark-mode"]).await;
+        let c = &b.client;
+        c.goto(&app.url("/")).await.unwrap();
+        wait_text(c, "#topics tbody", "browser-topic").await;
+        let fits =
+            c.execute("return document.documentElement.scrollWidth <= window.innerWidth + 1", vec![]).await.unwrap();
+        let widths =
+            c.execute("return [document.documentElement.scrollWidth, window.innerWidth]", vec![]).await.unwrap();
+        assert_eq!(fits.as_bool(), Some(true), "the page does not scroll sideways: {widths}");
+        let dark = c
+            .execute(
+                "const [r, g, b] = getComputedStyle(document.body).backgroundColor.match(/\\d+/g).map(Number);\
+                 return matchMedia('(prefers-color-scheme: dark)').matches && r + g + b < 150;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(dark.as_bool(), Some(true), "dark mode follows the system");
+        // Tab reaches a topic row; Enter opens it.
+        c.execute("document.querySelector('#topics tbody tr').focus()", vec![]).await.unwrap();
+        let row = c.active_element().await.unwrap();
+        assert_eq!(row.attr("data-topic").await.unwrap().as_deref(), Some("browser-topic"));
+        row.send_keys(&fantoccini::key::Key::Enter.to_string()).await.unwrap();
+        wait_text(c, "#topic-detail h3", "browser-topic").await;
+        screenshot(c, "console-phone-dark.png").await;
         b.client.close().await.unwrap();
     })
     .await;
