@@ -176,6 +176,7 @@ function showTopic(t) {
   chart.id = "chart-topic";
   box.append(h, table, size, chartTitle, chart, topicSettings(t));
   refreshTopicChart();
+  const subjects = api("GET", "/registry/subjects").catch(() => []);
   for (const part of ["value", "key"]) {
     if (t.config[`${part}_schema_validation`]) {
       const note = document.createElement("p");
@@ -183,7 +184,7 @@ function showTopic(t) {
       note.textContent = `${part}s are validated against subject ${t.name}-${part}`;
       box.append(note);
     }
-    showSchema(box, t.name, part);
+    showSchema(box, t.name, part, subjects);
   }
 }
 
@@ -235,13 +236,15 @@ function topicSettings(t) {
 }
 
 /** The latest schema of the topic's subject (`<topic>-value`, `<topic>-key`), if it has one. */
-async function showSchema(box, topic, part) {
+async function showSchema(box, topic, part, subjects) {
   const subject = `${topic}-${part}`;
   let v;
   try {
+    // Asked only for subjects that exist, so that a topic without a schema costs no 404.
+    if (!(await subjects).includes(subject)) return;
     v = await api("GET", `/registry/subjects/${encodeURIComponent(subject)}/versions/latest`);
   } catch {
-    return; // No schema (or not allowed to read it): nothing to show.
+    return; // No registry, or not allowed to read it: nothing to show.
   }
   const details = document.createElement("details");
   details.className = "schema";

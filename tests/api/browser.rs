@@ -48,6 +48,7 @@ async fn browser_with(flags: &[&str]) -> Browser {
     .collect();
     args.push(format!("--user-data-dir={}", profile.path().display()));
     let mut caps = serde_json::Map::new();
+    caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
     caps.insert(
         "goog:chromeOptions".into(),
         json!({
@@ -66,6 +67,30 @@ async fn browser_with(flags: &[&str]) -> Browser {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("cannot open a browser session: {last:?}");
+}
+
+/// chromedriver's log of the page's console (`goog:loggingPrefs`), read and emptied.
+#[derive(Debug)]
+struct BrowserLog;
+
+type UrlError = <reqwest::Url as std::str::FromStr>::Err;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base: &reqwest::Url, session: Option<&str>) -> Result<reqwest::Url, UrlError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _url: &reqwest::Url) -> (axum::http::Method, Option<String>) {
+        (axum::http::Method::POST, Some(json!({"type": "browser"}).to_string()))
+    }
+}
+
+/// Asserts that the page logged no error to its console since the last look (a failed
+/// request, an exception, a blocked resource).
+async fn assert_no_console_errors(client: &Client) {
+    let log = client.issue_cmd(BrowserLog).await.unwrap();
+    let errors: Vec<&serde_json::Value> = log.as_array().unwrap().iter().filter(|e| e["level"] == "SEVERE").collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
 }
 
 async fn screenshot(client: &Client, name: &str) {
@@ -327,6 +352,7 @@ async fn console_shows_a_topics_schema_and_decoded_values() {
         c.find(Locator::Css("#live-records tr[data-offset='0'] td.expandable")).await.unwrap().click().await.unwrap();
         wait_text(c, "#live-records tr[data-offset='0'] td.expandable .json-tree", "\"name\": \"ada\"").await;
         screenshot(c, "console-schema.png").await;
+        assert_no_console_errors(c).await;
         b.client.close().await.unwrap();
     })
     .await;
@@ -395,6 +421,7 @@ async fn console_browses_seeks_and_filters_records() {
         c.refresh().await.unwrap();
         wait_text(c, "#browse-records tr.focused", "user-5").await;
         screenshot(c, "console-browse.png").await;
+        assert_no_console_errors(c).await;
         b.client.close().await.unwrap();
     })
     .await;
@@ -473,6 +500,7 @@ async fn console_edits_a_topic_and_resets_and_deletes_a_group() {
         .await;
         assert!(gone, "the group was deleted");
         screenshot(c, "console-groups.png").await;
+        assert_no_console_errors(c).await;
         b.client.close().await.unwrap();
     })
     .await;
@@ -512,6 +540,7 @@ async fn console_live_view_filters_counts_and_pauses() {
         c.find(Locator::Css("#live-pause")).await.unwrap().click().await.unwrap();
         wait_text(c, "#live-counts", "6 received · 2 shown · 4 filtered out").await;
         wait_text(c, "#live-records tr:first-child", "second").await;
+        assert_no_console_errors(c).await;
         b.client.close().await.unwrap();
     })
     .await;
@@ -584,6 +613,7 @@ async fn console_charts_rates_latency_and_lag() {
         let sizes = wait_text(c, "#topic-partitions", "B").await;
         assert!(sizes.contains("KiB") || sizes.contains(" B"), "{sizes}");
         screenshot(c, "console-charts.png").await;
+        assert_no_console_errors(c).await;
         stop.cancel();
         producing.await.unwrap();
 
@@ -653,6 +683,7 @@ async fn console_charts_rates_latency_and_lag() {
         wait_text(c, "#group-offsets", "↓").await;
         c.execute("document.querySelector('#group-detail').scrollIntoView()", vec![]).await.unwrap();
         screenshot(c, "console-lag.png").await;
+        assert_no_console_errors(c).await;
         b.client.close().await.unwrap();
     })
     .await;
@@ -744,6 +775,7 @@ async fn console_browses_all_partitions_headers_hex_and_json() {
             .unwrap();
         assert!(folded, "the third level starts folded");
         screenshot(c, "console-browse-all.png").await;
+        assert_no_console_errors(c).await;
         b.client.close().await.unwrap();
     })
     .await;
@@ -780,6 +812,7 @@ async fn console_works_on_a_phone_in_dark_mode_by_keyboard() {
         row.send_keys(&fantoccini::key::Key::Enter.to_string()).await.unwrap();
         wait_text(c, "#topic-detail h3", "browser-topic").await;
         screenshot(c, "console-phone-dark.png").await;
+        assert_no_console_errors(c).await;
         b.client.close().await.unwrap();
     })
     .await;
