@@ -817,3 +817,49 @@ async fn console_works_on_a_phone_in_dark_mode_by_keyboard() {
     })
     .await;
 }
+
+/// Over HTTPS the console works the same: its requests and its WebSocket (wss) go to the
+/// page's own origin.
+#[tokio::test]
+async fn console_works_over_https() {
+    crate::helpers::within(async {
+        let ca = crate::tls::Ca::new();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ca.issue("gregor", &["localhost", "127.0.0.1"]);
+        std::fs::write(dir.path().join("server.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), key).unwrap();
+        let settings = gregor::http::tls::TlsSettings {
+            cert_file: dir.path().join("server.pem"),
+            key_file: dir.path().join("server.key"),
+            client_ca_file: None,
+            handshake_timeout: Duration::from_secs(5),
+        };
+        let app = crate::helpers::spawn_app_with(move |c| c.tls = Some(settings)).await;
+        let https = app.base.replace("http://127.0.0.1", "https://localhost");
+        // The test's CA is not the browser's: it is told to accept the certificate.
+        let b = browser_with(&["--window-size=1400,1000", "--ignore-certificate-errors"]).await;
+        let c = &b.client;
+        c.goto(&format!("{https}/")).await.unwrap();
+        wait_text(c, "#health", "ready").await;
+        c.find(Locator::Css("#create-topic input[name=name]")).await.unwrap().send_keys("secure").await.unwrap();
+        c.find(Locator::Css("#create-topic button")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#topics tbody", "secure").await;
+        c.wait().for_element(Locator::Css("#live-topic option[value='secure']")).await.unwrap();
+        c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("secure").await.unwrap();
+        c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#live-status", "live:").await;
+        c.find(Locator::Css("#produce select[name=topic]")).await.unwrap().select_by_value("secure").await.unwrap();
+        c.find(Locator::Css("#produce textarea[name=value]"))
+            .await
+            .unwrap()
+            .send_keys(r#"{"over": "tls"}"#)
+            .await
+            .unwrap();
+        c.find(Locator::Css("#produce button[type=submit]")).await.unwrap().click().await.unwrap();
+        wait_text(c, "#live-records tr[data-offset='0']", "tls").await;
+        assert_no_console_errors(c).await;
+        b.client.close().await.unwrap();
+        drop(dir);
+    })
+    .await;
+}
