@@ -51,6 +51,69 @@ impl ProducerContext for Counting {
     }
 }
 
+/// Records each delivery's latency from the record's intended send time (its opaque).
+struct Timing {
+    latencies: Arc<parking_lot::Mutex<Vec<u64>>>,
+    failed: Arc<AtomicU64>,
+}
+
+impl ClientContext for Timing {}
+
+impl ProducerContext for Timing {
+    type DeliveryOpaque = Box<Instant>;
+    fn delivery(&self, result: &DeliveryResult<'_>, intended: Box<Instant>) {
+        match result {
+            Ok(_) => self.latencies.lock().push(intended.elapsed().as_micros() as u64),
+            Err(_) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The yardstick of the Kafka backend's latency row: librdkafka producing one 100-byte record
+/// at a time straight into the broker at `rate` records/s (acks=1, linger 2 ms: gregor's
+/// settings), open loop; each delivery timed from its intended send time. Answers the
+/// sorted latencies in µs.
+pub async fn direct_latency(bootstrap: &str, rate: u64, total: u64) -> Result<Vec<u64>, String> {
+    create_topic(bootstrap, "direct-latency").await?;
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let latencies = Arc::new(parking_lot::Mutex::new(Vec::with_capacity(total as usize)));
+        let failed = Arc::new(AtomicU64::new(0));
+        let context = Timing { latencies: latencies.clone(), failed: failed.clone() };
+        let producer: ThreadedProducer<Timing> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("acks", "1")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "60000")
+            .create_with_context(context)
+            .map_err(|e| e.to_string())?;
+        let value = vec![b'x'; VALUE_BYTES];
+        let t0 = Instant::now() + Duration::from_millis(100);
+        for i in 0..total {
+            let intended = t0 + Duration::from_nanos(i * 1_000_000_000 / rate.max(1));
+            let wait = intended.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+            let record: BaseRecord<(), Vec<u8>, Box<Instant>> =
+                BaseRecord::with_opaque_to("direct-latency", Box::new(intended)).payload(&value).partition(0);
+            producer.send(record).map_err(|(e, _)| e.to_string())?;
+        }
+        producer.flush(Timeout::After(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        let bad = failed.load(Ordering::Relaxed);
+        if bad > 0 {
+            return Err(format!("{bad} records failed"));
+        }
+        let mut out = std::mem::take(&mut *latencies.lock());
+        out.sort_unstable();
+        Ok(out)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -174,8 +174,13 @@ const FOLLOW_WAIT: Duration = Duration::from_millis(500);
 const WAIT_SLICE: Duration = Duration::from_millis(500);
 /// The wait of a Fetch asked again after an empty answer to `max_wait_ms` 0.
 const EMPTY_ANSWER_WAIT: Duration = Duration::from_millis(20);
-/// How often a follower asks a broker that answers an empty Fetch at once (no long-poll).
+/// How often a follower asks a broker that answers an empty Fetch at once (no long-poll),
+/// while its partition is idle ...
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// ... and while records arrived within [`BUSY_FOR`]: a stream's latency is half of this on
+/// average, and a partition in use is worth the extra requests.
+const BUSY_POLL_INTERVAL: Duration = Duration::from_millis(4);
+const BUSY_FOR: Duration = Duration::from_secs(2);
 
 /// The cluster's brokers and each known topic's partition leaders.
 #[derive(Debug, Default)]
@@ -934,12 +939,16 @@ impl Cluster {
         }];
         let mut deliveries = Vec::with_capacity(records.len());
         for (rec, (p, ts)) in records.iter().zip(&placed) {
-            let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
-            for h in &rec.headers {
-                headers = headers.insert(Header { key: &h.name, value: h.value.as_ref().map(|v| &v.bytes[..]) });
-            }
             let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(topic).partition(*p as i32).timestamp(*ts as i64).headers(headers);
+                FutureRecord::to(topic).partition(*p as i32).timestamp(*ts as i64);
+            // Headers are a C allocation of librdkafka's: made only for records that have some.
+            if !rec.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+                for h in &rec.headers {
+                    headers = headers.insert(Header { key: &h.name, value: h.value.as_ref().map(|v| &v.bytes[..]) });
+                }
+                record = record.headers(headers);
+            }
             if let Some(k) = &rec.key {
                 record = record.key(&k.bytes[..]);
             }
@@ -1154,6 +1163,7 @@ impl Cluster {
 /// end offset it knows; stops once nobody watches.
 async fn follow(cluster: std::sync::Weak<Cluster>, key: (String, u32), tx: watch::Sender<u64>) {
     let (topic, partition) = &key;
+    let mut changed = Instant::now() - BUSY_FOR;
     loop {
         let Some(c) = cluster.upgrade() else { return };
         if c.shutdown.is_cancelled() {
@@ -1172,11 +1182,13 @@ async fn follow(cluster: std::sync::Weak<Cluster>, key: (String, u32), tx: watch
             Some(Ok(r)) => {
                 if r.end_offset != end {
                     tx.send_replace(r.end_offset);
+                    changed = Instant::now();
                 } else if asked.elapsed() < FOLLOW_WAIT / 2 {
                     // The broker does not long-poll: ask again shortly instead.
                     drop(c);
+                    let interval = if changed.elapsed() < BUSY_FOR { BUSY_POLL_INTERVAL } else { POLL_INTERVAL };
                     tokio::select! {
-                        _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                        _ = tokio::time::sleep(interval) => {}
                         _ = tx.closed() => break,
                     }
                 }
