@@ -12,8 +12,21 @@ use crate::helpers::{TestApp, spawn_app};
 
 struct Browser {
     client: Client,
-    _driver: Child,
+    _driver: Driver,
     _profile: tempfile::TempDir,
+}
+
+/// chromedriver runs in a process group of its own, with the Chromium it starts: a test that
+/// panics before closing its session still leaves no browser behind (its console would keep
+/// polling the machine's servers).
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+        }
+    }
 }
 
 async fn browser() -> Browser {
@@ -26,6 +39,7 @@ async fn browser_with(flags: &[&str]) -> Browser {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let driver = Command::new(&driver_bin)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -61,7 +75,7 @@ async fn browser_with(flags: &[&str]) -> Browser {
     for _ in 0..100 {
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await {
-            Ok(client) => return Browser { client, _driver: driver, _profile: profile },
+            Ok(client) => return Browser { client, _driver: Driver(driver), _profile: profile },
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
