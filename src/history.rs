@@ -8,7 +8,7 @@
 //! `untracked`), and a series with no value left in the window is dropped. Nothing here
 //! is stored: a restart starts an empty history.
 //!
-//! Sampling is the service's (`Service::sample_history`); this module only keeps and
+//! Sampling is the service's (`Service::run_history`); this module only keeps and
 //! shapes the figures. Its lock is held for memory work only, never across an await.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -16,11 +16,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+use crate::log::now_ms;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 /// Time between samples.
 pub const INTERVAL: Duration = Duration::from_secs(2);
+/// [`INTERVAL`] as the answers state it.
+const INTERVAL_MS: u64 = INTERVAL.as_millis() as u64;
 /// Samples kept per series: ten minutes at [`INTERVAL`].
 pub const POINTS: usize = 300;
 /// Most partition series kept, topics' and groups' together (about 2.4 KB each).
@@ -36,17 +40,12 @@ const BUCKETS: usize = 104;
 /// Produce latencies of the current interval, recorded without a lock.
 struct LatencyWindow {
     buckets: [AtomicU64; BUCKETS],
-    count: AtomicU64,
     max_us: AtomicU64,
 }
 
 impl LatencyWindow {
     fn new() -> LatencyWindow {
-        LatencyWindow {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            max_us: AtomicU64::new(0),
-        }
+        LatencyWindow { buckets: std::array::from_fn(|_| AtomicU64::new(0)), max_us: AtomicU64::new(0) }
     }
 
     fn bucket(us: u64) -> usize {
@@ -69,7 +68,6 @@ impl LatencyWindow {
     fn record(&self, elapsed: Duration) {
         let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
         self.buckets[Self::bucket(us)].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
     }
 
@@ -77,7 +75,6 @@ impl LatencyWindow {
     /// may land in either interval: the figures are a picture, not an account.)
     fn take(&self) -> LatencyPoint {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.swap(0, Ordering::Relaxed)).collect();
-        let count = self.count.swap(0, Ordering::Relaxed);
         let max_us = self.max_us.swap(0, Ordering::Relaxed);
         let total: u64 = counts.iter().sum();
         let quantile = |q: f64| -> Option<u64> {
@@ -94,7 +91,12 @@ impl LatencyWindow {
             }
             Some(max_us)
         };
-        LatencyPoint { count, p50_us: quantile(0.5), p99_us: quantile(0.99), max_us: (total > 0).then_some(max_us) }
+        LatencyPoint {
+            count: total,
+            p50_us: quantile(0.5),
+            p99_us: quantile(0.99),
+            max_us: (total > 0).then_some(max_us),
+        }
     }
 }
 
@@ -217,10 +219,6 @@ impl std::fmt::Debug for History {
     }
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// A value of a series for JSON: `null` for a gap.
 fn value(v: u64) -> Option<u64> {
     (v != GAP).then_some(v)
@@ -341,11 +339,7 @@ impl History {
                 TopicRate { topic: name.clone(), records_per_second: sum }
             })
             .collect();
-        TopicsHistory {
-            interval_ms: INTERVAL.as_millis() as u64,
-            times_ms: state.times.iter().copied().collect(),
-            topics,
-        }
+        TopicsHistory { interval_ms: INTERVAL_MS, times_ms: state.times.iter().copied().collect(), topics }
     }
 
     /// One topic's partitions: end offsets and records per second; `None` if the topic
@@ -354,7 +348,7 @@ impl History {
         let state = self.state.lock();
         let partitions = state.ends.get(topic)?;
         Some(TopicHistory {
-            interval_ms: INTERVAL.as_millis() as u64,
+            interval_ms: INTERVAL_MS,
             times_ms: state.times.iter().copied().collect(),
             partitions: partitions
                 .iter()
@@ -380,7 +374,7 @@ impl History {
             }
         }
         Some(GroupHistory {
-            interval_ms: INTERVAL.as_millis() as u64,
+            interval_ms: INTERVAL_MS,
             times_ms: state.times.iter().copied().collect(),
             total_lag: total,
             partitions: partitions
@@ -399,7 +393,7 @@ impl History {
         let state = self.state.lock();
         let ms = |v: Option<u64>| v.map(|us| round2(us as f64 / 1000.0));
         ProduceHistory {
-            interval_ms: INTERVAL.as_millis() as u64,
+            interval_ms: INTERVAL_MS,
             times_ms: state.times.iter().copied().collect(),
             count: state.latency.iter().map(|l| l.count).collect(),
             p50_ms: state.latency.iter().map(|l| ms(l.p50_us)).collect(),
@@ -439,7 +433,7 @@ pub struct TopicHistory {
 impl TopicHistory {
     /// A topic with nothing sampled yet.
     pub fn empty(times_ms: Vec<u64>) -> TopicHistory {
-        TopicHistory { interval_ms: INTERVAL.as_millis() as u64, times_ms, partitions: Vec::new() }
+        TopicHistory { interval_ms: INTERVAL_MS, times_ms, partitions: Vec::new() }
     }
 }
 
@@ -466,7 +460,7 @@ impl GroupHistory {
     /// A group without a committed offset sampled yet.
     pub fn empty(times_ms: Vec<u64>) -> GroupHistory {
         let total_lag = vec![None; times_ms.len()];
-        GroupHistory { interval_ms: INTERVAL.as_millis() as u64, times_ms, total_lag, partitions: Vec::new() }
+        GroupHistory { interval_ms: INTERVAL_MS, times_ms, total_lag, partitions: Vec::new() }
     }
 }
 

@@ -39,7 +39,7 @@ impl Service {
                 continue;
             }
             match self.snapshot().await {
-                Ok(snapshot) => self.0.history.push(crate::history::now_ms(), snapshot),
+                Ok(snapshot) => self.0.history.push(crate::log::now_ms(), snapshot),
                 // The next tick tries again; the gap shows as missing points.
                 Err(e) => tracing::debug!(error = %e, "sampling the history failed"),
             }
