@@ -127,8 +127,8 @@ async function refreshTopics() {
       row.onclick = () => showTopic(t);
       keyboardClick(row);
       if (t.name === focused) row.focus();
+      topicPartitions.set(t.name, t.partition_count);
     }
-    for (const t of details) topicPartitions.set(t.name, t.partition_count);
     const names = details.map((t) => t.name);
     if (names.join() !== topicNames.join()) {
       topicNames = names;
@@ -304,10 +304,11 @@ $("#produce").addEventListener("submit", async (e) => {
 });
 
 // ---- record browser -------------------------------------------------------
-// Reads one partition a page at a time (REST reads), from the earliest or latest offset, an
-// offset, or a date-time (the partition's offset for that time). Filters are evaluated here, in
-// the browser, on the page read: key equality, a substring of the value's text, and a JSON path
-// comparison such as `$.status == "failed"` or `$.items[0].qty > 3`.
+// Reads a page at a time (REST reads) from one partition or from all of them merged by time,
+// from the earliest or latest offset, an offset, or a date-time (each partition's offset for
+// that time). Filters are evaluated here, in the browser, on the page read: key equality, a
+// substring of the value's text, a JSON path comparison such as `$.status == "failed"` or
+// `$.items[0].qty > 3`, and a header.
 
 const PAGE = 50;
 const browse = { topic: "", partition: 0, all: false, from: 0, next: 0, positions: new Map(), nextPositions: new Map(), history: [] };
@@ -369,15 +370,20 @@ function recordFilter(key, contains, pathText, headerSpec = "") {
   };
 }
 
-/** One row of the record browser. */
-function browseRow(body, r) {
-  const row = body.insertRow();
-  row.dataset.offset = r.offset;
+/** A record's cells, as the browser and the live view show them: partition, offset, time, key, value, headers. */
+function recordCells(row, r, time) {
   row.dataset.partition = r.partition;
-  cell(row, r.partition); cell(row, r.offset); cell(row, new Date(r.timestamp).toISOString());
+  row.dataset.offset = r.offset;
+  cell(row, r.partition); cell(row, r.offset); cell(row, time);
   valueCell(row, r.key, r.key_base64, r.key_schema_id);
   valueCell(row, r.value, r.value_base64, r.value_schema_id);
   cell(row, (r.headers || []).map((h) => `${h.name}=${headerText(h)}`).join(", "), "value");
+}
+
+/** One row of the record browser. */
+function browseRow(body, r) {
+  const row = body.insertRow();
+  recordCells(row, r, new Date(r.timestamp).toISOString());
   const actions = row.insertCell();
   const copy = document.createElement("button");
   copy.className = "small"; copy.textContent = "copy"; copy.title = "copy the record as JSON";
@@ -388,14 +394,19 @@ function browseRow(body, r) {
   actions.append(copy, " ", link);
 }
 
-function partitionPath(partition) {
-  return `/v1/topics/${encodeURIComponent(browse.topic)}/partitions/${partition}`;
+function partitionPath(topic, partition) {
+  return `/v1/topics/${encodeURIComponent(topic)}/partitions/${partition}`;
+}
+
+/** Up to a page of the browsed topic's `partition` from `offset` on. */
+function readPage(partition, offset) {
+  return api("GET", `${partitionPath(browse.topic, partition)}/records?offset=${offset}&limit=${PAGE}`);
 }
 
 async function browseFrom(offset) {
   const f = $("#browse");
   const matches = browseFilter(f);
-  const page = await api("GET", `${partitionPath(browse.partition)}/records?offset=${offset}&limit=${PAGE}`);
+  const page = await readPage(browse.partition, offset);
   browse.from = offset;
   browse.next = page.next_offset;
   const shown = page.records.filter(matches);
@@ -420,8 +431,7 @@ async function browseAllFrom(positions) {
   const f = $("#browse");
   const matches = browseFilter(f);
   const reads = await Promise.all([...positions].map(async ([p, offset]) => {
-    const page = await api("GET", `${partitionPath(p)}/records?offset=${offset}&limit=${PAGE}`);
-    return { p, offset, page };
+    return { p, offset, page: await readPage(p, offset) };
   }));
   const merged = reads.flatMap((x) => x.page.records)
     .sort((a, b) => a.timestamp - b.timestamp || a.partition - b.partition || a.offset - b.offset)
@@ -447,6 +457,7 @@ async function seek() {
   browse.topic = f.topic.value;
   browse.all = f.partition.value === "all";
   browse.history = [];
+  const ms = f.seek.value === "time" ? timeMs(f.time.value, "seek to") : null;
   if (browse.all) {
     const t = await api("GET", `/v1/topics/${encodeURIComponent(browse.topic)}`);
     const positions = new Map();
@@ -455,25 +466,30 @@ async function seek() {
       let offset = p.beginning_offset;
       if (f.seek.value === "latest") offset = Math.max(p.beginning_offset, p.end_offset - per);
       if (f.seek.value === "offset") offset = Math.min(Math.max(Number(f.offset.value || 0), p.beginning_offset), p.end_offset);
-      if (f.seek.value === "time") offset = (await offsetAt(p.partition, f.time.value));
+      if (ms !== null) offset = await offsetAt(browse.topic, p.partition, ms);
       positions.set(p.partition, offset);
     }
     return browseAllFrom(positions);
   }
   browse.partition = Number(f.partition.value || 0);
-  const part = await api("GET", partitionPath(browse.partition));
+  const part = await api("GET", partitionPath(browse.topic, browse.partition));
   let offset = part.beginning_offset;
   if (f.seek.value === "latest") offset = Math.max(part.beginning_offset, part.end_offset - PAGE);
   if (f.seek.value === "offset") offset = Number(f.offset.value || 0);
-  if (f.seek.value === "time") offset = await offsetAt(browse.partition, f.time.value);
+  if (ms !== null) offset = await offsetAt(browse.topic, browse.partition, ms);
   return browseFrom(offset);
 }
 
-/** The first offset of `partition` at or after a datetime-local value. */
-async function offsetAt(partition, value) {
+/** A datetime-local input's value in ms since the epoch; `purpose` names the action in the error. */
+function timeMs(value, purpose) {
   const ms = new Date(value).getTime();
-  if (Number.isNaN(ms)) throw new Error("pick a date and time to seek to");
-  return (await api("GET", `${partitionPath(partition)}/offsets?timestamp=${ms}`)).offset;
+  if (Number.isNaN(ms)) throw new Error(`pick a date and time to ${purpose}`);
+  return ms;
+}
+
+/** The first offset of `topic`'s `partition` at or after `ms`. */
+async function offsetAt(topic, partition, ms) {
+  return (await api("GET", `${partitionPath(topic, partition)}/offsets?timestamp=${ms}`)).offset;
 }
 
 /** The browser's partition choices for the chosen topic: all, or one. */
@@ -625,15 +641,7 @@ function addRecord(r) {
   if (!live.filter(r)) { live.filtered++; return; }
   live.shown++;
   const body = $("#live-records");
-  const row = body.insertRow(0);
-  row.dataset.partition = r.partition;
-  row.dataset.offset = r.offset;
-  cell(row, r.partition);
-  cell(row, r.offset);
-  cell(row, new Date(r.timestamp).toLocaleTimeString());
-  valueCell(row, r.key, r.key_base64, r.key_schema_id);
-  valueCell(row, r.value, r.value_base64, r.value_schema_id);
-  cell(row, (r.headers || []).map((h) => `${h.name}=${headerText(h)}`).join(", "), "value");
+  recordCells(body.insertRow(0), r, new Date(r.timestamp).toLocaleTimeString());
   while (body.rows.length > MAX_LIVE_ROWS) { body.deleteRow(-1); live.dropped++; }
 }
 
@@ -705,9 +713,7 @@ async function refreshGroups() {
   try {
     const { groups } = await api("GET", "/v1/groups");
     const details = await Promise.all(groups.map((g) => api("GET", `/v1/groups/${encodeURIComponent(g.group)}`).catch(() => null)));
-    const history = openGroup
-      ? await api("GET", `/v1/history/groups/${encodeURIComponent(openGroup)}`).catch(() => null)
-      : null;
+    const history = openGroup ? await groupHistory(openGroup) : null;
     const body = $("#groups tbody");
     // Keyboard focus on a row survives the re-render.
     const focused = document.activeElement?.closest?.("#groups tbody tr")?.dataset.group;
@@ -720,7 +726,7 @@ async function refreshGroups() {
       cell(row, g.offsets.reduce((n, o) => n + (o.lag ?? 0), 0));
       row.onclick = async () => {
         openGroup = g.group;
-        showGroup(g, await api("GET", `/v1/history/groups/${encodeURIComponent(g.group)}`).catch(() => null));
+        showGroup(g, await groupHistory(g.group));
       };
       keyboardClick(row);
       if (g.group === focused) row.focus();
@@ -730,6 +736,11 @@ async function refreshGroups() {
     }
     if (openGroup && !details.some((g) => g && g.group === openGroup)) { openGroup = null; $("#group-detail").replaceChildren(); }
   } catch (err) { showError(err); }
+}
+
+/** A group's lag over time, or null where there is none to show (the charts say why not). */
+function groupHistory(group) {
+  return api("GET", `/v1/history/groups/${encodeURIComponent(group)}`).catch(() => null);
 }
 
 function showGroup(g, history) {
@@ -796,20 +807,17 @@ function groupActions(g) {
       const parts = g.offsets.filter((o) => o.topic === topic);
       const targets = [];
       for (const o of parts) {
-        const base = `/v1/topics/${encodeURIComponent(topic)}/partitions/${o.partition}`;
         let to;
         if (form.to.value === "earliest" || form.to.value === "latest") {
-          const p = await api("GET", base);
+          const p = await api("GET", partitionPath(topic, o.partition));
           to = form.to.value === "earliest" ? p.beginning_offset : p.end_offset;
           body.to = form.to.value;
         } else if (form.to.value === "offset") {
           to = Number(form.offset.value || 0);
           body.offset = to;
         } else {
-          const ms = new Date(form.time.value).getTime();
-          if (Number.isNaN(ms)) throw new Error("pick a date and time to reset to");
-          to = (await api("GET", `${base}/offsets?timestamp=${ms}`)).offset;
-          body.timestamp = ms;
+          body.timestamp = timeMs(form.time.value, "reset to");
+          to = await offsetAt(topic, o.partition, body.timestamp);
         }
         targets.push({ partition: o.partition, from: o.committed_offset, to });
       }
