@@ -128,6 +128,21 @@ async fn wait_text(client: &Client, css: &str, want: &str) -> String {
     }
 }
 
+/// Clicks the element `css` finds (which must be there).
+async fn click(client: &Client, css: &str) {
+    client.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
+}
+
+/// Chooses `value` in the `<select>` `css` finds.
+async fn select(client: &Client, css: &str, value: &str) {
+    client.find(Locator::Css(css)).await.unwrap().select_by_value(value).await.unwrap();
+}
+
+/// Types `text` into the field `css` finds.
+async fn type_into(client: &Client, css: &str, text: &str) {
+    client.find(Locator::Css(css)).await.unwrap().send_keys(text).await.unwrap();
+}
+
 /// Clicks `css`, finding it again if it went stale: the groups view re-renders every 2 s, so
 /// an element found just before a refresh is gone when clicked.
 async fn click_fresh(client: &Client, css: &str) {
@@ -157,9 +172,9 @@ async fn console_shows_records_live() {
         c.goto(&app.url("/")).await.unwrap();
         wait_text(c, "#topics tbody", "browser-topic").await;
         c.wait().for_element(Locator::Css("#live-topic option[value='browser-topic']")).await.unwrap();
-        c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("browser-topic").await.unwrap();
-        c.find(Locator::Css("#live-from")).await.unwrap().select_by_value("latest").await.unwrap();
-        c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
+        select(c, "#live-topic", "browser-topic").await;
+        select(c, "#live-from", "latest").await;
+        click(c, "#live-start").await;
         wait_text(c, "#live-status", "live:").await;
 
         app.produce("browser-topic", json!([{"key": "k-1", "value": {"hello": "from the test"}, "partition": 1}]))
@@ -168,11 +183,11 @@ async fn console_shows_records_live() {
         assert!(row.contains("k-1"), "{row}");
 
         // Groups and errors render too: a bad topic name shows the problem's detail.
-        c.find(Locator::Css("#create-topic input[name=name]")).await.unwrap().send_keys("..").await.unwrap();
+        type_into(c, "#create-topic input[name=name]", "..").await;
         c.execute("document.querySelector('#create-topic input[name=name]').removeAttribute('pattern')", vec![])
             .await
             .unwrap();
-        c.find(Locator::Css("#create-topic button")).await.unwrap().click().await.unwrap();
+        click(c, "#create-topic button").await;
         wait_text(c, "#error", "invalid_topic_name").await;
         screenshot(c, "console.png").await;
         b.client.close().await.unwrap();
@@ -191,7 +206,7 @@ async fn swagger_ui_lists_operations_and_tries_one() {
         let ops = c.find_all(Locator::Css(".opblock")).await.unwrap();
         assert!(ops.len() >= 20, "operations listed: {}", ops.len());
         let op = "#operations-topics-list_topics";
-        c.find(Locator::Css(&format!("{op} .opblock-summary"))).await.unwrap().click().await.unwrap();
+        click(c, &format!("{op} .opblock-summary")).await;
         c.wait().for_element(Locator::Css(&format!("{op} .try-out__btn"))).await.unwrap().click().await.unwrap();
         c.wait().for_element(Locator::Css(&format!("{op} .execute"))).await.unwrap().click().await.unwrap();
         let status = wait_text(c, &format!("{op} .live-responses-table tr.response .response-col_status"), "200").await;
@@ -251,15 +266,15 @@ async fn console_logs_in_with_a_token_and_streams() {
         let c = &b.client;
         c.goto(&app.url("/")).await.unwrap();
         wait_text(c, "#error", "unauthenticated").await;
-        c.find(Locator::Css("#token")).await.unwrap().send_keys(key).await.unwrap();
-        c.find(Locator::Css("#auth button")).await.unwrap().click().await.unwrap();
+        type_into(c, "#token", key).await;
+        click(c, "#auth button").await;
         wait_text(c, "#whoami", "token set").await;
-        c.find(Locator::Css("#create-topic input[name=name]")).await.unwrap().send_keys("browser-live").await.unwrap();
-        c.find(Locator::Css("#create-topic button")).await.unwrap().click().await.unwrap();
+        type_into(c, "#create-topic input[name=name]", "browser-live").await;
+        click(c, "#create-topic button").await;
         wait_text(c, "#topics tbody", "browser-live").await;
         c.wait().for_element(Locator::Css("#live-topic option[value='browser-live']")).await.unwrap();
-        c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("browser-live").await.unwrap();
-        c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
+        select(c, "#live-topic", "browser-live").await;
+        click(c, "#live-start").await;
         wait_text(c, "#live-status", "live:").await;
         let res = app
             .client
@@ -315,9 +330,9 @@ async fn swagger_ui_authorizes_with_a_bearer_token() {
             .click()
             .await
             .unwrap();
-        c.find(Locator::Css(".modal-ux .close-modal")).await.unwrap().click().await.unwrap();
+        click(c, ".modal-ux .close-modal").await;
         let op = "#operations-topics-list_topics";
-        c.find(Locator::Css(&format!("{op} .opblock-summary"))).await.unwrap().click().await.unwrap();
+        click(c, &format!("{op} .opblock-summary")).await;
         c.wait().for_element(Locator::Css(&format!("{op} .try-out__btn"))).await.unwrap().click().await.unwrap();
         c.wait().for_element(Locator::Css(&format!("{op} .execute"))).await.unwrap().click().await.unwrap();
         let status = wait_text(c, &format!("{op} .live-responses-table tr.response .response-col_status"), "200").await;
@@ -351,19 +366,19 @@ async fn console_shows_a_topics_schema_and_decoded_values() {
         let c = &b.client;
         c.goto(&app.url("/")).await.unwrap();
         wait_text(c, "#topics tbody", "users").await;
-        c.find(Locator::Css("#topics tbody tr[data-topic='users']")).await.unwrap().click().await.unwrap();
+        click(c, "#topics tbody tr[data-topic='users']").await;
         wait_text(c, "#topic-detail", "values are validated against subject users-value").await;
         let summary = wait_text(c, "#topic-detail details.schema summary", "users-value v1").await;
         assert!(summary.contains("AVRO"), "{summary}");
 
         c.wait().for_element(Locator::Css("#live-topic option[value='users']")).await.unwrap();
-        c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("users").await.unwrap();
-        c.find(Locator::Css("#live-from")).await.unwrap().select_by_value("earliest").await.unwrap();
-        c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
+        select(c, "#live-topic", "users").await;
+        select(c, "#live-from", "earliest").await;
+        click(c, "#live-start").await;
         let row = wait_text(c, "#live-records tr[data-offset='0']", "ada").await;
         assert!(row.contains("schema 1"), "the decoded value names its schema: {row}");
         // A click pretty-prints the value.
-        c.find(Locator::Css("#live-records tr[data-offset='0'] td.expandable")).await.unwrap().click().await.unwrap();
+        click(c, "#live-records tr[data-offset='0'] td.expandable").await;
         wait_text(c, "#live-records tr[data-offset='0'] td.expandable .json-tree", "\"name\": \"ada\"").await;
         screenshot(c, "console-schema.png").await;
         assert_no_console_errors(c).await;
@@ -391,12 +406,12 @@ async fn console_browses_seeks_and_filters_records() {
         let c = &b.client;
         c.goto(&app.url("/")).await.unwrap();
         c.wait().for_element(Locator::Css("#browse select[name=topic] option[value='orders']")).await.unwrap();
-        c.find(Locator::Css("#browse select[name=topic]")).await.unwrap().select_by_value("orders").await.unwrap();
+        select(c, "#browse select[name=topic]", "orders").await;
         c.wait().for_element(Locator::Css("#browse select[name=partition] option[value='0']")).await.unwrap();
-        c.find(Locator::Css("#browse select[name=partition]")).await.unwrap().select_by_value("0").await.unwrap();
-        c.find(Locator::Css("#browse select[name=seek]")).await.unwrap().select_by_value("offset").await.unwrap();
-        c.find(Locator::Css("#browse input[name=offset]")).await.unwrap().send_keys("40").await.unwrap();
-        c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
+        select(c, "#browse select[name=partition]", "0").await;
+        select(c, "#browse select[name=seek]", "offset").await;
+        type_into(c, "#browse input[name=offset]", "40").await;
+        click(c, "#browse button[type=submit]").await;
         wait_text(c, "#browse-status", "offsets 40–89").await;
         let first = c.find(Locator::Css("#browse-records tr:first-child")).await.unwrap();
         assert_eq!(first.attr("data-offset").await.unwrap().as_deref(), Some("40"));
@@ -404,15 +419,10 @@ async fn console_browses_seeks_and_filters_records() {
         assert_eq!(rows.len(), 50, "one page from offset 40");
 
         // The next page, then a JSON path filter: only failed orders of the page.
-        c.find(Locator::Css("#browse-next")).await.unwrap().click().await.unwrap();
+        click(c, "#browse-next").await;
         wait_text(c, "#browse-status", "offsets 90–119").await;
-        c.find(Locator::Css("#browse input[name=path]"))
-            .await
-            .unwrap()
-            .send_keys("$.status == \"failed\"")
-            .await
-            .unwrap();
-        c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
+        type_into(c, "#browse input[name=path]", "$.status == \"failed\"").await;
+        click(c, "#browse button[type=submit]").await;
         wait_text(c, "#browse-status", "5 of 50 match").await;
         let offsets: Vec<String> = {
             let mut out = Vec::new();
@@ -424,8 +434,8 @@ async fn console_browses_seeks_and_filters_records() {
         assert_eq!(offsets, ["43", "53", "63", "73", "83"], "failed orders from offset 40");
 
         // By key: user-3 within the page, with the JSON path still on.
-        c.find(Locator::Css("#browse input[name=key]")).await.unwrap().send_keys("user-3").await.unwrap();
-        c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
+        type_into(c, "#browse input[name=key]", "user-3").await;
+        click(c, "#browse button[type=submit]").await;
         wait_text(c, "#browse-status", "1 of 50 match").await;
         let row = wait_text(c, "#browse-records tr", "user-3").await;
         assert!(row.contains("73"), "offset 73 is user-3 and failed: {row}");
@@ -479,11 +489,11 @@ async fn console_edits_a_topic_and_resets_and_deletes_a_group() {
 
         // The topic page: a longer retention, saved with PATCH.
         wait_text(c, "#topics tbody", "events").await;
-        c.find(Locator::Css("#topics tbody tr[data-topic='events']")).await.unwrap().click().await.unwrap();
+        click(c, "#topics tbody tr[data-topic='events']").await;
         let retention = c.find(Locator::Css("#topic-settings input[name=retention_ms]")).await.unwrap();
         retention.clear().await.unwrap();
         retention.send_keys("86400000").await.unwrap();
-        c.find(Locator::Css("#topic-settings button[type=submit]")).await.unwrap().click().await.unwrap();
+        click(c, "#topic-settings button[type=submit]").await;
         wait_text(c, "#topic-detail h3", "retention 86400000 ms").await;
         let (_, topic) = app.get("/v1/topics/events").await;
         assert_eq!(topic["config"]["retention_ms"], 86_400_000, "{topic}");
@@ -492,11 +502,11 @@ async fn console_edits_a_topic_and_resets_and_deletes_a_group() {
         wait_text(c, "#groups tbody", "billing").await;
         click_fresh(c, "#groups tbody tr").await;
         c.wait().for_element(Locator::Css("#group-reset select[name=to]")).await.unwrap();
-        c.find(Locator::Css("#group-reset select[name=to]")).await.unwrap().select_by_value("earliest").await.unwrap();
-        c.find(Locator::Css("#group-reset button[type=submit]")).await.unwrap().click().await.unwrap();
+        select(c, "#group-reset select[name=to]", "earliest").await;
+        click(c, "#group-reset button[type=submit]").await;
         let preview = wait_text(c, "#group-reset-preview", "-2").await;
         assert!(preview.contains("-1"), "partition 1 moves back one: {preview}");
-        c.find(Locator::Css("#group-reset-preview button")).await.unwrap().click().await.unwrap();
+        click(c, "#group-reset-preview button").await;
         c.accept_alert().await.unwrap();
         let moved = crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
             let (_, g) = app.get("/v1/groups/billing").await;
@@ -529,11 +539,11 @@ async fn console_live_view_filters_counts_and_pauses() {
         let c = &b.client;
         c.goto(&app.url("/")).await.unwrap();
         c.wait().for_element(Locator::Css("#live-topic option[value='browser-topic']")).await.unwrap();
-        c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("browser-topic").await.unwrap();
-        c.find(Locator::Css("#live-path")).await.unwrap().send_keys("$.level == \"error\"").await.unwrap();
+        select(c, "#live-topic", "browser-topic").await;
+        type_into(c, "#live-path", "$.level == \"error\"").await;
         // The filter applies on change (leaving the field).
-        c.find(Locator::Css("#live-key")).await.unwrap().click().await.unwrap();
-        c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
+        click(c, "#live-key").await;
+        click(c, "#live-start").await;
         wait_text(c, "#live-status", "live:").await;
 
         let batch = |tag: &str| {
@@ -547,11 +557,11 @@ async fn console_live_view_filters_counts_and_pauses() {
         assert_eq!(rows.len(), 1, "only the error is shown");
 
         // Paused: records wait, and arrive on resume.
-        c.find(Locator::Css("#live-pause")).await.unwrap().click().await.unwrap();
+        click(c, "#live-pause").await;
         app.produce("browser-topic", batch("second")).await;
         wait_text(c, "#live-status", "paused: 3 records waiting").await;
         assert_eq!(c.find_all(Locator::Css("#live-records tr")).await.unwrap().len(), 1);
-        c.find(Locator::Css("#live-pause")).await.unwrap().click().await.unwrap();
+        click(c, "#live-pause").await;
         wait_text(c, "#live-counts", "6 received · 2 shown · 4 filtered out").await;
         wait_text(c, "#live-records tr:first-child", "second").await;
         assert_no_console_errors(c).await;
@@ -619,7 +629,7 @@ async fn console_charts_rates_latency_and_lag() {
         wait_text(c, "#chart-latency .chart-legend", "p99").await;
 
         // The topic page: per-partition rates, sizes and chart.
-        c.find(Locator::Css("#topics tbody tr[data-topic='browser-topic']")).await.unwrap().click().await.unwrap();
+        click(c, "#topics tbody tr[data-topic='browser-topic']").await;
         wait_attr(c, "#chart-topic", "data-last", "shows both partitions' rates", |v| {
             v.split(',').filter(|x| x.parse::<f64>().is_ok_and(|x| x > 0.0)).count() == 2
         })
@@ -732,10 +742,10 @@ async fn console_browses_all_partitions_headers_hex_and_json() {
         let c = &b.client;
         c.goto(&app.url("/")).await.unwrap();
         c.wait().for_element(Locator::Css("#browse select[name=topic] option[value='mixed']")).await.unwrap();
-        c.find(Locator::Css("#browse select[name=topic]")).await.unwrap().select_by_value("mixed").await.unwrap();
+        select(c, "#browse select[name=topic]", "mixed").await;
         c.wait().for_element(Locator::Css("#browse select[name=partition] option[value='2']")).await.unwrap();
-        c.find(Locator::Css("#browse select[name=partition]")).await.unwrap().select_by_value("all").await.unwrap();
-        c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
+        select(c, "#browse select[name=partition]", "all").await;
+        click(c, "#browse button[type=submit]").await;
         wait_text(c, "#browse-status", "50 records by time from 3 partitions").await;
         let rows = async || {
             let mut out = Vec::new();
@@ -749,32 +759,32 @@ async fn console_browses_all_partitions_headers_hex_and_json() {
         let first = rows().await;
         assert_eq!(first.len(), 50);
         assert_eq!(&first[..4], ["0/0", "1/0", "2/0", "0/1"], "merged by time across partitions");
-        c.find(Locator::Css("#browse-next")).await.unwrap().click().await.unwrap();
+        click(c, "#browse-next").await;
         wait_text(c, "#browse-status", "10 records by time").await;
         assert_eq!(rows().await.first().map(String::as_str), Some("2/16"), "record 50 is partition 2, offset 16");
-        c.find(Locator::Css("#browse-prev")).await.unwrap().click().await.unwrap();
+        click(c, "#browse-prev").await;
         wait_text(c, "#browse-status", "50 records by time").await;
         assert_eq!(rows().await, first, "back to the first page");
 
         // A header filter: trace=7 is one record.
-        c.find(Locator::Css("#browse input[name=header]")).await.unwrap().send_keys("trace=7").await.unwrap();
-        c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
+        type_into(c, "#browse input[name=header]", "trace=7").await;
+        click(c, "#browse button[type=submit]").await;
         wait_text(c, "#browse-status", "1 of 50 match").await;
         assert_eq!(rows().await, ["1/2"]);
 
         // Binary values open as a hex dump; JSON folds below its second level.
         c.find(Locator::Css("#browse input[name=header]")).await.unwrap().clear().await.unwrap();
-        c.find(Locator::Css("#browse input[name=header]")).await.unwrap().send_keys("trace=4").await.unwrap();
-        c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
+        type_into(c, "#browse input[name=header]", "trace=4").await;
+        click(c, "#browse button[type=submit]").await;
         wait_text(c, "#browse-status", "1 of 50 match").await;
-        c.find(Locator::Css("#browse-records td.expandable")).await.unwrap().click().await.unwrap();
+        click(c, "#browse-records td.expandable").await;
         let hex = wait_text(c, "#browse-records pre.hex", "de ad be ef").await;
         assert!(hex.contains("....hi"), "printable bytes beside the hex: {hex}");
         c.find(Locator::Css("#browse input[name=header]")).await.unwrap().clear().await.unwrap();
-        c.find(Locator::Css("#browse input[name=header]")).await.unwrap().send_keys("trace=3").await.unwrap();
-        c.find(Locator::Css("#browse button[type=submit]")).await.unwrap().click().await.unwrap();
+        type_into(c, "#browse input[name=header]", "trace=3").await;
+        click(c, "#browse button[type=submit]").await;
         wait_text(c, "#browse-status", "1 of 50 match").await;
-        c.find(Locator::Css("#browse-records td.expandable")).await.unwrap().click().await.unwrap();
+        click(c, "#browse-records td.expandable").await;
         wait_text(c, "#browse-records .json-tree", "\"n\": 3").await;
         let folded: bool = c
             .execute(
@@ -855,21 +865,16 @@ async fn console_works_over_https() {
         let c = &b.client;
         c.goto(&format!("{https}/")).await.unwrap();
         wait_text(c, "#health", "ready").await;
-        c.find(Locator::Css("#create-topic input[name=name]")).await.unwrap().send_keys("secure").await.unwrap();
-        c.find(Locator::Css("#create-topic button")).await.unwrap().click().await.unwrap();
+        type_into(c, "#create-topic input[name=name]", "secure").await;
+        click(c, "#create-topic button").await;
         wait_text(c, "#topics tbody", "secure").await;
         c.wait().for_element(Locator::Css("#live-topic option[value='secure']")).await.unwrap();
-        c.find(Locator::Css("#live-topic")).await.unwrap().select_by_value("secure").await.unwrap();
-        c.find(Locator::Css("#live-start")).await.unwrap().click().await.unwrap();
+        select(c, "#live-topic", "secure").await;
+        click(c, "#live-start").await;
         wait_text(c, "#live-status", "live:").await;
-        c.find(Locator::Css("#produce select[name=topic]")).await.unwrap().select_by_value("secure").await.unwrap();
-        c.find(Locator::Css("#produce textarea[name=value]"))
-            .await
-            .unwrap()
-            .send_keys(r#"{"over": "tls"}"#)
-            .await
-            .unwrap();
-        c.find(Locator::Css("#produce button[type=submit]")).await.unwrap().click().await.unwrap();
+        select(c, "#produce select[name=topic]", "secure").await;
+        type_into(c, "#produce textarea[name=value]", r#"{"over": "tls"}"#).await;
+        click(c, "#produce button[type=submit]").await;
         wait_text(c, "#live-records tr[data-offset='0']", "tls").await;
         assert_no_console_errors(c).await;
         b.client.close().await.unwrap();
