@@ -857,20 +857,42 @@ impl Cluster {
     /// (which some brokers lack), so it serves the console's lag charts everywhere.
     pub async fn group_lag(&self, group: &str) -> Result<Vec<(TopicPartition, u64, u64)>> {
         let committed = self.committed_all(group).await?;
-        let mut by_topic: BTreeMap<&str, Vec<(u32, u64)>> = BTreeMap::new();
-        for (tp, c) in &committed {
-            by_topic.entry(tp.topic.as_str()).or_default().push((tp.partition, *c));
+        let ends = self.end_offsets(committed.keys()).await?;
+        Ok(committed.into_iter().filter_map(|(tp, c)| ends.get(&tp).map(|&end| (tp, c, end))).collect())
+    }
+
+    /// The end offsets of `tps`, asked for one topic at a time; partitions (or topics) that
+    /// no longer exist are left out.
+    async fn end_offsets<'a>(
+        &self,
+        tps: impl IntoIterator<Item = &'a TopicPartition>,
+    ) -> Result<BTreeMap<TopicPartition, u64>> {
+        let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for tp in tps {
+            by_topic.entry(tp.topic.as_str()).or_default().push(tp.partition);
         }
-        let mut out = Vec::with_capacity(committed.len());
-        for (topic, parts) in by_topic {
-            let partitions: Vec<u32> = parts.iter().map(|(p, _)| *p).collect();
-            let marks = match self.watermarks(topic, &partitions).await {
-                Ok(m) => m,
-                Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => continue,
+        let mut out = BTreeMap::new();
+        for (topic, partitions) in by_topic {
+            match self.watermarks(topic, &partitions).await {
+                Ok(marks) => {
+                    for (p, m) in partitions.into_iter().zip(marks) {
+                        out.insert(TopicPartition::new(topic.to_owned(), p), m.end);
+                    }
+                }
+                Err(Error::UnknownTopic(_)) => {}
+                // One partition is gone: ask for each, keeping the others.
+                Err(Error::UnknownPartition { .. }) => {
+                    for p in partitions {
+                        match self.watermarks(topic, &[p]).await {
+                            Ok(marks) => {
+                                out.insert(TopicPartition::new(topic.to_owned(), p), marks[0].end);
+                            }
+                            Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
                 Err(e) => return Err(e),
-            };
-            for ((p, c), m) in parts.into_iter().zip(marks) {
-                out.push((TopicPartition::new(topic.to_owned(), p), c, m.end));
             }
         }
         Ok(out)
@@ -907,20 +929,17 @@ impl Cluster {
             .collect();
         let mut tps: BTreeSet<TopicPartition> = committed.keys().cloned().collect();
         tps.extend(owners.keys().cloned());
-        let mut offsets = Vec::with_capacity(tps.len());
-        for tp in tps {
-            let end = match self.watermarks(&tp.topic, &[tp.partition]).await {
-                Ok(w) => w[0].end,
-                Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            offsets.push(CommittedInfo {
+        let offsets = self
+            .end_offsets(&tps)
+            .await?
+            .into_iter()
+            .map(|(tp, end_offset)| CommittedInfo {
                 committed: committed.get(&tp).copied(),
-                end_offset: end,
+                end_offset,
                 owner: owners.get(&tp).cloned(),
                 tp,
-            });
-        }
+            })
+            .collect();
         let state = match g.state.as_str() {
             "Empty" => GroupState::Empty,
             "Stable" => GroupState::Stable,
