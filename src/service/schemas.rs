@@ -3,8 +3,7 @@
 //!
 //! A topic opts in with `value_schema_validation` (`key_schema_validation`; on the Kafka backend
 //! the setting lives in the registry's `_schemas` log, the cluster having no such config): its
-//! subject is
-//! `<topic>-value` (`<topic>-key`), Confluent's TopicNameStrategy. A REST or WebSocket value
+//! subject is `<topic>-value` (`<topic>-key`), Confluent's TopicNameStrategy. A REST or WebSocket value
 //! is checked against the subject's latest schema, or the one the request names
 //! (`value_schema_id`, which must be a version of the subject, and may be given on any
 //! topic), and stored framed: magic byte 0, the schema id, then Avro binary (AVRO) or the JSON
