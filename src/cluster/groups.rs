@@ -14,9 +14,14 @@
 //! - positions: the poll cursor the client sends back (sealed); without one, the group's
 //!   committed offsets, else the member's reset policy.
 //!
-//! The protocols are Kafka's eager ones (`range`, `roundrobin`, `sticky`): a member gives
-//! up every partition when it rejoins, so no partition has two owners. gregor's
-//! `cooperative-sticky` is served as Kafka's (eager) `sticky` here.
+//! Hand-over: with `range` and `roundrobin` (eager) a rejoining member states nothing owned
+//! and gives up every partition at once. With `cooperative-sticky` (KIP-429) it states what
+//! it owns; the leader withholds every partition that moves and writes, into the losing
+//! member's assignment, the partitions it must give up (`Granted::revoking`). Any replica
+//! reads that from DescribeGroups: the member keeps reading the rest, may still commit what
+//! it is giving up, and rejoins once more (which releases them to their new owners) at its
+//! first poll with a cursor of that generation (the answer that told it), or once half its
+//! session has passed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -60,11 +65,54 @@ pub(super) struct MemberParams {
     protocol: Option<String>,
 }
 
+/// What the leader writes into a member's assignment `user_data`: the generation, and after a
+/// cooperative rebalance the partitions the member is giving up (withheld from their new
+/// owners until it rejoins) with the time (ms) the leader decided it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Granted {
+    pub(super) generation: u64,
+    pub(super) revoking: BTreeSet<TopicPartition>,
+    pub(super) since_ms: u64,
+}
+
+impl Granted {
+    /// The generation (8 bytes, big-endian, which is all an older replica reads); then, when
+    /// something is being revoked, `since_ms` (8 bytes) and the partitions as JSON pairs.
+    fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(16);
+        out.put_i64(self.generation.min(i64::MAX as u64) as i64);
+        if !self.revoking.is_empty() {
+            out.put_u64(self.since_ms);
+            let pairs: Vec<(&str, u32)> = self.revoking.iter().map(|tp| (tp.topic.as_str(), tp.partition)).collect();
+            out.extend_from_slice(&serde_json::to_vec(&pairs).unwrap_or_default());
+        }
+        out.freeze()
+    }
+
+    /// What `encode` wrote; a missing or unreadable part is its default.
+    fn decode(bytes: &[u8]) -> Granted {
+        let word = |at: usize| bytes.get(at..at + 8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+        let generation = word(0).map_or(0, |b| i64::from_be_bytes(b).max(0) as u64);
+        let since_ms = word(8).map_or(0, u64::from_be_bytes);
+        let revoking = bytes
+            .get(16..)
+            .and_then(|json| serde_json::from_slice::<Vec<(String, u32)>>(json).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, p)| TopicPartition::new(t, p))
+            .collect();
+        Granted { generation, revoking, since_ms }
+    }
+}
+
 /// A member as DescribeGroups shows it.
 #[derive(Debug, Clone)]
 pub(super) struct Described {
     pub(super) generation: u64,
     pub(super) assignment: BTreeSet<TopicPartition>,
+    /// Partitions it is giving up in a cooperative hand-over (it may still commit them).
+    pub(super) revoking: BTreeSet<TopicPartition>,
+    pub(super) revoking_since_ms: u64,
     pub(super) topics: Vec<String>,
     pub(super) metadata: Bytes,
     pub(super) params: MemberParams,
@@ -103,9 +151,8 @@ fn assignor_for(protocol: &str) -> Option<Assignor> {
 
 /// Whether `protocol` hands partitions over cooperatively (KIP-429): members rejoin stating
 /// what they own, the leader withholds a partition that moves until its owner gave it up, and
-/// a member that lost partitions rejoins once more after releasing them. WebSocket members do
-/// (`cluster::member`); REST members rejoin eagerly, stating nothing owned, which the same
-/// protocol allows.
+/// a member that lost partitions rejoins once more after releasing them: WebSocket members
+/// (`cluster::member`) and REST members (the module's comment) alike.
 pub(super) fn cooperative(protocol: &str) -> bool {
     protocol == "cooperative-sticky"
 }
@@ -390,6 +437,7 @@ impl Cluster {
         if cooperative(protocol) {
             withhold_moving(&mut target, &specs);
         }
+        let since_ms = crate::log::now_ms();
         let mut by_member: BTreeMap<&str, BTreeMap<&str, Vec<i32>>> =
             specs.keys().map(|id| (id.as_str(), BTreeMap::new())).collect();
         for (tp, owner) in &target {
@@ -399,6 +447,10 @@ impl Cluster {
         }
         let mut out = Vec::with_capacity(by_member.len());
         for (id, parts) in by_member {
+            // What it owned and keeps no more: withheld from the new owner until it rejoins.
+            let revoking =
+                specs[id].owned.iter().filter(|tp| target.get(*tp).is_none_or(|owner| owner != id)).cloned().collect();
+            let granted = Granted { generation: generation.max(0) as u64, revoking, since_ms };
             let assignment = ConsumerProtocolAssignment::default()
                 .with_assigned_partitions(
                     parts
@@ -406,7 +458,7 @@ impl Cluster {
                         .map(|(t, ps)| AssignedTopic::default().with_topic(TopicName(str_bytes(t))).with_partitions(ps))
                         .collect(),
                 )
-                .with_user_data(Some(Bytes::copy_from_slice(&(generation as i64).to_be_bytes())));
+                .with_user_data(Some(granted.encode()));
             out.push((id.to_owned(), versioned(&assignment, 1)?));
         }
         Ok(out)
@@ -440,6 +492,8 @@ impl Cluster {
         let me = Described {
             generation: view.generation,
             assignment: view.assignment.clone(),
+            revoking: BTreeSet::new(),
+            revoking_since_ms: 0,
             topics: params.topics.clone(),
             metadata,
             params: user,
@@ -473,14 +527,15 @@ impl Cluster {
                     .and_then(|s| s.user_data.as_ref())
                     .and_then(|u| serde_json::from_slice::<MemberParams>(u).ok())
                     .unwrap_or(MemberParams { session_timeout_ms: 0, reset: None, protocol: None });
-                let generation = decode_assignment(&m.member_assignment)
+                let granted = decode_assignment(&m.member_assignment)
                     .and_then(|a| a.user_data)
-                    .and_then(|u| <[u8; 8]>::try_from(&u[..]).ok())
-                    .map(|b| i64::from_be_bytes(b).max(0) as u64)
-                    .unwrap_or(0);
+                    .map(|u| Granted::decode(&u))
+                    .unwrap_or_default();
                 let described = Described {
-                    generation,
+                    generation: granted.generation,
                     assignment: crate::group::kafka::assigned_partitions(&m.member_assignment),
+                    revoking: granted.revoking,
+                    revoking_since_ms: granted.since_ms,
                     topics: sub.map(|s| s.topics.iter().map(|t| t.to_string()).collect()).unwrap_or_default(),
                     metadata: m.member_metadata,
                     protocol: params.protocol.clone().unwrap_or_else(|| protocol.clone()),
@@ -492,13 +547,18 @@ impl Cluster {
         Ok(DescribedGroup { state: g.group_state.to_string(), protocol, members })
     }
 
-    /// The member's current state, rejoining for it when the group rebalances (eagerly: a REST
-    /// member states no owned partitions, so the view's `revoked` is all it lost at once; a
-    /// cooperative hand-over needs a second rejoin, which only a WebSocket member, driven by
-    /// one replica, makes).
+    /// The member's current state, rejoining for it when the group rebalances, and when it is
+    /// giving partitions up and `release` says it may (the module's comment). The view's
+    /// `revoked` is what it is giving up (all it lost, with an eager protocol).
     /// `carried`: the member as its cursor describes it, for clusters whose DescribeGroups
     /// does not (librdkafka's mock has none; Tansu's names members without their metadata).
-    async fn current(&self, group: &str, member: &str, carried: Option<&Described>) -> Result<(Described, View)> {
+    async fn current(
+        &self,
+        group: &str,
+        member: &str,
+        carried: Option<&Described>,
+        release: Release,
+    ) -> Result<(Described, View)> {
         for _ in 0..TRIES {
             let (from_cursor, found) = match self.describe_raw(group).await {
                 Ok(described) => match described.members.into_iter().find(|(id, _, _)| id == member) {
@@ -510,6 +570,8 @@ impl Cluster {
                         if let Some(c) = carried {
                             me.assignment = c.assignment.clone();
                             me.generation = c.generation;
+                            me.revoking = c.revoking.clone();
+                            me.revoking_since_ms = c.revoking_since_ms;
                         }
                         (false, Some((instance, me)))
                     }
@@ -528,12 +590,18 @@ impl Cluster {
                 ));
             };
             match self.heartbeat_once(group, member, instance.as_deref(), me.generation).await? {
+                0 if !me.revoking.is_empty() && release.now(&me) => {
+                    tracing::debug!(group, member, revoking = ?me.revoking, "released; rejoining");
+                    return self.rejoin_for(group, member, instance.as_deref(), me).await;
+                }
                 0 => {
+                    // A member giving partitions up that has not been told yet: a poll answers at once.
+                    let changed = !me.revoking.is_empty() && release.untold(&me);
                     let view = View {
                         generation: me.generation,
                         assignment: me.assignment.clone(),
-                        revoked: BTreeSet::new(),
-                        changed: false,
+                        revoked: me.revoking.clone(),
+                        changed,
                     };
                     return Ok((me, view));
                 }
@@ -547,7 +615,9 @@ impl Cluster {
         Err(Error::Backend(format!("group {group} kept changing generation")))
     }
 
-    /// Rejoins and syncs for `me` (eagerly); `revoked` is what it lost.
+    /// Rejoins and syncs for `me`; `revoked` is what it lost. Cooperatively it states what it
+    /// owns (and so releases what it was giving up) and keeps all but what moves, which it
+    /// is then giving up; eagerly it states nothing and has lost `revoked` already.
     async fn rejoin_for(
         &self,
         group: &str,
@@ -557,15 +627,23 @@ impl Cluster {
     ) -> Result<(Described, View)> {
         let session = me.params.session_timeout_ms.max(1_000);
         let generation = Some(me.generation);
+        let keeps = cooperative(&me.protocol);
+        let metadata = if keeps { with_owned(&me.metadata, &me.assignment)? } else { me.metadata.clone() };
         let (_, view) =
-            self.join_and_sync(group, member, generation, instance, &me.protocol, me.metadata.clone(), session).await?;
-        let revoked = me.assignment.difference(&view.assignment).cloned().collect();
-        let me = Described { generation: view.generation, assignment: view.assignment.clone(), ..me };
+            self.join_and_sync(group, member, generation, instance, &me.protocol, metadata, session).await?;
+        let revoked: BTreeSet<TopicPartition> = me.assignment.difference(&view.assignment).cloned().collect();
+        let me = Described {
+            generation: view.generation,
+            assignment: view.assignment.clone(),
+            revoking: if keeps { revoked.clone() } else { BTreeSet::new() },
+            revoking_since_ms: crate::log::now_ms(),
+            ..me
+        };
         Ok((me, View { revoked, ..view }))
     }
 
     pub async fn heartbeat(&self, group: &str, member: &str) -> Result<View> {
-        Ok(self.current(group, member, None).await?.1)
+        Ok(self.current(group, member, None, Release::Late).await?.1)
     }
 
     /// The cursor for `member` at `view`, with `positions`, carrying what a replica needs
@@ -575,6 +653,8 @@ impl Cluster {
             assignment: view.assignment.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect(),
             metadata: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &me.metadata),
             params: me.params.clone(),
+            revoking: me.revoking.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect(),
+            revoking_since_ms: me.revoking_since_ms,
         };
         let cursor = Cursor {
             generation: view.generation,
@@ -636,8 +716,12 @@ impl Cluster {
         let given = cursor.map(|c| self.cursor_key.open(group, member, c)).transpose()?;
         let mut carried = given.as_ref().and_then(carried_member);
         let deadline = Instant::now() + wait;
+        // The cursor's generation: an answer of that generation told the member what it is
+        // giving up. (Only the first round may release: later ones answer the same poll.)
+        let mut release = Release::Told(given.as_ref().map(|c| c.generation));
         loop {
-            let (me, view) = self.current(group, member, carried.as_ref()).await?;
+            let (me, view) = self.current(group, member, carried.as_ref(), release).await?;
+            release = Release::Late;
             // A rejoin within this poll: later rounds start from the member as it is now.
             carried = Some(me.clone());
             // Committed offsets only for partitions the cursor has no position in.
@@ -736,7 +820,7 @@ impl Cluster {
     ) -> Result<()> {
         // Where DescribeGroups does not show assignments (the mock, Tansu), Kafka's own fence
         // (member and generation) is the only one.
-        match self.current(group, member, None).await {
+        match self.current(group, member, None, Release::Never).await {
             Ok((me, view)) => {
                 if generation != view.generation {
                     return Err(Error::IllegalGeneration {
@@ -746,7 +830,8 @@ impl Cluster {
                     });
                 }
                 for (t, p, _) in offsets {
-                    if !me.assignment.contains(&TopicPartition::new(t.clone(), *p)) {
+                    let tp = TopicPartition::new(t.clone(), *p);
+                    if !me.assignment.contains(&tp) && !me.revoking.contains(&tp) {
                         return Err(Error::NotOwner { topic: t.clone(), partition: *p });
                     }
                 }
@@ -1031,6 +1116,48 @@ struct Carried {
     /// The member's JoinGroup metadata (base64), for a rejoin.
     metadata: String,
     params: MemberParams,
+    /// What it is giving up, and since when (`Described`).
+    #[serde(default)]
+    revoking: Vec<(String, u32)>,
+    #[serde(default)]
+    revoking_since_ms: u64,
+}
+
+/// How long after the rebalance that told a member to give partitions up it may rejoin at the
+/// earliest: the other members' JoinGroup answers of that generation must reach them before a
+/// new rebalance starts. Kafka keeps them; noida-db answers followers some milliseconds after
+/// the leader and loses those answers when a rejoin comes first (the followers then wait out
+/// the rebalance timeout and one of them is dropped).
+const RELEASE_AFTER_MS: u64 = 500;
+
+/// When a member giving partitions up rejoins, which releases them.
+#[derive(Debug, Clone, Copy)]
+enum Release {
+    /// A poll: once it shows (with a cursor of the generation that is giving them up) that an
+    /// answer told the member, or once half its session has passed.
+    Told(Option<u64>),
+    /// A heartbeat: once half the session has passed.
+    Late,
+    /// A commit: never (it may commit what it is giving up).
+    Never,
+}
+
+impl Release {
+    fn now(self, me: &Described) -> bool {
+        let late = || crate::log::now_ms().saturating_sub(me.revoking_since_ms) >= me.params.session_timeout_ms / 2;
+        match self {
+            Release::Told(Some(g)) if g == me.generation => {
+                crate::log::now_ms().saturating_sub(me.revoking_since_ms) >= RELEASE_AFTER_MS
+            }
+            Release::Told(_) | Release::Late => late(),
+            Release::Never => false,
+        }
+    }
+
+    /// A poll whose cursor was not of the generation that is giving partitions up.
+    fn untold(self, me: &Described) -> bool {
+        matches!(self, Release::Told(Some(g)) if g != me.generation)
+    }
 }
 
 /// The member as a cursor describes it.
@@ -1041,6 +1168,8 @@ fn carried_member(cursor: &Cursor) -> Option<Described> {
     Some(Described {
         generation: cursor.generation,
         assignment: c.assignment.into_iter().map(|(t, p)| TopicPartition::new(t, p)).collect(),
+        revoking: c.revoking.into_iter().map(|(t, p)| TopicPartition::new(t, p)).collect(),
+        revoking_since_ms: c.revoking_since_ms,
         topics,
         metadata,
         protocol: c.params.protocol.clone().unwrap_or_else(|| "range".to_owned()),
@@ -1085,6 +1214,49 @@ fn reset_name(r: OffsetReset) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The leader's `user_data`: the generation alone (as older replicas wrote and read it),
+    /// or with what the member is giving up and since when.
+    #[test]
+    fn what_a_member_gives_up_travels_with_its_generation() {
+        let plain = Granted { generation: 7, ..Granted::default() };
+        assert_eq!(&plain.encode()[..], &7i64.to_be_bytes()[..]);
+        assert_eq!(Granted::decode(&7i64.to_be_bytes()), plain);
+        let giving = Granted {
+            generation: 9,
+            revoking: [TopicPartition::new("t", 1), TopicPartition::new("u", 0)].into_iter().collect(),
+            since_ms: 1_700_000_000_000,
+        };
+        let bytes = giving.encode();
+        assert_eq!(&bytes[..8], &9i64.to_be_bytes()[..]);
+        assert_eq!(Granted::decode(&bytes), giving);
+        assert_eq!(Granted::decode(b"junk"), Granted::default());
+    }
+
+    /// A poll releases what the member gives up once its cursor shows it was told (and the
+    /// others had time to hear of the generation), a heartbeat only late, a commit never.
+    #[test]
+    fn a_member_releases_when_told_or_late_never_by_committing() {
+        let now = crate::log::now_ms();
+        let me = |since_ms: u64| Described {
+            generation: 5,
+            assignment: BTreeSet::new(),
+            revoking: [TopicPartition::new("t", 0)].into_iter().collect(),
+            revoking_since_ms: since_ms,
+            topics: vec!["t".into()],
+            metadata: Bytes::new(),
+            params: MemberParams { session_timeout_ms: 10_000, reset: None, protocol: None },
+            protocol: "cooperative-sticky".into(),
+        };
+        let (fresh, settled, late) = (me(now), me(now - RELEASE_AFTER_MS), me(now - 5_000));
+        assert!(!Release::Told(Some(5)).now(&fresh));
+        assert!(Release::Told(Some(5)).now(&settled));
+        assert!(!Release::Told(Some(4)).now(&settled) && Release::Told(Some(4)).untold(&settled));
+        assert!(!Release::Told(None).now(&settled) && !Release::Told(None).untold(&settled));
+        assert!(Release::Told(Some(4)).now(&late) && Release::Told(None).now(&late));
+        assert!(!Release::Late.now(&settled) && Release::Late.now(&late));
+        assert!(!Release::Never.now(&late));
+    }
 
     /// What the leader writes travels intact: partitions and the generation in `user_data`;
     /// a member's subscription carries its topics and join parameters.

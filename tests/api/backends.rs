@@ -475,7 +475,8 @@ async fn poll(app: &TestApp, group: &str, member: &str, cursor: &mut Option<Stri
 }
 
 /// Polls `member` in a loop until `stop`, sending each answer (tagged `i`) to `tx`; returns
-/// its last cursor.
+/// its last cursor. As a Kafka consumer does when partitions are revoked, it commits what it
+/// received from them before its next poll (which releases them to their new owner).
 fn poller(
     app: &TestApp,
     group: &str,
@@ -489,6 +490,7 @@ fn poller(
         (app.client.clone(), app.base.clone(), group.to_owned(), tx.clone(), stop.clone());
     tokio::spawn(async move {
         let mut cursor = cursor;
+        let mut next = std::collections::BTreeMap::new();
         while !stop.is_cancelled() {
             let mut url = format!("{base}/v1/groups/{group}/members/{member}/records?wait_ms=200&max_records=100");
             if let Some(c) = cursor.as_ref() {
@@ -497,6 +499,19 @@ fn poller(
             let (status, body) = crate::helpers::status_json(client.get(url).send().await.unwrap()).await;
             assert_eq!(status, 200, "poll {member}: {body}");
             cursor = body["cursor"].as_str().map(str::to_owned);
+            for r in body["records"].as_array().unwrap() {
+                next.insert(r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap() + 1);
+            }
+            let offsets: Vec<Value> = partitions(&body["revoked"])
+                .iter()
+                .filter_map(|p| next.remove(p).map(|o| json!({"topic": "gr", "partition": p, "offset": o})))
+                .collect();
+            if !offsets.is_empty() {
+                let commit = json!({"member_id": member, "generation": body["generation"], "offsets": offsets});
+                let res = client.post(format!("{base}/v1/groups/{group}/offsets")).json(&commit).send().await.unwrap();
+                let (status, answer) = crate::helpers::status_json(res).await;
+                assert_eq!(status, 200, "{member} commits what it is giving up ({commit}): {answer}");
+            }
             let _ = tx.send((i, body));
         }
         cursor
@@ -504,8 +519,12 @@ fn poller(
 }
 
 fn owned(view: &Value) -> std::collections::BTreeSet<u64> {
-    view["assignment"]
-        .as_array()
+    partitions(&view["assignment"])
+}
+
+/// The partition numbers of a `[{topic, partitions}]` list.
+fn partitions(list: &Value) -> std::collections::BTreeSet<u64> {
+    list.as_array()
         .unwrap()
         .iter()
         .flat_map(|t| t["partitions"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()))
@@ -544,7 +563,10 @@ async fn group_members_split_partitions_commit_and_hand_over() {
         assert_eq!(status, 201, "[{who}] {m2}");
         let id2 = m2["member_id"].as_str().unwrap().to_owned();
         let other = poller(app, "gr-g", id2.clone(), m2["cursor"].as_str().map(str::to_owned), 1, &tx, &stop);
-        let mut seen = std::collections::BTreeSet::new();
+        // Every record delivered, with how often: a partition moves only after its owner
+        // committed what it received from it, so nothing is delivered twice here.
+        let mut seen = std::collections::BTreeMap::new();
+        let mut gave_up = false;
         let deadline = Instant::now() + Duration::from_secs(60);
         let (mut v1, mut v2) = (m1.clone(), m2.clone());
         while !(owned(&v1).len() == 2
@@ -556,27 +578,24 @@ async fn group_members_split_partitions_commit_and_hand_over() {
             let Ok(Some((i, v))) = tokio::time::timeout(left, answers.recv()).await else {
                 panic!("[{who}] never split: {v1} / {v2}");
             };
-            for r in v["records"].as_array().unwrap() {
-                seen.insert(r["value"].as_str().unwrap().to_owned());
-            }
+            take(&mut seen, &v);
+            gave_up |= !partitions(&v["revoked"]).is_empty();
             if i == 0 { v1 = v } else { v2 = v }
         }
         stop.cancel();
         let mut c1 = first.await.unwrap();
         let mut c2 = other.await.unwrap();
         while let Ok((_, v)) = answers.try_recv() {
-            for r in v["records"].as_array().unwrap() {
-                seen.insert(r["value"].as_str().unwrap().to_owned());
-            }
+            take(&mut seen, &v);
         }
         // The last answers' views (later polls may have moved nothing: the group is balanced).
         v1 = poll(app, "gr-g", &id1, &mut c1).await;
         v2 = poll(app, "gr-g", &id2, &mut c2).await;
         for v in [&v1, &v2] {
-            for r in v["records"].as_array().unwrap() {
-                seen.insert(r["value"].as_str().unwrap().to_owned());
-            }
+            take(&mut seen, v);
         }
+        assert!(gave_up, "[{who}] the first member was never told to give partitions up");
+        assert!(seen.values().all(|n| *n == 1), "[{who}] delivered twice across the hand-over: {seen:?}");
         // One owner per partition: the second member may not commit the first's partitions.
         if !t.skip(Lack::OwnerFence) {
             let theirs = *owned(&v1).iter().next().unwrap();
@@ -600,9 +619,7 @@ async fn group_members_split_partitions_commit_and_hand_over() {
         loop {
             assert!(Instant::now() < deadline, "[{who}] never took over: {v2}");
             v2 = poll(app, "gr-g", &id2, &mut c2).await;
-            for r in v2["records"].as_array().unwrap() {
-                seen.insert(r["value"].as_str().unwrap().to_owned());
-            }
+            take(&mut seen, &v2);
             if owned(&v2).len() == 4 && seen.len() == 8 {
                 break;
             }
@@ -622,6 +639,13 @@ async fn group_members_split_partitions_commit_and_hand_over() {
         assert_eq!(res.status(), 204, "[{who}]");
     }))
     .await;
+}
+
+/// Counts the records of a poll answer by value.
+fn take(seen: &mut std::collections::BTreeMap<String, usize>, answer: &Value) {
+    for r in answer["records"].as_array().unwrap() {
+        *seen.entry(r["value"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
 }
 
 /// `Idempotency-Key` on every backend: a retry is answered with the first answer and writes
