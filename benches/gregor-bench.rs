@@ -285,14 +285,32 @@ async fn backend(s: &Settings) -> Vec<Row> {
     let mut ws = ws_delivery_with(s, Some(&config), 500_000).await;
     ws.scenario = format!("backend {}: {}", broker.name, ws.scenario);
     rows.push(ws);
-    progress("backend: latency…");
-    let mut lat = latency_with(s, Some(&config), 256).await;
-    lat.scenario = format!("backend {}: {}", broker.name, lat.scenario);
-    rows.push(lat);
-    progress("backend: direct latency…");
+    progress("backend: latency, with a librdkafka probe into the same broker at the same time…");
+    // The probe tells a stall of the broker (both see it) from one of gregor (only the row).
     let rate = s.rate.max(1);
     let count = if s.smoke { 2_000 } else { rate * 10 };
-    rows.push(match kafka::direct_latency(&broker.bootstrap, rate, count).await {
+    let probe_rate = 500;
+    let probe = kafka::direct_latency(&broker.bootstrap, "probe", probe_rate, count * probe_rate / rate + probe_rate);
+    let (mut lat, probe) = tokio::join!(latency_with(s, Some(&config), 256), probe);
+    lat.scenario = format!("backend {}: {}", broker.name, lat.scenario);
+    rows.push(lat);
+    rows.push(match probe {
+        Ok(lat) => Row {
+            scenario: format!(
+                "backend {}: librdkafka probe 1 record @{probe_rate} rec/s during the row above",
+                broker.name
+            ),
+            records_per_s: Some(probe_rate as f64),
+            p50_us: percentile(&lat, 0.5),
+            p99_us: percentile(&lat, 0.99),
+            p999_us: percentile(&lat, 0.999),
+            note: format!("straight into the broker, no gregor; max {}", us(lat.last().map(|m| *m as f64))),
+            ..Row::default()
+        },
+        Err(e) => Row { scenario: "backend probe".into(), note: format!("failed: {e}"), ..Row::default() },
+    });
+    progress("backend: direct latency…");
+    rows.push(match kafka::direct_latency(&broker.bootstrap, "direct-latency", rate, count).await {
         Ok(lat) => Row {
             scenario: format!("backend {}: librdkafka direct 1 record @{rate} rec/s, delivery latency", broker.name),
             records_per_s: Some(rate as f64),

@@ -73,11 +73,11 @@ impl ProducerContext for Timing {
 
 /// The yardstick of the Kafka backend's latency row: librdkafka producing one 100-byte record
 /// at a time straight into the broker at `rate` records/s (acks=1, linger 2 ms: gregor's
-/// settings), open loop; each delivery timed from its intended send time. Answers the
-/// sorted latencies in µs.
-pub async fn direct_latency(bootstrap: &str, rate: u64, total: u64) -> Result<Vec<u64>, String> {
-    create_topic(bootstrap, "direct-latency").await?;
-    let bootstrap = bootstrap.to_owned();
+/// settings), open loop into `topic`; each delivery timed from its intended send time.
+/// Answers the sorted latencies in µs.
+pub async fn direct_latency(bootstrap: &str, topic: &str, rate: u64, total: u64) -> Result<Vec<u64>, String> {
+    create_topic(bootstrap, topic).await?;
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let latencies = Arc::new(parking_lot::Mutex::new(Vec::with_capacity(total as usize)));
         let failed = Arc::new(AtomicU64::new(0));
@@ -98,7 +98,7 @@ pub async fn direct_latency(bootstrap: &str, rate: u64, total: u64) -> Result<Ve
                 std::thread::sleep(wait);
             }
             let record: BaseRecord<(), Vec<u8>, Box<Instant>> =
-                BaseRecord::with_opaque_to("direct-latency", Box::new(intended)).payload(&value).partition(0);
+                BaseRecord::with_opaque_to(&topic, Box::new(intended)).payload(&value).partition(0);
             producer.send(record).map_err(|(e, _)| e.to_string())?;
         }
         producer.flush(Timeout::After(Duration::from_secs(60))).map_err(|e| e.to_string())?;
