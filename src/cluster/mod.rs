@@ -955,11 +955,29 @@ impl Cluster {
             if let Some(v) = &rec.value {
                 record = record.payload(&v.bytes[..]);
             }
-            match producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err((e, _)) => {
-                    self.wire.count_error("Produce");
-                    return Err(kafka_error(topic, &e));
+            // librdkafka's queue is full: refused whole when nothing of the request is queued
+            // yet (503, retry later); past its first record the request waits for room, up to
+            // the request timeout, rather than answer an error for a request partly written.
+            let mut room_by = None;
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((e, back))
+                        if !deliveries.is_empty()
+                            && e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
+                            && *room_by.get_or_insert_with(|| Instant::now() + self.settings.request_timeout)
+                                > Instant::now() =>
+                    {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err((e, _)) => {
+                        self.wire.count_error("Produce");
+                        return Err(kafka_error(topic, &e));
+                    }
                 }
             }
         }
