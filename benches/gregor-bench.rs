@@ -551,21 +551,17 @@ async fn latency_with(s: &Settings, config: Option<&std::path::Path>, conns: usi
     let rate = s.rate.max(1);
     let count = if s.smoke { 2_000 } else { rate * 10 } as usize;
     let warm = if s.smoke { 200 } else { rate as usize };
-    let t0 = Instant::now() + Duration::from_millis(100);
+    let schedule = Schedule::new(rate);
     let url = Arc::new("/v1/topics/lat/records?acks=leader".to_owned());
     let acked = Arc::new(parking_lot::Mutex::new(Vec::with_capacity(count)));
     let lag = Arc::new(parking_lot::Mutex::new(Vec::with_capacity(count)));
     // Each record has an intended send time; late sends are still timed from it.
-    let intended = move |i: usize| t0 + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
-    // tokio's timer wheel has 1 ms granularity, too coarse for 100 µs gaps: a
-    // plain thread sleeps until each intended time and hands the index over.
+    let intended = move |i: usize| schedule.due(i as u64);
+    // A plain thread waits for each intended time and hands the index over.
     let (tick_tx, mut tick_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
     std::thread::spawn(move || {
         for i in 0..count {
-            let wait = intended(i).saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
-            }
+            schedule.wait(i as u64);
             if tick_tx.send(i).is_err() {
                 return;
             }
@@ -648,6 +644,35 @@ async fn latency_with(s: &Settings, config: Option<&std::path::Path>, conns: usi
         peak_rss_mb: server.peak_rss_mb(),
         note: "HTTP produce (1 record/request) to WebSocket frame, from intended send time".into(),
         ..Default::default()
+    }
+}
+
+/// An open-loop schedule of `rate` sends per second, starting 100 ms after it is made: send
+/// `i` is due at `due(i)`, and a late send is still timed from then.
+#[derive(Clone, Copy)]
+struct Schedule {
+    t0: Instant,
+    rate: u64,
+}
+
+impl Schedule {
+    fn new(rate: u64) -> Schedule {
+        Schedule { t0: Instant::now() + Duration::from_millis(100), rate: rate.max(1) }
+    }
+
+    fn due(&self, i: u64) -> Instant {
+        self.t0 + Duration::from_nanos(i * 1_000_000_000 / self.rate)
+    }
+
+    /// Sleeps the calling thread until send `i` is due (tokio's timer wheel has 1 ms
+    /// granularity, too coarse for 100 µs gaps) and answers when that was.
+    fn wait(&self, i: u64) -> Instant {
+        let due = self.due(i);
+        let left = due.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            std::thread::sleep(left);
+        }
+        due
     }
 }
 

@@ -90,13 +90,9 @@ pub async fn direct_latency(bootstrap: &str, topic: &str, rate: u64, total: u64)
             .create_with_context(context)
             .map_err(|e| e.to_string())?;
         let value = vec![b'x'; VALUE_BYTES];
-        let t0 = Instant::now() + Duration::from_millis(100);
+        let schedule = super::Schedule::new(rate);
         for i in 0..total {
-            let intended = t0 + Duration::from_nanos(i * 1_000_000_000 / rate.max(1));
-            let wait = intended.saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
-            }
+            let intended = schedule.wait(i);
             let record: BaseRecord<(), Vec<u8>, Box<Instant>> =
                 BaseRecord::with_opaque_to(&topic, Box::new(intended)).payload(&value).partition(0);
             producer.send(record).map_err(|(e, _)| e.to_string())?;
