@@ -474,11 +474,12 @@ async fn poll(app: &TestApp, group: &str, member: &str, cursor: &mut Option<Stri
     body
 }
 
-/// Polls `member` in a loop until `stop`, sending each answer (tagged `i`) to `tx`; returns
-/// its last cursor. As a Kafka consumer does when partitions are revoked, it commits what it
-/// received from them before its next poll (which releases them to their new owner).
+/// Polls `member` in a loop until `stop`, through each of `apps` in turn, sending each answer
+/// (tagged `i`) to `tx`; returns its last cursor. As a Kafka consumer does when partitions are
+/// revoked, it commits what it received from them (through the next replica in turn) before
+/// its next poll, which releases them to their new owner.
 fn poller(
-    app: &TestApp,
+    apps: &[&TestApp],
     group: &str,
     member: String,
     cursor: Option<String>,
@@ -486,12 +487,16 @@ fn poller(
     tx: &tokio::sync::mpsc::UnboundedSender<(usize, Value)>,
     stop: &tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<Option<String>> {
-    let (client, base, group, tx, stop) =
-        (app.client.clone(), app.base.clone(), group.to_owned(), tx.clone(), stop.clone());
+    let client = apps[0].client.clone();
+    let bases: Vec<String> = apps.iter().map(|a| a.base.clone()).collect();
+    let (group, tx, stop) = (group.to_owned(), tx.clone(), stop.clone());
     tokio::spawn(async move {
         let mut cursor = cursor;
         let mut next = std::collections::BTreeMap::new();
+        let mut turn = 0;
         while !stop.is_cancelled() {
+            let base = &bases[turn % bases.len()];
+            turn += 1;
             let mut url = format!("{base}/v1/groups/{group}/members/{member}/records?wait_ms=200&max_records=100");
             if let Some(c) = cursor.as_ref() {
                 url.push_str(&format!("&cursor={c}"));
@@ -500,13 +505,21 @@ fn poller(
             assert_eq!(status, 200, "poll {member}: {body}");
             cursor = body["cursor"].as_str().map(str::to_owned);
             for r in body["records"].as_array().unwrap() {
-                next.insert(r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap() + 1);
+                let tp = (r["topic"].as_str().unwrap().to_owned(), r["partition"].as_u64().unwrap());
+                next.insert(tp, r["offset"].as_u64().unwrap() + 1);
             }
-            let offsets: Vec<Value> = partitions(&body["revoked"])
-                .iter()
-                .filter_map(|p| next.remove(p).map(|o| json!({"topic": "gr", "partition": p, "offset": o})))
-                .collect();
+            let mut offsets = Vec::new();
+            for t in body["revoked"].as_array().unwrap() {
+                let topic = t["topic"].as_str().unwrap();
+                for p in t["partitions"].as_array().unwrap() {
+                    let p = p.as_u64().unwrap();
+                    if let Some(o) = next.remove(&(topic.to_owned(), p)) {
+                        offsets.push(json!({"topic": topic, "partition": p, "offset": o}));
+                    }
+                }
+            }
             if !offsets.is_empty() {
+                let base = &bases[turn % bases.len()];
                 let commit = json!({"member_id": member, "generation": body["generation"], "offsets": offsets});
                 let res = client.post(format!("{base}/v1/groups/{group}/offsets")).json(&commit).send().await.unwrap();
                 let (status, answer) = crate::helpers::status_json(res).await;
@@ -516,6 +529,77 @@ fn poller(
         }
         cursor
     })
+}
+
+/// Two members that split a group's partitions: their last answers and cursors, every record
+/// delivered with how often, and whether the first was told to give partitions up.
+struct Split {
+    ids: [String; 2],
+    views: [Value; 2],
+    cursors: [Option<String>; 2],
+    seen: std::collections::BTreeMap<String, usize>,
+    gave_up: bool,
+}
+
+/// The first member (`m1`, joined, owning every partition) and a second that joins through
+/// `second[0]` each poll in their own loop, as real clients do (on Kafka a rebalance completes
+/// once every member rejoined, which their polls do), through their list of replicas in turn,
+/// until each owns half of the `partitions` in one generation.
+async fn split(
+    who: &str,
+    first: &[&TestApp],
+    second: &[&TestApp],
+    group: &str,
+    m1: &Value,
+    join: Value,
+    partitions: usize,
+) -> Split {
+    let id1 = m1["member_id"].as_str().unwrap().to_owned();
+    // On Kafka the second join completes once the first rejoins (at its poll).
+    let joining = {
+        let (client, url) = (second[0].client.clone(), second[0].url(&format!("/v1/groups/{group}/members")));
+        tokio::spawn(async move {
+            let res = client.post(url).json(&join).send().await.unwrap();
+            crate::helpers::status_json(res).await
+        })
+    };
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let one = poller(first, group, id1.clone(), m1["cursor"].as_str().map(str::to_owned), 0, &tx, &stop);
+    let (status, m2) = joining.await.unwrap();
+    assert_eq!(status, 201, "[{who}] {m2}");
+    let id2 = m2["member_id"].as_str().unwrap().to_owned();
+    let two = poller(second, group, id2.clone(), m2["cursor"].as_str().map(str::to_owned), 1, &tx, &stop);
+    let mut seen = std::collections::BTreeMap::new();
+    let mut gave_up = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut v1, mut v2) = (m1.clone(), m2.clone());
+    while !(owned(&v1).len() == partitions / 2
+        && owned(&v2).len() == partitions / 2
+        && owned(&v1).is_disjoint(&owned(&v2))
+        && v1["generation"] == v2["generation"])
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((i, v))) = tokio::time::timeout(left, answers.recv()).await else {
+            panic!("[{who}] never split: {v1} / {v2}");
+        };
+        take(&mut seen, &v);
+        gave_up |= i == 0 && !self::partitions(&v["revoked"]).is_empty();
+        if i == 0 { v1 = v } else { v2 = v }
+    }
+    stop.cancel();
+    let mut c1 = one.await.unwrap();
+    let mut c2 = two.await.unwrap();
+    while let Ok((_, v)) = answers.try_recv() {
+        take(&mut seen, &v);
+    }
+    // The last answers' views (later polls may have moved nothing: the group is balanced).
+    v1 = poll(first[0], group, &id1, &mut c1).await;
+    v2 = poll(second[0], group, &id2, &mut c2).await;
+    for v in [&v1, &v2] {
+        take(&mut seen, v);
+    }
+    Split { ids: [id1, id2], views: [v1, v2], cursors: [c1, c2], seen, gave_up }
 }
 
 fn owned(view: &Value) -> std::collections::BTreeSet<u64> {
@@ -545,55 +629,10 @@ async fn group_members_split_partitions_commit_and_hand_over() {
         app.produce("gr", Value::Array(recs)).await;
         let (status, m1) = app.post("/v1/groups/gr-g/members", join_body()).await;
         assert_eq!(status, 201, "[{who}] {m1}");
-        let id1 = m1["member_id"].as_str().unwrap().to_owned();
-        // A second member: on Kafka its join completes once the first rejoins (at its poll).
-        let second = {
-            let (client, url) = (app.client.clone(), app.url("/v1/groups/gr-g/members"));
-            tokio::spawn(async move {
-                let res = client.post(url).json(&join_body()).send().await.unwrap();
-                crate::helpers::status_json(res).await
-            })
-        };
-        // Each member polls in its own loop, as real clients do: on Kafka a rebalance completes
-        // once every member rejoined, which their polls do.
-        let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let first = poller(app, "gr-g", id1.clone(), m1["cursor"].as_str().map(str::to_owned), 0, &tx, &stop);
-        let (status, m2) = second.await.unwrap();
-        assert_eq!(status, 201, "[{who}] {m2}");
-        let id2 = m2["member_id"].as_str().unwrap().to_owned();
-        let other = poller(app, "gr-g", id2.clone(), m2["cursor"].as_str().map(str::to_owned), 1, &tx, &stop);
-        // Every record delivered, with how often: a partition moves only after its owner
-        // committed what it received from it, so nothing is delivered twice here.
-        let mut seen = std::collections::BTreeMap::new();
-        let mut gave_up = false;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let (mut v1, mut v2) = (m1.clone(), m2.clone());
-        while !(owned(&v1).len() == 2
-            && owned(&v2).len() == 2
-            && owned(&v1).is_disjoint(&owned(&v2))
-            && v1["generation"] == v2["generation"])
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(Some((i, v))) = tokio::time::timeout(left, answers.recv()).await else {
-                panic!("[{who}] never split: {v1} / {v2}");
-            };
-            take(&mut seen, &v);
-            gave_up |= !partitions(&v["revoked"]).is_empty();
-            if i == 0 { v1 = v } else { v2 = v }
-        }
-        stop.cancel();
-        let mut c1 = first.await.unwrap();
-        let mut c2 = other.await.unwrap();
-        while let Ok((_, v)) = answers.try_recv() {
-            take(&mut seen, &v);
-        }
-        // The last answers' views (later polls may have moved nothing: the group is balanced).
-        v1 = poll(app, "gr-g", &id1, &mut c1).await;
-        v2 = poll(app, "gr-g", &id2, &mut c2).await;
-        for v in [&v1, &v2] {
-            take(&mut seen, v);
-        }
+        let Split { ids: [id1, id2], views: [v1, mut v2], cursors: [_, mut c2], mut seen, gave_up } =
+            split(who, &[app], &[app], "gr-g", &m1, join_body(), 4).await;
+        // A partition moves only after its owner committed what it received from it, so
+        // nothing is delivered twice.
         assert!(gave_up, "[{who}] the first member was never told to give partitions up");
         assert!(seen.values().all(|n| *n == 1), "[{who}] delivered twice across the hand-over: {seen:?}");
         // One owner per partition: the second member may not commit the first's partitions.
@@ -614,6 +653,7 @@ async fn group_members_split_partitions_commit_and_hand_over() {
             .await;
         assert_eq!(status, 200, "[{who}] {body}");
         // The first member leaves: the second gets every partition.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let res = app.client.delete(app.url(&format!("/v1/groups/gr-g/members/{id1}"))).send().await.unwrap();
         assert_eq!(res.status(), 204, "[{who}]");
         loop {
@@ -851,6 +891,22 @@ async fn any_replica_serves_any_request_and_one_dying_loses_nothing() {
         assert_eq!(got[0]["value"], "via-a");
         send(&mut member, json!({"type": "ack", "topic": "rep", "partition": 0, "offset": 0})).await;
         assert_eq!(frame(&mut member).await["type"], "committed");
+
+        // A cooperative hand-over across replicas: the first member polls through A and B in
+        // turn and commits what it gives up through the other one; the second joins through B.
+        a.create_topic("rep-co", 4).await;
+        let recs: Vec<Value> = (0..8).map(|i| json!({"value": format!("c{i}"), "partition": i % 4})).collect();
+        a.produce("rep-co", Value::Array(recs)).await;
+        let join = json!({"topics": ["rep-co"], "auto_offset_reset": "earliest", "session_timeout_ms": 6000});
+        let (status, m1) = a.post("/v1/groups/rep-co/members", join.clone()).await;
+        assert_eq!(status, 201, "{m1}");
+        let co = split("replicas", &[&a, &b], &[&b, &a], "rep-co", &m1, join, 4).await;
+        assert!(co.gave_up, "the first member was never told to give partitions up");
+        assert!(co.seen.values().all(|n| *n == 1), "delivered twice across the hand-over: {:?}", co.seen);
+        for (app, id) in [(&b, &co.ids[0]), (&a, &co.ids[1])] {
+            let res = app.client.delete(app.url(&format!("/v1/groups/rep-co/members/{id}"))).send().await.unwrap();
+            assert_eq!(res.status(), 204);
+        }
 
         // A dies; B keeps serving, the member included.
         drop(stream);
