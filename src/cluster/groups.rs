@@ -717,11 +717,12 @@ impl Cluster {
         let mut carried = given.as_ref().and_then(carried_member);
         let deadline = Instant::now() + wait;
         // The cursor's generation: an answer of that generation told the member what it is
-        // giving up. (Only the first round may release: later ones answer the same poll.)
-        let mut release = Release::Told(given.as_ref().map(|c| c.generation));
+        // giving up. A later round of this poll may release too (a round that found the
+        // member untold, or rejoined, answers at once: its view changed), so a long poll that
+        // came too soon after the rebalance releases once it may.
+        let release = Release::Told(given.as_ref().map(|c| c.generation));
         loop {
             let (me, view) = self.current(group, member, carried.as_ref(), release).await?;
-            release = Release::Late;
             // A rejoin within this poll: later rounds start from the member as it is now.
             carried = Some(me.clone());
             // Committed offsets only for partitions the cursor has no position in.
@@ -794,6 +795,8 @@ impl Cluster {
                 }));
             }
             let beat = Duration::from_millis((me.params.session_timeout_ms / 3).max(100));
+            // A release that came too soon is tried again once it may be due.
+            let beat = if me.revoking.is_empty() { beat } else { beat.min(Duration::from_millis(RELEASE_AFTER_MS)) };
             let slice = left.min(beat);
             // (select_all panics on nothing to select from: a member may own no partition.)
             let moved = async move {
