@@ -1000,7 +1000,8 @@ impl Cluster {
             .iter()
             .map(|(id, instance, m)| {
                 generation = generation.max(m.generation);
-                for tp in &m.assignment {
+                // What a member gives up stays its own until it released it.
+                for tp in m.assignment.iter().chain(&m.revoking) {
                     owners.insert(tp.clone(), id.clone());
                 }
                 MemberInfo {
@@ -1008,7 +1009,7 @@ impl Cluster {
                     instance_id: instance.clone(),
                     topics: m.topics.iter().cloned().collect(),
                     assignment: m.assignment.clone(),
-                    revoking: BTreeSet::new(),
+                    revoking: m.revoking.clone(),
                     session_timeout_ms: m.params.session_timeout_ms,
                     last_seen_ms_ago: 0,
                     generation: m.generation,

@@ -477,9 +477,12 @@ async fn poll(app: &TestApp, group: &str, member: &str, cursor: &mut Option<Stri
 /// Polls `member` in a loop until `stop`, through each of `apps` in turn, sending each answer
 /// (tagged `i`) to `tx`; returns its last cursor. As a Kafka consumer does when partitions are
 /// revoked, it commits what it received from them (through the next replica in turn) before
-/// its next poll, which releases them to their new owner.
+/// its next poll, which releases them to their new owner. With `describes`, the group's
+/// description shows them as the member's `revoking` meanwhile.
+#[allow(clippy::too_many_arguments)]
 fn poller(
     apps: &[&TestApp],
+    describes: bool,
     group: &str,
     member: String,
     cursor: Option<String>,
@@ -525,6 +528,14 @@ fn poller(
                 let (status, answer) = crate::helpers::status_json(res).await;
                 assert_eq!(status, 200, "{member} commits what it is giving up ({commit}): {answer}");
             }
+            if describes && !partitions(&body["revoked"]).is_empty() {
+                let res = client.get(format!("{base}/v1/groups/{group}")).send().await.unwrap();
+                let (status, info) = crate::helpers::status_json(res).await;
+                assert_eq!(status, 200, "{info}");
+                let me = info["members"].as_array().unwrap().iter().find(|m| m["member_id"] == member.as_str());
+                let revoking = me.map(|m| partitions(&m["revoking"]));
+                assert_eq!(revoking, Some(partitions(&body["revoked"])), "{member} giving up: {info}");
+            }
             let _ = tx.send((i, body));
         }
         cursor
@@ -544,9 +555,11 @@ struct Split {
 /// The first member (`m1`, joined, owning every partition) and a second that joins through
 /// `second[0]` each poll in their own loop, as real clients do (on Kafka a rebalance completes
 /// once every member rejoined, which their polls do), through their list of replicas in turn,
-/// until each owns half of the `partitions` in one generation.
+/// until each owns half of the `partitions` in one generation (`describes`: see `poller`).
+#[allow(clippy::too_many_arguments)]
 async fn split(
     who: &str,
+    describes: bool,
     first: &[&TestApp],
     second: &[&TestApp],
     group: &str,
@@ -565,11 +578,11 @@ async fn split(
     };
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
     let stop = tokio_util::sync::CancellationToken::new();
-    let one = poller(first, group, id1.clone(), m1["cursor"].as_str().map(str::to_owned), 0, &tx, &stop);
+    let one = poller(first, describes, group, id1.clone(), m1["cursor"].as_str().map(str::to_owned), 0, &tx, &stop);
     let (status, m2) = joining.await.unwrap();
     assert_eq!(status, 201, "[{who}] {m2}");
     let id2 = m2["member_id"].as_str().unwrap().to_owned();
-    let two = poller(second, group, id2.clone(), m2["cursor"].as_str().map(str::to_owned), 1, &tx, &stop);
+    let two = poller(second, describes, group, id2.clone(), m2["cursor"].as_str().map(str::to_owned), 1, &tx, &stop);
     let mut seen = std::collections::BTreeMap::new();
     let mut gave_up = false;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -630,7 +643,7 @@ async fn group_members_split_partitions_commit_and_hand_over() {
         let (status, m1) = app.post("/v1/groups/gr-g/members", join_body()).await;
         assert_eq!(status, 201, "[{who}] {m1}");
         let Split { ids: [id1, id2], views: [v1, mut v2], cursors: [_, mut c2], mut seen, gave_up } =
-            split(who, &[app], &[app], "gr-g", &m1, join_body(), 4).await;
+            split(who, t.lacks(Lack::OwnerFence).is_none(), &[app], &[app], "gr-g", &m1, join_body(), 4).await;
         // A partition moves only after its owner committed what it received from it, so
         // nothing is delivered twice.
         assert!(gave_up, "[{who}] the first member was never told to give partitions up");
@@ -900,7 +913,7 @@ async fn any_replica_serves_any_request_and_one_dying_loses_nothing() {
         let join = json!({"topics": ["rep-co"], "auto_offset_reset": "earliest", "session_timeout_ms": 6000});
         let (status, m1) = a.post("/v1/groups/rep-co/members", join.clone()).await;
         assert_eq!(status, 201, "{m1}");
-        let co = split("replicas", &[&a, &b], &[&b, &a], "rep-co", &m1, join, 4).await;
+        let co = split("replicas", true, &[&a, &b], &[&b, &a], "rep-co", &m1, join, 4).await;
         assert!(co.gave_up, "the first member was never told to give partitions up");
         assert!(co.seen.values().all(|n| *n == 1), "delivered twice across the hand-over: {:?}", co.seen);
         for (app, id) in [(&b, &co.ids[0]), (&a, &co.ids[1])] {
