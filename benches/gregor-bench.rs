@@ -294,36 +294,42 @@ async fn backend(s: &Settings) -> Vec<Row> {
     let (mut lat, probe) = tokio::join!(latency_with(s, Some(&config), 256), probe);
     lat.scenario = format!("backend {}: {}", broker.name, lat.scenario);
     rows.push(lat);
-    rows.push(match probe {
-        Ok(lat) => Row {
-            scenario: format!(
-                "backend {}: librdkafka probe 1 record @{probe_rate} rec/s during the row above",
-                broker.name
-            ),
-            records_per_s: Some(probe_rate as f64),
-            p50_us: percentile(&lat, 0.5),
-            p99_us: percentile(&lat, 0.99),
-            p999_us: percentile(&lat, 0.999),
-            note: format!("straight into the broker, no gregor; max {}", us(lat.last().map(|m| *m as f64))),
-            ..Row::default()
-        },
-        Err(e) => Row { scenario: "backend probe".into(), note: format!("failed: {e}"), ..Row::default() },
-    });
+    rows.push(delivery_row(
+        format!("backend {}: librdkafka probe 1 record @{probe_rate} rec/s during the row above", broker.name),
+        probe_rate,
+        probe,
+        |lat| format!("straight into the broker, no gregor; max {}", us(lat.last().map(|m| *m as f64))),
+    ));
     progress("backend: direct latency…");
-    rows.push(match kafka::direct_latency(&broker.bootstrap, "direct-latency", rate, count).await {
+    rows.push(delivery_row(
+        format!("backend {}: librdkafka direct 1 record @{rate} rec/s, delivery latency", broker.name),
+        rate,
+        kafka::direct_latency(&broker.bootstrap, "direct-latency", rate, count).await,
+        |_| "the same broker and settings (acks=1, linger 2 ms), no gregor: the yardstick of the row above".into(),
+    ));
+    rows
+}
+
+/// A row of librdkafka's sorted delivery latencies at `rate` (`note` from them), or of the
+/// error that stopped the measurement.
+fn delivery_row(
+    scenario: String,
+    rate: u64,
+    measured: Result<Vec<u64>, String>,
+    note: impl FnOnce(&[u64]) -> String,
+) -> Row {
+    match measured {
         Ok(lat) => Row {
-            scenario: format!("backend {}: librdkafka direct 1 record @{rate} rec/s, delivery latency", broker.name),
+            scenario,
             records_per_s: Some(rate as f64),
             p50_us: percentile(&lat, 0.5),
             p99_us: percentile(&lat, 0.99),
             p999_us: percentile(&lat, 0.999),
-            note: "the same broker and settings (acks=1, linger 2 ms), no gregor: the yardstick of the row above"
-                .into(),
+            note: note(&lat),
             ..Row::default()
         },
-        Err(e) => Row { scenario: "backend direct latency".into(), note: format!("failed: {e}"), ..Row::default() },
-    });
-    rows
+        Err(e) => Row { scenario, note: format!("failed: {e}"), ..Row::default() },
+    }
 }
 
 /// Closed-loop HTTP produce: `conns` clients, each on its own connection, send

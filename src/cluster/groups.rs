@@ -83,8 +83,7 @@ impl Granted {
         out.put_i64(self.generation.min(i64::MAX as u64) as i64);
         if !self.revoking.is_empty() {
             out.put_u64(self.since_ms);
-            let pairs: Vec<(&str, u32)> = self.revoking.iter().map(|tp| (tp.topic.as_str(), tp.partition)).collect();
-            out.extend_from_slice(&serde_json::to_vec(&pairs).unwrap_or_default());
+            out.extend_from_slice(&serde_json::to_vec(&pairs(&self.revoking)).unwrap_or_default());
         }
         out.freeze()
     }
@@ -94,13 +93,8 @@ impl Granted {
         let word = |at: usize| bytes.get(at..at + 8).and_then(|b| <[u8; 8]>::try_from(b).ok());
         let generation = word(0).map_or(0, |b| i64::from_be_bytes(b).max(0) as u64);
         let since_ms = word(8).map_or(0, u64::from_be_bytes);
-        let revoking = bytes
-            .get(16..)
-            .and_then(|json| serde_json::from_slice::<Vec<(String, u32)>>(json).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(t, p)| TopicPartition::new(t, p))
-            .collect();
+        let revoking =
+            from_pairs(bytes.get(16..).and_then(|json| serde_json::from_slice(json).ok()).unwrap_or_default());
         Granted { generation, revoking, since_ms }
     }
 }
@@ -650,10 +644,10 @@ impl Cluster {
     /// when the cluster's DescribeGroups does not show the member.
     fn seal_cursor(&self, group: &str, member: &str, me: &Described, view: &View, positions: Vec<Position>) -> String {
         let carried = Carried {
-            assignment: view.assignment.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect(),
+            assignment: pairs(&view.assignment),
             metadata: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &me.metadata),
             params: me.params.clone(),
-            revoking: me.revoking.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect(),
+            revoking: pairs(&me.revoking),
             revoking_since_ms: me.revoking_since_ms,
         };
         let cursor = Cursor {
@@ -1148,12 +1142,10 @@ enum Release {
 
 impl Release {
     fn now(self, me: &Described) -> bool {
-        let late = || crate::log::now_ms().saturating_sub(me.revoking_since_ms) >= me.params.session_timeout_ms / 2;
+        let since = crate::log::now_ms().saturating_sub(me.revoking_since_ms);
         match self {
-            Release::Told(Some(g)) if g == me.generation => {
-                crate::log::now_ms().saturating_sub(me.revoking_since_ms) >= RELEASE_AFTER_MS
-            }
-            Release::Told(_) | Release::Late => late(),
+            Release::Told(Some(g)) if g == me.generation => since >= RELEASE_AFTER_MS,
+            Release::Told(_) | Release::Late => since >= me.params.session_timeout_ms / 2,
             Release::Never => false,
         }
     }
@@ -1164,6 +1156,15 @@ impl Release {
     }
 }
 
+/// Partitions as the `[topic, partition]` pairs cursors and `user_data` carry them.
+fn pairs(tps: &BTreeSet<TopicPartition>) -> Vec<(String, u32)> {
+    tps.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect()
+}
+
+fn from_pairs(pairs: Vec<(String, u32)>) -> BTreeSet<TopicPartition> {
+    pairs.into_iter().map(|(t, p)| TopicPartition::new(t, p)).collect()
+}
+
 /// The member as a cursor describes it.
 fn carried_member(cursor: &Cursor) -> Option<Described> {
     let c: Carried = serde_json::from_slice(&cursor.extra).ok()?;
@@ -1171,8 +1172,8 @@ fn carried_member(cursor: &Cursor) -> Option<Described> {
     let topics = decode_subscription(&metadata).map(|s| s.topics.iter().map(|t| t.to_string()).collect())?;
     Some(Described {
         generation: cursor.generation,
-        assignment: c.assignment.into_iter().map(|(t, p)| TopicPartition::new(t, p)).collect(),
-        revoking: c.revoking.into_iter().map(|(t, p)| TopicPartition::new(t, p)).collect(),
+        assignment: from_pairs(c.assignment),
+        revoking: from_pairs(c.revoking),
         revoking_since_ms: c.revoking_since_ms,
         topics,
         metadata,

@@ -1012,28 +1012,18 @@ async fn tls_to_the_cluster_is_verified_and_carries_everything() {
 async fn a_request_larger_than_the_client_queue_is_written_whole() {
     crate::helpers::within(async {
         let mock = MockCluster::new(3).unwrap();
-        mock.create_topic("big", 2, 1).unwrap();
         let app = gateway_with(&mock.bootstrap_servers(), &[("queue.buffering.max.messages", "16")]).await;
-        let ok = crate::helpers::eventually(Duration::from_secs(10), || async {
-            app.get("/v1/topics/big/partitions/1").await.0 == 200
-        })
-        .await;
-        assert!(ok, "the mock's topic never showed");
+        let t = Target { app, under: Under::Mock(mock) };
+        t.topic("big", 2).await;
+        let app = &t.app;
         let records: Vec<Value> = (0..400).map(|i| json!({"value": i, "partition": i % 2})).collect();
         let (status, body) = app.post("/v1/topics/big/records", json!({"records": records})).await;
         assert_eq!(status, 200, "{body}");
         let offsets = body["offsets"].as_array().unwrap();
         assert_eq!(offsets.len(), 400, "{body}");
         for p in 0..2u64 {
-            let mut values = Vec::new();
-            let mut offset = 0;
-            while offset < 200 {
-                let url = format!("/v1/topics/big/partitions/{p}/records?offset={offset}&limit=1000&wait_ms=1000");
-                let (status, read) = app.get(&url).await;
-                assert_eq!(status, 200, "{read}");
-                values.extend(read["records"].as_array().unwrap().iter().map(|r| r["value"].as_u64().unwrap()));
-                offset = read["next_offset"].as_u64().unwrap();
-            }
+            let values: Vec<u64> =
+                app.read_all("big", p as u32, 0).await.iter().map(|r| r["value"].as_u64().unwrap()).collect();
             let sent: Vec<u64> = (0..400).filter(|i| i % 2 == p).collect();
             assert_eq!(values, sent, "partition {p}: every record once, in order");
         }
