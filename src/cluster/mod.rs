@@ -308,7 +308,7 @@ fn split_batches(mut data: &[u8]) -> Result<Vec<(u64, BatchBytes)>> {
         if attributes & 0x20 != 0 {
             continue;
         }
-        out.push((base, Arc::new(batch.to_vec())));
+        out.push((base, bytes::Bytes::copy_from_slice(batch)));
     }
     Ok(out)
 }

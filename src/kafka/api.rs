@@ -16,6 +16,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use super::errors::{self, code};
+use super::gather::{self, Gather};
 use super::{ConnError, Shared, groups};
 use crate::error::Error;
 use crate::service::Acks;
@@ -82,8 +83,9 @@ impl Session {
 /// What a request produced.
 #[derive(Debug)]
 pub enum Answer {
-    /// A response body and the response header version to frame it with.
-    Body { body: Bytes, header_version: i16 },
+    /// A response body, as parts written one after another (a Fetch answer's large record
+    /// sets are parts of their own: see `gather.rs`), and the header version to frame it with.
+    Body { body: Vec<Bytes>, header_version: i16 },
     /// Nothing goes back (Produce with `acks=0`).
     Nothing,
 }
@@ -105,7 +107,18 @@ fn encode<T: Encodable + HeaderVersion>(message: &T, version: i16) -> Result<Ans
     let size = message.compute_size(version).unwrap_or(0);
     let mut buf = BytesMut::with_capacity(size);
     message.encode(&mut buf, version).map_err(|e| ConnError::Malformed(format!("encoding the answer: {e}")))?;
-    Ok(Answer::Body { body: buf.freeze(), header_version: T::header_version(version) })
+    Ok(Answer::Body { body: vec![buf.freeze()], header_version: T::header_version(version) })
+}
+
+/// A Fetch answer, encoded with its large record sets shared rather than copied.
+fn encode_fetch(message: &FetchResponse, version: i16) -> Result<Answer, ConnError> {
+    let records: Vec<Bytes> =
+        message.responses.iter().flat_map(|t| &t.partitions).filter_map(|p| p.records.clone()).collect();
+    let shared: usize = records.iter().map(Bytes::len).filter(|&n| n >= gather::SHARE_FROM_BYTES).sum();
+    let size = message.compute_size(version).unwrap_or(0);
+    let mut buf = Gather::new(size.saturating_sub(shared), records);
+    message.encode(&mut buf, version).map_err(|e| ConnError::Malformed(format!("encoding the answer: {e}")))?;
+    Ok(Answer::Body { body: buf.into_parts(), header_version: FetchResponse::header_version(version) })
 }
 
 fn str_bytes(s: impl Into<String>) -> StrBytes {
@@ -170,7 +183,7 @@ pub async fn dispatch(
             let answer = produce(req, service, ctx).await;
             if acks == 0 { Ok(Answer::Nothing) } else { encode(&answer, version) }
         }
-        ApiKey::Fetch => encode(&fetch(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::Fetch => encode_fetch(&fetch(decode(frame, version)?, service, ctx).await, version),
         ApiKey::ListOffsets => encode(&list_offsets(decode(frame, version)?, service, ctx).await, version),
         ApiKey::CreateTopics => encode(&create_topics(decode(frame, version)?, service, ctx).await, version),
         ApiKey::DeleteTopics => encode(&delete_topics(decode(frame, version)?, version, service, ctx).await, version),
@@ -208,7 +221,7 @@ fn unsupported(api_key: i16, version: i16) -> Result<Answer, ConnError> {
     tracing::debug!(api_key, version, "kafka: unsupported API or version");
     let mut body = BytesMut::new();
     body.extend_from_slice(&errors::UNSUPPORTED_VERSION.to_be_bytes());
-    Ok(Answer::Body { body: body.freeze(), header_version: 0 })
+    Ok(Answer::Body { body: vec![body.freeze()], header_version: 0 })
 }
 
 fn api_versions(error_code: i16) -> ApiVersionsResponse {
@@ -385,32 +398,21 @@ async fn fetch(req: FetchRequest, service: &Service, ctx: &RequestCtx) -> FetchR
                     partitions.push(data.with_error_code(errors::OFFSET_OUT_OF_RANGE).with_high_watermark(-1));
                     continue;
                 };
-                // Every partition may send its first batch whole; the total bound applies after.
-                let room = max_bytes.saturating_sub(total).max(1);
-                let limit = (p.partition_max_bytes.max(1) as usize).min(room);
-                match service.fetch_batches(ctx, &name, index, offset, limit).await {
+                // Kafka's rule: the first partition with records sends its first batch even if it
+                // is larger than the limits (so a consumer always progresses); after it, every
+                // partition sends only what fits in its own limit and in what is left of the total.
+                let room = max_bytes.saturating_sub(total);
+                let limit = (p.partition_max_bytes.max(0) as usize).min(room);
+                match service.fetch_batches(ctx, &name, index, offset, limit, total == 0).await {
                     Ok(read) => {
-                        // The batches that fit (the first one always), copied once into one buffer.
-                        let mut size = 0;
-                        let fit = read
-                            .raw_batches()
-                            .take_while(|(_, b)| {
-                                let fits = size == 0 || size + b.len() <= limit;
-                                size += if fits { b.len() } else { 0 };
-                                fits
-                            })
-                            .count();
-                        let mut records = BytesMut::with_capacity(size);
-                        for (_, batch) in read.raw_batches().take(fit) {
-                            records.extend_from_slice(batch);
-                        }
+                        let records = read.records;
                         total += records.len();
                         positions.push((name.clone(), index, offset));
                         partitions.push(
                             data.with_high_watermark(read.end_offset as i64)
                                 .with_last_stable_offset(read.end_offset as i64)
                                 .with_log_start_offset(read.beginning_offset as i64)
-                                .with_records(Some(records.freeze())),
+                                .with_records(Some(records)),
                         );
                     }
                     Err(Error::OffsetOutOfRange { beginning, end, .. }) => partitions.push(

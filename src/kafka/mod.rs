@@ -10,6 +10,7 @@
 
 mod api;
 pub(crate) mod errors;
+mod gather;
 mod groups;
 
 use std::net::SocketAddr;
@@ -145,9 +146,13 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, stop: CancellationTo
         rd.read_exact(&mut frame).await?;
         let answer = handle_frame(frame.freeze(), &shared, &mut session).await?;
         if let Some((header, body)) = answer {
-            wr.write_all(&((header.len() + body.len()) as i32).to_be_bytes()).await?;
+            let size = header.len() + body.iter().map(Bytes::len).sum::<usize>();
+            wr.write_all(&(size as i32).to_be_bytes()).await?;
             wr.write_all(&header).await?;
-            wr.write_all(&body).await?;
+            // A part larger than the writer's buffer goes to the socket straight from memory.
+            for part in &body {
+                wr.write_all(part).await?;
+            }
             wr.flush().await?;
         }
         if session.closing {
@@ -157,13 +162,13 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, stop: CancellationTo
 }
 
 /// Decodes one request frame, runs it, and encodes the answer: its response header and its
-/// body, without the size prefix (kept apart so a large body is not copied behind the
+/// body's parts, without the size prefix (kept apart so a large body is not copied behind the
 /// header). `None`: nothing is sent back (Produce with `acks=0`).
 pub(crate) async fn handle_frame(
     mut frame: Bytes,
     shared: &Shared,
     session: &mut api::Session,
-) -> Result<Option<(Bytes, Bytes)>, ConnError> {
+) -> Result<Option<(Bytes, Vec<Bytes>)>, ConnError> {
     if frame.remaining() < 8 {
         return Err(ConnError::Malformed(format!("a request header needs 8 bytes, got {}", frame.remaining())));
     }

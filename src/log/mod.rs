@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +99,9 @@ pub struct ReadRequest {
 #[derive(Debug)]
 pub struct ReadResult {
     batches: Vec<(u64, BatchBytes)>,
+    /// When the batches were read into one buffer (from the store): all of them, back to
+    /// back, each batch a slice of it.
+    back_to_back: Option<Bytes>,
     /// Per batch: its records inflated, for compressed batches once a reader decodes them.
     inflated: Vec<record::Inflated>,
     from: u64,
@@ -121,13 +125,41 @@ impl ReadResult {
         end_offset: u64,
     ) -> ReadResult {
         let inflated = batches.iter().map(|_| record::Inflated::new()).collect();
-        ReadResult { batches, inflated, from, max_records, max_bytes, beginning_offset, end_offset }
+        ReadResult { batches, back_to_back: None, inflated, from, max_records, max_bytes, beginning_offset, end_offset }
     }
 
     /// The stored batches the read found, as stored (what Kafka's Fetch sends): the first
     /// holds the requested offset, none starts at or past the end offset.
     pub fn raw_batches(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        self.batches.iter().filter(|(base, _)| *base < self.end_offset).map(|(base, b)| (*base, b.as_slice()))
+        self.batches.iter().filter(|(base, _)| *base < self.end_offset).map(|(base, b)| (*base, &b[..]))
+    }
+
+    /// The stored batches that fit in `limit` bytes, back to back (with `at_least_one`, the
+    /// first one even if it does not fit): a partition's records in a Kafka Fetch answer.
+    /// Shares the read's buffer, without a copy, when the batches were read into one or when
+    /// there is only one.
+    pub fn raw_prefix(&self, limit: usize, at_least_one: bool) -> Bytes {
+        let (mut count, mut size) = (0, 0);
+        for (_, batch) in self.raw_batches() {
+            if (count > 0 || !at_least_one) && size + batch.len() > limit {
+                break;
+            }
+            count += 1;
+            size += batch.len();
+        }
+        // `raw_batches` leaves out only trailing batches, so these are the first `count`.
+        match (&self.back_to_back, &self.batches[..count]) {
+            (_, []) => Bytes::new(),
+            (_, [(_, only)]) => only.clone(),
+            (Some(all), _) => all.slice(..size),
+            (None, batches) => {
+                let mut out = BytesMut::with_capacity(size);
+                for (_, batch) in batches {
+                    out.extend_from_slice(batch);
+                }
+                out.freeze()
+            }
+        }
     }
 
     /// The records, in offset order, within the request's count and byte limits
@@ -748,16 +780,26 @@ impl Log {
         let (tid, from) = (topic.id, req.offset);
         let (max_records, max_bytes) = (req.max_records.max(1), req.max_bytes.max(1));
         // Readers at the end of the log are served from the tail cache; others read the store.
-        let batches = match part.cached(from, end, max_records as u64, max_bytes) {
-            Some(batches) => batches,
+        let (batches, back_to_back) = match part.cached(from, end, max_records as u64, max_bytes) {
+            Some(batches) => (batches, None),
             None => {
                 let store = self.store.clone();
                 let read = move || store.read(tid, partition, from, end, max_records as u64, max_bytes);
-                self.blocking(read).await?.into_iter().map(|(base, bytes)| (base, Arc::new(bytes))).collect()
+                let read = self.blocking(read).await?;
+                (read.batches, Some(read.bytes))
             }
         };
         let inflated = batches.iter().map(|_| record::Inflated::new()).collect();
-        Ok(ReadResult { batches, inflated, from, max_records, max_bytes, beginning_offset: start, end_offset: end })
+        Ok(ReadResult {
+            batches,
+            back_to_back,
+            inflated,
+            from,
+            max_records,
+            max_bytes,
+            beginning_offset: start,
+            end_offset: end,
+        })
     }
 
     /// Kafka's offsetsForTimes for one partition.

@@ -29,7 +29,7 @@ pub const TAIL_CACHE_TOTAL_BYTES: usize = 64 * 1024 * 1024;
 pub type TailBudget = Arc<AtomicUsize>;
 
 /// A stored batch's bytes, shared between the tail cache and the reads using it.
-pub type BatchBytes = Arc<Vec<u8>>;
+pub type BatchBytes = bytes::Bytes;
 
 /// The partition's most recent batches, exactly as stored, so that readers at
 /// the end of the log (streams, long-polls) are served from memory instead of a
@@ -117,7 +117,7 @@ impl Partition {
             return;
         }
         tail.bytes += len;
-        tail.batches.push_back((base, count, Arc::new(bytes)));
+        tail.batches.push_back((base, count, bytes::Bytes::from(bytes)));
         while tail.bytes > TAIL_CACHE_BYTES {
             match tail.batches.pop_front() {
                 Some((_, _, b)) => {

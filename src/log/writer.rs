@@ -672,7 +672,7 @@ mod tests {
 
     fn stored_values(store: &Store, tid: u32, p: u32, end: u64) -> Vec<(u64, String)> {
         let mut out = Vec::new();
-        for (base, bytes) in store.read(tid, p, 0, end, 1000, 1 << 20).unwrap() {
+        for (base, bytes) in store.read(tid, p, 0, end, 1000, 1 << 20).unwrap().batches {
             for (i, rec) in crate::record::decode(&bytes).unwrap().iter().map(|r| r.map(|(_, r)| r)).enumerate() {
                 let value = rec.unwrap().value.unwrap();
                 out.push((base + i as u64, String::from_utf8(value.bytes.to_vec()).unwrap()));

@@ -138,6 +138,16 @@ pub struct ReadParams {
     pub wait_ms: Option<u64>,
 }
 
+/// A partition's stored batches for a Kafka Fetch, as stored, with the partition's offsets
+/// when they were read.
+#[derive(Debug)]
+pub struct FetchedBatches {
+    /// The batches, back to back.
+    pub records: bytes::Bytes,
+    pub beginning_offset: u64,
+    pub end_offset: u64,
+}
+
 /// Records read from the log, decoded on demand. Decoding them is delivering
 /// them: it counts them in `gregor_records_out_total`.
 #[derive(Debug)]
@@ -825,8 +835,8 @@ impl Service {
         self.log()?.init_producer_id().await
     }
 
-    /// Reads stored batches from `offset` on, up to `max_bytes` (at least one batch), without
-    /// waiting: what Kafka's Fetch sends, as stored.
+    /// Reads stored batches from `offset` on, up to `max_bytes` (with `at_least_one`, one
+    /// batch even if larger), without waiting: what Kafka's Fetch sends, as stored.
     pub async fn fetch_batches(
         &self,
         ctx: &RequestCtx,
@@ -834,13 +844,14 @@ impl Service {
         partition: u32,
         offset: u64,
         max_bytes: usize,
-    ) -> Result<ReadResult> {
+        at_least_one: bool,
+    ) -> Result<FetchedBatches> {
         self.authorize(ctx, Operation::ReadTopic(topic))?;
         let req = ReadRequest { offset, max_records: u32::MAX, max_bytes, wait: Duration::ZERO };
         let read = self.log()?.read(topic, partition, req).await?;
-        let bytes: usize = read.raw_batches().map(|(_, b)| b.len()).sum();
-        self.spend(ctx, Spend::Consume, bytes as u64).await?;
-        Ok(read)
+        let records = read.raw_prefix(max_bytes, at_least_one);
+        self.spend(ctx, Spend::Consume, records.len() as u64).await?;
+        Ok(FetchedBatches { records, beginning_offset: read.beginning_offset, end_offset: read.end_offset })
     }
 
     /// Waits until one of the positions has records, `timeout` passes or shutdown begins.

@@ -15,6 +15,7 @@ pub mod keys;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options,
     ReadOptions, WriteBatch, WriteOptions,
@@ -122,6 +123,18 @@ impl ReadWindow {
     pub fn is_full(&self) -> bool {
         self.records >= self.max_records || self.bytes >= self.max_bytes
     }
+}
+
+/// Most bytes a read reserves for its buffer up front (its byte limit, up to this).
+const READ_RESERVE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Batches read from the `records` family, copied back to back into one buffer.
+#[derive(Debug, Default)]
+pub struct ReadBatches {
+    /// Every batch read, in offset order, back to back.
+    pub bytes: Bytes,
+    /// Each batch's base offset and its slice of `bytes`, in order.
+    pub batches: Vec<(u64, Bytes)>,
 }
 
 /// A batch's entry in the `batches` family: `count:u32 bytes:u32 max_timestamp:u64`.
@@ -330,7 +343,7 @@ impl Store {
 
     /// Reads the stored batches that hold offsets `from..end` of a partition, in
     /// order, stopping once `max_records` records or `max_bytes` batch bytes are
-    /// covered (the first batch is always returned). Each item is (base offset, bytes).
+    /// covered (the first batch is always returned), copied back to back into one buffer.
     pub fn read(
         &self,
         tid: u32,
@@ -339,10 +352,9 @@ impl Store {
         end: u64,
         max_records: u64,
         max_bytes: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
-        let mut out = Vec::new();
+    ) -> Result<ReadBatches> {
         if from >= end {
-            return Ok(out);
+            return Ok(ReadBatches::default());
         }
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(keys::batch(tid, p, end).to_vec());
@@ -352,11 +364,16 @@ impl Store {
             it.seek(keys::batch(tid, p, from));
         }
         let mut window = ReadWindow::new(from, end, max_records, max_bytes);
+        // Reserved for the byte limit (address space only until written), so that a read of
+        // many batches is not copied again as the buffer grows; past it, it grows.
+        let mut buf = BytesMut::with_capacity(max_bytes.min(READ_RESERVE_BYTES));
+        let mut bases = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let Some(base) = keys::batch_base(k, tid, p) else { break };
             let count = record::batch_info(v)?.count as u64;
             if window.take(base, count, v.len()) {
-                out.push((base, v.to_vec()));
+                bases.push((base, v.len()));
+                buf.extend_from_slice(v);
                 if window.is_full() {
                     break;
                 }
@@ -364,7 +381,16 @@ impl Store {
             it.next();
         }
         it.status()?;
-        Ok(out)
+        let bytes = buf.freeze();
+        let mut at = 0;
+        let batches = bases
+            .into_iter()
+            .map(|(base, len)| {
+                at += len;
+                (base, bytes.slice(at - len..at))
+            })
+            .collect();
+        Ok(ReadBatches { bytes, batches })
     }
 
     /// Kafka's offsetsForTimes: the first offset in `start..end` whose timestamp
@@ -379,7 +405,7 @@ impl Store {
         let Some((_, base)) = found else { return Ok(None) };
         let mut from = base.max(start);
         while from < end {
-            let batches = self.read(tid, p, from, end, 10_000, 4 * 1024 * 1024)?;
+            let batches = self.read(tid, p, from, end, 10_000, 4 * 1024 * 1024)?.batches;
             if batches.is_empty() {
                 break;
             }

@@ -641,3 +641,98 @@ operations = ["read", "describe"]
     })
     .await;
 }
+
+/// One Fetch from `offsets` (partition → next offset) of topic `topic`, at `version`, with
+/// per-partition and total byte limits; answers each partition's (error, high watermark, records).
+async fn fetch_once(
+    stream: &mut TcpStream,
+    topic: &str,
+    offsets: &[i64],
+    version: i16,
+    partition_max: i32,
+    max: i32,
+) -> Vec<(i16, i64, Bytes)> {
+    use kafka_protocol::messages::{FetchRequest, FetchResponse, fetch_request};
+    let partitions = offsets
+        .iter()
+        .enumerate()
+        .map(|(p, &o)| {
+            fetch_request::FetchPartition::default()
+                .with_partition(p as i32)
+                .with_fetch_offset(o)
+                .with_partition_max_bytes(partition_max)
+        })
+        .collect();
+    let req =
+        FetchRequest::default().with_replica_id(BrokerId(-1)).with_max_wait_ms(0).with_max_bytes(max).with_topics(
+            vec![
+                fetch_request::FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partitions(partitions),
+            ],
+        );
+    let res: FetchResponse =
+        answer(ApiKey::Fetch, version, exchange(stream, &framed(ApiKey::Fetch, version, 9, &req)).await.unwrap());
+    res.responses[0]
+        .partitions
+        .iter()
+        .map(|p| (p.error_code, p.high_watermark, p.records.clone().unwrap_or_default()))
+        .collect()
+}
+
+/// Fetch answers carry the stored batches whole, within the byte limits, in old and flexible
+/// versions alike, whether the batches come from the store (one buffer per read, shared by
+/// the answer), from the tail cache (copied together) or as one batch: reading two partitions
+/// of 1.6 MB each (three times the tail cache) from offset 0 to the end gives every record
+/// once, in order, with its value.
+#[tokio::test]
+async fn fetch_answers_carry_the_stored_batches_whole_within_the_limits() {
+    use kafka_protocol::records::RecordBatchDecoder;
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("big", 2).await;
+        let value = |p: u64, o: u64| format!("{p}:{o}:{}", "x".repeat(180));
+        for p in 0..2u64 {
+            for request in 0..80u64 {
+                let records: Vec<Value> =
+                    (0..40).map(|i| json!({"partition": p, "value": value(p, request * 40 + i)})).collect();
+                app.produce("big", Value::Array(records)).await;
+            }
+        }
+        let mut s = TcpStream::connect(app.kafka.clone().unwrap()).await.unwrap();
+        for (version, partition_max, max) in [(12, 100_000, 150_000), (4, 64 * 1024, 10 << 20), (11, 1, 1)] {
+            let mut offsets = vec![0i64; 2];
+            let mut fetches = 0;
+            while offsets.iter().any(|&o| o < 3200) {
+                fetches += 1;
+                assert!(fetches < 400, "v{version}: no progress from {offsets:?}");
+                let answer = fetch_once(&mut s, "big", &offsets, version, partition_max, max).await;
+                let (mut total, mut sent) = (0, 0);
+                for (p, (error, high, mut records)) in answer.into_iter().enumerate() {
+                    assert_eq!((error, high), (0, 3200), "v{version} partition {p}");
+                    let size = records.len();
+                    let mut batches = 0;
+                    while !records.is_empty() {
+                        let set = RecordBatchDecoder::decode(&mut records).unwrap();
+                        batches += 1;
+                        for r in set.records {
+                            let o = offsets[p];
+                            assert_eq!(r.offset, o, "v{version} partition {p}: offsets follow on");
+                            assert_eq!(r.value.as_deref(), Some(value(p as u64, o as u64).as_bytes()));
+                            offsets[p] += 1;
+                        }
+                    }
+                    // Beyond the first batch, a partition's answer stays within its limit.
+                    assert!(batches <= 1 || size <= partition_max as usize, "v{version} partition {p}: {size} bytes");
+                    total += size;
+                    sent += batches;
+                }
+                // Kafka's rule: beyond the answer's first batch, the total stays within its limit.
+                assert!(sent <= 1 || total <= max as usize, "v{version}: {total} bytes in one answer");
+                assert!(sent >= 1, "v{version}: an answer with nothing from {offsets:?}");
+            }
+            assert_eq!(offsets, vec![3200, 3200], "v{version}");
+        }
+    })
+    .await;
+}
