@@ -125,8 +125,18 @@ impl ReadWindow {
     }
 }
 
-/// Most bytes a read reserves for its buffer up front (its byte limit, up to this).
+/// Most bytes a read reserves for its buffer up front (see [`read_reserve`]).
 const READ_RESERVE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a read reserves for its buffer once it has seen its first batch (`len` bytes, `count`
+/// records): what the limits would take of batches like it, up to [`READ_RESERVE_BYTES`], so
+/// that a read of many batches is not copied again as its buffer grows (reserved address
+/// space costs nothing until it is written), while a read of a few records stays small.
+fn read_reserve(len: usize, count: u64, max_records: u64, max_bytes: usize) -> usize {
+    let batches = max_records.div_ceil(count.max(1));
+    let by_records = usize::try_from(batches).unwrap_or(usize::MAX).saturating_mul(len);
+    by_records.min(max_bytes).min(READ_RESERVE_BYTES).max(len)
+}
 
 /// Batches read from the `records` family, copied back to back into one buffer.
 #[derive(Debug, Default)]
@@ -364,14 +374,15 @@ impl Store {
             it.seek(keys::batch(tid, p, from));
         }
         let mut window = ReadWindow::new(from, end, max_records, max_bytes);
-        // Reserved for the byte limit (address space only until written), so that a read of
-        // many batches is not copied again as the buffer grows; past it, it grows.
-        let mut buf = BytesMut::with_capacity(max_bytes.min(READ_RESERVE_BYTES));
+        let mut buf = BytesMut::new();
         let mut bases = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let Some(base) = keys::batch_base(k, tid, p) else { break };
             let count = record::batch_info(v)?.count as u64;
             if window.take(base, count, v.len()) {
+                if bases.is_empty() {
+                    buf.reserve(read_reserve(v.len(), count, max_records, max_bytes));
+                }
                 bases.push((base, v.len()));
                 buf.extend_from_slice(v);
                 if window.is_full() {
@@ -841,5 +852,21 @@ impl StoreBatch<'_> {
         }
         self.wb.put_cf(self.store.cf(CF_META)?, keys::log_start(tid, p), cut.new_start.to_le_bytes());
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_reserves_what_its_limits_take_of_batches_like_its_first() {
+        // A Kafka Fetch (no record limit): its byte limit.
+        assert_eq!(read_reserve(1000, 10, u64::MAX, 10 << 20), 10 << 20);
+        // A read of 100 records from batches of 10: ten batches, not its 50 MiB byte limit.
+        assert_eq!(read_reserve(1000, 10, 100, 50 << 20), 10_000);
+        // Never past the cap, never less than the first batch.
+        assert_eq!(read_reserve(1000, 1, u64::MAX, usize::MAX), READ_RESERVE_BYTES);
+        assert_eq!(read_reserve(5000, 10, 1, 100), 5000);
     }
 }
