@@ -16,7 +16,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use super::errors::{self, code};
-use super::gather::{self, Gather};
+use super::gather::Gather;
 use super::{ConnError, Shared, groups};
 use crate::error::Error;
 use crate::service::Acks;
@@ -103,22 +103,21 @@ fn decode<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, ConnError> {
 }
 
 fn encode<T: Encodable + HeaderVersion>(message: &T, version: i16) -> Result<Answer, ConnError> {
-    // Sized first: a Fetch answer of tens of megabytes is written once, not grown by doubling.
-    let size = message.compute_size(version).unwrap_or(0);
-    let mut buf = BytesMut::with_capacity(size);
-    message.encode(&mut buf, version).map_err(|e| ConnError::Malformed(format!("encoding the answer: {e}")))?;
-    Ok(Answer::Body { body: vec![buf.freeze()], header_version: T::header_version(version) })
+    encode_sharing(message, version, Vec::new())
 }
 
-/// A Fetch answer, encoded with its large record sets shared rather than copied.
-fn encode_fetch(message: &FetchResponse, version: i16) -> Result<Answer, ConnError> {
-    let records: Vec<Bytes> =
-        message.responses.iter().flat_map(|t| &t.partitions).filter_map(|p| p.records.clone()).collect();
-    let shared: usize = records.iter().map(Bytes::len).filter(|&n| n >= gather::SHARE_FROM_BYTES).sum();
+/// Encodes an answer, keeping the record sets in `shareable` by reference where it writes
+/// them (see `gather.rs`) instead of copying them into the answer.
+fn encode_sharing<T: Encodable + HeaderVersion>(
+    message: &T,
+    version: i16,
+    shareable: Vec<Bytes>,
+) -> Result<Answer, ConnError> {
+    // Sized first: a Fetch answer of tens of megabytes is written once, not grown by doubling.
     let size = message.compute_size(version).unwrap_or(0);
-    let mut buf = Gather::new(size.saturating_sub(shared), records);
+    let mut buf = Gather::new(size, shareable);
     message.encode(&mut buf, version).map_err(|e| ConnError::Malformed(format!("encoding the answer: {e}")))?;
-    Ok(Answer::Body { body: buf.into_parts(), header_version: FetchResponse::header_version(version) })
+    Ok(Answer::Body { body: buf.into_parts(), header_version: T::header_version(version) })
 }
 
 fn str_bytes(s: impl Into<String>) -> StrBytes {
@@ -183,7 +182,11 @@ pub async fn dispatch(
             let answer = produce(req, service, ctx).await;
             if acks == 0 { Ok(Answer::Nothing) } else { encode(&answer, version) }
         }
-        ApiKey::Fetch => encode_fetch(&fetch(decode(frame, version)?, service, ctx).await, version),
+        ApiKey::Fetch => {
+            let answer = fetch(decode(frame, version)?, service, ctx).await;
+            let records = answer.responses.iter().flat_map(|t| &t.partitions).filter_map(|p| p.records.clone());
+            encode_sharing(&answer, version, records.collect())
+        }
         ApiKey::ListOffsets => encode(&list_offsets(decode(frame, version)?, service, ctx).await, version),
         ApiKey::CreateTopics => encode(&create_topics(decode(frame, version)?, service, ctx).await, version),
         ApiKey::DeleteTopics => encode(&delete_topics(decode(frame, version)?, version, service, ctx).await, version),

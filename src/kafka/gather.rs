@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::protocol::buf::ByteBufMut;
 
 /// Record sets shorter than this are copied: a part of their own would cost more.
-pub(crate) const SHARE_FROM_BYTES: usize = 16 * 1024;
+const SHARE_FROM_BYTES: usize = 16 * 1024;
 
 /// An encoder's buffer that keeps the given record sets by reference (see the module).
 pub(crate) struct Gather {
@@ -26,9 +26,11 @@ pub(crate) struct Gather {
 }
 
 impl Gather {
-    /// A buffer with room for `capacity` bytes besides the record sets in `shareable`.
-    pub(crate) fn new(capacity: usize, shareable: Vec<Bytes>) -> Gather {
-        let shareable = shareable.into_iter().filter(|b| b.len() >= SHARE_FROM_BYTES).collect();
+    /// A buffer for a message of `size` bytes that may share the record sets in `shareable`
+    /// (room is reserved for the rest of the message).
+    pub(crate) fn new(size: usize, shareable: Vec<Bytes>) -> Gather {
+        let shareable: Vec<Bytes> = shareable.into_iter().filter(|b| b.len() >= SHARE_FROM_BYTES).collect();
+        let capacity = size.saturating_sub(shareable.iter().map(Bytes::len).sum());
         Gather { head: BytesMut::with_capacity(capacity), shareable, shared: Vec::new() }
     }
 

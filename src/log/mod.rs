@@ -130,7 +130,7 @@ impl ReadResult {
 
     /// The stored batches the read found, as stored (what Kafka's Fetch sends): the first
     /// holds the requested offset, none starts at or past the end offset.
-    pub fn raw_batches(&self) -> impl Iterator<Item = (u64, &[u8])> {
+    fn raw_batches(&self) -> impl Iterator<Item = (u64, &[u8])> {
         self.batches.iter().filter(|(base, _)| *base < self.end_offset).map(|(base, b)| (*base, &b[..]))
     }
 
