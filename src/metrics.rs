@@ -187,7 +187,11 @@ impl Metrics {
             "Bytes of produce requests waiting for the writer",
             m.write_queue_bytes.clone(),
         );
-        registry.register("store_bytes", "Bytes of SST files and memtables in the store", m.store_bytes.clone());
+        registry.register(
+            "store_bytes",
+            "Bytes of SST files, blob files and memtables in the store",
+            m.store_bytes.clone(),
+        );
         registry.register(
             "tail_cache_bytes",
             "Bytes of recent batches kept in memory for readers at the end of partitions",

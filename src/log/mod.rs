@@ -883,7 +883,7 @@ impl Log {
         self.command(|reply| Command::DeleteGroup { group, reply }).await
     }
 
-    /// Bytes held by the store (SST files and memtables).
+    /// Bytes held by the store (SST and blob files, memtables).
     pub async fn store_size(&self) -> Result<u64> {
         let store = self.store.clone();
         self.blocking(move || store.size_bytes()).await

@@ -32,6 +32,12 @@ const CF_BATCHES: &str = "batches";
 const CF_TIMEINDEX: &str = "timeindex";
 const CF_META: &str = "meta";
 
+/// A `records` value at least this large is kept in a blob file, its key in the LSM tree
+/// with a reference (RocksDB's integrated BlobDB): compactions then move the reference, not
+/// the batch, so a batch is written once to its blob file when its memtable is flushed
+/// instead of again at every level. Smaller batches (single REST records) stay inline.
+const MIN_BLOB_BYTES: u64 = 4 * 1024;
+
 /// A topic as persisted in the `meta` family.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TopicMeta {
@@ -156,9 +162,38 @@ fn batch_index(batch: &EncodedBatch) -> [u8; 16] {
     idx
 }
 
+/// The `records` family's options. Blob files can be turned on for a directory written
+/// without them: values already inline stay readable there, and new large ones go to blobs.
+fn records_options(blob_files: bool) -> Options {
+    let mut data = Options::default();
+    data.set_compression_type(DBCompressionType::Lz4);
+    data.set_write_buffer_size(64 * 1024 * 1024);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_size(64 * 1024);
+    data.set_block_based_table_factory(&table);
+    if blob_files {
+        data.set_enable_blob_files(true);
+        data.set_min_blob_size(MIN_BLOB_BYTES);
+        data.set_blob_compression_type(DBCompressionType::Lz4);
+        // A blob file holds the batches of every partition flushed together, so it is
+        // deleted only when retention has removed all of them. Garbage collection moves the
+        // batches still live out of the oldest quarter of blob files when compaction meets
+        // their keys, so a topic with a long retention does not keep a short one's files.
+        data.set_enable_blob_gc(true);
+        data.set_blob_gc_age_cutoff(0.25);
+    }
+    data
+}
+
 impl Store {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with(path, true)
+    }
+
+    /// Opens the store with large batches in blob files or, as before blob files were
+    /// used (and for the test that a directory written that way still opens), inline.
+    fn open_with(path: &Path, blob_files: bool) -> Result<Store> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -175,15 +210,8 @@ impl Store {
         // replays at most this much.
         opts.set_max_total_wal_size(MAX_WAL_BYTES);
 
-        let mut data = Options::default();
-        data.set_compression_type(DBCompressionType::Lz4);
-        data.set_write_buffer_size(64 * 1024 * 1024);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_size(64 * 1024);
-        data.set_block_based_table_factory(&table);
-
         let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_RECORDS, data),
+            ColumnFamilyDescriptor::new(CF_RECORDS, records_options(blob_files)),
             ColumnFamilyDescriptor::new(CF_BATCHES, Options::default()),
             ColumnFamilyDescriptor::new(CF_TIMEINDEX, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
@@ -495,12 +523,14 @@ impl Store {
 }
 
 impl Store {
-    /// Bytes held by the store: SST files and memtables of every column family.
+    /// Bytes held by the store: SST files, blob files and memtables of every column family.
     pub fn size_bytes(&self) -> Result<u64> {
         let mut total = 0;
         for name in [CF_RECORDS, CF_BATCHES, CF_TIMEINDEX, CF_META] {
             let cf = self.cf(name)?;
-            for prop in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
+            for prop in
+                ["rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size", "rocksdb.cur-size-all-mem-tables"]
+            {
                 total += self.db.property_int_value_cf(cf, prop)?.unwrap_or(0);
             }
         }
@@ -658,6 +688,17 @@ impl Store {
     pub(crate) fn corrupt_batch_index(&self, tid: u32, p: u32, base: u64) -> Result<()> {
         self.db.put_cf(self.cf(CF_BATCHES)?, keys::batch(tid, p, base), b"bad")?;
         Ok(())
+    }
+
+    /// Compacts the whole `records` family now (tests of what compaction reclaims).
+    pub(crate) fn compact_records(&self) -> Result<()> {
+        self.db.compact_range_cf(self.cf(CF_RECORDS)?, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
+    /// An integer property of the `records` family.
+    pub(crate) fn records_property(&self, name: &str) -> Result<u64> {
+        Ok(self.db.property_int_value_cf(self.cf(CF_RECORDS)?, name)?.unwrap_or(0))
     }
 }
 
@@ -868,5 +909,119 @@ mod tests {
         // Never past the cap, never less than the first batch.
         assert_eq!(read_reserve(1000, 1, u64::MAX, usize::MAX), READ_RESERVE_BYTES);
         assert_eq!(read_reserve(5000, 10, 1, 100), 5000);
+    }
+
+    /// A batch of `count` records whose values are `value_bytes` long, each distinct.
+    fn batch_of(count: u32, value_bytes: usize, seed: u64) -> record::EncodedBatch {
+        let mut builder = record::BatchBuilder::new();
+        for i in 0..count {
+            let mut value = format!("{seed}-{i}-").into_bytes();
+            value.resize(value_bytes, b'a' + (i % 26) as u8);
+            let rec = record::NewRecord {
+                key: None,
+                value: Some(record::Blob::new(record::Format::Binary, value)),
+                headers: Vec::new(),
+                timestamp: None,
+                partition: None,
+            };
+            builder.push(&rec, 1_000 + seed);
+        }
+        builder.finish()
+    }
+
+    /// Appends `batch` at `base` of topic 1's partition 0, synced.
+    fn put(store: &Store, base: u64, batch: &record::EncodedBatch) {
+        let mut b = store.batch();
+        b.append(1, 0, base, batch, None).unwrap();
+        store.write(b, true).unwrap();
+    }
+
+    /// Every batch stored for topic 1's partition 0 from offset 0, as (base, bytes).
+    fn read_all(store: &Store, end: u64) -> Vec<(u64, Vec<u8>)> {
+        let read = store.read(1, 0, 0, end, u64::MAX, usize::MAX).unwrap();
+        read.batches.into_iter().map(|(base, bytes)| (base, bytes.to_vec())).collect()
+    }
+
+    /// Batches as (base, length, digest), so that a failure prints briefly.
+    fn brief(batches: &[(u64, Vec<u8>)]) -> Vec<(u64, usize, u64)> {
+        use std::hash::{Hash, Hasher};
+        let digest = |b: &[u8]| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            b.hash(&mut h);
+            h.finish()
+        };
+        batches.iter().map(|(base, b)| (*base, b.len(), digest(b))).collect()
+    }
+
+    #[test]
+    fn a_directory_written_without_blob_files_keeps_every_batch_once_they_are_on() {
+        let dir = tempfile::tempdir().unwrap();
+        // Small batches (single records) and large ones (a Kafka producer's), as written by
+        // the store before large batches went to blob files.
+        let mut expected = Vec::new();
+        let mut base = 0;
+        fn write(store: &Store, expected: &mut Vec<(u64, Vec<u8>)>, base: &mut u64, seed: u64) {
+            for (i, (count, value_bytes)) in [(1, 50), (200, 100), (3, 20), (100, 400)].into_iter().enumerate() {
+                let mut batch = batch_of(count, value_bytes, seed * 10 + i as u64);
+                record::set_base_offset(&mut batch.bytes, *base); // as the writer does
+                put(store, *base, &batch);
+                expected.push((*base, batch.bytes));
+                *base += u64::from(count);
+            }
+        }
+        {
+            let old = Store::open_with(dir.path(), false).unwrap();
+            write(&old, &mut expected, &mut base, 1);
+            old.flush().unwrap();
+            write(&old, &mut expected, &mut base, 2); // left in the WAL only
+            assert_eq!(old.records_property("rocksdb.total-blob-file-size").unwrap(), 0);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            brief(&read_all(&store, base)),
+            brief(&expected),
+            "what the old layout wrote, read with blob files on"
+        );
+        write(&store, &mut expected, &mut base, 3);
+        store.flush().unwrap();
+        assert!(store.records_property("rocksdb.total-blob-file-size").unwrap() > 0, "new large batches go to blobs");
+        store.compact_records().unwrap();
+        assert_eq!(brief(&read_all(&store, base)), brief(&expected), "both layouts, after a compaction");
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(brief(&read_all(&store, base)), brief(&expected), "both layouts, after a restart");
+        let recovered = store.recover_partition(1, 0).unwrap();
+        assert_eq!((recovered.start, recovered.end), (0, base));
+    }
+
+    #[test]
+    fn retention_deletes_the_blob_files_whose_batches_it_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Eight flushes of four 64 KiB batches: eight blob files of 256 KiB.
+        let mut base = 0;
+        for flush in 0..8 {
+            for i in 0..4 {
+                put(&store, base, &batch_of(640, 100, flush * 4 + i));
+                base += 640;
+            }
+            store.flush().unwrap();
+        }
+        let files = store.records_property("rocksdb.num-blob-files").unwrap();
+        let before = store.records_property("rocksdb.total-blob-file-size").unwrap();
+        assert_eq!(files, 8);
+        // Keep the newest batch only, as a retention cut does, then let compaction drop the
+        // references to what was removed.
+        let cut = Cut { new_start: base - 640, keep_from_base: base - 640 };
+        let mut b = store.batch();
+        b.truncate(1, 0, cut).unwrap();
+        store.write(b, true).unwrap();
+        store.flush().unwrap();
+        store.compact_records().unwrap();
+        let after = store.records_property("rocksdb.total-blob-file-size").unwrap();
+        // The newest blob file stays: it holds the batch kept.
+        assert_eq!(store.records_property("rocksdb.num-blob-files").unwrap(), 1);
+        assert!(after * 6 <= before, "blob bytes {before} before, {after} after removing 31 of 32 batches");
+        assert_eq!(read_all(&store, base).len(), 1);
     }
 }
