@@ -850,6 +850,27 @@ mod tests {
     }
 
     #[test]
+    fn varints_read_back_what_was_written_and_bad_ones_are_errors() {
+        let values = [0, 1, -1, 63, -64, 64, -65, 8191, 8192, i64::from(i32::MAX), i64::MIN, i64::MAX, -i64::MAX];
+        let mut buf = Vec::new();
+        for v in values {
+            put_varint(&mut buf, v);
+        }
+        let mut r = Reader { data: &buf, pos: 0 };
+        for v in values {
+            assert_eq!(r.varint().unwrap(), v);
+        }
+        assert_eq!(r.pos, buf.len());
+        assert!(r.varint().is_err(), "nothing left");
+        // Cut inside the last varint (i64::MAX: ten bytes).
+        let mut r = Reader { data: &buf[..buf.len() - 1], pos: buf.len() - 10 };
+        assert!(r.varint().unwrap_err().to_string().contains("truncated"));
+        // Eleven continuation bytes.
+        let mut r = Reader { data: &[0x80; 11], pos: 0 };
+        assert!(r.varint().unwrap_err().to_string().contains("longer than 10 bytes"));
+    }
+
+    #[test]
     fn truncated_or_altered_batches_are_errors_not_panics() {
         let mut b = BatchBuilder::new();
         b.push(&sample(0), 1);
