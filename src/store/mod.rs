@@ -311,19 +311,23 @@ impl Store {
     }
 
     fn recover_partition(&self, tid: u32, p: u32) -> Result<PartitionState> {
-        let records = self.cf(CF_RECORDS)?;
-        let mut it = self.db.raw_iterator_cf(records);
-        it.seek_for_prev(keys::batch(tid, p, u64::MAX));
+        // One walk over the partition's small index entries (written in the same atomic
+        // write as each batch) gives its first batch, its end and its running size, without
+        // reading a batch: a large one is a blob-file read.
+        let mut first = None;
         let mut end = 0;
-        if let (Some(k), Some(v)) = (it.key(), it.value())
-            && let Some(base) = keys::batch_base(k, tid, p)
-        {
-            end = base + record::batch_info(v)?.count as u64;
+        let mut bytes = 0;
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_BATCHES)?);
+        it.seek(keys::batch(tid, p, 0));
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let Some(base) = keys::batch_base(k, tid, p) else { break };
+            first.get_or_insert(base);
+            end = base + u64::from(batch_index_count(v)?);
+            bytes += batch_index_bytes(v)?;
+            it.next();
         }
         it.status()?;
-        it.seek(keys::batch(tid, p, 0));
-        let first = it.key().and_then(|k| keys::batch_base(k, tid, p)).unwrap_or(end);
-        it.status()?;
+        let first = first.unwrap_or(end);
         let persisted = match self.db.get_cf(self.cf(CF_META)?, keys::log_start(tid, p))? {
             Some(v) => Some(decode_u64(&v)?),
             None => None,
@@ -335,19 +339,6 @@ impl Store {
         let mut it = self.db.raw_iterator_cf(index);
         it.seek_for_prev(keys::time(tid, p, u64::MAX, u64::MAX));
         let max_timestamp = it.key().and_then(|k| keys::time_entry(k, tid, p)).map(|(ts, _)| ts);
-        it.status()?;
-        // The running size, summed once here from the small index entries; from
-        // now on appends add to it and retention subtracts what it removes.
-        let mut bytes = 0;
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_BATCHES)?);
-        it.seek(keys::batch(tid, p, 0));
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if keys::batch_base(k, tid, p).is_none() {
-                break;
-            }
-            bytes += batch_index_bytes(v)?;
-            it.next();
-        }
         it.status()?;
         Ok(PartitionState { start, end, max_timestamp, bytes })
     }
@@ -672,6 +663,13 @@ impl Store {
 fn decode_u64(v: &[u8]) -> Result<u64> {
     let a: [u8; 8] = v.try_into().map_err(|_| Error::Corrupt("expected 8 bytes".into()))?;
     Ok(u64::from_le_bytes(a))
+}
+
+fn batch_index_count(v: &[u8]) -> Result<u32> {
+    if v.len() != 16 {
+        return Err(Error::Corrupt("batch index entry".into()));
+    }
+    Ok(u32::from_le_bytes([v[0], v[1], v[2], v[3]]))
 }
 
 fn batch_index_bytes(v: &[u8]) -> Result<u64> {
