@@ -929,8 +929,13 @@ mod tests {
 
     /// Appends `batch` at `base` of topic 1's partition 0, synced.
     fn put(store: &Store, base: u64, batch: &record::EncodedBatch) {
+        put_to(store, 1, base, batch);
+    }
+
+    /// Appends `batch` at `base` of topic `tid`'s partition 0, synced.
+    fn put_to(store: &Store, tid: u32, base: u64, batch: &record::EncodedBatch) {
         let mut b = store.batch();
-        b.append(1, 0, base, batch, None).unwrap();
+        b.append(tid, 0, base, batch, None).unwrap();
         store.write(b, true).unwrap();
     }
 
@@ -1021,5 +1026,30 @@ mod tests {
         assert_eq!(store.records_property("rocksdb.num-blob-files").unwrap(), 1);
         assert!(after * 6 <= before, "blob bytes {before} before, {after} after removing 31 of 32 batches");
         assert_eq!(read_all(&store, base).len(), 1);
+    }
+
+    #[test]
+    fn garbage_collection_moves_a_kept_topics_batches_out_of_old_blob_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Eight flushes, each a blob file holding a batch of topic 1 and one of topic 2.
+        for flush in 0..8u64 {
+            put_to(&store, 1, flush * 640, &batch_of(640, 100, flush));
+            put_to(&store, 2, flush * 640, &batch_of(640, 100, 100 + flush));
+            store.flush().unwrap();
+        }
+        let kept = store.read(2, 0, 0, 8 * 640, u64::MAX, usize::MAX).unwrap().bytes;
+        let before = store.records_property("rocksdb.total-blob-file-size").unwrap();
+        let mut b = store.batch();
+        b.delete_topic(1, "one").unwrap();
+        store.write(b, true).unwrap();
+        store.flush().unwrap();
+        store.compact_records().unwrap();
+        // Every file still holds a live batch of topic 2, so none is garbage as a whole; the
+        // oldest quarter's live batches are moved to a new file and those files deleted.
+        let after = store.records_property("rocksdb.total-blob-file-size").unwrap();
+        assert!(after < before, "blob bytes {before} before deleting topic 1, {after} after");
+        assert_eq!(store.read(2, 0, 0, 8 * 640, u64::MAX, usize::MAX).unwrap().bytes, kept);
+        assert!(store.read(1, 0, 0, 8 * 640, u64::MAX, usize::MAX).unwrap().batches.is_empty());
     }
 }
