@@ -128,9 +128,19 @@ async fn wait_text(client: &Client, css: &str, want: &str) -> String {
     }
 }
 
-/// Clicks the element `css` finds (which must be there).
+/// Clicks the element `css` finds, finding it again if it went stale: the topics and groups
+/// views re-render on their refresh timer, so an element found just before a refresh is gone
+/// when clicked.
 async fn click(client: &Client, css: &str) {
-    client.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
+    for _ in 0..50 {
+        if let Ok(el) = client.find(Locator::Css(css)).await
+            && el.click().await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not click {css}");
 }
 
 /// Chooses `value` in the `<select>` `css` finds.
@@ -141,20 +151,6 @@ async fn select(client: &Client, css: &str, value: &str) {
 /// Types `text` into the field `css` finds.
 async fn type_into(client: &Client, css: &str, text: &str) {
     client.find(Locator::Css(css)).await.unwrap().send_keys(text).await.unwrap();
-}
-
-/// Clicks `css`, finding it again if it went stale: the groups view re-renders every 2 s, so
-/// an element found just before a refresh is gone when clicked.
-async fn click_fresh(client: &Client, css: &str) {
-    for _ in 0..50 {
-        if let Ok(el) = client.find(Locator::Css(css)).await
-            && el.click().await.is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("could not click {css}");
 }
 
 async fn with_topic() -> TestApp {
@@ -500,7 +496,7 @@ async fn console_edits_a_topic_and_resets_and_deletes_a_group() {
 
         // The group: preview a reset to earliest, confirm it, and see the offsets move.
         wait_text(c, "#groups tbody", "billing").await;
-        click_fresh(c, "#groups tbody tr").await;
+        click(c, "#groups tbody tr").await;
         c.wait().for_element(Locator::Css("#group-reset select[name=to]")).await.unwrap();
         select(c, "#group-reset select[name=to]", "earliest").await;
         click(c, "#group-reset button[type=submit]").await;
@@ -516,7 +512,7 @@ async fn console_edits_a_topic_and_resets_and_deletes_a_group() {
         assert!(moved, "the reset moved the group to earliest");
 
         // Deleting the empty group.
-        click_fresh(c, "#group-delete").await;
+        click(c, "#group-delete").await;
         c.accept_alert().await.unwrap();
         let gone = crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
             app.client.get(app.url("/v1/groups/billing")).send().await.is_ok_and(|r| r.status() == 404)
@@ -646,7 +642,7 @@ async fn console_charts_rates_latency_and_lag() {
             app.post("/v1/groups/chart-g/offsets/reset", json!({"topic": "browser-topic", "to": "earliest"})).await;
         assert_eq!(status, 200, "{body}");
         wait_text(c, "#groups tbody", "chart-g").await;
-        click_fresh(c, "#groups tbody tr").await;
+        click(c, "#groups tbody tr").await;
         let lags = || async {
             let mut out = Vec::new();
             for p in 0..2 {
