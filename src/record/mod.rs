@@ -862,7 +862,7 @@ mod tests {
         }
         assert_eq!(r.pos, buf.len());
         assert!(r.varint().is_err(), "nothing left");
-        // Cut inside the last varint (i64::MAX: ten bytes).
+        // Cut inside the last varint (-i64::MAX: ten bytes).
         let mut r = Reader { data: &buf[..buf.len() - 1], pos: buf.len() - 10 };
         assert!(r.varint().unwrap_err().to_string().contains("truncated"));
         // Eleven continuation bytes.
