@@ -298,6 +298,18 @@ pub async fn run(s: &Settings, broker: &Broker) -> Vec<Row> {
     if !ok {
         return rows;
     }
+    if let Err(e) = create_topic(&broker.bootstrap, "kbench-raw").await {
+        rows.push(row(
+            format!("kafka-produce (raw client) {}", broker.name),
+            Err(format!("creating the topic: {e}")),
+            None,
+        ));
+    } else {
+        let before = cpu();
+        let produced = raw_produce(&broker.bootstrap, "kbench-raw", total).await;
+        let used = cpu().zip(before).map(|(a, b)| a - b);
+        rows.push(row(format!("kafka-produce 100B acks=all idem. (raw client) {}", broker.name), produced, used));
+    }
     let before = cpu();
     let fetched = raw_fetch(&broker.bootstrap, topic, total).await;
     let used = cpu().zip(before).map(|(a, b)| a - b);
@@ -443,4 +455,160 @@ pub fn group_cpu_secs(pgid: u32) -> Option<f64> {
         total += (utime + stime) / ticks;
     }
     Some(total)
+}
+
+/// Records per batch of the raw producer: about librdkafka's batches at this rate (linger 5 ms,
+/// four partitions), 108 kB each.
+const RAW_BATCH_RECORDS: i32 = 1_000;
+/// Produce requests the raw producer keeps in flight: librdkafka's limit for an idempotent
+/// producer (`max.in.flight` 5).
+const RAW_IN_FLIGHT: usize = 5;
+
+/// Produce with a minimal client of our own (the `kafka-protocol` codecs): an idempotent
+/// producer id from InitProducerId, then Produce v7 requests (`acks=all`) of one batch of
+/// [`RAW_BATCH_RECORDS`] 100-byte records per partition, [`RAW_IN_FLIGHT`] in flight on one
+/// connection. One batch is encoded up front; each sent batch is a copy with its sequence and
+/// timestamps patched and its CRC computed. Measures what the broker can take, where
+/// librdkafka's per-message work bounds one producer at about a million records/s here.
+async fn raw_produce(bootstrap: &str, topic: &str, total: u64) -> Result<(f64, String), String> {
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::messages::{
+        ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, RequestHeader,
+        ResponseHeader, TopicName, produce_request,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const PRODUCE: i16 = 7;
+    const INIT: i16 = 1;
+    fn frame(key: ApiKey, version: i16, correlation: i32, body: &impl Encodable) -> Result<BytesMut, String> {
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation)
+            .with_client_id(Some(StrBytes::from_static_str("bench")));
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        header.encode(&mut buf, key.request_header_version(version)).map_err(|e| e.to_string())?;
+        body.encode(&mut buf, version).map_err(|e| e.to_string())?;
+        let size = (buf.len() - 4) as i32;
+        buf[0..4].copy_from_slice(&size.to_be_bytes());
+        Ok(buf)
+    }
+    async fn answer(
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        key: ApiKey,
+        version: i16,
+    ) -> Result<bytes::Bytes, String> {
+        let mut len = [0u8; 4];
+        rd.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+        let mut body = BytesMut::zeroed(i32::from_be_bytes(len).max(0) as usize);
+        rd.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+        let mut body = body.freeze();
+        ResponseHeader::decode(&mut body, key.response_header_version(version)).map_err(|e| e.to_string())?;
+        Ok(body)
+    }
+    fn now_ms() -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    }
+
+    let stream = tokio::net::TcpStream::connect(bootstrap).await.map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut rd, mut wr) = stream.into_split();
+    let init = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
+    wr.write_all(&frame(ApiKey::InitProducerId, INIT, 0, &init)?).await.map_err(|e| e.to_string())?;
+    let mut body = answer(&mut rd, ApiKey::InitProducerId, INIT).await?;
+    let init = InitProducerIdResponse::decode(&mut body, INIT).map_err(|e| e.to_string())?;
+    if init.error_code != 0 {
+        return Err(format!("InitProducerId: error {}", init.error_code));
+    }
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+
+    let value = bytes::Bytes::from(vec![b'x'; VALUE_BYTES]);
+    let records: Vec<Record> = (0..RAW_BATCH_RECORDS)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: pid,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i64::from(i),
+            sequence: i,
+            timestamp: now_ms(),
+            key: None,
+            value: Some(value.clone()),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut template = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    RecordBatchEncoder::encode(&mut template, &records, &options).map_err(|e| e.to_string())?;
+    let template = template.freeze();
+    let per_request = u64::from(RAW_BATCH_RECORDS as u32) * PARTITIONS as u64;
+    let requests = (total / per_request).max(1);
+
+    // Answers are read on their own task; a permit per request in flight.
+    let permits = Arc::new(tokio::sync::Semaphore::new(RAW_IN_FLIGHT));
+    let reader_permits = permits.clone();
+    let reader = tokio::spawn(async move {
+        let mut acked = 0u64;
+        let mut next_base = vec![0i64; PARTITIONS as usize];
+        for _ in 0..requests {
+            let mut body = answer(&mut rd, ApiKey::Produce, PRODUCE).await?;
+            let res = ProduceResponse::decode(&mut body, PRODUCE).map_err(|e| e.to_string())?;
+            for p in res.responses.iter().flat_map(|t| &t.partition_responses) {
+                if p.error_code != 0 {
+                    return Err(format!("partition {}: error {}", p.index, p.error_code));
+                }
+                let expected = &mut next_base[p.index as usize];
+                if p.base_offset != *expected {
+                    return Err(format!("partition {}: base {}, expected {expected}", p.index, p.base_offset));
+                }
+                *expected += i64::from(RAW_BATCH_RECORDS);
+                acked += u64::from(RAW_BATCH_RECORDS as u32);
+            }
+            reader_permits.add_permits(1);
+        }
+        Ok::<u64, String>(acked)
+    });
+
+    let started = Instant::now();
+    for n in 0..requests {
+        permits.acquire().await.map_err(|e| e.to_string())?.forget();
+        let timestamp = now_ms();
+        let sequence = (n as i64 * i64::from(RAW_BATCH_RECORDS)) as i32;
+        let partitions = (0..PARTITIONS)
+            .map(|p| {
+                let mut batch = BytesMut::from(&template[..]);
+                batch[27..35].copy_from_slice(&timestamp.to_be_bytes()); // first timestamp
+                batch[35..43].copy_from_slice(&timestamp.to_be_bytes()); // max timestamp
+                batch[53..57].copy_from_slice(&sequence.to_be_bytes()); // base sequence
+                let crc = crc32c::crc32c(&batch[21..]);
+                batch[17..21].copy_from_slice(&crc.to_be_bytes());
+                produce_request::PartitionProduceData::default().with_index(p).with_records(Some(batch.freeze()))
+            })
+            .collect();
+        let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
+            produce_request::TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partition_data(partitions),
+        ]);
+        let buf = frame(ApiKey::Produce, PRODUCE, n as i32 + 1, &req)?;
+        if let Err(e) = wr.write_all(&buf).await {
+            // The reader's error (the broker's answer) says more than the broken pipe.
+            return Err(match reader.await {
+                Ok(Err(why)) => why,
+                _ => e.to_string(),
+            });
+        }
+    }
+    let acked = tokio::time::timeout(Duration::from_secs(120), reader)
+        .await
+        .map_err(|_| "no answer to every request in 120 s".to_owned())?
+        .map_err(|e| e.to_string())??;
+    let secs = started.elapsed().as_secs_f64();
+    Ok((acked as f64 / secs, format!("{acked} records in {requests} requests, {secs:.2}s")))
 }
