@@ -1,5 +1,6 @@
 //! One handler per Kafka API, each calling the service layer with the connection's principal.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -20,7 +21,7 @@ use super::gather::Gather;
 use super::{ConnError, Shared, groups};
 use crate::error::Error;
 use crate::service::Acks;
-use crate::service::{RequestCtx, Service};
+use crate::service::{ProduceInFlight, RequestCtx, Service};
 use crate::topic::TopicConfigPatch;
 
 /// The APIs and versions gregor serves (further clamped to what the codec crate knows).
@@ -81,13 +82,27 @@ impl Session {
 }
 
 /// What a request produced.
-#[derive(Debug)]
 pub enum Answer {
     /// A response body, as parts written one after another (a Fetch answer's large record
     /// sets are parts of their own: see `gather.rs`), and the header version to frame it with.
     Body { body: Vec<Bytes>, header_version: i16 },
     /// Nothing goes back (Produce with `acks=0`).
     Nothing,
+    /// The answer once the writer has stored what the request queued (Produce): the
+    /// connection reads its next requests meanwhile.
+    Later(Pin<Box<dyn Future<Output = Result<Answer, ConnError>> + Send>>),
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Body { body, header_version } => {
+                f.debug_struct("Body").field("body", body).field("header_version", header_version).finish()
+            }
+            Answer::Nothing => f.write_str("Nothing"),
+            Answer::Later(_) => f.write_str("Later"),
+        }
+    }
 }
 
 /// The versions of `key` gregor serves, if any.
@@ -179,8 +194,12 @@ pub async fn dispatch(
         ApiKey::Produce => {
             let req: ProduceRequest = decode(frame, version)?;
             let acks = req.acks;
-            let answer = produce(req, service, ctx).await;
-            if acks == 0 { Ok(Answer::Nothing) } else { encode(&answer, version) }
+            let queued = produce(req, service, ctx).await;
+            if acks == 0 {
+                Ok(Answer::Nothing)
+            } else {
+                Ok(Answer::Later(Box::pin(async move { encode(&queued.answer().await, version) })))
+            }
         }
         ApiKey::Fetch => {
             let answer = fetch(decode(frame, version)?, service, ctx).await;
@@ -307,80 +326,128 @@ async fn metadata(req: MetadataRequest, version: i16, shared: &Shared, ctx: &Req
         .with_topics(topics)
 }
 
-async fn produce(req: ProduceRequest, service: &Service, ctx: &RequestCtx) -> ProduceResponse {
+/// A Produce whose batches are queued for the writer, topic by topic in request order.
+struct ProduceQueued {
+    topics: Vec<(String, TopicQueued)>,
+}
+
+/// One topic's part of a Produce: its answer already (refused whole), or its batches queued.
+enum TopicQueued {
+    Answered(Vec<(i32, Result<i64, i16>)>),
+    /// Each partition in request order with the code it was refused with, or `None` where its
+    /// batch went to the service.
+    Queued {
+        slots: Vec<(i32, Option<i16>)>,
+        in_flight: Result<ProduceInFlight, crate::error::Error>,
+    },
+}
+
+/// The first half of a Produce: checks each topic's batches and queues the good ones for the
+/// writer, in request order. The connection reads its next request while these are written;
+/// [`ProduceQueued::answer`] waits for the writer.
+async fn produce(req: ProduceRequest, service: &Service, ctx: &RequestCtx) -> ProduceQueued {
     let acks = match req.acks {
         0 => Some(Acks::None),
         1 => Some(Acks::Leader),
         -1 => Some(Acks::All),
         _ => None,
     };
-    let mut responses = Vec::with_capacity(req.topic_data.len());
+    let mut topics = Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let partitions: Vec<(i32, Option<Bytes>)> =
             topic.partition_data.into_iter().map(|p| (p.index, p.records)).collect();
-        let results = match (acks, req.transactional_id.is_some()) {
-            (None, _) => partitions.iter().map(|(p, _)| (*p, Err(errors::INVALID_REQUIRED_ACKS))).collect(),
-            (_, true) => {
-                partitions.iter().map(|(p, _)| (*p, Err(errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED))).collect()
-            }
+        let queued = match (acks, req.transactional_id.is_some()) {
+            (None, _) => TopicQueued::Answered(
+                partitions.iter().map(|(p, _)| (*p, Err(errors::INVALID_REQUIRED_ACKS))).collect(),
+            ),
+            (_, true) => TopicQueued::Answered(
+                partitions.iter().map(|(p, _)| (*p, Err(errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED))).collect(),
+            ),
             (Some(acks), false) => produce_topic(service, ctx, &name, partitions, acks).await,
         };
-        let partition_responses = results
-            .into_iter()
-            .map(|(p, r)| {
-                let part = produce_response::PartitionProduceResponse::default().with_index(p);
-                match r {
-                    Ok(base) => part.with_base_offset(base).with_log_append_time_ms(-1).with_log_start_offset(-1),
-                    Err(c) => part.with_error_code(c).with_base_offset(-1).with_log_start_offset(-1),
-                }
-            })
-            .collect();
-        responses.push(
-            produce_response::TopicProduceResponse::default()
-                .with_name(topic_name(&name))
-                .with_partition_responses(partition_responses),
-        );
+        topics.push((name, queued));
     }
-    ProduceResponse::default().with_responses(responses)
+    ProduceQueued { topics }
 }
 
-/// Appends each partition's batch (checked by the service; the good ones in one write).
+impl ProduceQueued {
+    /// The second half of a Produce: its answer once the writer has placed every batch.
+    async fn answer(self) -> ProduceResponse {
+        let mut responses = Vec::with_capacity(self.topics.len());
+        for (name, queued) in self.topics {
+            let results = match queued {
+                TopicQueued::Answered(results) => results,
+                TopicQueued::Queued { slots, in_flight } => {
+                    let outcomes = match in_flight {
+                        Ok(in_flight) => in_flight.outcomes().await,
+                        Err(e) => Err(e),
+                    };
+                    let mut outcomes = match outcomes {
+                        Ok(outcomes) => Ok(outcomes.into_iter()),
+                        Err(e) => Err(code(&e)),
+                    };
+                    slots
+                        .into_iter()
+                        .map(|(p, refused)| match (refused, &mut outcomes) {
+                            (Some(c), _) => (p, Err(c)),
+                            (None, Err(c)) => (p, Err(*c)),
+                            (None, Ok(outcomes)) => match outcomes.next() {
+                                Some(Ok(base)) => (p, Ok(base.map_or(-1, |b| b as i64))),
+                                Some(Err(e)) => (p, Err(errors::batch_code(&e))),
+                                None => (p, Err(errors::UNKNOWN_SERVER_ERROR)),
+                            },
+                        })
+                        .collect()
+                }
+            };
+            let partition_responses = results
+                .into_iter()
+                .map(|(p, r)| {
+                    let part = produce_response::PartitionProduceResponse::default().with_index(p);
+                    match r {
+                        Ok(base) => part.with_base_offset(base).with_log_append_time_ms(-1).with_log_start_offset(-1),
+                        Err(c) => part.with_error_code(c).with_base_offset(-1).with_log_start_offset(-1),
+                    }
+                })
+                .collect();
+            responses.push(
+                produce_response::TopicProduceResponse::default()
+                    .with_name(topic_name(&name))
+                    .with_partition_responses(partition_responses),
+            );
+        }
+        ProduceResponse::default().with_responses(responses)
+    }
+}
+
+/// Checks each partition's batch and queues the good ones for one write (the service's
+/// [`Service::submit_batches`]).
 async fn produce_topic(
     service: &Service,
     ctx: &RequestCtx,
     topic: &str,
     partitions: Vec<(i32, Option<Bytes>)>,
     acks: Acks,
-) -> Vec<(i32, Result<i64, i16>)> {
-    let mut results: Vec<(i32, Result<i64, i16>)> = Vec::with_capacity(partitions.len());
+) -> TopicQueued {
+    let mut slots = Vec::with_capacity(partitions.len());
     let mut batches = Vec::with_capacity(partitions.len());
     for (p, records) in partitions {
         match u32::try_from(p) {
             Ok(index) => {
-                results.push((p, Ok(-1)));
+                slots.push((p, None));
                 batches.push((index, records.map(|b| b.to_vec()).unwrap_or_default()));
             }
-            Err(_) => results.push((p, Err(errors::UNKNOWN_TOPIC_OR_PARTITION))),
+            Err(_) => slots.push((p, Some(errors::UNKNOWN_TOPIC_OR_PARTITION))),
         }
     }
     if batches.is_empty() {
-        return results;
+        return TopicQueued::Answered(
+            slots.into_iter().map(|(p, c)| (p, Err(c.unwrap_or(errors::UNKNOWN_TOPIC_OR_PARTITION)))).collect(),
+        );
     }
-    let outcomes = service.produce_batches(ctx, topic, batches, acks).await;
-    let produced = results.iter_mut().filter(|(_, r)| r.is_ok()).map(|(_, r)| r);
-    match outcomes {
-        Ok(outcomes) => {
-            for (r, outcome) in produced.zip(outcomes) {
-                *r = match outcome {
-                    Ok(base) => Ok(base.map_or(-1, |b| b as i64)),
-                    Err(e) => Err(errors::batch_code(&e)),
-                };
-            }
-        }
-        Err(e) => produced.for_each(|r| *r = Err(code(&e))),
-    }
-    results
+    let in_flight = service.submit_batches(ctx, topic, batches, acks).await;
+    TopicQueued::Queued { slots, in_flight }
 }
 
 async fn fetch(req: FetchRequest, service: &Service, ctx: &RequestCtx) -> FetchResponse {

@@ -5,8 +5,10 @@
 //! before anything is allocated, decodes each with the `kafka-protocol` crate (vendored with
 //! its decoders bounding every claimed length by the bytes left; see vendor/README.md), runs
 //! it (`api.rs`) and writes the answer. Requests on one connection are answered in order, as
-//! Kafka requires. A frame that does not decode closes its connection only; an API or
-//! version gregor does not serve is answered with UNSUPPORTED_VERSION.
+//! Kafka requires; up to five Produces overlap (the next is checked and queued for the writer
+//! while the ones before it are stored), any other request waits for those before it. A frame
+//! that does not decode closes its connection only; an API or version gregor does not serve
+//! is answered with UNSUPPORTED_VERSION.
 
 mod api;
 pub(crate) mod errors;
@@ -16,9 +18,17 @@ mod groups;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use kafka_protocol::messages::ApiKey;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -121,70 +131,172 @@ pub(crate) enum ConnError {
     Unauthenticated(kafka_protocol::messages::ApiKey),
 }
 
+/// Produce requests a connection has queued for the writer and not yet answered. Kafka's
+/// broker runs one request per connection at a time; gregor checks and queues the next
+/// Produce while the writer stores (and syncs) the ones before it, answering in order. Five is
+/// what an idempotent Kafka producer keeps in flight (`max.in.flight.requests.per.connection`).
+const PRODUCES_IN_FLIGHT: usize = 5;
+
+/// An answer frame: its response header and its body's parts.
+type Reply = (Bytes, Vec<Bytes>);
+
+/// Splits the stream into request frames (the size prefix removed), refusing a size beyond
+/// `kafka.max_request_bytes` before anything is allocated for it.
+struct Frames {
+    max: usize,
+}
+
+impl Decoder for Frames {
+    type Item = BytesMut;
+    type Error = ConnError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, ConnError> {
+        let Some(prefix) = src.get(..4) else { return Ok(None) };
+        let size = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        if size < 0 || size as usize > self.max {
+            return Err(ConnError::TooLarge { size: size.into(), max: self.max });
+        }
+        let size = size as usize;
+        if src.len() < 4 + size {
+            src.reserve(4 + size - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        Ok(Some(src.split_to(size)))
+    }
+}
+
 async fn connection(stream: TcpStream, shared: Arc<Shared>, stop: CancellationToken) -> Result<(), ConnError> {
     // Anonymous where credentials are not required; otherwise SASL/PLAIN first.
     let anonymous = shared.service.authenticate(&crate::auth::Credentials::None).await.ok();
     let peer = stream.peer_addr().ok();
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, Frames { max: shared.max_request_bytes });
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let mut session = api::Session::new(anonymous, peer);
+    // Answers to come, in request order (Produces waiting for the writer, and any answer
+    // behind them).
+    let mut pending: FuturesOrdered<LaterReply> = FuturesOrdered::new();
     loop {
-        let mut len = [0u8; 4];
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            read = rd.read_exact(&mut len) => match read {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e.into()),
-            },
-        }
-        let size = i32::from_be_bytes(len);
-        if size < 0 || size as usize > shared.max_request_bytes {
-            return Err(ConnError::TooLarge { size: size.into(), max: shared.max_request_bytes });
-        }
-        let mut frame = BytesMut::zeroed(size as usize);
-        rd.read_exact(&mut frame).await?;
-        let answer = handle_frame(frame.freeze(), &shared, &mut session).await?;
-        if let Some((header, body)) = answer {
-            let size = header.len() + body.iter().map(Bytes::len).sum::<usize>();
-            wr.write_all(&(size as i32).to_be_bytes()).await?;
-            wr.write_all(&header).await?;
-            // A part larger than the writer's buffer goes to the socket straight from memory.
-            for part in &body {
-                wr.write_all(part).await?;
+            biased;
+            _ = stop.cancelled() => return drain(&mut pending, &mut wr).await,
+            Some(reply) = pending.next(), if !pending.is_empty() => send(&mut wr, reply?).await?,
+            frame = frames.next(), if pending.len() < PRODUCES_IN_FLIGHT => {
+                let frame = match frame {
+                    None => return drain(&mut pending, &mut wr).await,
+                    Some(frame) => frame?.freeze(),
+                };
+                // Only Produces overlap: any other request sees every earlier one done (a
+                // Fetch or ListOffsets after a Produce on the same connection sees its records).
+                if frame.get(..2) != Some(&(ApiKey::Produce as i16).to_be_bytes()[..]) {
+                    drain(&mut pending, &mut wr).await?;
+                }
+                match handle_frame(frame, &shared, &mut session).await? {
+                    Handled::Now(None) => {}
+                    Handled::Now(Some(reply)) if pending.is_empty() => send(&mut wr, Some(reply)).await?,
+                    Handled::Now(Some(reply)) => pending.push_back(Box::pin(std::future::ready(Ok(Some(reply))))),
+                    Handled::Later(later) => pending.push_back(later),
+                }
+                if session.closing {
+                    return drain(&mut pending, &mut wr).await;
+                }
             }
-            wr.flush().await?;
-        }
-        if session.closing {
-            return Ok(());
         }
     }
 }
 
+/// An answer the connection writes once its request is done.
+type LaterReply = Pin<Box<dyn Future<Output = Result<Option<Reply>, ConnError>> + Send>>;
+
+/// Writes one answer (size prefix, header, body) and flushes it.
+async fn send(wr: &mut BufWriter<OwnedWriteHalf>, reply: Option<Reply>) -> Result<(), ConnError> {
+    let Some((header, body)) = reply else { return Ok(()) };
+    let size = header.len() + body.iter().map(Bytes::len).sum::<usize>();
+    wr.write_all(&(size as i32).to_be_bytes()).await?;
+    wr.write_all(&header).await?;
+    // A part larger than the writer's buffer goes to the socket straight from memory.
+    for part in &body {
+        wr.write_all(part).await?;
+    }
+    wr.flush().await?;
+    Ok(())
+}
+
+/// Waits for every pending answer and writes it, in order.
+async fn drain(pending: &mut FuturesOrdered<LaterReply>, wr: &mut BufWriter<OwnedWriteHalf>) -> Result<(), ConnError> {
+    while let Some(reply) = pending.next().await {
+        send(wr, reply?).await?;
+    }
+    Ok(())
+}
+
+/// What [`handle_frame`] made of a request.
+pub(crate) enum Handled {
+    /// The answer now (`None`: nothing goes back, Produce with `acks=0`).
+    Now(Option<Reply>),
+    /// The answer once the writer has stored what the request queued.
+    Later(LaterReply),
+}
+
 /// Decodes one request frame, runs it, and encodes the answer: its response header and its
 /// body's parts, without the size prefix (kept apart so a large body is not copied behind the
-/// header). `None`: nothing is sent back (Produce with `acks=0`).
+/// header). A Produce answers [`Handled::Later`], once its batches are queued for the writer.
 pub(crate) async fn handle_frame(
     mut frame: Bytes,
     shared: &Shared,
     session: &mut api::Session,
-) -> Result<Option<(Bytes, Vec<Bytes>)>, ConnError> {
+) -> Result<Handled, ConnError> {
     if frame.remaining() < 8 {
         return Err(ConnError::Malformed(format!("a request header needs 8 bytes, got {}", frame.remaining())));
     }
     let api_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    let answer = api::dispatch(api_key, version, &mut frame, shared, session).await;
-    let (body, header_version) = match answer {
-        Ok(api::Answer::Body { body, header_version }) => (body, header_version),
-        Ok(api::Answer::Nothing) => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    Ok(match api::dispatch(api_key, version, &mut frame, shared, session).await? {
+        api::Answer::Later(later) => Handled::Later(Box::pin(async move { Ok(framed(correlation_id, later.await?)) })),
+        answer => Handled::Now(framed(correlation_id, answer)),
+    })
+}
+
+/// The response header for an answer, and the answer's body parts.
+fn framed(correlation_id: i32, answer: api::Answer) -> Option<Reply> {
+    let api::Answer::Body { body, header_version } = answer else { return None };
     let mut header = BytesMut::with_capacity(5);
     header.put_i32(correlation_id);
     if header_version >= 1 {
         header.put_u8(0); // no tagged fields
     }
-    Ok(Some((header.freeze(), body)))
+    Some((header.freeze(), body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_come_whole_and_sizes_beyond_the_limit_are_refused_before_allocating() {
+        let mut frames = Frames { max: 16 };
+        let mut buf = BytesMut::new();
+        buf.put_i32(5);
+        buf.put_slice(b"abc");
+        assert!(frames.decode(&mut buf).unwrap().is_none(), "a partial frame waits");
+        assert!(buf.capacity() >= 9, "room reserved for the rest of it");
+        buf.put_slice(b"de");
+        buf.put_i32(0);
+        assert_eq!(&frames.decode(&mut buf).unwrap().unwrap()[..], b"abcde");
+        assert_eq!(&frames.decode(&mut buf).unwrap().unwrap()[..], b"", "an empty frame");
+        assert!(frames.decode(&mut buf).unwrap().is_none());
+
+        for size in [17, i32::MAX, -1, i32::MIN] {
+            let mut buf = BytesMut::new();
+            buf.put_i32(size);
+            let capacity = buf.capacity();
+            match frames.decode(&mut buf) {
+                Err(ConnError::TooLarge { size: s, max: 16 }) => assert_eq!(s, i64::from(size)),
+                other => panic!("size {size}: {other:?}"),
+            }
+            assert_eq!(buf.capacity(), capacity, "size {size}: nothing reserved");
+        }
+    }
 }

@@ -265,6 +265,10 @@ pub struct IdempotentAnswer {
 /// Default replay window of idempotency keys: a day, as common HTTP APIs keep them.
 pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = 86_400_000;
 
+/// Batches queued for the writer by [`Log::submit_batches`], not yet known to be written.
+#[derive(Debug)]
+pub struct Submitted(oneshot::Receiver<Result<Vec<writer::Placed>>>);
+
 /// Default lifetime of an idempotent producer's state after its last batch: a day, as
 /// Kafka's `producer.id.expiration.ms`.
 pub const DEFAULT_PRODUCER_EXPIRY_MS: u64 = 86_400_000;
@@ -663,16 +667,17 @@ impl Log {
         Ok((PendingJob { topic: topic.clone(), batches, acks, idempotent: None }, placement, timestamps))
     }
 
-    /// Appends batches a Kafka producer sent (checked by `record::check_produced`), stored as
-    /// sent, in one write: `(partition, batch)` in request order. Returns each batch's base
-    /// offset (an idempotent producer's retry: the first one's, nothing written) or why the
-    /// idempotent producer rules refused it ([`producers`]); `None` with `acks=none`.
-    pub async fn append_batches(
+    /// Queues batches a Kafka producer sent (checked by `record::check_produced`) for the
+    /// writer, stored as sent, in one write: `(partition, batch)` in request order. Batches
+    /// queued by successive calls are written in call order (a connection's pipelined requests
+    /// keep their producer sequences in order). [`Log::placed`] waits for each batch's base
+    /// offset; `None` with `acks=none`.
+    pub fn submit_batches(
         &self,
         topic: &str,
         batches: Vec<(u32, record::EncodedBatch)>,
         acks: Acks,
-    ) -> Result<Option<Vec<writer::Placed>>> {
+    ) -> Result<Option<Submitted>> {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -682,10 +687,14 @@ impl Log {
             return Err(Error::UnknownPartition { topic: topic.name.to_string(), partition: *p });
         }
         let job = PendingJob { topic, batches, acks, idempotent: None };
-        match self.enqueue(job)? {
-            None => Ok(None),
-            Some((rx, _)) => Ok(Some(self.reply(rx).await?)),
-        }
+        Ok(self.enqueue(job)?.map(|(rx, _)| Submitted(rx)))
+    }
+
+    /// Each submitted batch's base offset once written (an idempotent producer's retry: the
+    /// first one's, nothing written) or why the idempotent producer rules refused it
+    /// ([`producers`]).
+    pub async fn placed(&self, submitted: Submitted) -> Result<Vec<writer::Placed>> {
+        self.reply(submitted.0).await
     }
 
     /// Waits until one of `positions` (topic, partition, offset) has a record at or past its

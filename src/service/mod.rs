@@ -766,19 +766,20 @@ impl Service {
 
     // ---- the Kafka listener's record paths ----
 
-    /// Appends the batches a Kafka producer sent to one topic, one per partition: `write` on
+    /// Queues the batches a Kafka producer sent to one topic, one per partition: `write` on
     /// the topic, then each batch is checked (`record::check_produced`, bounded by the topic's
     /// `max_message_bytes`, as Kafka's `max.message.bytes` bounds a batch), the produce quota
-    /// is spent on the good ones' bytes, and they are stored as sent in one write. Answers,
-    /// in request order, each batch's base offset (`None` with `acks=none`) or why it was
-    /// refused; an `Err` is the whole request's.
-    pub async fn produce_batches(
+    /// is spent on the good ones' bytes, and they are queued for the writer, to be stored as
+    /// sent in one write. Returns once they are queued: batches of later calls are written
+    /// after these, so a connection can check its next request while this one is written.
+    /// [`ProduceInFlight::outcomes`] waits for the answer. An `Err` is the whole request's.
+    pub async fn submit_batches(
         &self,
         ctx: &RequestCtx,
         topic: &str,
         batches: Vec<(u32, Vec<u8>)>,
         acks: Acks,
-    ) -> Result<Vec<std::result::Result<Option<u64>, BatchError>>> {
+    ) -> Result<ProduceInFlight> {
         self.authorize(ctx, Operation::Produce(topic))?;
         let max = self.log()?.topic(topic)?.config().max_message_bytes as usize;
         let framing = self.framing_check(topic)?;
@@ -803,7 +804,7 @@ impl Service {
         // Checking walks every record and inflates compressed batches: beyond a small request
         // that CPU work leaves the async workers to a blocking thread.
         let size: usize = batches.iter().map(|(_, b)| b.len()).sum();
-        let (mut outcomes, good) = if size > CHECK_INLINE_BYTES {
+        let (outcomes, good) = if size > CHECK_INLINE_BYTES {
             tokio::task::spawn_blocking(move || check(batches))
                 .await
                 .map_err(|e| Error::Internal(format!("checking produced batches: {e}")))?
@@ -811,22 +812,26 @@ impl Service {
             check(batches)
         };
         if good.is_empty() {
-            return Ok(outcomes);
+            let (service, log, topic) = (self.clone(), self.log()?.clone(), topic.to_owned());
+            let started = std::time::Instant::now();
+            return Ok(ProduceInFlight { service, log, topic, records: 0, started, outcomes, waiting: None });
         }
         let bytes = good.iter().map(|(_, b)| b.bytes.len() as u64).sum();
         self.spend(ctx, Spend::Produce, bytes).await?;
         let records: usize = good.iter().map(|(_, b)| b.count as usize).sum();
+        let log = self.log()?;
         let started = std::time::Instant::now();
-        let bases = self.log()?.append_batches(topic, good, acks).await?;
-        self.0.history.record_produce(started.elapsed());
-        self.0.metrics.records_in(topic, records);
-        if let Some(placed) = bases {
-            let mut placed = placed.into_iter();
-            for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
-                *outcome = placed.next().transpose();
-            }
-        }
-        Ok(outcomes)
+        let waiting = log.submit_batches(topic, good, acks)?;
+        let in_flight = ProduceInFlight {
+            service: self.clone(),
+            log: log.clone(),
+            topic: topic.to_owned(),
+            records,
+            started,
+            outcomes,
+            waiting,
+        };
+        Ok(in_flight)
     }
 
     /// Hands an idempotent Kafka producer its id (epoch 0). Nothing beyond a session is
@@ -1150,6 +1155,41 @@ fn distinct_topics<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
 /// How long a WebSocket waits between heartbeats: a third of its session.
 pub fn heartbeat_interval(session_ms: u64) -> Duration {
     Duration::from_millis((session_ms / 3).max(10))
+}
+
+/// A Kafka produce request's batches for one topic, queued for the writer
+/// ([`Service::submit_batches`]).
+#[derive(Debug)]
+pub struct ProduceInFlight {
+    service: Service,
+    log: Arc<Log>,
+    topic: String,
+    records: usize,
+    started: std::time::Instant,
+    /// Per batch in request order: `Ok(None)` for the queued ones, or why it was refused.
+    outcomes: Vec<std::result::Result<Option<u64>, BatchError>>,
+    /// The writer's answer to come; `None` with `acks=none` or nothing queued.
+    waiting: Option<crate::log::Submitted>,
+}
+
+impl ProduceInFlight {
+    /// Each batch's base offset once written (`None` with `acks=none`) or why it was refused,
+    /// in request order; an `Err` is the whole request's (the write failed).
+    pub async fn outcomes(self) -> Result<Vec<std::result::Result<Option<u64>, BatchError>>> {
+        let ProduceInFlight { service, log, topic, records, started, mut outcomes, waiting } = self;
+        if let Some(waiting) = waiting {
+            let placed = log.placed(waiting).await?;
+            let mut placed = placed.into_iter();
+            for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                *outcome = placed.next().transpose();
+            }
+        }
+        if records > 0 {
+            service.0.history.record_produce(started.elapsed());
+            service.0.metrics.records_in(&topic, records);
+        }
+        Ok(outcomes)
+    }
 }
 
 #[cfg(test)]
