@@ -481,7 +481,7 @@ async fn raw_produce(bootstrap: &str, topic: &str, total: u64) -> Result<(f64, S
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const PRODUCE: i16 = 7;
-    const INIT: i16 = 1;
+    const INIT: i16 = 4;
     fn frame(key: ApiKey, version: i16, correlation: i32, body: &impl Encodable) -> Result<BytesMut, String> {
         let header = RequestHeader::default()
             .with_request_api_key(key as i16)
@@ -516,7 +516,11 @@ async fn raw_produce(bootstrap: &str, topic: &str, total: u64) -> Result<(f64, S
     let stream = tokio::net::TcpStream::connect(bootstrap).await.map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let (mut rd, mut wr) = stream.into_split();
-    let init = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+        .with_producer_epoch(-1);
     wr.write_all(&frame(ApiKey::InitProducerId, INIT, 0, &init)?).await.map_err(|e| e.to_string())?;
     let mut body = answer(&mut rd, ApiKey::InitProducerId, INIT).await?;
     let init = InitProducerIdResponse::decode(&mut body, INIT).map_err(|e| e.to_string())?;
