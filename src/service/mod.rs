@@ -51,7 +51,7 @@ use crate::record::{NewRecord, StoredRecord};
 use crate::topic::{TopicConfig, TopicConfigPatch};
 
 /// Produced Kafka batches up to this many bytes per request are checked on the async worker;
-/// larger ones on a blocking thread (`Service::produce_batches`).
+/// larger ones on a blocking thread (`Service::submit_batches`).
 const CHECK_INLINE_BYTES: usize = 256 * 1024;
 
 /// The backend that stores and serves the log.
