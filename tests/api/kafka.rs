@@ -412,6 +412,46 @@ async fn back_to_back_produces_are_applied_and_answered_in_order() {
     .await;
 }
 
+/// A refused Produce among overlapping ones leaves the others as Kafka's broker would: the
+/// requests before it are stored, it is refused (a CRC mismatch: CORRUPT_MESSAGE, 2), the
+/// ones after it leave a gap in the producer's sequences (OUT_OF_ORDER_SEQUENCE_NUMBER, 45),
+/// every answer in request order; the producer's retries from the refused batch are stored.
+#[tokio::test]
+async fn a_refused_produce_among_overlapping_ones_leaves_the_others_in_order() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("pipe-bad", 1).await;
+        let mut s = TcpStream::connect(app.kafka.clone().unwrap()).await.unwrap();
+        let pid = init_producer_id(&mut s).await;
+        let mut burst = Vec::new();
+        for i in 0..6 {
+            let mut req = idempotent_request("pipe-bad", pid, 0, i * 3);
+            if i == 3 {
+                let part = &mut req.topic_data[0].partition_data[0];
+                let mut batch = part.records.take().unwrap().to_vec();
+                let last = batch.len() - 1;
+                batch[last] ^= 1;
+                part.records = Some(Bytes::from(batch));
+            }
+            burst.extend(framed(ApiKey::Produce, 9, 100 + i, &req));
+        }
+        s.write_all(&burst).await.unwrap();
+        let mut answers = Vec::new();
+        for i in 0..6i32 {
+            let body = read_answer(&mut s).await;
+            assert_eq!(&body[..4], &(100 + i).to_be_bytes(), "answers in request order");
+            let res: ProduceResponse = answer(ApiKey::Produce, 9, body);
+            let p = &res.responses[0].partition_responses[0];
+            answers.push((p.error_code, p.base_offset));
+        }
+        assert_eq!(answers, vec![(0, 0), (0, 3), (0, 6), (2, -1), (45, -1), (45, -1)]);
+        assert_eq!(produce_idempotent(&mut s, "pipe-bad", pid, 0, 9).await, (0, 9), "the retry of the refused batch");
+        assert_eq!(produce_idempotent(&mut s, "pipe-bad", pid, 0, 12).await, (0, 12));
+        assert_eq!(app.partition("pipe-bad", 0).await["end_offset"], 15);
+    })
+    .await;
+}
+
 /// Kafka's idempotent producer rules on the wire, and across a restart: a retried batch
 /// gets its first offset and is not stored again, a gap is OUT_OF_ORDER_SEQUENCE_NUMBER
 /// (45), an older epoch INVALID_PRODUCER_EPOCH (47); producer ids are never handed out twice.
