@@ -260,8 +260,10 @@ impl Writer {
         // pass drops at least one job, so this ends.
         let mut refused: Vec<Option<Error>> = group.iter().map(|_| None).collect();
         let now = super::now_ms();
+        // Room for the records and, per batch, its keys and index entry.
+        let capacity = group_bytes(&group) + group.iter().map(|j| j.batches.len()).sum::<usize>() * 128;
         let (batch, touched, staged_producers, outcomes, sync) = 'build: loop {
-            let mut batch = self.store.batch();
+            let mut batch = self.store.batch_with_capacity(capacity);
             let mut sync = false;
             let mut touched = Touched::new();
             let mut staged_producers = StagedProducers::new();

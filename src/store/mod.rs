@@ -349,6 +349,12 @@ impl Store {
         StoreBatch { store: self, wb: WriteBatch::default() }
     }
 
+    /// A write with room for `bytes` reserved up front: a group commit of megabytes is then
+    /// copied into it once instead of being re-copied each time the write's buffer doubles.
+    pub fn batch_with_capacity(&self, bytes: usize) -> StoreBatch<'_> {
+        StoreBatch { store: self, wb: WriteBatch::with_capacity_bytes(bytes) }
+    }
+
     /// Applies a write atomically; with `sync` the WAL is fsynced before returning.
     pub fn write(&self, batch: StoreBatch<'_>, sync: bool) -> Result<()> {
         let mut wo = WriteOptions::default();
