@@ -15,11 +15,10 @@ pub(crate) mod errors;
 mod gather;
 mod groups;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;

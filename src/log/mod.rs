@@ -265,13 +265,13 @@ pub struct IdempotentAnswer {
 /// Default replay window of idempotency keys: a day, as common HTTP APIs keep them.
 pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = 86_400_000;
 
-/// Batches queued for the writer by [`Log::submit_batches`], not yet known to be written.
-#[derive(Debug)]
-pub struct Submitted(oneshot::Receiver<Result<Vec<writer::Placed>>>);
-
 /// Default lifetime of an idempotent producer's state after its last batch: a day, as
 /// Kafka's `producer.id.expiration.ms`.
 pub const DEFAULT_PRODUCER_EXPIRY_MS: u64 = 86_400_000;
+
+/// Batches queued for the writer by [`Log::submit_batches`], not yet known to be written.
+#[derive(Debug)]
+pub struct Submitted(oneshot::Receiver<Result<Vec<writer::Placed>>>);
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

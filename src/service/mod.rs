@@ -822,7 +822,7 @@ impl Service {
         let log = self.log()?;
         let started = std::time::Instant::now();
         let waiting = log.submit_batches(topic, good, acks)?;
-        let in_flight = ProduceInFlight {
+        Ok(ProduceInFlight {
             service: self.clone(),
             log: log.clone(),
             topic: topic.to_owned(),
@@ -830,8 +830,7 @@ impl Service {
             started,
             outcomes,
             waiting,
-        };
-        Ok(in_flight)
+        })
     }
 
     /// Hands an idempotent Kafka producer its id (epoch 0). Nothing beyond a session is
