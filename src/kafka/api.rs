@@ -196,7 +196,14 @@ pub async fn dispatch(
             let acks = req.acks;
             let queued = produce(req, service, ctx).await;
             if acks == 0 {
-                Ok(Answer::Nothing)
+                // No answer goes back, but the connection still waits for the write like any
+                // Produce: requests after it see its records, and a producer that never waits
+                // is held back by the window of Produces in flight instead of overflowing the
+                // writer's queue (where its records would be dropped unanswered).
+                Ok(Answer::Later(Box::pin(async move {
+                    queued.answer().await;
+                    Ok(Answer::Nothing)
+                })))
             } else {
                 Ok(Answer::Later(Box::pin(async move { encode(&queued.answer().await, version) })))
             }
@@ -347,8 +354,8 @@ enum TopicQueued {
 /// [`ProduceQueued::answer`] waits for the writer.
 async fn produce(req: ProduceRequest, service: &Service, ctx: &RequestCtx) -> ProduceQueued {
     let acks = match req.acks {
-        0 => Some(Acks::None),
-        1 => Some(Acks::Leader),
+        // Written as `acks=1` is (not synced); the connection answers nothing (see `dispatch`).
+        0 | 1 => Some(Acks::Leader),
         -1 => Some(Acks::All),
         _ => None,
     };

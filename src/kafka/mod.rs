@@ -232,9 +232,10 @@ async fn drain(pending: &mut FuturesOrdered<LaterReply>, wr: &mut BufWriter<Owne
 
 /// What [`handle_frame`] made of a request.
 pub(crate) enum Handled {
-    /// The answer now (`None`: nothing goes back, Produce with `acks=0`).
+    /// The answer now (`None`: nothing goes back).
     Now(Option<Reply>),
-    /// The answer once the writer has stored what the request queued.
+    /// The answer once the writer has stored what the request queued (`None`: nothing goes
+    /// back, Produce with `acks=0`).
     Later(LaterReply),
 }
 

@@ -412,6 +412,40 @@ async fn back_to_back_produces_are_applied_and_answered_in_order() {
     .await;
 }
 
+/// Produces with `acks=0` get no answer, are stored and counted: the next request's answer is
+/// the first one back, and it sees their records.
+#[tokio::test]
+async fn acks_zero_produces_are_stored_and_counted_without_an_answer() {
+    crate::helpers::within(async {
+        let app = spawn_app().await;
+        app.create_topic("ack0", 1).await;
+        let mut s = TcpStream::connect(app.kafka.clone().unwrap()).await.unwrap();
+        let mut burst = Vec::new();
+        for i in 0..2 {
+            // Not idempotent: no producer id, epoch or sequence.
+            let req = idempotent_request("ack0", -1, -1, -1).with_acks(0);
+            burst.extend(framed(ApiKey::Produce, 9, 100 + i, &req));
+        }
+        let partition = kafka_protocol::messages::list_offsets_request::ListOffsetsPartition::default()
+            .with_partition_index(0)
+            .with_timestamp(-1);
+        let topic = kafka_protocol::messages::list_offsets_request::ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("ack0")))
+            .with_partitions(vec![partition]);
+        let list = kafka_protocol::messages::ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![topic]);
+        burst.extend(framed(ApiKey::ListOffsets, 7, 500, &list));
+        s.write_all(&burst).await.unwrap();
+        let body = read_answer(&mut s).await;
+        assert_eq!(&body[..4], &500i32.to_be_bytes(), "no answer to the acks=0 produces");
+        let res: kafka_protocol::messages::ListOffsetsResponse = answer(ApiKey::ListOffsets, 7, body);
+        assert_eq!(res.topics[0].partitions[0].offset, 6);
+        assert_eq!(app.metric("gregor_records_in_total{topic=\"ack0\"}").await, 6.0);
+    })
+    .await;
+}
+
 /// A refused Produce among overlapping ones leaves the others as Kafka's broker would: the
 /// requests before it are stored, it is refused (a CRC mismatch: CORRUPT_MESSAGE, 2), the
 /// ones after it leave a gap in the producer's sequences (OUT_OF_ORDER_SEQUENCE_NUMBER, 45),
