@@ -195,18 +195,14 @@ pub async fn dispatch(
             let req: ProduceRequest = decode(frame, version)?;
             let acks = req.acks;
             let queued = produce(req, service, ctx).await;
-            if acks == 0 {
-                // No answer goes back, but the connection still waits for the write like any
-                // Produce: requests after it see its records, and a producer that never waits
-                // is held back by the window of Produces in flight instead of overflowing the
-                // writer's queue (where its records would be dropped unanswered).
-                Ok(Answer::Later(Box::pin(async move {
-                    queued.answer().await;
-                    Ok(Answer::Nothing)
-                })))
-            } else {
-                Ok(Answer::Later(Box::pin(async move { encode(&queued.answer().await, version) })))
-            }
+            // With `acks=0` no answer goes back, but the connection still waits for the write
+            // like any Produce: requests after it see its records, and a producer that never
+            // waits is held back by the window of Produces in flight instead of overflowing
+            // the writer's queue (where its records would be dropped unanswered).
+            Ok(Answer::Later(Box::pin(async move {
+                let answer = queued.answer().await;
+                if acks == 0 { Ok(Answer::Nothing) } else { encode(&answer, version) }
+            })))
         }
         ApiKey::Fetch => {
             let answer = fetch(decode(frame, version)?, service, ctx).await;

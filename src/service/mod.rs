@@ -811,26 +811,16 @@ impl Service {
         } else {
             check(batches)
         };
-        if good.is_empty() {
-            let (service, log, topic) = (self.clone(), self.log()?.clone(), topic.to_owned());
-            let started = std::time::Instant::now();
-            return Ok(ProduceInFlight { service, log, topic, records: 0, started, outcomes, waiting: None });
-        }
-        let bytes = good.iter().map(|(_, b)| b.bytes.len() as u64).sum();
-        self.spend(ctx, Spend::Produce, bytes).await?;
         let records: usize = good.iter().map(|(_, b)| b.count as usize).sum();
-        let log = self.log()?;
-        let started = std::time::Instant::now();
-        let waiting = log.submit_batches(topic, good, acks)?;
-        Ok(ProduceInFlight {
-            service: self.clone(),
-            log: log.clone(),
-            topic: topic.to_owned(),
-            records,
-            started,
-            outcomes,
-            waiting,
-        })
+        let (waiting, started) = if good.is_empty() {
+            (None, std::time::Instant::now())
+        } else {
+            let bytes = good.iter().map(|(_, b)| b.bytes.len() as u64).sum();
+            self.spend(ctx, Spend::Produce, bytes).await?;
+            let started = std::time::Instant::now();
+            (self.log()?.submit_batches(topic, good, acks)?, started)
+        };
+        Ok(ProduceInFlight { service: self.clone(), topic: topic.to_owned(), records, started, outcomes, waiting })
     }
 
     /// Hands an idempotent Kafka producer its id (epoch 0). Nothing beyond a session is
@@ -1161,7 +1151,6 @@ pub fn heartbeat_interval(session_ms: u64) -> Duration {
 #[derive(Debug)]
 pub struct ProduceInFlight {
     service: Service,
-    log: Arc<Log>,
     topic: String,
     records: usize,
     started: std::time::Instant,
@@ -1175,9 +1164,9 @@ impl ProduceInFlight {
     /// Each batch's base offset once written (`None` with `acks=none`) or why it was refused,
     /// in request order; an `Err` is the whole request's (the write failed).
     pub async fn outcomes(self) -> Result<Vec<std::result::Result<Option<u64>, BatchError>>> {
-        let ProduceInFlight { service, log, topic, records, started, mut outcomes, waiting } = self;
+        let ProduceInFlight { service, topic, records, started, mut outcomes, waiting } = self;
         if let Some(waiting) = waiting {
-            let placed = log.placed(waiting).await?;
+            let placed = service.log()?.placed(waiting).await?;
             let mut placed = placed.into_iter();
             for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
                 *outcome = placed.next().transpose();
