@@ -372,6 +372,33 @@ async fn read_answer(stream: &mut TcpStream) -> Vec<u8> {
     body
 }
 
+/// A framed ListOffsets (v7) for the latest offset of `topic`/0.
+fn latest_offset_request(topic: &str, id: i32) -> Vec<u8> {
+    let partition = kafka_protocol::messages::list_offsets_request::ListOffsetsPartition::default()
+        .with_partition_index(0)
+        .with_timestamp(-1);
+    let topic = kafka_protocol::messages::list_offsets_request::ListOffsetsTopic::default()
+        .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+        .with_partitions(vec![partition]);
+    let list =
+        kafka_protocol::messages::ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![topic]);
+    framed(ApiKey::ListOffsets, 7, id, &list)
+}
+
+/// Reads the answers to `count` Produces (v9) sent with correlation ids `first`, `first + 1`,
+/// …, asserting they come in that order; answers each one's (error code, base offset).
+async fn produce_answers(stream: &mut TcpStream, first: i32, count: i32) -> Vec<(i16, i64)> {
+    let mut answers = Vec::new();
+    for i in 0..count {
+        let body = read_answer(stream).await;
+        assert_eq!(&body[..4], &(first + i).to_be_bytes(), "answers in request order");
+        let res: ProduceResponse = answer(ApiKey::Produce, 9, body);
+        let p = &res.responses[0].partition_responses[0];
+        answers.push((p.error_code, p.base_offset));
+    }
+    answers
+}
+
 /// Produces sent back to back on one connection, without waiting for answers (as librdkafka
 /// keeps five in flight), are applied and answered in order: an idempotent producer's
 /// sequences 0, 3, 6, … land at offsets 0, 3, 6, …; a request of another kind after them
@@ -387,24 +414,10 @@ async fn back_to_back_produces_are_applied_and_answered_in_order() {
         for i in 0..20 {
             burst.extend(framed(ApiKey::Produce, 9, 100 + i, &idempotent_request("pipe", pid, 0, i * 3)));
         }
-        let partition = kafka_protocol::messages::list_offsets_request::ListOffsetsPartition::default()
-            .with_partition_index(0)
-            .with_timestamp(-1);
-        let topic = kafka_protocol::messages::list_offsets_request::ListOffsetsTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str("pipe")))
-            .with_partitions(vec![partition]);
-        let list = kafka_protocol::messages::ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![topic]);
-        burst.extend(framed(ApiKey::ListOffsets, 7, 500, &list));
+        burst.extend(latest_offset_request("pipe", 500));
         s.write_all(&burst).await.unwrap();
-        for i in 0..20i32 {
-            let body = read_answer(&mut s).await;
-            assert_eq!(&body[..4], &(100 + i).to_be_bytes(), "answers in request order");
-            let res: ProduceResponse = answer(ApiKey::Produce, 9, body);
-            let p = &res.responses[0].partition_responses[0];
-            assert_eq!((p.error_code, p.base_offset), (0, i64::from(i * 3)), "request {i}");
-        }
+        let answers = produce_answers(&mut s, 100, 20).await;
+        assert_eq!(answers, (0..20).map(|i| (0, i * 3)).collect::<Vec<_>>());
         let res: kafka_protocol::messages::ListOffsetsResponse =
             answer(ApiKey::ListOffsets, 7, read_answer(&mut s).await);
         assert_eq!(res.topics[0].partitions[0].offset, 60, "ListOffsets after the produces sees all of them");
@@ -426,16 +439,7 @@ async fn acks_zero_produces_are_stored_and_counted_without_an_answer() {
             let req = idempotent_request("ack0", -1, -1, -1).with_acks(0);
             burst.extend(framed(ApiKey::Produce, 9, 100 + i, &req));
         }
-        let partition = kafka_protocol::messages::list_offsets_request::ListOffsetsPartition::default()
-            .with_partition_index(0)
-            .with_timestamp(-1);
-        let topic = kafka_protocol::messages::list_offsets_request::ListOffsetsTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str("ack0")))
-            .with_partitions(vec![partition]);
-        let list = kafka_protocol::messages::ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![topic]);
-        burst.extend(framed(ApiKey::ListOffsets, 7, 500, &list));
+        burst.extend(latest_offset_request("ack0", 500));
         s.write_all(&burst).await.unwrap();
         let body = read_answer(&mut s).await;
         assert_eq!(&body[..4], &500i32.to_be_bytes(), "no answer to the acks=0 produces");
@@ -470,14 +474,7 @@ async fn a_refused_produce_among_overlapping_ones_leaves_the_others_in_order() {
             burst.extend(framed(ApiKey::Produce, 9, 100 + i, &req));
         }
         s.write_all(&burst).await.unwrap();
-        let mut answers = Vec::new();
-        for i in 0..6i32 {
-            let body = read_answer(&mut s).await;
-            assert_eq!(&body[..4], &(100 + i).to_be_bytes(), "answers in request order");
-            let res: ProduceResponse = answer(ApiKey::Produce, 9, body);
-            let p = &res.responses[0].partition_responses[0];
-            answers.push((p.error_code, p.base_offset));
-        }
+        let answers = produce_answers(&mut s, 100, 6).await;
         assert_eq!(answers, vec![(0, 0), (0, 3), (0, 6), (2, -1), (45, -1), (45, -1)]);
         assert_eq!(produce_idempotent(&mut s, "pipe-bad", pid, 0, 9).await, (0, 9), "the retry of the refused batch");
         assert_eq!(produce_idempotent(&mut s, "pipe-bad", pid, 0, 12).await, (0, 12));
