@@ -75,6 +75,13 @@ pub enum Error {
     #[error("generation {given} is not the member's current generation {current} in group '{group}'; poll to learn it")]
     IllegalGeneration { group: String, current: u64, given: u64 },
 
+    /// The Kafka cluster fenced a member's request: its group has moved to a newer
+    /// generation (or is rebalancing to one) whose number the answer does not tell.
+    #[error(
+        "group '{group}' has moved on from the member's generation (the cluster answered {answer}); poll to learn the current one"
+    )]
+    GenerationMoved { group: String, answer: &'static str },
+
     #[error("the member does not own partition {partition} of topic '{topic}'")]
     NotOwner { topic: String, partition: u32 },
 
@@ -159,7 +166,7 @@ impl Error {
             Error::InvalidGroupId(_) => Code::InvalidGroupId,
             Error::UnknownGroup(_) => Code::UnknownGroup,
             Error::UnknownMember { .. } => Code::UnknownMember,
-            Error::IllegalGeneration { .. } => Code::IllegalGeneration,
+            Error::IllegalGeneration { .. } | Error::GenerationMoved { .. } => Code::IllegalGeneration,
             Error::NotOwner { .. } => Code::NotOwner,
             Error::InvalidCursor(_) => Code::InvalidCursor,
             Error::IdempotencyKeyReused(_) => Code::IdempotencyKeyReused,

@@ -43,6 +43,10 @@ use kafka_protocol::protocol::{Encodable, Request, StrBytes};
 use serde::{Deserialize, Serialize};
 
 use super::{Cluster, TRIES, wire_error};
+
+/// Rounds of JoinGroup and SyncGroup a member goes through while other members' joins keep
+/// cutting its rebalance short, before it gives up.
+const REJOIN_ROUNDS: usize = 20;
 use crate::error::{Code, Error, Result};
 use crate::group::assignor::{self, Assignor, MemberSpec, TopicPartition};
 use crate::group::cursor::{Cursor, Position};
@@ -182,8 +186,9 @@ fn versioned<T: Encodable>(message: &T, version: i16) -> Result<Bytes> {
 pub(super) fn group_error(group: &str, member: &str, code: i16, what: &str) -> Error {
     match code {
         code::UNKNOWN_MEMBER_ID => Error::UnknownMember { group: group.to_owned(), member: member.to_owned() },
-        code::ILLEGAL_GENERATION | code::REBALANCE_IN_PROGRESS => {
-            Error::IllegalGeneration { group: group.to_owned(), current: 0, given: 0 }
+        code::ILLEGAL_GENERATION => Error::GenerationMoved { group: group.to_owned(), answer: "ILLEGAL_GENERATION" },
+        code::REBALANCE_IN_PROGRESS => {
+            Error::GenerationMoved { group: group.to_owned(), answer: "REBALANCE_IN_PROGRESS" }
         }
         code::INVALID_GROUP_ID => Error::InvalidGroupId(group.to_owned()),
         code::GROUP_ID_NOT_FOUND => Error::UnknownGroup(group.to_owned()),
@@ -277,7 +282,13 @@ impl Cluster {
         let mut member = member.to_owned();
         let rebalance_ms = session_ms.max(10_000);
         let timeout = Duration::from_millis(rebalance_ms) + self.settings.request_timeout;
-        for _ in 0..TRIES {
+        // A rebalance that another member's join cuts short is joined again, as Kafka's
+        // consumers do, for as long as three rebalance timeouts (a bounded number of rounds).
+        let deadline = tokio::time::Instant::now() + 3 * timeout;
+        for _ in 0..REJOIN_ROUNDS {
+            if tokio::time::Instant::now() > deadline {
+                break;
+            }
             let req = JoinGroupRequest::default()
                 .with_group_id(GroupId(str_bytes(group)))
                 .with_session_timeout_ms(session_ms.min(i32::MAX as u64) as i32)
@@ -363,7 +374,7 @@ impl Cluster {
                 View { generation: generation.max(0) as u64, assignment, revoked: BTreeSet::new(), changed: true };
             return Ok((member, view));
         }
-        Err(Error::Backend(format!("group {group} kept rebalancing; join again")))
+        Err(Error::Backend(format!("group {group} kept rebalancing for {REJOIN_ROUNDS} rounds or {:?}", 3 * timeout)))
     }
 
     /// Heartbeats for `member` every third of its session, forever (raced against its join).
@@ -1219,6 +1230,21 @@ fn reset_name(r: OffsetReset) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cluster's fence (ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS) is `illegal_generation`,
+    /// as gregor's own is, but claims no current generation it was not told.
+    #[test]
+    fn a_clusters_fence_is_illegal_generation_without_a_made_up_generation() {
+        for (code, name) in
+            [(code::ILLEGAL_GENERATION, "ILLEGAL_GENERATION"), (code::REBALANCE_IN_PROGRESS, "REBALANCE_IN_PROGRESS")]
+        {
+            let e = group_error("g", "m", code, "OffsetCommit");
+            assert_eq!(e.code(), crate::error::Code::IllegalGeneration);
+            let p = crate::http::error::ApiError::Core(e).problem();
+            assert_eq!((p.code, p.status, p.generation), ("illegal_generation", 409, None));
+            assert!(p.detail.contains(name) && p.detail.contains("'g'"), "{}", p.detail);
+        }
+    }
 
     /// The leader's `user_data`: the generation alone (as older replicas wrote and read it),
     /// or with what the member is giving up and since when.

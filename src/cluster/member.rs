@@ -323,7 +323,9 @@ impl StreamMember {
                 }
                 self.news.send_modify(|n| *n += 1);
             }
-            Err(Error::UnknownMember { .. } | Error::IllegalGeneration { .. }) => self.join_again().await,
+            Err(Error::UnknownMember { .. } | Error::IllegalGeneration { .. } | Error::GenerationMoved { .. }) => {
+                self.join_again().await
+            }
             Err(e) => {
                 tracing::warn!(group = self.group, member = self.id(), error = %e, "rejoining failed");
                 self.end(Ended::Failed(e.to_string()));

@@ -179,6 +179,7 @@ impl ApiError {
             | Error::InvalidRequest(_)
             | Error::UnknownGroup(_)
             | Error::UnknownMember { .. }
+            | Error::GenerationMoved { .. }
             | Error::GroupNotEmpty(_)
             | Error::GroupProtocolConflict(_)
             | Error::InconsistentAssignor { .. }
