@@ -316,6 +316,13 @@ async fn topics_are_created_described_altered_and_deleted() {
     .await;
 }
 
+/// An hour ago in ms since the epoch, rounded to the second: timestamps that no retention
+/// deletes while a test runs.
+fn recent_ms() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    now / 1_000 * 1_000 - 3_600_000
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_produced_placed_and_read_by_offset() {
     crate::helpers::within(each_target(|t| async move {
@@ -324,11 +331,14 @@ async fn records_are_produced_placed_and_read_by_offset() {
         t.topic("rec", 3).await;
         // Keys land where Kafka's murmur2 puts them, as on every backend.
         let keys = ["user-1", "user-2", "user-3", "user-42", "order-7"];
+        // Recent timestamps: a retention pass (every broker's, gregor's every 30 s) deletes
+        // records older than the topic's retention, which 1970 is.
+        let base = recent_ms();
         let batch: Vec<Value> = keys
             .iter()
             .enumerate()
             .map(|(i, k)| {
-                json!({"key": k, "value": {"n": i}, "headers": [{"name": "h", "value": "v"}], "timestamp": 1_000 + i})
+                json!({"key": k, "value": {"n": i}, "headers": [{"name": "h", "value": "v"}], "timestamp": base + i as u64})
             })
             .collect();
         let offsets = app.produce("rec", Value::Array(batch)).await;
@@ -359,7 +369,7 @@ async fn records_are_produced_placed_and_read_by_offset() {
             let r = &body["records"][0];
             assert_eq!((r["key"].as_str(), &r["value"]), (Some(keys[i]), &json!({"n": i})), "[{who}] {r}");
             assert_eq!(r["headers"], json!([{"name": "h", "value": "v"}]), "[{who}] {r}");
-            assert_eq!(r["timestamp"], 1_000 + i as u64, "[{who}] {r}");
+            assert_eq!(r["timestamp"], base + i as u64, "[{who}] {r}");
         }
 
         // Past the end: 416 with the range; unknown topic and partition: 404.
@@ -415,17 +425,20 @@ async fn offsets_for_times_find_the_first_record_at_or_after() {
         let app = &t.app;
         let who = t.name();
         t.topic("times", 1).await;
-        let recs: Vec<Value> = (0..5).map(|i| json!({"value": i, "timestamp": 10_000 + 1_000 * i})).collect();
+        // Recent timestamps (see `recent_ms`), a second apart.
+        let base = recent_ms();
+        let recs: Vec<Value> = (0..5).map(|i| json!({"value": i, "timestamp": base + 1_000 * i})).collect();
         app.produce("times", Value::Array(recs)).await;
         if t.skip(Lack::TimeIndex) {
             return;
         }
-        for (ts, offset) in [(0, 0), (10_000, 0), (11_500, 2), (14_000, 4)] {
+        for (ts, offset) in [(0, 0), (base, 0), (base + 1_500, 2), (base + 4_000, 4)] {
             let (status, body) = app.get(&format!("/v1/topics/times/partitions/0/offsets?timestamp={ts}")).await;
             assert_eq!(status, 200, "[{who}] {body}");
             assert_eq!(body["offset"], offset, "[{who}] ts {ts}: {body}");
         }
-        let (status, body) = app.get("/v1/topics/times/partitions/0/offsets?timestamp=99000").await;
+        let (status, body) =
+            app.get(&format!("/v1/topics/times/partitions/0/offsets?timestamp={}", base + 99_000)).await;
         assert_eq!(status, 200, "[{who}] {body}");
         assert_eq!(body["offset"], 5, "[{who}] after the last record: the end offset ({body})");
     }))
