@@ -43,10 +43,6 @@ use kafka_protocol::protocol::{Encodable, Request, StrBytes};
 use serde::{Deserialize, Serialize};
 
 use super::{Cluster, TRIES, wire_error};
-
-/// Rounds of JoinGroup and SyncGroup a member goes through while other members' joins keep
-/// cutting its rebalance short, before it gives up.
-const REJOIN_ROUNDS: usize = 20;
 use crate::error::{Code, Error, Result};
 use crate::group::assignor::{self, Assignor, MemberSpec, TopicPartition};
 use crate::group::cursor::{Cursor, Position};
@@ -56,6 +52,10 @@ use crate::group::{
 
 /// Kafka's error codes: the listener's table.
 use crate::kafka::errors as code;
+
+/// Rounds of JoinGroup and SyncGroup a member goes through while other members' joins keep
+/// cutting its rebalance short, before it gives up.
+const REJOIN_ROUNDS: usize = 20;
 
 /// What a member carries in its subscription's `user_data`, for the replica that rejoins
 /// for it later.
@@ -284,7 +284,8 @@ impl Cluster {
         let timeout = Duration::from_millis(rebalance_ms) + self.settings.request_timeout;
         // A rebalance that another member's join cuts short is joined again, as Kafka's
         // consumers do, for as long as three rebalance timeouts (a bounded number of rounds).
-        let deadline = tokio::time::Instant::now() + 3 * timeout;
+        let patience = 3 * timeout;
+        let deadline = tokio::time::Instant::now() + patience;
         for _ in 0..REJOIN_ROUNDS {
             if tokio::time::Instant::now() > deadline {
                 break;
@@ -374,7 +375,7 @@ impl Cluster {
                 View { generation: generation.max(0) as u64, assignment, revoked: BTreeSet::new(), changed: true };
             return Ok((member, view));
         }
-        Err(Error::Backend(format!("group {group} kept rebalancing for {REJOIN_ROUNDS} rounds or {:?}", 3 * timeout)))
+        Err(Error::Backend(format!("group {group} kept rebalancing for {REJOIN_ROUNDS} rounds or {patience:?}")))
     }
 
     /// Heartbeats for `member` every third of its session, forever (raced against its join).
