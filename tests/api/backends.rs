@@ -319,8 +319,7 @@ async fn topics_are_created_described_altered_and_deleted() {
 /// An hour ago in ms since the epoch, rounded to the second: timestamps that no retention
 /// deletes while a test runs.
 fn recent_ms() -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    now / 1_000 * 1_000 - 3_600_000
+    crate::helpers::now_ms() / 1_000 * 1_000 - 3_600_000
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -718,7 +718,7 @@ async fn console_browses_all_partitions_headers_hex_and_json() {
         let app = spawn_app().await;
         app.create_topic("mixed", 3).await;
         // Recent timestamps (retention counts from them), a second apart.
-        let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 - 120_000;
+        let base = crate::helpers::now_ms() - 120_000;
         let records: Vec<_> = (0..60u64)
             .map(|i| {
                 let value = if i == 4 {

@@ -199,6 +199,11 @@ where
     false
 }
 
+/// The wall clock in ms since the epoch, as record timestamps and retention count it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 /// The package's root directory, read when the test runs: a build cache shared
 /// between checkouts (CI's clean clone, a working copy) can hold test binaries
 /// compiled in another checkout, whose compile-time `env!` path is stale.

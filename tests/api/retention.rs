@@ -2,11 +2,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{eventually, spawn_app_with};
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
+use crate::helpers::{eventually, now_ms, spawn_app_with};
 
 #[tokio::test]
 async fn retention_by_time_moves_the_beginning_offset() {
