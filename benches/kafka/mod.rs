@@ -190,13 +190,11 @@ async fn create_topic(bootstrap: &str, topic: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Produces `total` records to `partitions` partitions, batching for `linger_ms`; answers
-/// records/s (or why it could not).
-fn produce(bootstrap: &str, topic: &str, total: u64, partitions: i32, linger_ms: u32) -> Result<(f64, String), String> {
-    let delivered = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let context = Counting { delivered: delivered.clone(), failed: failed.clone() };
-    let producer: ThreadedProducer<Counting> = ClientConfig::new()
+/// The produce rows' librdkafka settings: `acks=all`, idempotent, batching for `linger_ms` up to
+/// 10,000 records or 1 MB per batch, with room for 2 M records queued.
+fn produce_config(bootstrap: &str, linger_ms: u32) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -205,9 +203,18 @@ fn produce(bootstrap: &str, topic: &str, total: u64, partitions: i32, linger_ms:
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "2000000")
         .set("queue.buffering.max.kbytes", "2097151")
-        .set("message.timeout.ms", "60000")
-        .create_with_context(context)
-        .map_err(|e| e.to_string())?;
+        .set("message.timeout.ms", "60000");
+    config
+}
+
+/// Produces `total` records to `partitions` partitions, batching for `linger_ms`; answers
+/// records/s (or why it could not).
+fn produce(bootstrap: &str, topic: &str, total: u64, partitions: i32, linger_ms: u32) -> Result<(f64, String), String> {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let context = Counting { delivered: delivered.clone(), failed: failed.clone() };
+    let producer: ThreadedProducer<Counting> =
+        produce_config(bootstrap, linger_ms).create_with_context(context).map_err(|e| e.to_string())?;
     let value = vec![b'x'; VALUE_BYTES];
     let started = Instant::now();
     for i in 0..total {
@@ -333,16 +340,7 @@ fn batched_handle(
 ) -> Result<(ThreadedProducer<Counting>, Arc<AtomicU64>, *mut rdkafka::bindings::rd_kafka_topic_t), String> {
     let failed = Arc::new(AtomicU64::new(0));
     let context = Counting { delivered: Arc::new(AtomicU64::new(0)), failed: failed.clone() };
-    let producer: ThreadedProducer<Counting> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("batch.size", "1000000")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "2000000")
-        .set("queue.buffering.max.kbytes", "2097151")
-        .set("message.timeout.ms", "60000")
+    let producer: ThreadedProducer<Counting> = produce_config(bootstrap, 5)
         .set("delivery.report.only.error", "true")
         .create_with_context(context)
         .map_err(|e| e.to_string())?;
