@@ -1,6 +1,7 @@
 //! The retention task: on a timer, asks the log to drop batches past each topic's
 //! `retention_ms` / `retention_bytes`. The decisions live in `Log::apply_retention`
-//! (which takes `now`); this file is only the clock.
+//! (which takes `now`); this file is only the clock. The same tick turns the store's
+//! blob garbage collection on and off (`Store::tend_blob_gc`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,18 @@ pub async fn run(log: Arc<Log>, every: Duration, stop: CancellationToken) {
         }
         for (topic, partition, e) in &report.failed {
             tracing::error!(topic, partition, error = %e, "retention failed for a partition; it keeps its records");
+        }
+        // Blob files that retention left part garbage are collected while that pays.
+        match log.tend_blob_gc().await {
+            Ok(space) if space.changed => tracing::info!(
+                collecting = space.collecting,
+                garbage_bytes = space.garbage,
+                blob_bytes = space.bytes,
+                "blob garbage collection {}",
+                if space.collecting { "started" } else { "stopped" }
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "checking blob garbage failed"),
         }
         // Idempotency keys past their window are forgotten on the same timer.
         if let Err(e) = log.expire_idempotency_keys(now_ms()).await {

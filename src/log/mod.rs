@@ -892,6 +892,13 @@ impl Log {
         self.command(|reply| Command::DeleteGroup { group, reply }).await
     }
 
+    /// Turns the store's blob garbage collection on or off by how much of its blob files is
+    /// garbage (`Store::tend_blob_gc`).
+    pub async fn tend_blob_gc(&self) -> Result<crate::store::BlobSpace> {
+        let store = self.store.clone();
+        self.blocking(move || store.tend_blob_gc(crate::store::BLOB_GC_MIN_GARBAGE)).await
+    }
+
     /// Bytes held by the store (SST and blob files, memtables).
     pub async fn store_size(&self) -> Result<u64> {
         let store = self.store.clone();

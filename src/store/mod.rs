@@ -14,6 +14,7 @@ pub mod keys;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use rocksdb::{
@@ -37,6 +38,28 @@ const CF_META: &str = "meta";
 /// the batch, so a batch is written once to its blob file when its memtable is flushed
 /// instead of again at every level. Smaller batches (single REST records) stay inline.
 const MIN_BLOB_BYTES: u64 = 4 * 1024;
+
+/// Blob garbage collection starts when at least this share of the blob files' bytes is
+/// garbage (batches that retention or a topic deletion removed from a file that still holds
+/// live ones)...
+const BLOB_GC_START: f64 = 0.25;
+/// ...and stops once garbage is below this share again.
+const BLOB_GC_STOP: f64 = 0.10;
+/// Below this much garbage, collecting it is not worth rewriting anything.
+pub const BLOB_GC_MIN_GARBAGE: u64 = 64 * 1024 * 1024;
+
+/// What [`Store::tend_blob_gc`] found and decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobSpace {
+    /// Bytes of the live blob files.
+    pub bytes: u64,
+    /// Of those, bytes of batches no key refers to any more.
+    pub garbage: u64,
+    /// Whether garbage collection is on after this call.
+    pub collecting: bool,
+    /// Whether this call turned it on or off.
+    pub changed: bool,
+}
 
 /// A topic as persisted in the `meta` family.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -85,6 +108,8 @@ pub struct Store {
     db: DB,
     /// Faults the tests inject (off unless a test turns them on).
     faults: Arc<Faults>,
+    /// Whether blob garbage collection is on (see [`Store::tend_blob_gc`]).
+    blob_gc: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -177,10 +202,15 @@ fn records_options(blob_files: bool) -> Options {
         data.set_blob_compression_type(DBCompressionType::Lz4);
         // A blob file holds the batches of every partition flushed together, so it is
         // deleted only when retention has removed all of them. Garbage collection moves the
-        // batches still live out of the oldest quarter of blob files when compaction meets
-        // their keys, so a topic with a long retention does not keep a short one's files.
-        data.set_enable_blob_gc(true);
-        data.set_blob_gc_age_cutoff(0.25);
+        // batches still live out of old blob files when compaction meets their keys, so a
+        // topic with a long retention does not keep a short one's files. It rewrites live
+        // data, so it is off until garbage builds up: `Store::tend_blob_gc` turns it on and
+        // off. While on, compactions move the live batches of the older half of the files,
+        // and RocksDB compacts the keys of the oldest files by itself while a quarter of that
+        // half is garbage, so reclaiming does not wait for writes to reach those keys.
+        data.set_enable_blob_gc(false);
+        data.set_blob_gc_age_cutoff(0.5);
+        data.set_blob_gc_force_threshold(BLOB_GC_START);
     }
     data
 }
@@ -217,7 +247,7 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Store { db, faults: Arc::default() })
+        Ok(Store { db, faults: Arc::default(), blob_gc: AtomicBool::new(false) })
     }
 
     /// The store's fault injection switches (see [`crate::faults`]).
@@ -521,6 +551,26 @@ impl Store {
 }
 
 impl Store {
+    /// Turns blob garbage collection on when at least `BLOB_GC_START` of the blob bytes (and
+    /// `min_garbage` bytes) are garbage, and off again below `BLOB_GC_STOP`. Garbage is what
+    /// compactions found unreferenced; a file that is all garbage is deleted without this.
+    /// Collection rewrites live batches, so it is left off where there is nothing to gain
+    /// (a log that only grows, or whose topics age out together, as whole blob files).
+    pub fn tend_blob_gc(&self, min_garbage: u64) -> Result<BlobSpace> {
+        let cf = self.cf(CF_RECORDS)?;
+        let bytes = self.db.property_int_value_cf(cf, "rocksdb.live-blob-file-size")?.unwrap_or(0);
+        let garbage = self.db.property_int_value_cf(cf, "rocksdb.live-blob-file-garbage-size")?.unwrap_or(0);
+        let share = if bytes == 0 { 0.0 } else { garbage as f64 / bytes as f64 };
+        let was = self.blob_gc.load(Ordering::Acquire);
+        let collecting = if was { share >= BLOB_GC_STOP } else { share >= BLOB_GC_START && garbage >= min_garbage };
+        if collecting != was {
+            let value = if collecting { "true" } else { "false" };
+            self.db.set_options_cf(cf, &[("enable_blob_garbage_collection", value)])?;
+            self.blob_gc.store(collecting, Ordering::Release);
+        }
+        Ok(BlobSpace { bytes, garbage, collecting, changed: collecting != was })
+    }
+
     /// Bytes held by the store: SST files, blob files and memtables of every column family.
     pub fn size_bytes(&self) -> Result<u64> {
         let mut total = 0;
@@ -693,9 +743,12 @@ impl Store {
         Ok(())
     }
 
-    /// Compacts the whole `records` family now (tests of what compaction reclaims).
+    /// Compacts the whole `records` family now, the bottom level too (tests of what
+    /// compaction reclaims).
     pub(crate) fn compact_records(&self) -> Result<()> {
-        self.db.compact_range_cf(self.cf(CF_RECORDS)?, None::<&[u8]>, None::<&[u8]>);
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        self.db.compact_range_cf_opt(self.cf(CF_RECORDS)?, None::<&[u8]>, None::<&[u8]>, &opts);
         Ok(())
     }
 
@@ -1034,16 +1087,34 @@ mod tests {
         assert_eq!(read_all(&store, base).len(), 1);
     }
 
+    /// Eight flushes, each a blob file holding a batch of topic 1 and one of topic 2.
+    fn two_topics_in_eight_blob_files(store: &Store) {
+        for flush in 0..8u64 {
+            put_to(store, 1, flush * 640, &batch_of(640, 100, flush));
+            put_to(store, 2, flush * 640, &batch_of(640, 100, 100 + flush));
+            store.flush().unwrap();
+        }
+        assert_eq!(store.records_property("rocksdb.num-blob-files").unwrap(), 8);
+    }
+
+    #[test]
+    fn blob_garbage_collection_stays_off_while_nothing_is_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        two_topics_in_eight_blob_files(&store);
+        // A log that only grows: compactions move keys and rewrite no batch (with collection
+        // on, the older files' batches would move to a new file).
+        store.compact_records().unwrap();
+        assert_eq!(store.records_property("rocksdb.num-blob-files").unwrap(), 8);
+        let space = store.tend_blob_gc(0).unwrap();
+        assert_eq!((space.garbage, space.collecting, space.changed), (0, false, false), "{space:?}");
+    }
+
     #[test]
     fn garbage_collection_moves_a_kept_topics_batches_out_of_old_blob_files() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        // Eight flushes, each a blob file holding a batch of topic 1 and one of topic 2.
-        for flush in 0..8u64 {
-            put_to(&store, 1, flush * 640, &batch_of(640, 100, flush));
-            put_to(&store, 2, flush * 640, &batch_of(640, 100, 100 + flush));
-            store.flush().unwrap();
-        }
+        two_topics_in_eight_blob_files(&store);
         let kept = store.read(2, 0, 0, 8 * 640, u64::MAX, usize::MAX).unwrap().bytes;
         let before = store.records_property("rocksdb.total-blob-file-size").unwrap();
         let mut b = store.batch();
@@ -1051,12 +1122,33 @@ mod tests {
         store.write(b, true).unwrap();
         store.flush().unwrap();
         store.compact_records().unwrap();
-        // Every file still holds a live batch of topic 2, so none is garbage as a whole; the
-        // oldest quarter's live batches are moved to a new file and those files deleted.
-        let after = store.records_property("rocksdb.total-blob-file-size").unwrap();
-        assert!(after < before, "blob bytes {before} before deleting topic 1, {after} after");
+        // Compaction dropped topic 1's keys: every file is half garbage, none all garbage,
+        // so none could be deleted, and with collection off nothing was moved.
+        assert_eq!(store.records_property("rocksdb.num-blob-files").unwrap(), 8);
+        let space = store.tend_blob_gc(0).unwrap();
+        assert!(space.collecting && space.changed, "{space:?}");
+        assert!(space.garbage * 5 >= space.bytes * 2, "about half the blob bytes are garbage: {space:?}");
+        // With collection on, RocksDB compacts the oldest files' keys by itself at its next
+        // change of files (here a flush, as traffic makes), and again after each such
+        // compaction, moving the live batches out until the oldest files are mostly live.
+        put_to(&store, 2, 8 * 640, &batch_of(640, 100, 200));
+        store.flush().unwrap();
+        // RocksDB's background compactions: waited for, up to a bound.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut after = before;
+        while std::time::Instant::now() < deadline {
+            after = store.records_property("rocksdb.total-blob-file-size").unwrap();
+            if after * 10 <= before * 7 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(after * 10 <= before * 7, "blob bytes {before} before deleting topic 1, {after} after");
         let read = store.read(2, 0, 0, 8 * 640, u64::MAX, usize::MAX).unwrap().bytes;
         assert!(read == kept, "topic 2 reads back {} bytes, {} were stored", read.len(), kept.len());
         assert!(store.read(1, 0, 0, 8 * 640, u64::MAX, usize::MAX).unwrap().batches.is_empty());
+        // With the garbage gone, collection stops.
+        let space = store.tend_blob_gc(0).unwrap();
+        assert!(!space.collecting && space.changed, "{space:?}");
     }
 }
