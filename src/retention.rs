@@ -1,7 +1,8 @@
 //! The retention task: on a timer, asks the log to drop batches past each topic's
 //! `retention_ms` / `retention_bytes`. The decisions live in `Log::apply_retention`
-//! (which takes `now`); this file is only the clock. The same tick turns the store's
-//! blob garbage collection on and off (`Store::tend_blob_gc`).
+//! (which takes `now`); this file is only the clock. The same tick compacts away what
+//! was removed (`Store::reclaim_removed`) and turns the store's blob garbage collection
+//! on and off (`Store::tend_blob_gc`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,13 @@ pub async fn run(log: Arc<Log>, every: Duration, stop: CancellationToken) {
         }
         for (topic, partition, e) in &report.failed {
             tracing::error!(topic, partition, error = %e, "retention failed for a partition; it keeps its records");
+        }
+        // What deleted topics and these cuts removed is compacted away, so its space comes
+        // back on a store that nothing is written to as well.
+        match log.reclaim_removed().await {
+            Ok(Some(r)) => tracing::info!(topics = r.topics, removed_bytes = r.bytes, "compacted removed records away"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "compacting removed records away failed"),
         }
         // Blob files that retention left part garbage are collected while that pays.
         match log.tend_blob_gc().await {

@@ -892,6 +892,12 @@ impl Log {
         self.command(|reply| Command::DeleteGroup { group, reply }).await
     }
 
+    /// Compacts away what deleted topics and retention cuts removed (`Store::reclaim_removed`).
+    pub async fn reclaim_removed(&self) -> Result<Option<crate::store::Reclaimed>> {
+        let store = self.store.clone();
+        self.blocking(move || store.reclaim_removed(crate::store::RECLAIM_MIN_BYTES)).await
+    }
+
     /// Turns the store's blob garbage collection on or off by how much of its blob files is
     /// garbage (`Store::tend_blob_gc`).
     pub async fn tend_blob_gc(&self) -> Result<crate::store::BlobSpace> {

@@ -506,6 +506,8 @@ impl Writer {
         let mut batch = self.store.batch();
         batch.delete_topic(topic.id, name)?;
         self.write(batch, true)?;
+        let stored = topic.partitions().iter().map(|p| p.stored_bytes()).sum();
+        self.store.note_removed(topic.id, stored, true);
         self.registry.remove(name);
         topic.mark_deleted();
         self.producers.states.retain(|(tid, _, _), _| *tid != topic.id);
@@ -527,6 +529,7 @@ impl Writer {
         self.write(batch, false)?;
         part.set_start(cut.new_start);
         part.remove_stored(removed);
+        self.store.note_removed(topic.id, removed, false);
         Ok(())
     }
 }

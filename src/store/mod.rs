@@ -12,6 +12,7 @@
 
 pub mod keys;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,28 @@ const BLOB_GC_START: f64 = 0.25;
 const BLOB_GC_STOP: f64 = 0.10;
 /// Below this much garbage, collecting it is not worth rewriting anything.
 pub const BLOB_GC_MIN_GARBAGE: u64 = 64 * 1024 * 1024;
+
+/// Retention cuts that removed at least this many bytes since the last reclaim have their
+/// topics' keys compacted away (`Store::reclaim_removed`); smaller ones wait for the
+/// compactions writes bring.
+pub const RECLAIM_MIN_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Removals written but not yet compacted away, by [`Store::note_removed`].
+#[derive(Debug, Default)]
+struct Removed {
+    bytes: u64,
+    /// A topic was deleted: reclaimed whatever its size.
+    deleted: bool,
+    topics: BTreeSet<u32>,
+}
+
+/// What [`Store::reclaim_removed`] compacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reclaimed {
+    pub topics: usize,
+    /// Stored bytes the removals took out of partitions (before compression).
+    pub bytes: u64,
+}
 
 /// What [`Store::tend_blob_gc`] found and decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +133,8 @@ pub struct Store {
     faults: Arc<Faults>,
     /// Whether blob garbage collection is on (see [`Store::tend_blob_gc`]).
     blob_gc: AtomicBool,
+    /// Removed ranges whose space compaction has not been asked to reclaim yet.
+    removed: parking_lot::Mutex<Removed>,
 }
 
 impl std::fmt::Debug for Store {
@@ -247,7 +272,7 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Store { db, faults: Arc::default(), blob_gc: AtomicBool::new(false) })
+        Ok(Store { db, faults: Arc::default(), blob_gc: AtomicBool::new(false), removed: Default::default() })
     }
 
     /// The store's fault injection switches (see [`crate::faults`]).
@@ -551,6 +576,40 @@ impl Store {
 }
 
 impl Store {
+    /// Notes that a written batch removed `bytes` of topic `tid` (a retention cut) or the
+    /// whole topic (`deleted`), for [`Store::reclaim_removed`].
+    pub fn note_removed(&self, tid: u32, bytes: u64, deleted: bool) {
+        let mut removed = self.removed.lock();
+        removed.bytes = removed.bytes.saturating_add(bytes);
+        removed.deleted |= deleted;
+        removed.topics.insert(tid);
+    }
+
+    /// Compacts the keys of the topics whose batches were removed (deleted topics, or
+    /// retention cuts of at least `min_bytes` in all), so that their space comes back
+    /// without waiting for writes to bring compactions there: a blob file left with no
+    /// live batch is deleted, one partly live counts its garbage (see `tend_blob_gc`), and
+    /// inline batches leave their SST files. Returns what was compacted, if anything.
+    pub fn reclaim_removed(&self, min_bytes: u64) -> Result<Option<Reclaimed>> {
+        let removed = {
+            let mut removed = self.removed.lock();
+            if removed.topics.is_empty() || (!removed.deleted && removed.bytes < min_bytes) {
+                return Ok(None);
+            }
+            std::mem::take(&mut *removed)
+        };
+        let mut opts = rocksdb::CompactOptions::default();
+        // Automatic compactions go on meanwhile (writes must not wait for this one).
+        opts.set_exclusive_manual_compaction(false);
+        for &tid in &removed.topics {
+            let (lo, hi) = keys::topic_range(tid);
+            for cf in [CF_RECORDS, CF_BATCHES, CF_TIMEINDEX] {
+                self.db.compact_range_cf_opt(self.cf(cf)?, Some(lo), Some(hi), &opts);
+            }
+        }
+        Ok(Some(Reclaimed { topics: removed.topics.len(), bytes: removed.bytes }))
+    }
+
     /// Turns blob garbage collection on when at least `BLOB_GC_START` of the blob bytes (and
     /// `min_garbage` bytes) are garbage, and off again below `BLOB_GC_STOP`. Garbage is what
     /// compactions found unreferenced; a file that is all garbage is deleted without this.
@@ -1095,6 +1154,41 @@ mod tests {
             store.flush().unwrap();
         }
         assert_eq!(store.records_property("rocksdb.num-blob-files").unwrap(), 8);
+    }
+
+    #[test]
+    fn a_deleted_topics_space_comes_back_with_nothing_written_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for flush in 0..4u64 {
+            put_to(&store, 1, flush * 640, &batch_of(640, 100, flush));
+            put_to(&store, 1, 10_000 + flush, &batch_of(1, 10, flush)); // a small batch, inline
+            store.flush().unwrap();
+        }
+        let sst = |store: &Store| store.records_property("rocksdb.total-sst-files-size").unwrap();
+        let inline = sst(&store);
+        let mut b = store.batch();
+        b.delete_topic(1, "one").unwrap();
+        store.write(b, true).unwrap();
+        store.note_removed(1, 0, true);
+        // An idle store compacts nothing by itself: the topic's files stay.
+        assert_eq!(store.records_property("rocksdb.num-blob-files").unwrap(), 4);
+        assert_eq!(store.reclaim_removed(u64::MAX).unwrap(), Some(Reclaimed { topics: 1, bytes: 0 }));
+        assert_eq!(store.records_property("rocksdb.num-blob-files").unwrap(), 0);
+        assert_eq!(store.records_property("rocksdb.live-blob-file-size").unwrap(), 0);
+        assert!(sst(&store) < inline, "SST bytes {inline} before, {} after", sst(&store));
+        assert_eq!(store.reclaim_removed(0).unwrap(), None, "nothing left to reclaim");
+    }
+
+    #[test]
+    fn retention_cuts_are_compacted_away_once_they_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.note_removed(1, 600, false);
+        assert_eq!(store.reclaim_removed(1000).unwrap(), None);
+        store.note_removed(2, 400, false);
+        assert_eq!(store.reclaim_removed(1000).unwrap(), Some(Reclaimed { topics: 2, bytes: 1000 }));
+        assert_eq!(store.reclaim_removed(0).unwrap(), None);
     }
 
     #[test]

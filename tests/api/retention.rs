@@ -77,3 +77,34 @@ async fn retention_by_size_keeps_the_newest_batches() {
     })
     .await;
 }
+
+/// The store's size as `/metrics` reports it (SST and blob files, memtables).
+async fn store_bytes(app: &crate::helpers::TestApp) -> u64 {
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with("gregor_store_bytes ")).expect("gregor_store_bytes");
+    line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("a number") as u64
+}
+
+#[tokio::test]
+async fn a_deleted_topics_space_comes_back_with_nothing_written_after() {
+    crate::helpers::within(async {
+        let app = spawn_app_with(|c| c.retention_check_interval = Duration::from_millis(50)).await;
+        app.create_topic("bulky", 2).await;
+        // 40 batches of 100 records of 1 kB: about 4 MB, in blob files and the memtable.
+        for i in 0..40u64 {
+            let records: Vec<_> = (0..100u64)
+                .map(|j| json!({"value": format!("{:0>1000}", (i * 100 + j).wrapping_mul(0x9E37_79B9_7F4A_7C15))}))
+                .collect();
+            app.produce("bulky", json!(records)).await;
+        }
+        let before = store_bytes(&app).await;
+        assert!(before > 4_000_000, "store holds {before} bytes");
+        let res = app.client.delete(app.url("/v1/topics/bulky")).send().await.unwrap();
+        assert_eq!(res.status(), 204);
+        // Nothing is written after the deletion, so only gregor's own compaction of the
+        // deleted keys (on the retention tick) gives the space back.
+        let shrunk = eventually(Duration::from_secs(10), || async { store_bytes(&app).await * 10 < before }).await;
+        assert!(shrunk, "store bytes {before} before deleting, {} after", store_bytes(&app).await);
+    })
+    .await;
+}
