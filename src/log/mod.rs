@@ -895,7 +895,8 @@ impl Log {
     /// Compacts away what deleted topics and retention cuts removed (`Store::reclaim_removed`).
     pub async fn reclaim_removed(&self) -> Result<Option<crate::store::Reclaimed>> {
         let store = self.store.clone();
-        self.blocking(move || store.reclaim_removed(crate::store::RECLAIM_MIN_BYTES)).await
+        self.blocking(move || store.reclaim_removed(crate::store::RECLAIM_MIN_BYTES, crate::store::RECLAIM_QUIET_BYTES))
+            .await
     }
 
     /// Turns the store's blob garbage collection on or off by how much of its blob files is

@@ -15,7 +15,7 @@ pub mod keys;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use rocksdb::{
@@ -54,9 +54,16 @@ pub const BLOB_GC_MIN_GARBAGE: u64 = 64 * 1024 * 1024;
 /// compactions writes bring.
 pub const RECLAIM_MIN_BYTES: u64 = 16 * 1024 * 1024;
 
+/// A store that took at least this many bytes of writes between two reclaim checks is
+/// busy: its memtables flush and its own compactions reach the removed keys, and a manual
+/// compaction would compete with them, so `Store::reclaim_removed` waits for a quiet check.
+pub const RECLAIM_QUIET_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Removals written but not yet compacted away, by [`Store::note_removed`].
 #[derive(Debug, Default)]
 struct Removed {
+    /// `Store::written` at the last reclaim check.
+    written_seen: u64,
     bytes: u64,
     /// A topic was deleted: reclaimed whatever its size.
     deleted: bool,
@@ -135,6 +142,8 @@ pub struct Store {
     blob_gc: AtomicBool,
     /// Removed ranges whose space compaction has not been asked to reclaim yet.
     removed: parking_lot::Mutex<Removed>,
+    /// Bytes of write batches written since the store was opened.
+    written: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -272,7 +281,13 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Store { db, faults: Arc::default(), blob_gc: AtomicBool::new(false), removed: Default::default() })
+        Ok(Store {
+            db,
+            faults: Arc::default(),
+            blob_gc: AtomicBool::new(false),
+            removed: Default::default(),
+            written: AtomicU64::new(0),
+        })
     }
 
     /// The store's fault injection switches (see [`crate::faults`]).
@@ -419,7 +434,9 @@ impl Store {
             wo.disable_wal(true);
             wo.set_sync(true);
         }
+        let bytes = batch.wb.size_in_bytes() as u64;
         self.db.write_opt(batch.wb, &wo)?;
+        self.written.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
@@ -589,14 +606,19 @@ impl Store {
     /// retention cuts of at least `min_bytes` in all), so that their space comes back
     /// without waiting for writes to bring compactions there: a blob file left with no
     /// live batch is deleted, one partly live counts its garbage (see `tend_blob_gc`), and
-    /// inline batches leave their SST files. Returns what was compacted, if anything.
-    pub fn reclaim_removed(&self, min_bytes: u64) -> Result<Option<Reclaimed>> {
+    /// inline batches leave their SST files. Only while the store is quiet (less than
+    /// `quiet_bytes` written since the last check); a busy store's own compactions do it.
+    /// Returns what was compacted, if anything.
+    pub fn reclaim_removed(&self, min_bytes: u64, quiet_bytes: u64) -> Result<Option<Reclaimed>> {
         let removed = {
             let mut removed = self.removed.lock();
-            if removed.topics.is_empty() || (!removed.deleted && removed.bytes < min_bytes) {
+            let written = self.written.load(Ordering::Relaxed);
+            let busy = written.saturating_sub(removed.written_seen) >= quiet_bytes;
+            removed.written_seen = written;
+            if busy || removed.topics.is_empty() || (!removed.deleted && removed.bytes < min_bytes) {
                 return Ok(None);
             }
-            std::mem::take(&mut *removed)
+            Removed { written_seen: written, ..std::mem::take(&mut *removed) }
         };
         let mut opts = rocksdb::CompactOptions::default();
         // Automatic compactions go on meanwhile (writes must not wait for this one).
@@ -1173,11 +1195,11 @@ mod tests {
         store.note_removed(1, 0, true);
         // An idle store compacts nothing by itself: the topic's files stay.
         assert_eq!(store.records_property("rocksdb.num-blob-files").unwrap(), 4);
-        assert_eq!(store.reclaim_removed(u64::MAX).unwrap(), Some(Reclaimed { topics: 1, bytes: 0 }));
+        assert_eq!(store.reclaim_removed(u64::MAX, u64::MAX).unwrap(), Some(Reclaimed { topics: 1, bytes: 0 }));
         assert_eq!(store.records_property("rocksdb.num-blob-files").unwrap(), 0);
         assert_eq!(store.records_property("rocksdb.live-blob-file-size").unwrap(), 0);
         assert!(sst(&store) < inline, "SST bytes {inline} before, {} after", sst(&store));
-        assert_eq!(store.reclaim_removed(0).unwrap(), None, "nothing left to reclaim");
+        assert_eq!(store.reclaim_removed(0, u64::MAX).unwrap(), None, "nothing left to reclaim");
     }
 
     #[test]
@@ -1185,10 +1207,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.note_removed(1, 600, false);
-        assert_eq!(store.reclaim_removed(1000).unwrap(), None);
+        assert_eq!(store.reclaim_removed(1000, u64::MAX).unwrap(), None);
         store.note_removed(2, 400, false);
-        assert_eq!(store.reclaim_removed(1000).unwrap(), Some(Reclaimed { topics: 2, bytes: 1000 }));
-        assert_eq!(store.reclaim_removed(0).unwrap(), None);
+        assert_eq!(store.reclaim_removed(1000, u64::MAX).unwrap(), Some(Reclaimed { topics: 2, bytes: 1000 }));
+        assert_eq!(store.reclaim_removed(0, u64::MAX).unwrap(), None);
+    }
+
+    #[test]
+    fn a_busy_store_leaves_removed_keys_to_its_own_compactions_until_it_is_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.note_removed(1, 0, true);
+        put_to(&store, 2, 0, &batch_of(64, 100, 0)); // about 7 kB written since the last check
+        assert_eq!(store.reclaim_removed(0, 4096).unwrap(), None, "busy: left pending");
+        // Nothing written since that check: quiet, so the deletion is compacted now.
+        assert_eq!(store.reclaim_removed(0, 4096).unwrap(), Some(Reclaimed { topics: 1, bytes: 0 }));
     }
 
     #[test]
