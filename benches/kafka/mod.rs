@@ -268,16 +268,24 @@ fn produce_batched(bootstrap: &str, topic: &str, total: u64, producers: usize) -
             .collect();
         ready.wait();
         let started = Instant::now();
-        let outcomes: Vec<Result<(), String>> =
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("producer thread panicked".into()))).collect();
+        let outcomes: Vec<Result<f64, String>> = handles
+            .into_iter()
+            .map(|h| {
+                let finished = h.join().unwrap_or_else(|_| Err("producer thread panicked".into()))?;
+                Ok(finished.saturating_duration_since(started).as_secs_f64())
+            })
+            .collect();
         (outcomes, started.elapsed().as_secs_f64())
     });
-    outcomes.into_iter().collect::<Result<Vec<()>, String>>()?;
-    Ok((total as f64 / secs, format!("{total} records in {secs:.2}s, {producers} producers")))
+    // When each producer finished: a row much slower than usual says whether one stalled.
+    let finished = outcomes.into_iter().collect::<Result<Vec<f64>, String>>()?;
+    let each = finished.iter().map(|s| format!("{s:.2}s")).collect::<Vec<_>>().join(" / ");
+    Ok((total as f64 / secs, format!("{total} records in {secs:.2}s, {producers} producers (done at {each})")))
 }
 
 /// One producer of [`produce_batched`]: `total` records round-robin over `partitions`,
-/// [`BATCH_CALL`] at a time, starting when every producer has passed `ready`.
+/// [`BATCH_CALL`] at a time, starting when every producer has passed `ready`; returns when
+/// its last record was acknowledged.
 #[allow(unsafe_code)] // librdkafka calls rust-rdkafka does not wrap: see the SAFETY notes
 fn batched_producer(
     bootstrap: &str,
@@ -285,7 +293,7 @@ fn batched_producer(
     total: u64,
     partitions: &[i32],
     ready: &std::sync::Barrier,
-) -> Result<(), String> {
+) -> Result<Instant, String> {
     use rdkafka::bindings as rd;
     let created = batched_handle(bootstrap, topic);
     ready.wait();
@@ -322,11 +330,12 @@ fn batched_producer(
         sent += chunk as u64;
     }
     let flushed = producer.flush(Timeout::After(Duration::from_secs(120))).map_err(|e| e.to_string());
+    let finished = Instant::now();
     // SAFETY: created by `batched_handle` on this producer, which outlives it; not used after.
     unsafe { rd::rd_kafka_topic_destroy(rkt) };
     flushed?;
     match failed.load(Ordering::Relaxed) {
-        0 => Ok(()),
+        0 => Ok(finished),
         bad => Err(format!("{bad} of {total} failed")),
     }
 }
