@@ -618,7 +618,8 @@ impl Store {
             if busy || removed.topics.is_empty() || (!removed.deleted && removed.bytes < min_bytes) {
                 return Ok(None);
             }
-            Removed { written_seen: written, ..std::mem::take(&mut *removed) }
+            // What is left starts empty, remembering this check's count of bytes written.
+            std::mem::replace(&mut *removed, Removed { written_seen: written, ..Removed::default() })
         };
         let mut opts = rocksdb::CompactOptions::default();
         // Automatic compactions go on meanwhile (writes must not wait for this one).
@@ -1222,6 +1223,9 @@ mod tests {
         assert_eq!(store.reclaim_removed(0, 4096).unwrap(), None, "busy: left pending");
         // Nothing written since that check: quiet, so the deletion is compacted now.
         assert_eq!(store.reclaim_removed(0, 4096).unwrap(), Some(Reclaimed { topics: 1, bytes: 0 }));
+        // Still nothing written: the next removal is compacted at the next check too.
+        store.note_removed(3, 0, true);
+        assert_eq!(store.reclaim_removed(0, 4096).unwrap(), Some(Reclaimed { topics: 1, bytes: 0 }));
     }
 
     #[test]
@@ -1256,10 +1260,9 @@ mod tests {
         assert!(space.collecting && space.changed, "{space:?}");
         assert!(space.garbage * 5 >= space.bytes * 2, "about half the blob bytes are garbage: {space:?}");
         // With collection on, RocksDB compacts the oldest files' keys by itself (no write
-        // needed), and again after each such compaction, moving the live batches out until
-        // the oldest files are mostly live.
-        // RocksDB's background compactions: waited for, up to a bound, until garbage is
-        // below a tenth of the blob bytes and collection stops.
+        // needed), and again after each such compaction, moving the live batches out. Those
+        // background compactions are waited for, up to a bound, until garbage is below a
+        // tenth of the blob bytes and collection stops.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut space = store.tend_blob_gc(0).unwrap();
         while space.collecting && std::time::Instant::now() < deadline {
