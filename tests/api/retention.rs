@@ -78,13 +78,6 @@ async fn retention_by_size_keeps_the_newest_batches() {
     .await;
 }
 
-/// The store's size as `/metrics` reports it (SST and blob files, memtables).
-async fn store_bytes(app: &crate::helpers::TestApp) -> u64 {
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let line = text.lines().find(|l| l.starts_with("gregor_store_bytes ")).expect("gregor_store_bytes");
-    line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("a number") as u64
-}
-
 #[tokio::test]
 async fn a_deleted_topics_space_comes_back_with_nothing_written_after() {
     crate::helpers::within(async {
@@ -97,14 +90,17 @@ async fn a_deleted_topics_space_comes_back_with_nothing_written_after() {
                 .collect();
             app.produce("bulky", json!(records)).await;
         }
-        let before = store_bytes(&app).await;
-        assert!(before > 4_000_000, "store holds {before} bytes");
+        // The store's size: SST and blob files, memtables.
+        let before = app.metric("gregor_store_bytes").await;
+        assert!(before > 4e6, "store holds {before} bytes");
         let res = app.client.delete(app.url("/v1/topics/bulky")).send().await.unwrap();
         assert_eq!(res.status(), 204);
         // Nothing is written after the deletion, so only gregor's own compaction of the
         // deleted keys (on the retention tick) gives the space back.
-        let shrunk = eventually(Duration::from_secs(10), || async { store_bytes(&app).await * 10 < before }).await;
-        assert!(shrunk, "store bytes {before} before deleting, {} after", store_bytes(&app).await);
+        let shrunk =
+            eventually(Duration::from_secs(10), || async { app.metric("gregor_store_bytes").await * 10.0 < before })
+                .await;
+        assert!(shrunk, "store bytes {before} before deleting, {} after", app.metric("gregor_store_bytes").await);
     })
     .await;
 }
